@@ -1,0 +1,1 @@
+"""The ``featstore`` command line: thin Typer commands over the library."""

@@ -1,0 +1,50 @@
+"""Entry point of the ``featstore`` command.
+
+Sub-command groups live one per module and are imported here; each module
+keeps heavy imports (zarr, xarray, torch) inside its command functions so
+``featstore --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cli import datasets as datasets_cmd
+from cli import store as store_cmd
+from featstore import __version__
+
+app = typer.Typer(
+    name="featstore",
+    help="Feature store of self-supervised embeddings for audio-visual deepfake detection.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(store_cmd.app, name="store")
+app.add_typer(datasets_cmd.app, name="datasets")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"featstore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at debug level."),
+) -> None:
+    """featstore: extract once, train cheap detectors, score over HTTP."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,247 @@
+"""``featstore store info|ls|verify|gc|compact URL``: inspect and maintain a store."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+from cli.errors import user_errors
+
+app = typer.Typer(help="Inspect and maintain a feature store.", no_args_is_help=True)
+
+URL = typer.Argument(..., help="Store location: a local path or an fsspec URL (s3://...).")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"  # pragma: no cover
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+@app.command()
+def info(
+    url: str = URL,
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Only this dataset."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Datasets, encoders, layers, videos, rows, bytes and failures."""
+    with user_errors():
+        from featstore.maintenance import summarize
+        from featstore.store import open_store
+
+        summary = summarize(open_store(url, mode="r"), dataset)
+    if as_json:
+        import dataclasses
+
+        typer.echo(json.dumps(dataclasses.asdict(summary), indent=2, default=str))
+        return
+    from rich.table import Table
+
+    console = _console()
+    console.print(
+        f"[bold]{summary.url}[/bold]: {len(summary.datasets)} datasets, "
+        f"{summary.files} files, {_human(summary.bytes)}"
+    )
+    if not summary.datasets:
+        console.print("(empty store)")
+    for ds in summary.datasets:
+        rows = (
+            "no manifest" if ds.manifest_rows is None else f"{ds.manifest_rows} videos in manifest"
+        )
+        console.print(f"\n[bold]{ds.name}[/bold] ({rows})")
+        if not ds.encoders:
+            console.print("  no features")
+            continue
+        table = Table(show_edge=False, pad_edge=False)
+        for col in (
+            "encoder",
+            "layer",
+            "dim",
+            "videos",
+            "rows",
+            "Hz",
+            "dtype",
+            "parts",
+            "size",
+            "failed",
+        ):
+            table.add_column(
+                col, justify="left" if col in ("encoder", "layer", "dtype") else "right"
+            )
+        for enc in ds.encoders:
+            first = True
+            for layer in enc.layers or ():
+                table.add_row(
+                    enc.name if first else "",
+                    layer.layer,
+                    str(layer.dim),
+                    str(layer.videos),
+                    str(layer.rows),
+                    f"{enc.info.frame_hz:g}" if first else "",
+                    enc.info.dtype if first else "",
+                    (
+                        f"{enc.parts}"
+                        + (
+                            f" (+{enc.uncommitted_parts} uncommitted)"
+                            if enc.uncommitted_parts
+                            else ""
+                        )
+                    )
+                    if first
+                    else "",
+                    _human(enc.bytes) if first else "",
+                    (f"{enc.unresolved_failures}/{enc.failures}" if enc.failures else "0")
+                    if first
+                    else "",
+                )
+                first = False
+            if not enc.layers:
+                table.add_row(
+                    enc.name,
+                    "-",
+                    "-",
+                    "0",
+                    "0",
+                    f"{enc.info.frame_hz:g}",
+                    enc.info.dtype,
+                    f"0 (+{enc.uncommitted_parts} uncommitted)",
+                    _human(enc.bytes),
+                    str(enc.failures),
+                )
+        console.print(table)
+        for enc in ds.encoders:
+            extra = []
+            if enc.info.checkpoint:
+                extra.append(f"checkpoint {enc.info.checkpoint}")
+            if enc.info.random_init:
+                extra.append("random init")
+            if extra:
+                console.print(f"  {enc.name}: {', '.join(extra)}")
+
+
+@app.command("ls")
+def ls(
+    url: str = URL,
+    dataset: str | None = typer.Argument(None, help="List this dataset's encoders."),
+    encoder: str | None = typer.Argument(None, help="List this encoder's videos."),
+    layer: str | None = typer.Option(None, "--layer", "-l", help="Layer for the video listing."),
+    limit: int = typer.Option(50, "--limit", "-n", help="At most this many videos (0 = all)."),
+) -> None:
+    """List datasets, a dataset's encoders, or an encoder's videos."""
+    with user_errors():
+        from featstore.store import open_store
+
+        store = open_store(url, mode="r")
+        if dataset is None:
+            for name in store.datasets():
+                encs = store.encoders(name)
+                typer.echo(f"{name}\t{len(encs)} encoders: {', '.join(encs) or '-'}")
+            return
+        if encoder is None:
+            for name in store.encoders(dataset):
+                state_layers = store.layers(dataset, name)
+                info = store.encoder_info(dataset, name)
+                layers = ", ".join(str(x) for x in state_layers) or "-"
+                typer.echo(f"{name}\t{info.frame_hz:g} Hz\tlayers: {layers}")
+            return
+        layers = store.layers(dataset, encoder)
+        chosen = layer if layer is not None else (layers[-1] if layers else "last")
+        ids = store.video_ids(dataset, encoder, chosen)
+        shown = ids if limit <= 0 else ids[:limit]
+        for vid in shown:
+            loc = store.locate(dataset, encoder, vid, chosen)
+            typer.echo(f"{vid}\t{loc.n_frames} frames\tpart {loc.part_id}")
+        if len(shown) < len(ids):
+            typer.echo(f"... {len(ids) - len(shown)} more (use --limit 0)")
+
+
+@app.command()
+def verify(
+    url: str = URL,
+    dataset: str | None = typer.Option(None, "--dataset", "-d"),
+    encoder: str | None = typer.Option(None, "--encoder", "-e"),
+    no_checksums: bool = typer.Option(False, "--no-checksums", help="Check shapes only (fast)."),
+) -> None:
+    """Check every committed part against its commit record; exit 1 on any problem."""
+    with user_errors():
+        from featstore.maintenance import verify as run_verify
+        from featstore.store import open_store
+
+        report = run_verify(open_store(url, mode="r"), dataset, encoder, checksums=not no_checksums)
+    for problem in report.problems:
+        typer.secho(f"problem: {problem}", err=True, fg=typer.colors.RED)
+    typer.echo(
+        f"checked {report.parts} parts, {report.rows} rows: "
+        + ("ok" if report.ok else f"{len(report.problems)} problems")
+    )
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command("gc")
+def gc_command(
+    url: str = URL,
+    dataset: str | None = typer.Option(None, "--dataset", "-d"),
+    encoder: str | None = typer.Option(None, "--encoder", "-e"),
+    older_than: float = typer.Option(
+        3600.0,
+        "--older-than",
+        help="Seconds: only remove uncommitted parts older than this (a writer may still be at "
+        "work on younger ones). Use 0 only when no writer is running.",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed."),
+) -> None:
+    """Remove uncommitted parts left by crashed writers and fully superseded parts."""
+    with user_errors():
+        from featstore.maintenance import gc
+        from featstore.store import open_store
+
+        report = gc(
+            open_store(url, mode="a"), dataset, encoder, older_than_s=older_than, dry_run=dry_run
+        )
+    verb = "would remove" if dry_run else "removed"
+    for pid in report.removed_uncommitted:
+        typer.echo(f"{verb} uncommitted part {pid}")
+    for pid in report.removed_superseded:
+        typer.echo(f"{verb} superseded part {pid}")
+    for pid in report.removed_broken_commits:
+        typer.echo(f"{verb} unreadable commit record {pid}")
+    typer.echo(
+        f"{verb} {len(report.removed_uncommitted)} uncommitted and "
+        f"{len(report.removed_superseded)} superseded parts ({_human(report.bytes_freed)})"
+        + (f"; kept {report.kept_recent} recent uncommitted parts" if report.kept_recent else "")
+    )
+
+
+@app.command()
+def compact(
+    url: str = URL,
+    dataset: str = typer.Argument(..., help="Dataset to compact."),
+    encoder: str = typer.Argument(..., help="Encoder to compact."),
+    target_mb: float = typer.Option(64.0, "--target-mb", help="Target part size per layer (MB)."),
+) -> None:
+    """Merge many small parts into few large ones; readers never see a gap."""
+    with user_errors():
+        from featstore.maintenance import compact as run_compact
+        from featstore.store import open_store
+
+        report = run_compact(
+            open_store(url, mode="a"), dataset, encoder, target_part_bytes=int(target_mb * 2**20)
+        )
+    if not report.merged:
+        typer.echo(f"nothing to compact: {report.parts_before} parts")
+        return
+    typer.echo(
+        f"merged {len(report.merged)} parts into {len(report.written)} "
+        f"({report.rows} rows); {report.parts_before} -> {report.parts_after} parts"
+    )

@@ -1,0 +1,1 @@
+"""Detectors trained on stored features: pure numeric cores and thin shells."""
