@@ -1,0 +1,152 @@
+"""``featstore datasets import|list|show``: dataset manifests in a feature store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from cli.errors import user_errors
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from featstore.datasets import ImportResult
+
+app = typer.Typer(help="Import and inspect dataset manifests.", no_args_is_help=True)
+
+# Kept literal so that `--help` does not import pandas; a test checks it against the registry.
+FORMAT_NAMES = ("av1m", "favc", "avlips", "dfe2024", "exddv", "real", "folder", "csv")
+PROTOCOL_NAMES = ("av1m", "av1m-real", "favc", "avlips", "dfe2024", "all-test", "official")
+STORE = typer.Option(..., "--store", "-s", help="Store location: a local path or fsspec URL.")
+ROOT = typer.Argument(..., metavar="ROOT", help="Dataset root folder (or its metadata file).")
+SHOWN_COLUMNS = ["video_id", "label", "split", "modify_type", "fake_segments", "duration_s"]
+
+
+def _counts_text(df: pd.DataFrame) -> str:
+    from featstore.datasets import manifest_counts
+
+    counts = manifest_counts(df)
+    return "(no videos)" if counts.empty else counts.to_string(index=False)
+
+
+def _problems_text(result: ImportResult, limit: int) -> str:
+    lines = [f"  {p}" for p in result.problems[:limit]]
+    if len(result.problems) > limit:
+        lines.append(f"  ... and {len(result.problems) - limit} more")
+    return "\n".join(lines)
+
+
+@app.command("import")
+def import_dataset(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help=f"One of: {', '.join(FORMAT_NAMES)}."),
+    root: Path = ROOT,
+    name: str = typer.Option(..., "--name", "-n", help="Dataset name in the store."),
+    store: str = STORE,
+    strict: bool = typer.Option(
+        False, "--strict", help="Fail on any problem instead of dropping bad rows."
+    ),
+    protocol: str | None = typer.Option(
+        None, "--protocol", "-p", help=f"Assign splits with: {', '.join(PROTOCOL_NAMES)}."
+    ),
+    seed: int = typer.Option(43, "--seed", help="Seed of the protocol's random choices."),
+    check_files: bool = typer.Option(
+        True, "--check-files/--no-check-files", help="Report rows whose media file is missing."
+    ),
+    max_problems: int = typer.Option(20, "--max-problems", help="Problems to print."),
+) -> None:
+    """Read, validate and store a dataset's manifest."""
+    with user_errors():
+        import datetime
+
+        from featstore import open_store
+        from featstore.datasets import (
+            PROTOCOLS,
+            DatasetFormatError,
+            UnknownFormatError,
+            apply_protocol,
+            read_dataset,
+        )
+
+        if protocol is not None and protocol not in PROTOCOLS:  # fail before a long read
+            raise UnknownFormatError(
+                f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}"
+            )
+        result = read_dataset(fmt, root, strict=strict, check_files=check_files)
+        manifest = result.manifest
+        if protocol is not None:
+            manifest = apply_protocol(protocol, manifest, seed=seed)
+        if manifest.empty:
+            raise DatasetFormatError(
+                f"nothing to import from {root}: no valid videos "
+                f"({len(result.problems)} problem(s))",
+                result.problems,
+            )
+        attrs: dict[str, Any] = {
+            "format": fmt,
+            "root": str(result.root),
+            "protocol": protocol,
+            "seed": seed if protocol is not None else None,
+            "imported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "n_problems": len(result.problems),
+        }
+        open_store(store, mode="a").write_manifest(name, manifest, attrs=attrs)
+    typer.echo(
+        f"imported {len(manifest)} videos into {name!r} ({fmt}"
+        + (f", protocol {protocol}, seed {seed}" if protocol else "")
+        + f") from {result.root}"
+    )
+    typer.echo(_counts_text(manifest))
+    if result.problems:
+        typer.echo(f"{len(result.problems)} row(s) dropped:")
+        typer.echo(_problems_text(result, max_problems))
+
+
+@app.command("list")
+def list_datasets(store: str = STORE) -> None:
+    """Datasets in the store with their video counts."""
+    with user_errors():
+        from featstore import open_store
+        from featstore.errors import ManifestError
+
+        fs = open_store(store, mode="r")
+        lines = []
+        for name in fs.datasets():
+            try:
+                df = fs.manifest(name)
+            except ManifestError:
+                lines.append(f"{name}\t(no manifest)")
+                continue
+            attrs = df.attrs
+            splits = df["split"].value_counts().sort_index() if "split" in df.columns else {}
+            split_text = " ".join(f"{k}={v}" for k, v in dict(splits).items())
+            n_fake = int((df["label"] == 1).sum()) if "label" in df.columns else 0
+            lines.append(
+                f"{name}\t{len(df)} videos ({len(df) - n_fake} real, {n_fake} fake)\t"
+                f"{split_text}\tformat={attrs.get('format', '?')} "
+                f"protocol={attrs.get('protocol') or '-'}"
+            )
+    typer.echo("\n".join(lines) if lines else "(no datasets)")
+
+
+@app.command("show")
+def show_dataset(
+    name: str = typer.Argument(..., help="Dataset name in the store."),
+    store: str = STORE,
+    limit: int = typer.Option(10, "--limit", "-l", help="Rows to print."),
+) -> None:
+    """A dataset's import details, counts and first rows."""
+    with user_errors():
+        import pandas as pd
+
+        from featstore import open_store
+
+        df = open_store(store, mode="r").manifest(name)
+    for key, value in df.attrs.items():
+        typer.echo(f"{key}: {value}")
+    typer.echo(f"videos: {len(df)}")
+    typer.echo(_counts_text(df))
+    shown = [c for c in SHOWN_COLUMNS if c in df.columns]
+    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        typer.echo(df[shown].head(limit).to_string(index=False))
