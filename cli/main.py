@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from cli import datasets as datasets_cmd
+from cli import media as media_cmd
 from cli import store as store_cmd
 from featstore import __version__
 
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(store_cmd.app, name="store")
 app.add_typer(datasets_cmd.app, name="datasets")
+app.add_typer(media_cmd.app, name="media")
 
 
 def _version(value: bool) -> None:
