@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import typer
@@ -26,6 +28,30 @@ def _console() -> Any:
     from rich.console import Console
 
     return Console()
+
+
+@contextlib.contextmanager
+def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr fed by ``callback(done, total)``; silent when not a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 @app.command()
@@ -228,16 +254,21 @@ def compact(
     url: str = URL,
     dataset: str = typer.Argument(..., help="Dataset to compact."),
     encoder: str = typer.Argument(..., help="Encoder to compact."),
-    target_mb: float = typer.Option(64.0, "--target-mb", help="Target part size per layer (MB)."),
+    target_mb: float = typer.Option(128.0, "--target-mb", help="Target part size per layer (MiB)."),
 ) -> None:
     """Merge many small parts into few large ones; readers never see a gap."""
     with user_errors():
         from featstore.maintenance import compact as run_compact
         from featstore.store import open_store
 
-        report = run_compact(
-            open_store(url, mode="a"), dataset, encoder, target_part_bytes=int(target_mb * 2**20)
-        )
+        with _progress("compacting parts") as progress:
+            report = run_compact(
+                open_store(url, mode="a"),
+                dataset,
+                encoder,
+                target_part_bytes=int(target_mb * 2**20),
+                progress=progress,
+            )
     if not report.merged:
         typer.echo(f"nothing to compact: {report.parts_before} parts")
         return

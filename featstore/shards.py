@@ -193,35 +193,54 @@ def load_layout(objects: Any, array_key: str) -> ShardLayout | None:
     return parse_layout(meta)
 
 
-def encode_shard(
-    blocks: list[np.ndarray], *, n_rows: int, dim: int, dtype: np.dtype, chunk_rows: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Encode ``[n_rows, dim]`` rows (given as row blocks) as one zarr v3 shard.
+class ShardBuffer:
+    """Rows of one layer of a part, laid out in memory as the shard they become.
 
-    Inner chunks of ``chunk_rows`` rows stored back to back in row order
-    (the last one padded with zeros, the fill value), then the index of
-    ``(offset, nbytes)`` pairs and its crc32c, as ``parse_layout`` expects.
-    Returns ``(shard bytes [N] uint8, rows view [n_rows, dim])``: one copy of
-    the data, no per-chunk codec calls.
+    Rows are copied (and cast) straight into place as videos arrive; ``finish``
+    pads the last inner chunk with zeros (the fill value) and appends the index
+    of ``(offset, nbytes)`` pairs and its crc32c, as ``parse_layout`` expects.
+    One copy of the data, no per-chunk codec calls, and the buffer is reused
+    for the writer's next part (no page faults after the first).
     """
-    import crc32c
 
-    n_chunks = math.ceil(n_rows / chunk_rows)
-    row_bytes = dim * dtype.itemsize
-    data_bytes = n_chunks * chunk_rows * row_bytes
-    shard = np.empty(data_bytes + n_chunks * 16 + 4, dtype=np.uint8)
-    data = shard[:data_bytes].view(dtype).reshape(n_chunks * chunk_rows, dim)
-    if len(blocks) == 1:
-        data[:n_rows] = blocks[0]
-    else:
-        np.concatenate(blocks, axis=0, out=data[:n_rows])
-    data[n_rows:] = 0
-    index = shard[data_bytes : data_bytes + n_chunks * 16].view("<u8").reshape(n_chunks, 2)
-    index[:, 0] = np.arange(n_chunks, dtype=np.uint64) * np.uint64(chunk_rows * row_bytes)
-    index[:, 1] = chunk_rows * row_bytes
-    crc = crc32c.crc32c(memoryview(index).cast("B"))
-    shard[-4:] = np.frombuffer(crc.to_bytes(4, "little"), dtype=np.uint8)
-    return shard, data[:n_rows]
+    def __init__(self, *, capacity_rows: int, dim: int, dtype: np.dtype, chunk_rows: int) -> None:
+        self.dim, self.dtype, self.chunk_rows = dim, np.dtype(dtype), chunk_rows
+        self.capacity_chunks = max(1, math.ceil(capacity_rows / chunk_rows))
+        self.chunk_nbytes = chunk_rows * dim * self.dtype.itemsize
+        data_bytes = self.capacity_chunks * self.chunk_nbytes
+        self._bytes = np.empty(data_bytes + self.capacity_chunks * 16 + 4, dtype=np.uint8)
+        self._rows = self._bytes[:data_bytes].view(self.dtype).reshape(-1, dim)
+
+    @property
+    def capacity_rows(self) -> int:
+        return len(self._rows)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """The writable ``[stop - start, dim]`` view of rows ``[start, stop)``."""
+        return self._rows[start:stop]
+
+    def finish(self, n_rows: int) -> memoryview:
+        """The shard's bytes for the first ``n_rows`` rows (valid until the next fill)."""
+        import crc32c
+
+        n_chunks = math.ceil(n_rows / self.chunk_rows)
+        self._rows[n_rows : n_chunks * self.chunk_rows] = 0
+        data_bytes = n_chunks * self.chunk_nbytes
+        index = (
+            self._bytes[data_bytes : data_bytes + n_chunks * 16].view("<u8").reshape(n_chunks, 2)
+        )
+        index[:, 0] = np.arange(n_chunks, dtype=np.uint64) * np.uint64(self.chunk_nbytes)
+        index[:, 1] = self.chunk_nbytes
+        crc = crc32c.crc32c(memoryview(index).cast("B"))
+        end = data_bytes + n_chunks * 16
+        self._bytes[end : end + 4] = np.frombuffer(crc.to_bytes(4, "little"), dtype=np.uint8)
+        return memoryview(self._bytes[: end + 4])
+
+    def checksum(self, n_rows: int) -> str:
+        """crc32c of the C-ordered bytes of the first ``n_rows`` rows."""
+        import crc32c
+
+        return f"crc32c:{crc32c.crc32c(memoryview(self._rows[:n_rows]).cast('B')):08x}"
 
 
 def nonfinite_rows(rows: np.ndarray) -> np.ndarray:
