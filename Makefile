@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= dev,distributed
+EXTRAS ?= dev,faces,distributed
 STAMP := $(VENV)/.featstore-installed
 
 export HF_HUB_OFFLINE := 1

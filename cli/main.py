@@ -11,6 +11,7 @@ import typer
 
 from cli import datasets as datasets_cmd
 from cli import media as media_cmd
+from cli import sample as sample_cmd
 from cli import store as store_cmd
 from featstore import __version__
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.add_typer(store_cmd.app, name="store")
 app.add_typer(datasets_cmd.app, name="datasets")
 app.add_typer(media_cmd.app, name="media")
+app.add_typer(sample_cmd.app, name="sample")
 
 
 def _version(value: bool) -> None:

@@ -27,7 +27,10 @@ def _human(n: float) -> str:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    if not console.is_terminal:  # pipes and logs: do not squeeze tables into 80 columns
+        console = Console(width=max(console.width, 132))
+    return console
 
 
 @contextlib.contextmanager

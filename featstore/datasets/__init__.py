@@ -82,7 +82,7 @@ def read_dataset(
         raise UnknownFormatError(
             f"unknown dataset format {format!r}; choose from {', '.join(FORMATS)}"
         )
-    root = Path(root).expanduser()
+    root = Path(root).expanduser().resolve()
     if not root.exists():
         raise DatasetFormatError(f"{format}: {root} does not exist")
     return FORMATS[format].read(root, strict=strict, check_files=check_files)
