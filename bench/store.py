@@ -77,7 +77,6 @@ def main() -> None:
     npy_dir, zarr_dir = work / "npy", work / "features.zarr"
     shutil.rmtree(npy_dir, ignore_errors=True)
     shutil.rmtree(zarr_dir, ignore_errors=True)
-    npy_dir.mkdir(parents=True)
 
     lengths = synthetic_lengths(args.videos, low=75, high=400, seed=0)
     ids = [f"id{i // 10:05d}/clip{i % 10:02d}" for i in range(args.videos)]
@@ -92,18 +91,24 @@ def main() -> None:
         f"{args.videos} videos, {int(lengths.sum())} frames, {total_bytes / 2**20:.0f} MiB -> {work}"
     )
 
-    # ---- write (each phase starts with no dirty pages left by the previous one)
-    os.sync()
-    start = time.perf_counter()
-    for vid, x in zip(ids, videos, strict=True):
-        path = npy_dir / f"{vid}.npy"
-        path.parent.mkdir(exist_ok=True)
-        np.save(path, x)
-    write_npy = time.perf_counter() - start
-
+    # ---- write: 3 rounds, the three writers alternating, median of each. Every write
+    # starts with no dirty pages left by the previous one (os.sync), and the outputs
+    # of all but the last round are removed.
     info = EncoderInfo(name="bench", frame_hz=25.0, layer_dims={"last": DIM})
 
+    def write_npy_to(path: Path) -> float:
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        os.sync()
+        start = time.perf_counter()
+        for vid, x in zip(ids, videos, strict=True):
+            out = path / f"{vid}.npy"
+            out.parent.mkdir(exist_ok=True)
+            np.save(out, x)
+        return time.perf_counter() - start
+
     def write_store_to(path: Path, durable: bool) -> float:
+        shutil.rmtree(path, ignore_errors=True)
         store = open_store(path, mode="a", durable=durable)
         os.sync()
         start = time.perf_counter()
@@ -113,9 +118,15 @@ def main() -> None:
         return time.perf_counter() - start
 
     scratch = work / "scratch.zarr"
-    write_store_nosync = write_store_to(scratch, durable=False)
+    rounds: dict[str, list[float]] = {"npy": [], "nosync": [], "store": []}
+    for _ in range(3):
+        rounds["npy"].append(write_npy_to(npy_dir))
+        rounds["nosync"].append(write_store_to(scratch, durable=False))
+        rounds["store"].append(write_store_to(zarr_dir, durable=True))
     shutil.rmtree(scratch)
-    write_store = write_store_to(zarr_dir, durable=True)
+    write_npy = statistics.median(rounds["npy"])
+    write_store_nosync = statistics.median(rounds["nosync"])
+    write_store = statistics.median(rounds["store"])
 
     # ---- open (listing commits, building the index)
     def open_index() -> object:
@@ -144,7 +155,10 @@ def main() -> None:
 
     # ---- random single-video reads
     picks = [
-        ids[i] for i in np.random.default_rng(1).choice(len(ids), args.random_reads, replace=False)
+        ids[i]
+        for i in np.random.default_rng(1).choice(
+            len(ids), min(args.random_reads, len(ids)), replace=False
+        )
     ]
 
     def random_npy() -> None:
@@ -192,9 +206,9 @@ def main() -> None:
         "",
         "| measurement | one .npy per video | featstore | ratio | target |",
         "|---|---|---|---|---|",
-        f"| write, store with fsync (default) | {write_npy:.2f} s | {write_store:.2f} s | "
+        f"| write (median of 3), store with fsync (default) | {write_npy:.2f} s | {write_store:.2f} s | "
         f"{write_store / write_npy:.2f}x slower | - |",
-        f"| write, store without fsync (durable=False) | {write_npy:.2f} s | {write_store_nosync:.2f} s | "
+        f"| write (median of 3), store without fsync (durable=False) | {write_npy:.2f} s | {write_store_nosync:.2f} s | "
         f"{write_store_nosync / write_npy:.2f}x slower | - |",
     ]
     for cache in ("warm", "cold"):

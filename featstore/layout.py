@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Iterable
 
 from featstore.errors import StoreError
 
@@ -24,6 +25,13 @@ LAST = "last"
 Layer = int | str
 """A layer: a Hugging Face ``hidden_states`` index (0 = input of block 1), ``"last"``,
 or a short lowercase name for auxiliary per-frame data (e.g. ``"landmarks"``)."""
+
+CHUNK_ROWS = 512
+"""Rows per inner chunk of a layer array (one shard holds the whole part)."""
+DEFAULT_PART_BYTES = 128 * 2**20
+"""Target size of one layer of a part (README "Store layout" says why not 64 MiB)."""
+DEFAULT_BUFFER_BYTES = 512 * 2**20
+"""Cap on what one writer buffers across all its layers."""
 
 MANIFEST = "manifest"
 PARTS = "parts"
@@ -141,3 +149,8 @@ def failures_path(dataset: str, encoder: str) -> str:
 
 def failure_key(dataset: str, encoder: str, part_id: str) -> str:
     return f"{failures_path(dataset, encoder)}/{part_id}.json"
+
+
+def format_layers(layers: Iterable[Layer]) -> str:
+    """``"0, 12, last"``: layers in order, for messages."""
+    return ", ".join(layer_key(x) for x in sorted(layers, key=layer_sort_key))

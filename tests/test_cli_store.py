@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import featstore.store as store_mod
+import featstore.writer as writer_mod
 from cli.main import app
 from featstore.store import EncoderInfo, open_store
 from featstore.synthetic import write_synthetic
@@ -67,7 +67,7 @@ def test_verify_gc_compact(demo_store, monkeypatch):
     result = runner.invoke(app, ["store", "verify", demo_store])
     assert result.exit_code == 0 and "ok" in result.output
     store = open_store(demo_store, mode="a")
-    monkeypatch.setattr(store_mod, "_write_commit", lambda *a, **k: None)
+    monkeypatch.setattr(writer_mod, "_write_commit", lambda *a, **k: None)
     with store.writer("ds", store.encoder_info("ds", "tiny")) as w:
         w.add("ghost", {0: np.ones((3, 32), np.float16), "last": np.ones((3, 16), np.float16)})
     monkeypatch.undo()

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import featstore.store as store_mod
+import featstore.writer as writer_mod
 from featstore import layout
 from featstore.errors import (
     EncoderMismatchError,
@@ -139,7 +140,7 @@ def test_fully_superseded_part_is_collected(store, info):
 def test_uncommitted_part_is_invisible_and_collected(store, info, monkeypatch):
     with store.writer("ds", info) as w:
         w.add("kept", {0: np.ones((4, 32), np.float16), "last": np.ones((4, 16), np.float16)})
-    monkeypatch.setattr(store_mod, "_write_commit", lambda *a, **k: None)
+    monkeypatch.setattr(writer_mod, "_write_commit", lambda *a, **k: None)
     with store.writer("ds", info) as w:
         w.add("lost", {0: np.ones((4, 32), np.float16), "last": np.ones((4, 16), np.float16)})
     monkeypatch.undo()

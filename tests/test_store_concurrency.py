@@ -60,6 +60,7 @@ _KILLED_WRITER = textwrap.dedent(
     import sys, time
     import numpy as np
     import featstore.store as store_mod
+    import featstore.writer as writer_mod
     from featstore.store import EncoderInfo, open_store
     from featstore.synthetic import synthetic_video
 
@@ -73,13 +74,13 @@ _KILLED_WRITER = textwrap.dedent(
         time.sleep(600)
 
     if hook == "before-commit":
-        real_commit = store_mod._write_commit
+        real_commit = writer_mod._write_commit
         def commit(*args, **kwargs):
             if parts:
                 stall()
             parts.append(1)
             real_commit(*args, **kwargs)
-        store_mod._write_commit = commit
+        writer_mod._write_commit = commit
     else:  # between two layer arrays of the second part
         real_layer = store_mod.FeatureStore._write_layer
         calls = []
