@@ -667,16 +667,16 @@ def decode(
         raise NoAudioStreamError(path, "no audio stream (pass audio=False for visual-only use)")
     frames = samples = None
     if video:
-        chunks = list(
+        frames = _collect_frames(
             iter_frames(
                 path,
                 fps=fps,
                 max_duration_s=max_duration_s,
                 allow_truncated=allow_truncated,
                 threads=threads,
-            )
+            ),
+            expected=_expected_frames(info, fps, max_duration_s),
         )
-        frames = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)  # [T, H, W, 3]
     if audio:
         with _open(path) as container:
             pieces = list(
@@ -692,6 +692,38 @@ def decode(
     return DecodedMedia(
         frames=frames, audio=samples, fps=float(fps), sample_rate_hz=sample_rate_hz, info=info
     )
+
+
+def _expected_frames(info: MediaInfo, fps: float, max_duration_s: float | None) -> int:
+    """Output frames the header promises (0 when it says nothing)."""
+    duration = (info.video.duration_s if info.video else None) or info.duration_s or 0.0
+    if max_duration_s is not None:
+        duration = min(duration, max_duration_s)
+    return math.ceil(duration * fps) + 1
+
+
+def _collect_frames(chunks: Iterator[np.ndarray], *, expected: int) -> np.ndarray:
+    """Gather frame chunks into one ``[T, H, W, 3]`` array sized from the header.
+
+    Filling a buffer allocated once keeps the peak at one clip plus one chunk;
+    concatenating a list of chunks would hold the clip twice (1.4 GB for 10 s
+    of 720p) and run at half the speed. A header that undercounts only costs
+    a regrowth; one that overcounts by over 10 % costs a final trimming copy.
+    """
+    out: np.ndarray | None = None
+    n = 0
+    for chunk in chunks:
+        if out is None:
+            out = np.empty((max(expected, len(chunk)), *chunk.shape[1:]), dtype=chunk.dtype)
+        if n + len(chunk) > len(out):
+            grown = np.empty((max(2 * len(out), n + len(chunk)), *out.shape[1:]), dtype=out.dtype)
+            grown[:n] = out[:n]
+            out = grown
+        out[n : n + len(chunk)] = chunk
+        n += len(chunk)
+    if out is None:  # pragma: no cover - iter_frames raises EmptyMediaError first
+        raise EmptyMediaError("?", "no frames decoded")
+    return out[:n] if n >= 0.9 * len(out) else out[:n].copy()
 
 
 # -- leading silence (AVH-Align) -------------------------------------------------------------

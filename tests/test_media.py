@@ -488,3 +488,16 @@ def test_cli_probe(clip25: Path, tmp_path: Path) -> None:
     bad.write_text("hello")
     res = runner.invoke(app, ["probe", str(bad)])
     assert res.exit_code == 1 and "bad.mp4: not a supported media file" in res.output
+
+
+@pytest.mark.parametrize("expected", [1, 7, 10, 40])
+def test_collect_frames_handles_wrong_header_counts(expected: int) -> None:
+    """Regression: decode() used to hold every chunk and their concatenation at once."""
+    from featstore.media import _collect_frames
+
+    chunks = [np.full((4, 2, 2, 3), i, np.uint8) for i in range(3)]  # 10 frames in all
+    chunks[-1] = chunks[-1][:2]
+    out = _collect_frames(iter(chunks), expected=expected)
+    assert out.shape == (10, 2, 2, 3)
+    assert out[:, 0, 0, 0].tolist() == [0] * 4 + [1] * 4 + [2] * 2
+    assert out.base is None or out.base.shape[0] <= 11  # no large overallocation kept alive
