@@ -197,7 +197,9 @@ def _prepare_root(root: Path, *, overwrite: bool) -> None:
     if root.is_dir() and any(root.iterdir()):
         metadata = [root / f"{split}_metadata.json" for split in ("train", "val")]
         if not overwrite:
-            raise SampleError(f"{root} is not empty (pass overwrite to replace a sample dataset)")
+            raise SampleError(
+                f"{root} is not empty (use --overwrite, or overwrite=True, to replace a sample dataset)"
+            )
         if not any(p.is_file() for p in metadata):
             raise SampleError(f"{root} is not empty and holds no sample metadata to replace")
         for path in metadata:
