@@ -159,10 +159,9 @@ class LayerIndex:
             n[order],
             version[order],
         )
-        pos: dict[str, int] = {}
-        for i, vid in enumerate(ids.tolist()):
-            pos[vid] = i
-        keep = np.fromiter(sorted(pos.values()), dtype=np.int64, count=len(pos))
+        import pandas as pd
+
+        keep = ~pd.Index(ids).duplicated(keep="last")  # the newest copy of each video
         self._ids, self._part, self._start = ids[keep], part[keep], start[keep]
         self._n, self._version = n[keep], version[keep]
         self._pos = {vid: i for i, vid in enumerate(self._ids.tolist())}
