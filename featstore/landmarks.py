@@ -15,9 +15,9 @@ dlib and OpenCV come from the optional ``faces`` extra and are imported on first
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,9 +193,22 @@ def load_cv2() -> Any:
     return cv2
 
 
-@functools.cache
+_THREAD_MODELS = threading.local()
+
+
 def load_face_models() -> _FaceModels:
-    """dlib's HOG detector, the 68-point predictor and cv2 (loaded once per process)."""
+    """dlib's HOG detector, the 68-point predictor and cv2, loaded once per thread.
+
+    dlib's detector and predictor are not safe to call from two threads at once, and
+    the extraction worker decodes and crops in a thread pool: each thread gets its own.
+    """
+    models = getattr(_THREAD_MODELS, "models", None)
+    if models is None:
+        models = _THREAD_MODELS.models = _load_face_models()
+    return models
+
+
+def _load_face_models() -> _FaceModels:
     cv2 = load_cv2()
     try:
         import dlib

@@ -202,7 +202,10 @@ class FeatureStore:
         except (UnknownDatasetError, UnknownEncoderError):
             return False
         wanted = state.layers() if layers is None else [normalize_layer(x) for x in layers]
-        return bool(wanted) and all(video_id in state.index(x) for x in wanted)
+        try:
+            return bool(wanted) and all(video_id in state.index(x) for x in wanted)
+        except UnknownLayerError:  # a layer nobody has committed yet
+            return False
 
     def committed_videos(self, dataset: str, encoder: str, layers: Iterable[Layer]) -> set[str]:
         """Videos committed for all of ``layers`` (what an extraction can skip on resume)."""
@@ -210,7 +213,10 @@ class FeatureStore:
             state = self._state(dataset, encoder)
         except (UnknownDatasetError, UnknownEncoderError):
             return set()
-        sets = [set(state.index(x).video_ids()) for x in layers]
+        try:
+            sets = [set(state.index(normalize_layer(x)).video_ids()) for x in layers]
+        except UnknownLayerError:  # a layer nobody has committed yet: nothing to skip
+            return set()
         return set.intersection(*sets) if sets else set()
 
     def locate(self, dataset: str, encoder: str, video_id: str, layer: Layer) -> Location:

@@ -79,7 +79,10 @@ def row_times_s(n_rows: int, frame_hz: float) -> np.ndarray:
 def row_bounds_s(n_rows: int, frame_hz: float) -> np.ndarray:
     """``[n_rows, 2]`` start and end (exclusive) of each row in seconds."""
     start = row_times_s(n_rows, frame_hz)
-    return np.stack([start, start + 1.0 / frame_hz], axis=1)  # [n_rows, 2]
+    # (t + 1) / frame_hz, not start + 1 / frame_hz: the sum is off by an ulp (2/25 + 1/25
+    # != 3/25), which made a segment starting exactly at a row's end overlap that row.
+    end = np.arange(1, n_rows + 1, dtype=np.float64) / frame_hz
+    return np.stack([start, end], axis=1)  # [n_rows, 2]
 
 
 def frames_to_seconds(

@@ -126,3 +126,13 @@ def test_silence_trim_counts_match_avh_align(sil: float) -> None:
     assert samples == frames * tb.SAMPLES_PER_FRAME
     with pytest.raises(ValueError):
         tb.silence_trim_counts(-0.1)
+
+
+def test_row_bounds_are_exact_multiples_of_the_row_length():
+    # 2/25 + 1/25 is 0.12000000000000001 in floating point; a segment starting at
+    # 0.12 s must not mark row 2, which ends at 0.12 s.
+    bounds = tb.row_bounds_s(10, 25.0)
+    assert bounds[2, 1] == 3 / 25
+    assert np.array_equal(bounds[1:, 0], bounds[:-1, 1])
+    mask = tb.segments_to_mask([[0.12, 0.2]], 10, frame_hz=25.0)
+    assert np.flatnonzero(mask).tolist() == [3, 4]

@@ -225,12 +225,19 @@ def bert_init_(module: torch.nn.Module, *, std: float = 0.02) -> None:
     """The paper's random baselines: Linear/Embedding/Conv N(0, std), biases 0, norms 1/0."""
     import torch
     from torch import nn
+    from torch.nn.utils import parametrize
 
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, nn.Linear | nn.Embedding | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std)
+                weight = torch.randn(m.weight.shape, generator=gen) * std
+                if parametrize.is_parametrized(m, "weight"):
+                    # weight norm (wav2vec2's positional conv): assigning goes through the
+                    # parametrization's right_inverse, so the effective weight is ``weight``
+                    m.weight = weight.to(m.weight.dtype)
+                else:
+                    m.weight.copy_(weight)
                 if getattr(m, "bias", None) is not None:
                     m.bias.zero_()
             elif isinstance(
