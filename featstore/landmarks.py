@@ -208,6 +208,11 @@ def load_face_models() -> _FaceModels:
     return models
 
 
+def reset_face_models() -> None:
+    """Forget this thread's loaded models (the next call loads them again)."""
+    _THREAD_MODELS.__dict__.pop("models", None)
+
+
 def _load_face_models() -> _FaceModels:
     cv2 = load_cv2()
     try:

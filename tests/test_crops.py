@@ -34,6 +34,7 @@ from featstore.landmarks import (
     interpolate_missing,
     load_face_models,
     moving_average,
+    reset_face_models,
     similarity_transform,
     track_faces,
 )
@@ -335,12 +336,12 @@ def test_import_does_not_load_dlib_cv2_zarr_or_torch():
 
 def test_missing_extra_raises_a_typed_error_with_a_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "dlib", None)  # makes `import dlib` fail
-    load_face_models.cache_clear()
+    reset_face_models()
     try:
         with pytest.raises(FacesUnavailableError, match=r"featstore\[faces\]"):
             load_face_models()
     finally:
-        load_face_models.cache_clear()
+        reset_face_models()
     assert issubclass(FacesUnavailableError, FeatstoreError)
 
 
@@ -471,3 +472,17 @@ def test_a_cut_moving_the_face_is_followed_at_once(sample_clips, shift):
     moved = reference.landmarks[15:] + np.array([shift, 0])
     err = np.abs(tracks.landmarks[15:] - moved).mean((1, 2))  # [15]
     assert err.max() < 3, f"landmarks off by {err.round(1)} px after the cut"
+
+
+def test_face_models_are_loaded_once_per_thread():
+    # dlib's detector is not thread-safe and the extraction worker crops in a thread pool.
+    pytest.importorskip("dlib")
+    import threading
+
+    mine = load_face_models()
+    theirs = []
+    thread = threading.Thread(target=lambda: theirs.append(load_face_models()))
+    thread.start()
+    thread.join()
+    assert load_face_models() is mine
+    assert theirs[0] is not mine and theirs[0].detector is not mine.detector

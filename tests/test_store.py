@@ -184,6 +184,15 @@ def test_has_and_committed_videos_for_resume(store, info):
     assert store.committed_videos("other", "tiny", [0]) == set()
 
 
+def test_resume_asks_about_a_layer_nobody_committed_yet(store, info):
+    # Regression: extracting a new layer of an existing encoder raised UnknownLayerError.
+    with store.writer("ds", info, layers=[0]) as w:
+        w.add("a", {0: np.ones((3, 32), np.float16)})
+    assert store.committed_videos("ds", "tiny", [0, "last"]) == set()
+    assert store.committed_videos("ds", "tiny", ["last"]) == set()
+    assert not store.has("ds", "tiny", "a", ["last"])
+
+
 def test_failures_are_recorded_and_resolved_by_a_later_success(store, info):
     with store.writer("ds", info) as w:
         w.fail("broken.mp4", ValueError("moov atom not found"))

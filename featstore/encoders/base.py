@@ -13,6 +13,7 @@ Torch is imported inside functions: importing this module stays cheap.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -42,6 +43,10 @@ class EncoderError(FeatstoreError):
 
 
 class UnknownEncoderNameError(EncoderError, KeyError):
+    """No encoder is registered under that name (a usage error: exit code 2)."""
+
+    exit_code = 2
+
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
 
@@ -64,7 +69,9 @@ class EncoderSpec:
     crop: str  # "none" | "mouth" | "face": what the worker feeds as ``Clip.frames``
     frame_hz: float
     dim: int  # dim of layer "last" at the default checkpoint
-    n_layers: int  # transformer blocks at the default checkpoint (layers 0..n_layers, "last")
+    # transformer blocks at the default checkpoint: layers 0..n_layers and "last";
+    # 0 for weight-free encoders, which have only "last"
+    n_layers: int
     default_checkpoint: str | None  # None: weight-free
     description: str = ""
     preprocessing_version: str = "1"
@@ -279,7 +286,13 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 def checkpoint_sha256(path: Path) -> str:
-    """sha256 over the weight files of a checkpoint (sorted by name), streamed."""
+    """sha256 over the weight files of a checkpoint (sorted by name), streamed.
+
+    Hashing a multi-gigabyte checkpoint takes tens of seconds, so digests are
+    remembered in ``<cache>/featstore/checkpoint-sha256.json`` keyed by each file's
+    resolved path, size and modification time (``$XDG_CACHE_HOME`` or ``~/.cache``;
+    ``FEATSTORE_CACHE_DIR`` overrides): a changed file is hashed again.
+    """
     files = (
         [path]
         if path.is_file()
@@ -287,12 +300,48 @@ def checkpoint_sha256(path: Path) -> str:
     )
     if not files:
         raise CheckpointError(f"no weight files under {path}")
+    stats = [(f.resolve(), f.stat()) for f in files]
+    key = json.dumps([[str(f), st.st_size, st.st_mtime_ns] for f, st in stats])
+    key = hashlib.sha256(key.encode()).hexdigest()
+    cache = _sha256_cache_file()
+    known = _read_sha256_cache(cache)
+    if key in known:
+        return known[key]
     digest = hashlib.sha256()
     for file in files:
         with open(file, "rb") as fh:
             for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
                 digest.update(block)
-    return digest.hexdigest()
+    known[key] = digest.hexdigest()
+    _write_sha256_cache(cache, known)
+    return known[key]
+
+
+def _sha256_cache_file() -> Path:
+    root = os.environ.get("FEATSTORE_CACHE_DIR")
+    if root:
+        return Path(root) / "checkpoint-sha256.json"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "featstore" / "checkpoint-sha256.json"
+
+
+def _read_sha256_cache(file: Path) -> dict[str, str]:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):  # no cache yet, or a broken one: hash again
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _write_sha256_cache(file: Path, known: dict[str, str]) -> None:
+    """Best effort (a read-only home must not stop an extraction); atomic replace."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=0, sort_keys=True))
+        os.replace(tmp, file)
+    except OSError as exc:
+        log.debug("could not cache checkpoint digests in %s: %s", file, exc)
 
 
 def pad_batch(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
