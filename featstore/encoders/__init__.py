@@ -47,6 +47,9 @@ FAMILIES = (
     "featstore.encoders.clip",
     "featstore.encoders.videomae",
     "featstore.encoders.baselines",
+    "featstore.encoders.avhubert",
+    "featstore.encoders.autoavsr",
+    "featstore.encoders.fsfm",
 )
 
 _REGISTRY: dict[str, tuple[EncoderSpec, Loader]] = {}
