@@ -1,0 +1,250 @@
+"""``featstore extract``: run an encoder over a dataset's videos into the store."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import typer
+
+from cli.errors import user_errors
+from featstore.extract.plan import DEFAULT_BATCH_FRAMES, DEFAULT_NUM_WORKERS, format_bytes
+
+
+def _encoder_name(value: str) -> str:
+    """``--encoder``: a name from the registry (read when parsing, so it is current)."""
+    from featstore.encoders import specs
+
+    names = list(specs())
+    if value not in names:
+        raise typer.BadParameter(
+            f"{value!r} is not a registered encoder; choose from {', '.join(names)}"
+        )
+    return value
+
+
+def _complete_encoder(incomplete: str) -> list[str]:
+    from featstore.encoders import specs
+
+    return [n for n in specs() if n.startswith(incomplete)]
+
+
+def _dtype(value: str) -> str:
+    if value not in ("float16", "float32"):
+        raise typer.BadParameter(f"{value!r} is not one of float16, float32")
+    return value
+
+
+def parse_options(items: Sequence[str], *, trust_checkpoint: bool = False) -> dict[str, Any]:
+    """``--option KEY=VALUE`` (repeated) -> loader options; VALUE is JSON when it parses
+    (``3``, ``true``, ``[1, 2]``), else the text itself. ``--trust-checkpoint`` adds
+    ``trust_checkpoint=True``."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise typer.BadParameter(
+                f"{item!r} is not KEY=VALUE with KEY a name (e.g. pooling=cls)",
+                param_hint="--option",
+            )
+        try:
+            options[key] = json.loads(text)
+        except ValueError:
+            options[key] = text
+    if trust_checkpoint:
+        options["trust_checkpoint"] = True
+    return options
+
+
+def extract_command(
+    encoder: str = typer.Option(
+        ...,
+        "--encoder",
+        parser=_encoder_name,
+        autocompletion=_complete_encoder,
+        metavar="NAME",
+        help="A registered encoder (featstore encoders list).",
+    ),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset name in the store."),
+    store: str = typer.Option(..., "--store", help="Store URL: a local path or s3://..."),
+    checkpoint: str | None = typer.Option(
+        None, "--checkpoint", help="Local path or Hugging Face id in the local cache."
+    ),
+    random_init: bool = typer.Option(
+        False, "--random-init", help="The checkpoint's architecture with random weights."
+    ),
+    store_as: str | None = typer.Option(
+        None,
+        "--store-as",
+        metavar="NAME",
+        help="Store the features under this encoder name (e.g. clip-random for --random-init).",
+    ),
+    trust_checkpoint: bool = typer.Option(
+        False,
+        "--trust-checkpoint",
+        help="Unpickle the checkpoint with full torch.load: runs any code in the file; "
+        "only for files you trust.",
+    ),
+    option: list[str] = typer.Option(
+        [],
+        "--option",
+        metavar="KEY=VALUE",
+        help="An encoder loader option (repeatable); VALUE is read as JSON when it parses.",
+    ),
+    layers: str = typer.Option("last", "--layers", help="last | all | a list such as 0,6,12."),
+    dtype: str = typer.Option(
+        "float16",
+        "--dtype",
+        parser=_dtype,
+        metavar="float16|float32",
+        help="Stored dtype (on CUDA also the autocast compute dtype).",
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    batch_frames: int = typer.Option(
+        DEFAULT_BATCH_FRAMES, "--batch-frames", help="Padded 25 fps frames per forward pass."
+    ),
+    num_workers: int = typer.Option(
+        DEFAULT_NUM_WORKERS, "--num-workers", help="Decode threads (0: decode inline)."
+    ),
+    split: str | None = typer.Option(None, "--split", help="Only videos of this split."),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Only the first N videos (of the split)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print what would run and its store size; write nothing."
+    ),
+    cluster: str | None = typer.Option(
+        None, "--cluster", help="Run on Dask: 'local' or a scheduler address tcp://HOST:PORT."
+    ),
+    n_workers: int = typer.Option(2, "--n-workers", help="Worker processes for --cluster local."),
+) -> None:
+    """Extract an encoder's per-frame features of a dataset into the store (resumable)."""
+    from featstore.extract import extract, plan_extraction
+
+    options = parse_options(option, trust_checkpoint=trust_checkpoint)
+    with user_errors():
+        if dry_run:
+            plan = plan_extraction(
+                store,
+                dataset=dataset,
+                encoder=encoder,
+                checkpoint=checkpoint,
+                random_init=random_init,
+                layers=layers,
+                dtype=dtype,
+                split=split,
+                limit=limit,
+                store_as=store_as,
+                encoder_options=options,
+            )
+            _print_plan(plan)
+            return
+        try:
+            with _progress_bar() as on_progress:
+                summary = extract(
+                    store,
+                    dataset=dataset,
+                    encoder=encoder,
+                    checkpoint=checkpoint,
+                    random_init=random_init,
+                    layers=layers,
+                    dtype=dtype,
+                    device=device,
+                    batch_frames=batch_frames,
+                    num_workers=num_workers,
+                    split=split,
+                    limit=limit,
+                    on_progress=on_progress,
+                    cluster=cluster,
+                    n_workers=n_workers,
+                    store_as=store_as,
+                    encoder_options=options,
+                )
+        except KeyboardInterrupt:
+            typer.secho(
+                "interrupted: finished videos are committed; run the same command to resume",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
+            raise typer.Exit(code=130) from None
+    typer.echo(
+        f"{_label(encoder, store_as)} on {dataset}: {summary.videos_done} videos extracted, "
+        f"{summary.videos_skipped} already in the store, {summary.videos_failed} failed; "
+        f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.frames_per_s:.1f} frames/s); "
+        f"{format_bytes(summary.bytes_written)} written in {summary.parts_written} parts"
+    )
+    if summary.videos_failed:
+        typer.secho(
+            f"{summary.videos_failed} videos failed; their errors are in the store "
+            f"(featstore store info {store} --dataset {dataset})",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+
+
+def _label(encoder: str, store_as: str | None) -> str:
+    """``clip-random (clip)`` when stored under another name, else ``clip``."""
+    return f"{store_as} ({encoder})" if store_as and store_as != encoder else encoder
+
+
+def _print_plan(plan: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from featstore.layout import layer_key
+
+    console = Console()
+    console.print(
+        f"dry run: {_label(plan.encoder, plan.store_as)} on {plan.dataset}: {plan.videos_to_run} videos to extract "
+        f"({plan.videos_selected} selected, {plan.videos_skipped} already in the store), "
+        f"about {plan.frames} frames ({plan.frames / 25 / 3600:.2f} h) at {plan.frame_hz:g} Hz, "
+        f"stored as {plan.dtype}"
+    )
+    table = Table("layer", "dim", "rows", "size")
+    for e in plan.layers:
+        table.add_row(layer_key(e.layer), str(e.dim), str(e.rows), format_bytes(e.bytes))
+    table.add_row("total", "", "", format_bytes(plan.bytes_total), style="bold")
+    console.print(table)
+    for warning in plan.warnings:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[Callable[[Any], None]]:
+    """A bar on stderr with videos/s, frames/s, failures and ETA; silent when not a terminal."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rates]}"),
+        TextColumn("[red]{task.fields[failed]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("extract", total=None, rates="", failed="")
+
+        def update(p: Any) -> None:
+            bar.update(
+                task,
+                completed=p.videos_finished,
+                total=p.videos_total,
+                rates=f"{p.videos_per_s:.1f} videos/s {p.frames_per_s:.0f} frames/s",
+                failed=f"{p.videos_failed} failed" if p.videos_failed else "",
+            )
+
+        yield update

@@ -1,0 +1,91 @@
+"""The decode stage: one video file -> the :class:`Clip` its encoder takes.
+
+Decodes what the encoder's modality needs (25 fps RGB, 16 kHz mono), crops mouth or
+face from landmark tracks (the store's cached ``tracks-dlib68`` when present, tracked
+here otherwise) and rejects clips too short to give one row. Every failure is a
+typed per-video error (:data:`VIDEO_ERRORS`); there is no whole-frame fallback when a
+crop fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from featstore.encoders.base import Clip, ClipError, EncoderSpec
+from featstore.landmarks import FaceTracks, NoFaceError
+from featstore.media import MediaError
+
+log = logging.getLogger(__name__)
+
+# Errors that fail one video (recorded in the store's _failures) and never stop a run.
+VIDEO_ERRORS: tuple[type[Exception], ...] = (MediaError, NoFaceError, ClipError)
+
+
+class ClipTooShortError(ClipError):
+    """A clip gives no rows at the encoder's rate (e.g. shorter than its window)."""
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedClip:
+    """A decoded (and cropped) clip, with tracks computed here that the store lacks."""
+
+    clip: Clip
+    n_frames: int  # length in 25 fps frames (the batching unit)
+    new_tracks: FaceTracks | None = None
+
+
+TracksLookup = Callable[[str], FaceTracks | None]
+
+
+def prepare_clip(
+    video_id: str,
+    path: str,
+    *,
+    spec: EncoderSpec,
+    n_rows: Callable[[int], int],
+    cached_tracks: TracksLookup | None = None,
+) -> PreparedClip:
+    """Decode ``path`` for the encoder described by ``spec``; raise a VIDEO_ERRORS on failure."""
+    from featstore.media import decode
+
+    media = decode(path, video=spec.needs_video, audio=spec.needs_audio)
+    frames, new_tracks = media.frames, None
+    if spec.needs_video and spec.crop != "none":
+        frames, new_tracks = _crop(video_id, media.frames, spec.crop, cached_tracks)
+    clip = Clip(video_id=video_id, frames=frames, audio=media.audio)
+    n_frames = clip.duration_frames
+    if spec.needs_audio and media.audio is not None:
+        n_frames = min(n_frames, int(media.audio.shape[0]) // 640)
+    if n_frames < 1 or n_rows(n_frames) < 1:
+        raise ClipTooShortError(
+            f"{path}: {n_frames} frames ({n_frames / 25:.2f} s) give no rows for "
+            f"{spec.name} at {spec.frame_hz:g} Hz"
+        )
+    return PreparedClip(clip=clip, n_frames=clip.duration_frames, new_tracks=new_tracks)
+
+
+def _crop(
+    video_id: str, frames: object, crop: str, cached_tracks: TracksLookup | None
+) -> tuple[object, FaceTracks | None]:
+    import numpy as np
+
+    from featstore.crops import crop_face, crop_mouth
+    from featstore.landmarks import track_faces
+
+    frames = np.asarray(frames)  # [T, H, W, 3]
+    tracks = cached_tracks(video_id) if cached_tracks is not None else None
+    new = None
+    if tracks is not None and tracks.n_frames != len(frames):
+        log.warning(
+            "cached tracks of %s cover %d frames, the video has %d; tracking again",
+            video_id,
+            tracks.n_frames,
+            len(frames),
+        )
+        tracks = None
+    if tracks is None:
+        tracks = new = track_faces(frames)
+    cropped = crop_mouth(frames, tracks) if crop == "mouth" else crop_face(frames, tracks)
+    return cropped, new
