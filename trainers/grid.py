@@ -1,0 +1,408 @@
+"""The experiment grid: train on each dataset, test on every dataset (paper Tab. 2 / 4).
+
+A TOML file says what to run:
+
+```toml
+store = "features.zarr"          # a path (relative to this file) or an fsspec URL
+out = "grid-out"                 # relative to this file
+
+[[datasets]]
+name = "favc"                    # train = "train", val = "val", test = "test" by default
+fakes = "filter"                 # or "all": count every fake, not only both-modality ones
+[[datasets]]
+name = "avlips"
+train = false                    # test-only (also when the store has no such split)
+
+[[features]]
+encoder = "wav2vec2"
+layer = "last"                   # default "last"
+label = "Wav2Vec2"               # optional row label
+
+[probe]                          # optional: trainers.probe.ProbeConfig fields
+max_epochs = 100
+```
+
+One probe per (feature, training dataset) goes to
+``out/runs/<encoder>-<layer>/<dataset>``; each is evaluated on every
+dataset's test split with the evaluation filter. Complete runs and their
+stored metrics are reused, so an interrupted grid resumes where it stopped.
+Results go to ``out/results.csv`` and ``out/grid.{md,csv,json}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from featstore.errors import FeatstoreError
+from trainers.data import FeatureKey, Selection, select, split_hash
+from trainers.runs import Run, is_complete, load_run
+
+if TYPE_CHECKING:
+    from featstore.store import FeatureStore
+    from trainers.probe import EpochStats, ProbeConfig
+    from trainers.report import GridResult, GridTable
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "GridConfig",
+    "GridConfigError",
+    "GridDataset",
+    "GridError",
+    "GridEvent",
+    "GridFeature",
+    "GridOutcome",
+    "load_config",
+    "run_grid",
+]
+
+_TOP_KEYS = {"store", "out", "datasets", "features", "probe", "allow_missing"}
+_DATASET_KEYS = {"name", "train", "val", "test", "fakes"}
+_FEATURE_KEYS = {"encoder", "layer", "label"}
+_RUNTIME = {"device", "cache_bytes"}  # probe settings that change speed, not the model
+
+
+class GridError(FeatstoreError):
+    """The grid cannot run as configured (e.g. a reused run disagrees with the config)."""
+
+
+class GridConfigError(GridError, ValueError):
+    """The grid's TOML file is malformed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class GridDataset:
+    """One dataset of the grid; ``train=None`` makes it test-only."""
+
+    name: str
+    train: str | None = "train"
+    val: str | None = "val"
+    test: str = "test"
+    fakes: str = "filter"  # "filter": the paper's evaluation filter; "all": every fake counts
+
+
+@dataclass(frozen=True)
+class GridFeature:
+    key: FeatureKey
+    label: str
+
+    @property
+    def run_name(self) -> str:
+        return self.key.slug
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    store: str
+    out: Path
+    datasets: tuple[GridDataset, ...]
+    features: tuple[GridFeature, ...]
+    probe: Mapping[str, Any] = field(default_factory=dict)
+    allow_missing: bool = False
+
+    def probe_config(self) -> ProbeConfig:
+        import dataclasses
+
+        from trainers.probe import ProbeConfig
+
+        _unknown(self.probe, {f.name for f in dataclasses.fields(ProbeConfig)}, "probe.")
+        try:
+            return ProbeConfig(**self.probe)
+        except (TypeError, ValueError) as exc:
+            raise GridConfigError(f"[probe]: {exc}") from None
+
+
+@dataclass(frozen=True)
+class GridEvent:
+    """Progress of a grid: ``kind`` is train | reuse | epoch | evaluate | result."""
+
+    kind: str
+    feature: str
+    train: str
+    test: str | None = None
+    run_dir: Path | None = None
+    epoch: EpochStats | None = None
+    result: GridResult | None = None
+
+
+@dataclass(frozen=True)
+class GridOutcome:
+    results: tuple[GridResult, ...]
+    table: GridTable
+    files: Mapping[str, Path]
+
+
+# ------------------------------------------------------------------ config
+
+
+def _str(value: Any, key: str, *, allow_false: bool = False) -> str | None:
+    if allow_false and value is False:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        extra = " or false" if allow_false else ""
+        raise GridConfigError(f"{key} must be a non-empty string{extra}, got {value!r}")
+    return value.strip()
+
+
+def _unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        raise GridConfigError(
+            f"unknown key {where}{extra[0]!r} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _resolve(value: str, base: Path) -> str:
+    if "://" in value or Path(value).is_absolute():
+        return value
+    return str(base / value)
+
+
+def parse_config(doc: Mapping[str, Any], *, base_dir: Path = Path(".")) -> GridConfig:
+    """Validate a parsed TOML document; relative paths are taken from ``base_dir``."""
+    _unknown(doc, _TOP_KEYS, "")
+    for key in ("store", "out", "datasets", "features"):
+        if key not in doc:
+            raise GridConfigError(f"missing key {key!r}")
+    store = _resolve(_str(doc["store"], "store"), base_dir)
+    out = Path(_resolve(_str(doc["out"], "out"), base_dir))
+    raw_datasets = doc["datasets"]
+    if not isinstance(raw_datasets, list) or not raw_datasets:
+        raise GridConfigError("datasets must be a non-empty array of tables ([[datasets]])")
+    datasets = []
+    for i, item in enumerate(raw_datasets):
+        where = f"datasets[{i}]"
+        if not isinstance(item, dict):
+            raise GridConfigError(f"{where} must be a table")
+        _unknown(item, _DATASET_KEYS, f"{where}.")
+        if "name" not in item:
+            raise GridConfigError(f"missing key {where}.name")
+        datasets.append(
+            GridDataset(
+                name=_str(item["name"], f"{where}.name"),
+                train=_str(item.get("train", "train"), f"{where}.train", allow_false=True),
+                val=_str(item.get("val", "val"), f"{where}.val", allow_false=True),
+                test=_str(item.get("test", "test"), f"{where}.test"),
+                fakes=_str(item.get("fakes", "filter"), f"{where}.fakes"),
+            )
+        )
+        if datasets[-1].fakes not in ("filter", "all"):
+            raise GridConfigError(
+                f"{where}.fakes must be 'filter' or 'all', got {datasets[-1].fakes!r}"
+            )
+    names = [d.name for d in datasets]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise GridConfigError(f"datasets: {dupes[0]!r} is listed twice")
+    raw_features = doc["features"]
+    if not isinstance(raw_features, list) or not raw_features:
+        raise GridConfigError("features must be a non-empty array of tables ([[features]])")
+    features = []
+    for i, item in enumerate(raw_features):
+        where = f"features[{i}]"
+        if not isinstance(item, dict):
+            raise GridConfigError(f"{where} must be a table")
+        _unknown(item, _FEATURE_KEYS, f"{where}.")
+        if "encoder" not in item:
+            raise GridConfigError(f"missing key {where}.encoder")
+        layer = item.get("layer", "last")
+        if isinstance(layer, bool) or not isinstance(layer, (int, str)):
+            raise GridConfigError(f"{where}.layer must be an index or a name, got {layer!r}")
+        try:
+            key = FeatureKey(_str(item["encoder"], f"{where}.encoder"), layer)
+        except FeatstoreError as exc:
+            raise GridConfigError(f"{where}: {exc}") from None
+        label = _str(item.get("label", str(key)), f"{where}.label")
+        features.append(GridFeature(key=key, label=label))
+    labels = [f.label for f in features]
+    dupes = sorted({n for n in labels if labels.count(n) > 1})
+    if dupes:
+        raise GridConfigError(f"features: {dupes[0]!r} is listed twice")
+    probe = doc.get("probe", {})
+    if not isinstance(probe, dict):
+        raise GridConfigError("probe must be a table ([probe])")
+    allow_missing = doc.get("allow_missing", False)
+    if not isinstance(allow_missing, bool):
+        raise GridConfigError(f"allow_missing must be true or false, got {allow_missing!r}")
+    if not any(d.train for d in datasets):
+        raise GridConfigError("datasets: no dataset has a train split; nothing to train")
+    return GridConfig(
+        store=store,
+        out=out,
+        datasets=tuple(datasets),
+        features=tuple(features),
+        probe=dict(probe),
+        allow_missing=allow_missing,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> GridConfig:
+    """Read and validate a grid TOML file (also checks the ``[probe]`` hyperparameters)."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise GridConfigError(f"no grid config at {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise GridConfigError(f"{path} is not valid TOML: {exc}") from None
+    config = parse_config(doc, base_dir=path.resolve().parent)
+    config.probe_config()
+    return config
+
+
+# --------------------------------------------------------------------- run
+
+
+def _has_split(store: FeatureStore, dataset: str, split: str | None) -> bool:
+    if split is None:
+        return False
+    manifest = store.manifest(dataset)
+    return "split" in manifest.columns and bool((manifest["split"] == split).any())
+
+
+def _check_reused(
+    run: Run, feature: GridFeature, train_hash: str, hyper: Mapping[str, Any]
+) -> None:
+    cfg = run.config
+    problems = []
+    if run.kind != "probe" or cfg.get("encoder") != feature.key.encoder:
+        problems.append(f"encoder {cfg.get('encoder')!r}")
+    if str(cfg.get("layer")) != str(feature.key.layer):
+        problems.append(f"layer {cfg.get('layer')!r}")
+    if (cfg.get("train") or {}).get("split_hash") != train_hash:
+        problems.append("training videos")
+    stored = {k: v for k, v in (cfg.get("hyperparameters") or {}).items() if k not in _RUNTIME}
+    if stored != {k: v for k, v in hyper.items() if k not in _RUNTIME}:
+        problems.append("hyperparameters")
+    if problems:
+        raise GridError(
+            f"run {run.path} differs from the grid config ({', '.join(problems)}); "
+            "remove it or choose another 'out'"
+        )
+
+
+def run_grid(
+    config: GridConfig,
+    *,
+    store: FeatureStore | None = None,
+    on_event: Callable[[GridEvent], None] | None = None,
+) -> GridOutcome:
+    """Train what is missing, evaluate what is not yet evaluated, write the tables."""
+    from featstore import open_store
+    from trainers.evaluate import evaluate
+    from trainers.probe_run import train_probe
+    from trainers.report import GridResult, grid_table
+
+    store = store or open_store(config.store)
+    probe_config = config.probe_config()
+    hyper = probe_config.to_dict()
+    emit = on_event or (lambda event: None)
+    trains = [d for d in config.datasets if _has_split(store, d.name, d.train)]
+    for d in config.datasets:
+        if d.train and d not in trains:
+            log.info("dataset %s has no %r split: test-only", d.name, d.train)
+    tests = [Selection(d.name, d.test) for d in config.datasets]
+    fakes_policy = {d.name: d.fakes for d in config.datasets}
+    results: list[GridResult] = []
+    rows: list[dict[str, Any]] = []
+    test_hashes: dict[tuple[FeatureKey, Selection], str] = {}  # what a stored evaluation covered
+    for feature in config.features:
+        label = feature.label
+        for d in trains:
+            train_sel = Selection(d.name, d.train)
+            run_dir = config.out / "runs" / feature.run_name / d.name
+            train_rows = select(store, train_sel, feature.key, allow_missing=config.allow_missing)
+            if is_complete(run_dir):
+                run = load_run(run_dir)
+                _check_reused(run, feature, split_hash(train_rows["video_id"]), hyper)
+                emit(GridEvent("reuse", label, d.name, run_dir=run_dir))
+            else:
+                emit(GridEvent("train", label, d.name, run_dir=run_dir))
+                val = Selection(d.name, d.val) if _has_split(store, d.name, d.val) else None
+
+                def on_epoch(stats: EpochStats, _f: str = label, _d: str = d.name) -> None:
+                    emit(GridEvent("epoch", _f, _d, epoch=stats))
+
+                run = train_probe(
+                    store,
+                    feature=feature.key,
+                    train=train_sel,
+                    val=val,
+                    out=run_dir,
+                    config=probe_config,
+                    on_epoch=on_epoch,
+                    overwrite=True,  # an incomplete run left by a crash
+                    allow_missing=config.allow_missing,
+                )
+            stored = run.metrics()
+            for test in tests:
+                metrics = stored.get(str(test))
+                if (feature.key, test) not in test_hashes:
+                    ids = select(store, test, feature.key, allow_missing=config.allow_missing)
+                    test_hashes[feature.key, test] = split_hash(ids["video_id"])
+                all_fakes = fakes_policy[test.dataset] == "all"
+                if (
+                    metrics is None
+                    or metrics.get("split_hash") != test_hashes[feature.key, test]
+                    or (metrics.get("fakes") == "all") != all_fakes
+                ):
+                    emit(GridEvent("evaluate", label, d.name, test=test.dataset, run_dir=run_dir))
+                    metrics = evaluate(
+                        run,
+                        store,
+                        test,
+                        allow_missing=config.allow_missing,
+                        all_fakes=all_fakes,
+                    )
+                binary = metrics["binary"]
+                result = GridResult(
+                    feature=label,
+                    train=d.name,
+                    test=test.dataset,
+                    auc=binary["auc"],
+                    ap=binary["ap"],
+                    n=int(binary["n"]),
+                )
+                results.append(result)
+                temporal = metrics.get("temporal") or {}
+                rows.append(
+                    {
+                        "feature": label,
+                        "encoder": feature.key.encoder,
+                        "layer": str(feature.key.layer),
+                        "train": d.name,
+                        "test": test.dataset,
+                        "test_split": test.split,
+                        "auc": binary["auc"],
+                        "ap": binary["ap"],
+                        "eer": binary["eer"],
+                        "n": binary["n"],
+                        "n_real": binary["n_real"],
+                        "n_fake": binary["n_fake"],
+                        "temporal_auc": temporal.get("mean"),
+                        "run_dir": str(run_dir),
+                    }
+                )
+                emit(GridEvent("result", label, d.name, test=test.dataset, result=result))
+    table = grid_table(
+        results,
+        features_order=[f.label for f in config.features],
+        train_order=[d.name for d in trains],
+        test_order=[d.name for d in config.datasets],
+    )
+    config.out.mkdir(parents=True, exist_ok=True)
+    files = dict(table.write(config.out, stem="grid"))
+    results_path = config.out / "results.csv"
+    with results_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    files["results"] = results_path
+    return GridOutcome(results=tuple(results), table=table, files=files)
