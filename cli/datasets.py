@@ -1,7 +1,10 @@
-"""``featstore datasets import|list|show``: dataset manifests in a feature store."""
+"""``featstore datasets import|list|show|silence``: dataset manifests in a feature store."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,3 +153,83 @@ def show_dataset(
     shown = [c for c in SHOWN_COLUMNS if c in df.columns]
     with pd.option_context("display.max_colwidth", 60, "display.width", 200):
         typer.echo(df[shown].head(limit).to_string(index=False))
+
+
+@app.command("silence")
+def measure_silence(
+    name: str = typer.Argument(..., help="Dataset name in the store."),
+    store: str = STORE,
+    workers: int = typer.Option(4, "--workers", "-w", min=1, help="Videos decoded at once."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Measure every video again (default: only those without one)."
+    ),
+    max_problems: int = typer.Option(20, "--max-problems", help="Failures to print."),
+) -> None:
+    """Measure each video's leading silence into the manifest column leading_silence_s.
+
+    AVH-Align's optional trim (`--trim-silence` in `train sync` / `syncscore`)
+    needs it: silence = time until the first |sample| > 0.0005. Decodes audio
+    only; re-running resumes, videos that fail get NaN.
+    """
+    with user_errors():
+        from featstore import open_store
+        from featstore.silence import measure_store_silence
+
+        fs = open_store(store, mode="a")
+        try:
+            with _silence_progress() as on_progress:
+                summary = measure_store_silence(
+                    fs, name, workers=workers, overwrite=overwrite, progress=on_progress
+                )
+        except KeyboardInterrupt:
+            typer.secho(
+                "interrupted: measured videos are saved; run the same command to resume",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
+            raise typer.Exit(code=130) from None
+    stats = (
+        "-"
+        if math.isnan(summary.mean_s)
+        else f"mean {summary.mean_s:.3f} s, max {summary.max_s:.3f} s over the dataset"
+    )
+    typer.echo(
+        f"{name}: measured {summary.measured}, skipped {summary.skipped} (already measured), "
+        f"failed {summary.failed}; leading silence {stats}"
+    )
+    if summary.silent_throughout:
+        typer.echo(f"{summary.silent_throughout} video(s) are silent throughout")
+    if summary.failures:
+        typer.echo(f"{summary.failed} video(s) failed (NaN; tried again on the next run):")
+        shown = list(summary.failures.items())[:max_problems]
+        for video_id, reason in shown:
+            typer.echo(f"  {video_id}: {reason}")
+        if summary.failed > len(shown):
+            typer.echo(f"  ... and {summary.failed - len(shown)} more")
+
+
+@contextlib.contextmanager
+def _silence_progress() -> Iterator[Callable[[int, int, Any], None]]:
+    """A progress bar on stderr (videos done / total, failures); silent when not a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    failed = 0
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("silence", total=None)
+
+        def update(done: int, total: int, result: Any) -> None:
+            nonlocal failed
+            failed += 0 if result.ok else 1
+            bar.update(task, completed=done, total=total, description=f"silence ({failed} failed)")
+
+        yield update

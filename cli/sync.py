@@ -1,0 +1,185 @@
+"""``featstore syncscore | layers``: training-free audio-visual synchronisation (paper Eq. 3).
+
+Registered on the top-level app by ``register(app)``; heavy imports stay
+inside the commands so ``featstore --help`` does not load them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cli.errors import user_errors
+
+STORE = typer.Option(..., "--store", "-s", help="Store location (path or URL).")
+AUDIO = typer.Option(..., "--audio", help="Audio feature ENCODER[:LAYER] (e.g. avhubert-a:last).")
+VISUAL = typer.Option(
+    ..., "--visual", help="Visual feature ENCODER[:LAYER] (e.g. avhubert-v:last)."
+)
+ON = typer.Option(..., "--on", help="Videos to score: NAME[:SPLIT] (bare NAME = its test split).")
+PRESET = typer.Option(
+    None, "--preset", help="speechforensics (shift 15, mean) or factor (shift 0, p97)."
+)
+SHIFT = typer.Option(None, "--shift", help="Shift window D in frames (with --pool).")
+POOL = typer.Option(
+    None, "--pool", help="Pool over time: mean, min, max, logsumexp, p3, p97 (with --shift)."
+)
+FRAME_HZ = typer.Option(
+    None, "--frame-hz", help="Resample both streams to this rate (when the encoders' rates differ)."
+)
+ALLOW_MISSING = typer.Option(False, "--allow-missing", help="Skip videos without both features.")
+
+
+def _config(preset: str | None, shift: int | None, pool: str | None) -> Any:
+    from trainers.syncfree import sync_config
+
+    return sync_config(preset, shift=shift, pool=pool)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def syncscore_command(
+    store: str = STORE,
+    audio: str = AUDIO,
+    visual: str = VISUAL,
+    on: str = ON,
+    preset: str | None = PRESET,
+    shift: int | None = SHIFT,
+    pool: str | None = POOL,
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Write a run directory (config, metrics, predictions) here."
+    ),
+    threshold: float = typer.Option(
+        0.0, "--threshold", help="Per-frame -cos above which a frame counts as fake."
+    ),
+    ci: bool = typer.Option(False, "--ci", help="95% bootstrap intervals of AUC and AP."),
+    all_fakes: bool = typer.Option(
+        False,
+        "--all-fakes",
+        help="Count every fake in AUC/AP (default: the paper's filter, both modalities faked).",
+    ),
+    trim_silence: bool = typer.Option(
+        False,
+        "--trim-silence",
+        help="Drop each video's leading silence (needs a leading_silence_s manifest column).",
+    ),
+    frame_hz: float | None = FRAME_HZ,
+    allow_missing: bool = ALLOW_MISSING,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Score videos by audio-visual feature agreement (no training); AUC / AP / EER."""
+    with user_errors():
+        from featstore import open_store
+        from trainers.syncfree import run_syncscore
+
+        metrics = run_syncscore(
+            open_store(store),
+            on,
+            audio,
+            visual,
+            config=_config(preset, shift, pool),
+            out=out,
+            ci=ci,
+            threshold=threshold,
+            allow_missing=allow_missing,
+            all_fakes=all_fakes,
+            trim_silence=trim_silence,
+            frame_hz=frame_hz,
+            overwrite=overwrite,
+        )
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    b, sync = metrics["binary"], metrics["sync"]
+    table = Table(
+        title=f"{audio} vs {visual} on {metrics['selection']} "
+        f"(shift {sync['shift']}, pool {sync['pool']})"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("videos (real / fake)", f"{b['n']} ({b['n_real']} / {b['n_fake']})")
+    if metrics["n_scored"] != metrics["n_evaluated"]:
+        table.add_row("scored (before the evaluation filter)", f"{metrics['n_scored']}")
+    for key, name in (("auc", "AUC %"), ("ap", "AP %"), ("eer", "EER %")):
+        ci_text = b.get(f"{key}_ci")
+        table.add_row(
+            name, _pct(b[key]) + (f" [{_pct(ci_text[0])}, {_pct(ci_text[1])}]" if ci_text else "")
+        )
+    temporal = metrics.get("temporal")
+    if temporal:
+        table.add_row(
+            "temporal AUC %", f"{_pct(temporal['mean'])} ({temporal['n_videos']} fake videos)"
+        )
+    for key, value in (metrics.get("localization") or {}).items():
+        table.add_row(key + " %", _pct(value))
+    shifts = metrics["best_shift_counts"]
+    top = sorted(shifts.items(), key=lambda kv: -kv[1])[:3]
+    table.add_row("most chosen shifts", ", ".join(f"{k:>3} ({v})" for k, v in top))
+    Console(width=132).print(table)
+    if metrics.get("out"):
+        typer.echo(f"run written to {metrics['out']}")
+
+
+def layers_command(
+    store: str = STORE,
+    audio: str = typer.Option(
+        ..., "--audio", help="Audio ENCODER (sweep its layers) or ENCODER:LAYER (fixed)."
+    ),
+    visual: str = typer.Option(
+        ..., "--visual", help="Visual ENCODER (sweep its layers) or ENCODER:LAYER (fixed)."
+    ),
+    on: str = ON,
+    preset: str | None = PRESET,
+    shift: int | None = SHIFT,
+    pool: str | None = POOL,
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for layers.csv/.json/.png."),
+    frame_hz: float | None = FRAME_HZ,
+    allow_missing: bool = ALLOW_MISSING,
+) -> None:
+    """Eq. 3 on every stored layer (paper Fig. 7): equal layers, or one side fixed.
+
+    Without --preset/--shift/--pool it uses the paper's setting (speechforensics).
+    """
+    with user_errors():
+        from featstore import open_store
+        from trainers.layers import sweep_layers
+
+        if preset is None and shift is None and pool is None:
+            preset = "speechforensics"
+
+        def show(r: Any) -> None:
+            typer.echo(
+                f"audio {r.audio_layer:>5}  visual {r.visual_layer:>5}  "
+                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n}"
+            )
+
+        sweep = sweep_layers(
+            open_store(store),
+            on,
+            audio,
+            visual,
+            config=_config(preset, shift, pool),
+            out=out,
+            allow_missing=allow_missing,
+            frame_hz=frame_hz,
+            on_layer=show,
+        )
+    best = sweep.best
+    typer.echo(f"best: audio {best.audio_layer} / visual {best.visual_layer}, AUC {_pct(best.auc)}")
+    for name, path in sweep.files.items():
+        typer.echo(f"{name}: {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``syncscore`` and ``layers`` to the top-level app."""
+    app.command("syncscore")(syncscore_command)
+    app.command("layers")(layers_command)

@@ -1,0 +1,303 @@
+"""``featstore train probe | ntp | sync``: fit a detector on stored features, write its run.
+
+``probe`` is the paper's linear probe (real and fake videos); ``ntp`` (next-token
+prediction) and ``sync`` (AVH-Align) are trained on real videos only. Each prints
+one line per epoch and writes a run directory that ``featstore eval`` reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cli.errors import user_errors
+
+app = typer.Typer(help="Train detectors on stored features.", no_args_is_help=True)
+
+
+def format_epoch(stats: Any) -> str:
+    """One progress line: epoch, train loss, val loss, val AUC, seconds."""
+
+    def num(value: Any, fmt: str) -> str:
+        return "-" if value is None or value != value else format(value, fmt)
+
+    return (
+        f"epoch {stats.epoch:>3}  loss {num(stats.train_loss, '.4f')}  "
+        f"val loss {num(stats.val_loss, '.4f')}  val AUC {num(stats.val_auc, '.4f')}  "
+        f"{stats.seconds:.1f}s"
+    )
+
+
+@app.command("probe")
+def probe(
+    store: str = typer.Option(..., "--store", "-s", help="Store location (path or fsspec URL)."),
+    encoder: str = typer.Option(
+        ..., "--encoder", "-e", help="Encoder whose features to use (ENCODER or ENCODER:LAYER)."
+    ),
+    layer: str | None = typer.Option(
+        None, "--layer", "-l", help="Stored layer: an index or 'last' (default: last)."
+    ),
+    train: str = typer.Option(
+        ..., "--train", help="Training videos: NAME[:SPLIT] (bare NAME = its train split)."
+    ),
+    val: str | None = typer.Option(
+        None,
+        "--val",
+        help="Validation videos: NAME[:SPLIT] (default: the train dataset's val split).",
+    ),
+    no_val: bool = typer.Option(
+        False, "--no-val", help="Train without validation (no early stop)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
+    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3)."),
+    patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
+    batch_videos: int | None = typer.Option(None, "--batch-videos", help="Videos per batch."),
+    no_l2: bool = typer.Option(False, "--no-l2", help="Do not L2-normalise frames."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 43)."),
+    device: str | None = typer.Option(None, "--device", help="torch device (cpu, cuda, ...)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
+    allow_missing: bool = typer.Option(
+        False,
+        "--allow-missing",
+        help="Skip videos without stored features (warn) instead of failing.",
+    ),
+) -> None:
+    """Linear probe (paper Eq. 1): per-frame logits, logsumexp over time, early stopping."""
+    with user_errors():
+        import dataclasses
+
+        from featstore import open_store
+        from trainers.data import FeatureKey
+        from trainers.probe import ProbeConfig
+        from trainers.probe_run import AUTO, train_probe
+
+        overrides: dict[str, Any] = {
+            "max_epochs": epochs,
+            "lr": lr,
+            "patience": patience,
+            "batch_videos": batch_videos,
+            "seed": seed,
+            "device": device,
+        }
+        config = dataclasses.replace(
+            ProbeConfig(),
+            **{k: v for k, v in overrides.items() if v is not None},
+            **({"l2_normalize": False} if no_l2 else {}),
+        )
+        if no_val and val is not None:
+            raise typer.BadParameter("give either --val or --no-val")
+        run = train_probe(
+            open_store(store),
+            feature=FeatureKey.parse(encoder, layer),
+            train=train,
+            val=None if no_val else (val if val is not None else AUTO),
+            out=out,
+            config=config,
+            on_epoch=lambda stats: typer.echo(format_epoch(stats)),
+            overwrite=overwrite,
+            allow_missing=allow_missing,
+        )
+    cfg = run.config
+    val_text = cfg["val"]["selection"] if cfg.get("val") else "none"
+    typer.echo(
+        f"best epoch {cfg['best_epoch']} of {cfg['epochs']}"
+        + (" (stopped early)" if cfg["stopped_early"] else "")
+        + f"; trained on {cfg['train']['selection']} ({cfg['train']['n']} videos), "
+        f"validated on {val_text}"
+    )
+    typer.echo(f"run written to {run.path}")
+
+
+@app.command("ntp")
+def ntp(
+    store: str = typer.Option(..., "--store", "-s", help="Store location (path or fsspec URL)."),
+    encoder: str = typer.Option(
+        ..., "--encoder", "-e", help="Encoder whose features to use (ENCODER or ENCODER:LAYER)."
+    ),
+    train: str = typer.Option(
+        ...,
+        "--train",
+        help="Training videos: NAME[:SPLIT] (bare NAME = its train split); reals only.",
+    ),
+    val: str | None = typer.Option(
+        None,
+        "--val",
+        help="Validation videos: NAME[:SPLIT] (default: the train dataset's val split); reals only.",
+    ),
+    no_val: bool = typer.Option(
+        False, "--no-val", help="Train without validation (no early stop)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
+    lr: float | None = typer.Option(None, "--lr", help="Adam peak learning rate (default 1e-3)."),
+    patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
+    batch_videos: int | None = typer.Option(None, "--batch-videos", help="Videos per step."),
+    max_context: int | None = typer.Option(
+        None, "--max-context", help="Frames per window (default 256); longer videos are windowed."
+    ),
+    no_l2: bool = typer.Option(False, "--no-l2", help="Do not L2-normalise frames."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 43)."),
+    device: str | None = typer.Option(None, "--device", help="torch device (cpu, cuda, ...)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
+    allow_missing: bool = typer.Option(
+        False,
+        "--allow-missing",
+        help="Skip videos without stored features (warn) instead of failing.",
+    ),
+) -> None:
+    """Next-token prediction anomaly detector (paper Sec. 3.2), trained on real videos only."""
+    with user_errors():
+        import dataclasses
+
+        from featstore import open_store
+        from trainers.data import FeatureKey
+        from trainers.ntp import NTPConfig
+        from trainers.ntp_run import AUTO, train_ntp
+
+        overrides: dict[str, Any] = {
+            "max_epochs": epochs,
+            "lr": lr,
+            "patience": patience,
+            "batch_videos": batch_videos,
+            "max_context": max_context,
+            "seed": seed,
+            "device": device,
+        }
+        config = dataclasses.replace(
+            NTPConfig(),
+            **{k: v for k, v in overrides.items() if v is not None},
+            **({"l2_normalize": False} if no_l2 else {}),
+        )
+        if no_val and val is not None:
+            raise typer.BadParameter("give either --val or --no-val")
+        run = train_ntp(
+            open_store(store),
+            feature=FeatureKey.parse(encoder),
+            train=train,
+            val=None if no_val else (val if val is not None else AUTO),
+            out=out,
+            config=config,
+            on_epoch=lambda stats: typer.echo(format_epoch(stats)),
+            overwrite=overwrite,
+            allow_missing=allow_missing,
+        )
+    cfg = run.config
+    val_text = cfg["val"]["selection"] if cfg.get("val") else "none"
+    th = cfg["thresholds"]
+    typer.echo(
+        f"best epoch {cfg['best_epoch']} of {cfg['epochs']}"
+        + (" (stopped early)" if cfg["stopped_early"] else "")
+        + f"; trained on {cfg['train']['n_real']} real videos of {cfg['train']['selection']}, "
+        f"validated on {val_text}"
+    )
+    typer.echo(
+        f"thresholds ({th['quantile']:.0%} of real, on {th['learnt_on']}): "
+        f"frame MSE {th['frame']:.4g}, video MSE {th['video']:.4g}"
+    )
+    typer.echo(f"run written to {run.path}")
+
+
+@app.command("sync")
+def sync(
+    store: str = typer.Option(..., "--store", "-s", help="Store location (path or fsspec URL)."),
+    audio: str = typer.Option(
+        ..., "--audio", help="Audio features: ENCODER or ENCODER:LAYER (e.g. avhubert-a)."
+    ),
+    visual: str = typer.Option(
+        ..., "--visual", help="Visual features: ENCODER or ENCODER:LAYER (e.g. avhubert-v)."
+    ),
+    train: str = typer.Option(
+        ...,
+        "--train",
+        help="Training videos: NAME[:SPLIT] (bare NAME = its train split); reals only.",
+    ),
+    val: str | None = typer.Option(
+        None,
+        "--val",
+        help="Validation videos: NAME[:SPLIT] (default: the train dataset's val split); reals only.",
+    ),
+    no_val: bool = typer.Option(
+        False, "--no-val", help="Train without validation (no early stop)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 500)."),
+    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default 1e-5)."),
+    patience: int | None = typer.Option(
+        None, "--patience", help="Early-stopping patience (default 10)."
+    ),
+    batch_frames: int | None = typer.Option(
+        None, "--batch-frames", help="Frames per step (default 1024)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 43)."),
+    device: str | None = typer.Option(None, "--device", help="torch device (cpu, cuda, ...)."),
+    trim_silence: bool = typer.Option(
+        False,
+        "--trim-silence",
+        help="Drop each video's leading silence (needs the manifest column leading_silence_s).",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
+    allow_missing: bool = typer.Option(
+        False,
+        "--allow-missing",
+        help="Skip videos without stored features (warn) instead of failing.",
+    ),
+) -> None:
+    """Audio-visual synchronisation (AVH-Align, paper Sec. 3.2), trained on real videos only."""
+    with user_errors():
+        import dataclasses
+
+        from featstore import open_store
+        from trainers.sync import SyncConfig
+        from trainers.sync_run import AUTO, train_sync
+
+        overrides: dict[str, Any] = {
+            "max_epochs": epochs,
+            "lr": lr,
+            "patience": patience,
+            "batch_frames": batch_frames,
+            "seed": seed,
+            "device": device,
+        }
+        config = dataclasses.replace(
+            SyncConfig(), **{k: v for k, v in overrides.items() if v is not None}
+        )
+        if no_val and val is not None:
+            raise typer.BadParameter("give either --val or --no-val")
+
+        def show(stats: Any) -> None:
+            val_loss = "-" if stats.val_loss is None else f"{stats.val_loss:.4f}"
+            typer.echo(
+                f"epoch {stats.epoch:>3}  loss {stats.train_loss:.4f}  val loss {val_loss}  "
+                f"lr {stats.lr:.1e}  {stats.seconds:.1f}s"
+            )
+
+        run = train_sync(
+            open_store(store),
+            audio=audio,
+            visual=visual,
+            train=train,
+            val=None if no_val else (val if val is not None else AUTO),
+            out=out,
+            config=config,
+            on_epoch=show,
+            overwrite=overwrite,
+            allow_missing=allow_missing,
+            trim_silence=trim_silence,
+        )
+    cfg = run.config
+    val_text = cfg["val"]["selection"] if cfg.get("val") else "none"
+    th = cfg["thresholds"]
+    typer.echo(
+        f"best epoch {cfg['best_epoch']} of {cfg['epochs']}"
+        + (" (stopped early)" if cfg["stopped_early"] else "")
+        + f"; trained on {cfg['train']['n_real']} real videos of {cfg['train']['selection']}, "
+        f"validated on {val_text}"
+    )
+    typer.echo(
+        f"thresholds (-Phi, on {th['learnt_on']} reals): frame {th['frame']:.4g} "
+        f"({th['frame_quantile']:.0%}), video {th['video']:.4g} ({th['video_quantile']:.0%})"
+    )
+    typer.echo(f"run written to {run.path}")

@@ -1,0 +1,205 @@
+"""Layer-wise analysis with the training-free synchronisation score (paper Supp. E.4, Fig. 7).
+
+The paper scores AV-HuBERT's audio-only and visual-only features taken from
+the *same* transformer layer (layers 1-24, SpeechForensics' settings: mean
+pool, shift 15) and plots AUC per layer. ``sweep_layers`` does that by
+default: every layer stored for both encoders, paired by equal index
+(``last`` with ``last``). Naming a layer for one side (``avhubert-v:last``)
+instead holds that side fixed and sweeps every stored layer of the other.
+
+Metrics are computed on the dataset's evaluation subset (only fakes with both
+modalities manipulated where known), as ``featstore eval`` does.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from featstore.layout import Layer, layer_key
+from trainers.data import FeatureKey, Selection, SelectionError
+from trainers.metrics import binary_metrics
+from trainers.pairs import read_pairs, select_pairs
+from trainers.syncfree import SyncConfig, syncscore
+
+if TYPE_CHECKING:
+    from featstore.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+CSV_NAME, JSON_NAME, PNG_NAME = "layers.csv", "layers.json", "layers.png"
+
+__all__ = ["LayerResult", "LayerSweep", "layer_pairs", "sweep_layers"]
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """Detection metrics of Eq. 3 on one (audio layer, visual layer) pair."""
+
+    audio_layer: str
+    visual_layer: str
+    auc: float
+    ap: float
+    eer: float
+    n: int
+    n_real: int
+    n_fake: int
+
+
+@dataclass(frozen=True)
+class LayerSweep:
+    """Every layer pair's result, in layer order, and the files written."""
+
+    selection: str
+    audio_encoder: str
+    visual_encoder: str
+    swept: str  # "both" (equal layers), "audio" or "visual" (the other side fixed)
+    config: SyncConfig
+    results: tuple[LayerResult, ...]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def best(self) -> LayerResult:
+        return max(self.results, key=lambda r: r.auc)
+
+    def labels(self) -> list[str]:
+        """X tick labels: the swept layer of each result."""
+        side = "visual_layer" if self.swept == "visual" else "audio_layer"
+        return [getattr(r, side) for r in self.results]
+
+
+def _split(text: str) -> tuple[str, str | None]:
+    """``ENCODER[:LAYER]`` -> encoder and the layer text when one was given."""
+    encoder, sep, layer = str(text).strip().partition(":")
+    return encoder.strip(), (layer.strip() if sep else None)
+
+
+def layer_pairs(
+    store: FeatureStore, dataset: str, audio: str, visual: str
+) -> tuple[str, list[tuple[Layer, Layer]]]:
+    """What to sweep (``both`` / ``audio`` / ``visual``) and the ``(audio, visual)`` layer pairs.
+
+    Bare encoders pair equal layers stored by both; ``ENCODER:LAYER`` on one
+    side fixes it. Fixing both sides is a single score: use ``syncscore``.
+    """
+    (a_enc, a_layer), (v_enc, v_layer) = _split(audio), _split(visual)
+    if a_layer is not None and v_layer is not None:
+        raise SelectionError(
+            "both layers are fixed: name a layer for at most one side (or use syncscore)"
+        )
+    if a_layer is not None:
+        fixed = FeatureKey.parse(audio).layer
+        return "visual", [(fixed, x) for x in store.layers(dataset, v_enc)]
+    if v_layer is not None:
+        fixed = FeatureKey.parse(visual).layer
+        return "audio", [(x, fixed) for x in store.layers(dataset, a_enc)]
+    visual_layers = {layer_key(x) for x in store.layers(dataset, v_enc)}
+    pairs = [(x, x) for x in store.layers(dataset, a_enc) if layer_key(x) in visual_layers]
+    if not pairs:
+        raise SelectionError(
+            f"{a_enc} and {v_enc} share no stored layer in {dataset}; fix one side's layer "
+            f"(e.g. {v_enc}:last) to sweep the other"
+        )
+    return "both", pairs
+
+
+def sweep_layers(
+    store: FeatureStore,
+    on: Selection | str,
+    audio: str,
+    visual: str,
+    *,
+    config: SyncConfig,
+    out: str | os.PathLike[str] | None = None,
+    allow_missing: bool = False,
+    frame_hz: float | None = None,
+    on_layer: Callable[[LayerResult], None] | None = None,
+) -> LayerSweep:
+    """Eq. 3's AUC / AP / EER for every layer pair; with ``out``, CSV, JSON and a Fig. 7 PNG.
+
+    Each layer pair streams its videos (one in memory at a time).
+    """
+    sel = Selection.parse(on, default_split="test")
+    swept, pairs = layer_pairs(store, sel.dataset, audio, visual)
+    a_enc, v_enc = _split(audio)[0], _split(visual)[0]
+    results = []
+    for a_layer, v_layer in pairs:
+        a_key, v_key = FeatureKey(a_enc, a_layer), FeatureKey(v_enc, v_layer)
+        rows = select_pairs(store, sel, a_key, v_key, evaluation=True, allow_missing=allow_missing)
+        scores = syncscore(
+            read_pairs(store, sel.dataset, rows, a_key, v_key, frame_hz=frame_hz), config=config
+        )
+        m = binary_metrics(scores.labels, scores.scores)
+        result = LayerResult(
+            audio_layer=layer_key(a_layer),
+            visual_layer=layer_key(v_layer),
+            auc=m.auc,
+            ap=m.ap,
+            eer=m.eer,
+            n=m.n,
+            n_real=m.n_real,
+            n_fake=m.n_fake,
+        )
+        log.info("layers %s / %s: AUC %.4f", result.audio_layer, result.visual_layer, m.auc)
+        if on_layer is not None:
+            on_layer(result)
+        results.append(result)
+    sweep = LayerSweep(
+        selection=str(sel),
+        audio_encoder=a_enc,
+        visual_encoder=v_enc,
+        swept=swept,
+        config=config,
+        results=tuple(results),
+    )
+    if out is None:
+        return sweep
+    return replace(sweep, files=_write(sweep, Path(out)))
+
+
+def _write(sweep: LayerSweep, out: Path) -> dict[str, Path]:
+    from trainers.plots import layers_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(r) for r in sweep.results]
+    with (out / CSV_NAME).open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    doc = {
+        "selection": sweep.selection,
+        "audio": sweep.audio_encoder,
+        "visual": sweep.visual_encoder,
+        "swept": sweep.swept,
+        "shift": sweep.config.shift,
+        "pool": sweep.config.pool,
+        "best": asdict(sweep.best),
+        "results": rows,
+    }
+    (out / JSON_NAME).write_text(json.dumps(doc, indent=2) + "\n")
+    fixed = "" if sweep.swept == "both" else f", other side fixed at {_fixed(sweep)}"
+    png = layers_png(
+        out / PNG_NAME,
+        layers=sweep.labels(),
+        series={
+            "AUC": [r.auc for r in sweep.results],
+            "AP": [r.ap for r in sweep.results],
+        },
+        ylabel="AUC / AP",
+        title=(
+            f"{sweep.audio_encoder} vs {sweep.visual_encoder} on {sweep.selection} "
+            f"(shift {sweep.config.shift}, {sweep.config.pool}{fixed})"
+        ),
+    )
+    return {"csv": out / CSV_NAME, "json": out / JSON_NAME, "png": png}
+
+
+def _fixed(sweep: LayerSweep) -> str:
+    first = sweep.results[0]
+    return first.audio_layer if sweep.swept == "visual" else first.visual_layer

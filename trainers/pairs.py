@@ -1,0 +1,287 @@
+"""Paired audio and visual features of the same videos, on one timebase.
+
+Synchronisation detectors (training-free Eq. 3, AVH-Align) compare an audio
+feature ``a_t`` with a visual feature ``v_t`` of the same video. This module
+selects the videos that have both features, checks that both encoders run at
+the same ``frame_hz`` (or resamples to a common one on request) and trims both
+streams to the shorter with ``featstore.timebase.reconcile``, keeping both
+original lengths.
+
+Leading-silence trimming (AVH-Align; PEERS.md) is opt-in: it needs each
+video's leading silence in seconds, which the store knows only when the
+manifest has a ``leading_silence_s`` column (``featstore.media.leading_silence_s``
+measures it on the decoded audio). Without the column ``trim_silence=True``
+raises a ``PairingError`` rather than guessing.
+
+>>> pairs = load_pairs(store, "av1m:test", "avhubert-a:last", "avhubert-v:last")  # doctest: +SKIP
+>>> pairs[0].audio.shape, pairs[0].visual.shape  # doctest: +SKIP
+((212, 1024), (212, 1024))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from featstore.timebase import reconcile, resample_rows, silence_trim_counts
+from trainers.data import FeatureKey, Selection, SelectionError, select
+from trainers.runs import parse_segments
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from featstore.store import FeatureStore
+
+SILENCE_COLUMN = "leading_silence_s"
+
+__all__ = [
+    "SILENCE_COLUMN",
+    "PairedVideo",
+    "PairingError",
+    "iter_pairs",
+    "load_pairs",
+    "pair_rates",
+    "read_pairs",
+    "select_pairs",
+    "stack_rows",
+]
+
+
+class PairingError(SelectionError):
+    """Audio and visual features cannot be paired (rates, silence lengths, empty videos)."""
+
+
+@dataclass(frozen=True)
+class PairedVideo:
+    """One video's audio and visual features, reconciled to ``T`` rows at ``frame_hz``.
+
+    ``n_audio`` / ``n_visual`` are the stream lengths before reconciling (after
+    any resampling and silence trimming); ``fake_segments`` are in seconds from
+    the start of the video as stored (``silence_skip_rows`` rows were dropped
+    from the start of both streams, so row ``t`` starts at
+    ``(t + silence_skip_rows) / frame_hz``).
+    """
+
+    video_id: str
+    label: int  # 1 = fake
+    audio: np.ndarray = field(repr=False)  # [T, Da] float32
+    visual: np.ndarray = field(repr=False)  # [T, Dv] float32
+    fake_segments: tuple[tuple[float, float], ...]
+    frame_hz: float
+    n_audio: int
+    n_visual: int
+    silence_skip_rows: int = 0
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.audio.shape[0])
+
+
+def pair_rates(
+    store: FeatureStore,
+    dataset: str,
+    audio: FeatureKey,
+    visual: FeatureKey,
+    *,
+    frame_hz: float | None = None,
+) -> tuple[float, float, float]:
+    """``(audio_hz, visual_hz, common_hz)``; different rates need an explicit ``frame_hz``."""
+    audio_hz = float(store.encoder_info(dataset, audio.encoder).frame_hz)
+    visual_hz = float(store.encoder_info(dataset, visual.encoder).frame_hz)
+    if frame_hz is not None:
+        if not (frame_hz > 0 and math.isfinite(frame_hz)):
+            raise PairingError(f"frame_hz must be a positive finite number, got {frame_hz!r}")
+        return audio_hz, visual_hz, float(frame_hz)
+    if not math.isclose(audio_hz, visual_hz, rel_tol=1e-9):
+        raise PairingError(
+            f"{audio} runs at {audio_hz:g} Hz but {visual} at {visual_hz:g} Hz; pair them at a "
+            f"common rate by resampling (frame_hz={max(audio_hz, visual_hz):g}, which repeats "
+            "rows of the slower stream via featstore.timebase.resample_rows)"
+        )
+    return audio_hz, visual_hz, audio_hz
+
+
+def select_pairs(
+    store: FeatureStore,
+    selection: Selection | str,
+    audio: FeatureKey | str,
+    visual: FeatureKey | str,
+    *,
+    evaluation: bool = False,
+    real_only: bool = False,
+    allow_missing: bool = False,
+) -> pd.DataFrame:
+    """Manifest rows of ``selection`` with committed features for both ``audio`` and ``visual``.
+
+    Missing features are an error (as ``trainers.data.select`` reports them)
+    unless ``allow_missing``, which keeps the videos that have both. Manifest
+    order and attrs are kept.
+    """
+    selection = Selection.parse(selection)
+    audio, visual = FeatureKey.parse(audio), FeatureKey.parse(visual)
+    kwargs = {"evaluation": evaluation, "real_only": real_only, "allow_missing": allow_missing}
+    rows = select(store, selection, audio, **kwargs)
+    visual_ids = set(select(store, selection, visual, **kwargs)["video_id"])
+    both = rows["video_id"].isin(visual_ids).to_numpy()
+    if not both.any():
+        raise SelectionError(f"no video of {selection} has both {audio} and {visual} features")
+    attrs = dict(rows.attrs)
+    out = rows[both].reset_index(drop=True)
+    out.attrs = attrs
+    return out
+
+
+def _silences(rows: pd.DataFrame) -> np.ndarray:
+    if SILENCE_COLUMN not in rows.columns:
+        raise PairingError(
+            f"trim_silence needs each video's leading silence in a manifest column "
+            f"{SILENCE_COLUMN!r} (seconds), and this manifest has none: measure it with "
+            "`featstore datasets silence NAME --store URL` "
+            "(featstore.silence.measure_store_silence), or pair without silence trimming"
+        )
+    values = rows[SILENCE_COLUMN].to_numpy(dtype=np.float64)  # [N]
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        example = rows["video_id"].to_numpy()[bad][0]
+        raise PairingError(
+            f"{int(bad.sum())} videos have no valid {SILENCE_COLUMN!r} (e.g. {example!r})"
+        )
+    return values
+
+
+def read_pairs(
+    store: FeatureStore,
+    dataset: str,
+    rows: pd.DataFrame,
+    audio: FeatureKey | str,
+    visual: FeatureKey | str,
+    *,
+    trim_silence: bool = False,
+    frame_hz: float | None = None,
+) -> Iterator[PairedVideo]:
+    """Yield the ``PairedVideo`` of each manifest row, in order, reading one video at a time."""
+    audio, visual = FeatureKey.parse(audio), FeatureKey.parse(visual)
+    audio_hz, visual_hz, common_hz = pair_rates(store, dataset, audio, visual, frame_hz=frame_hz)
+    silences = _silences(rows) if trim_silence else None
+    segments = rows["fake_segments"] if "fake_segments" in rows.columns else None
+    for i, (video_id, label) in enumerate(
+        zip(rows["video_id"].astype(str), rows["label"].to_numpy(), strict=True)
+    ):
+        a = store.video(dataset, audio.encoder, video_id, audio.layer).astype(np.float32)
+        v = store.video(dataset, visual.encoder, video_id, visual.layer).astype(np.float32)
+        if audio_hz != common_hz:
+            a = resample_rows(a, src_hz=audio_hz, dst_hz=common_hz)  # [T'a, Da]
+        if visual_hz != common_hz:
+            v = resample_rows(v, src_hz=visual_hz, dst_hz=common_hz)  # [T'v, Dv]
+        skip = 0
+        if silences is not None:
+            skip, _ = silence_trim_counts(float(silences[i]), frame_hz=common_hz)
+            a, v = a[skip:], v[skip:]
+        pair = reconcile(a, v)  # both [T, D*], T = min of the two
+        if pair.n_rows == 0:
+            raise PairingError(
+                f"{video_id}: no rows left to pair (audio {pair.n_audio_rows}, visual "
+                f"{pair.n_visual_rows} rows{f' after skipping {skip} silent rows' if skip else ''})"
+            )
+        yield PairedVideo(
+            video_id=video_id,
+            label=int(label),
+            audio=np.ascontiguousarray(pair.audio),
+            visual=np.ascontiguousarray(pair.visual),
+            fake_segments=tuple(parse_segments(segments.iat[i])) if segments is not None else (),
+            frame_hz=common_hz,
+            n_audio=pair.n_audio_rows,
+            n_visual=pair.n_visual_rows,
+            silence_skip_rows=skip,
+        )
+
+
+def iter_pairs(
+    store: FeatureStore,
+    selection: Selection | str,
+    audio: FeatureKey | str,
+    visual: FeatureKey | str,
+    *,
+    evaluation: bool = False,
+    real_only: bool = False,
+    allow_missing: bool = False,
+    trim_silence: bool = False,
+    frame_hz: float | None = None,
+) -> Iterator[PairedVideo]:
+    """``load_pairs`` one video at a time (for selections too large to hold in memory).
+
+    Selection errors and rate mismatches are raised before the first video is read.
+    """
+    selection = Selection.parse(selection)
+    audio, visual = FeatureKey.parse(audio), FeatureKey.parse(visual)
+    rows = select_pairs(
+        store,
+        selection,
+        audio,
+        visual,
+        evaluation=evaluation,
+        real_only=real_only,
+        allow_missing=allow_missing,
+    )
+    pair_rates(store, selection.dataset, audio, visual, frame_hz=frame_hz)
+    if trim_silence:
+        _silences(rows)
+    return read_pairs(
+        store,
+        selection.dataset,
+        rows,
+        audio,
+        visual,
+        trim_silence=trim_silence,
+        frame_hz=frame_hz,
+    )
+
+
+def load_pairs(
+    store: FeatureStore,
+    selection: Selection | str,
+    audio: FeatureKey | str,
+    visual: FeatureKey | str,
+    *,
+    evaluation: bool = False,
+    real_only: bool = False,
+    allow_missing: bool = False,
+    trim_silence: bool = False,
+    frame_hz: float | None = None,
+) -> list[PairedVideo]:
+    """Every video of ``selection`` with both features, reconciled to a common length.
+
+    ``evaluation`` / ``real_only`` / ``allow_missing`` filter as
+    ``trainers.data.select`` does; both encoders must share ``frame_hz`` unless
+    ``frame_hz`` names a common rate to resample to; ``trim_silence`` drops
+    the leading silence (manifest column ``leading_silence_s``) from both
+    streams as AVH-Align does.
+    """
+    return list(
+        iter_pairs(
+            store,
+            selection,
+            audio,
+            visual,
+            evaluation=evaluation,
+            real_only=real_only,
+            allow_missing=allow_missing,
+            trim_silence=trim_silence,
+            frame_hz=frame_hz,
+        )
+    )
+
+
+def stack_rows(pairs: Sequence[PairedVideo]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All rows of ``pairs`` concatenated: ``audio [sum T, Da]``, ``visual [sum T, Dv]``, offsets ``[N + 1]``."""
+    if not pairs:
+        raise PairingError("no paired videos to stack")
+    lengths = np.array([p.n_rows for p in pairs], dtype=np.int64)  # [N]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [N + 1]
+    audio = np.concatenate([p.audio for p in pairs], axis=0)  # [sum T, Da]
+    visual = np.concatenate([p.visual for p in pairs], axis=0)  # [sum T, Dv]
+    return audio, visual, offsets
