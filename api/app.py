@@ -1,0 +1,334 @@
+"""The FastAPI app: ``create_app(settings)``; models load in the lifespan, in the background.
+
+Endpoints (DESIGN.md "API"): ``POST /v1/score`` (an uploaded video),
+``GET /v1/datasets``, ``GET /v1/datasets/{dataset}/videos/{video_id}/scores``
+(a stored video, no encoder), ``GET /v1/models``, ``GET /healthz`` (liveness),
+``GET /readyz`` (503 until models are loaded and warmed up), ``GET /metrics``
+(Prometheus). Every error is ``{"detail": ...}``; user errors are 4xx.
+
+>>> app = create_app(Settings(store_url="features.zarr", runs=(RunSpec("w2v", Path("runs/w2v")),)))  # doctest: +SKIP
+>>> uvicorn.run(app)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from api.batching import BatcherClosedError
+from api.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
+from api.models import (
+    DatasetsResponse,
+    Detail,
+    ModelsResponse,
+    ReadyResponse,
+    ScoreResponse,
+    StoredScoreResponse,
+)
+from api.scoring import NotReadyError, ScoringService, UnknownRunError, UploadNotSupportedError
+from api.settings import Settings
+from api.uploads import (
+    BadUploadError,
+    MediaTooLongError,
+    UnsupportedMediaTypeError,
+    UploadTooLargeError,
+    check_duration,
+    receive_upload,
+)
+from featstore.encoders.base import ClipError
+from featstore.errors import (
+    FeatstoreError,
+    UnknownDatasetError,
+    UnknownEncoderError,
+    UnknownLayerError,
+    UnknownVideoError,
+)
+from featstore.media import MediaError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_app", "get_metrics", "get_service", "get_settings"]
+
+_DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VIDEO_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
+_MAX_VIDEO_ID = 1024
+
+# First match wins: most specific first.
+_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (UploadTooLargeError, 413),
+    (UnsupportedMediaTypeError, 415),
+    (BadUploadError, 422),
+    (MediaTooLongError, 422),
+    (MediaError, 422),
+    (ClipError, 422),
+    (UnknownRunError, 404),
+    (UnknownDatasetError, 404),
+    (UnknownVideoError, 404),
+    (UnknownEncoderError, 404),
+    (UnknownLayerError, 404),
+    (UploadNotSupportedError, 400),
+    (NotReadyError, 503),
+    (BatcherClosedError, 503),
+    (FeatstoreError, 422),
+)
+
+
+# ------------------------------------------------------------------ dependencies
+
+
+def get_service(request: Request) -> ScoringService:
+    """The app's scoring service (tests override this with a fake)."""
+    return request.app.state.service
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def require_api_key(
+    request: Request,
+    x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
+) -> None:
+    """401 unless the ``X-API-Key`` header matches (constant-time) when keys are on."""
+    expected: str | None = request.app.state.api_key
+    if expected is None:
+        return
+    given = (x_api_key or "").encode()
+    if not hmac.compare_digest(given, expected.encode()):
+        raise _Unauthorized("missing or invalid API key (send it in the X-API-Key header)")
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+ServiceDep = Annotated[ScoringService, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def _timeout(settings: Settings) -> Any:
+    return asyncio.timeout(settings.request_timeout_s)
+
+
+# ------------------------------------------------------------------ path checks
+
+
+def _check_dataset(dataset: str) -> str:
+    if not _DATASET_ID.match(dataset):
+        raise UnknownDatasetError(f"no dataset {dataset!r}: not a valid dataset name")
+    return dataset
+
+
+def _check_video_id(video_id: str) -> str:
+    parts = video_id.split("/")
+    if len(video_id) > _MAX_VIDEO_ID or not all(_VIDEO_PART.match(p) for p in parts):
+        raise UnknownVideoError(
+            f"no video {video_id!r}: ids are '/'-separated names of letters, digits, '.', '_', "
+            "'-' (no empty or '..' parts)"
+        )
+    if any(p in (".", "..") for p in parts):
+        raise UnknownVideoError(f"no video {video_id!r}: '.' and '..' are not id parts")
+    return video_id
+
+
+# ------------------------------------------------------------------ routes
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Detail} for code in (400, 401, 404, 413, 415, 422, 503, 504)
+}
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "runs": {
+                            "type": "string",
+                            "description": "comma-separated run names (default: every run "
+                            "that scores uploads)",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
+
+
+@v1.post("/score", response_model=ScoreResponse, openapi_extra=_UPLOAD_BODY)
+async def score_upload(
+    request: Request, service: ServiceDep, settings: SettingsDep, metrics: MetricsDep
+) -> ScoreResponse:
+    """Score an uploaded video (multipart ``file``) with the loaded runs, or those in ``runs``."""
+    service.check_ready()
+    async with (
+        _timeout(settings),
+        receive_upload(
+            request, max_bytes=settings.max_upload_bytes, directory=settings.upload_dir
+        ) as upload,
+    ):
+        metrics.upload_bytes.inc(upload.size_bytes)
+        raw = upload.fields.get("runs", "")
+        runs = [r.strip() for r in raw.split(",") if r.strip()] or None
+        service.upload_runs(runs)  # unknown / stored-only runs fail before decoding
+        await asyncio.to_thread(check_duration, upload.path, settings.max_duration_s)
+        return await service.score_upload(str(upload.path), runs, filename=upload.filename)
+
+
+@v1.get("/datasets", response_model=DatasetsResponse)
+async def list_datasets(service: ServiceDep, settings: SettingsDep) -> DatasetsResponse:
+    """Datasets in the store: videos, labels, splits and stored encoders."""
+    async with _timeout(settings):
+        return await asyncio.to_thread(service.datasets)
+
+
+@v1.get("/datasets/{dataset}/videos/{video_id:path}/scores", response_model=StoredScoreResponse)
+async def stored_scores(
+    dataset: Annotated[str, Path(description="dataset name")],
+    video_id: Annotated[str, Path(description="video id, e.g. train/id0001/clip")],
+    run: Annotated[str, Query(description="run name (see /v1/models)")],
+    service: ServiceDep,
+    settings: SettingsDep,
+) -> StoredScoreResponse:
+    """Scores and fake segments of a stored video, from its stored features (no encoder)."""
+    _check_dataset(dataset)
+    _check_video_id(video_id)
+    async with _timeout(settings):
+        return await asyncio.to_thread(service.score_stored, dataset, video_id, run)
+
+
+@v1.get("/models", response_model=ModelsResponse)
+async def list_models(service: ServiceDep) -> ModelsResponse:
+    """Loaded runs: kind, encoder, layer, checkpoint, and their metrics.json summaries."""
+    return await asyncio.to_thread(service.models)
+
+
+health = APIRouter()
+
+
+@health.get("/healthz", response_model=ReadyResponse)
+async def healthz() -> ReadyResponse:
+    """Liveness: the process answers."""
+    return ReadyResponse(status="ok")
+
+
+@health.get("/readyz", response_model=ReadyResponse, responses={503: {"model": Detail}})
+async def readyz(service: ServiceDep) -> Any:
+    """Readiness: 200 once models are loaded and warmed up, 503 before (or if loading failed)."""
+    if service.ready:
+        return ReadyResponse(status="ready")
+    detail = f"models failed to load: {service.error}" if service.error else "models are loading"
+    return JSONResponse({"detail": detail}, status_code=503)
+
+
+@health.get(
+    "/metrics",
+    dependencies=[Depends(require_api_key)],
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+async def metrics_endpoint(metrics: MetricsDep) -> Response:
+    """Prometheus text: requests and latency per endpoint/status, upload bytes, batch sizes."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+# ------------------------------------------------------------------ app
+
+
+def _status(exc: BaseException) -> int:
+    return next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, MediaError):  # the decoder's reason, not our temporary path
+        return f"cannot decode the upload: {exc.reason}"
+    return str(exc.args[0]) if exc.args else type(exc).__name__
+
+
+async def _featstore_error(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": _message(exc)}, status_code=_status(exc))
+
+
+async def _timeout_error(request: Request, exc: Exception) -> JSONResponse:
+    settings: Settings = request.app.state.settings
+    return JSONResponse(
+        {"detail": f"request took longer than {settings.request_timeout_s:g} s"}, status_code=504
+    )
+
+
+async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "X-API-Key"}
+    )
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def create_app(settings: Settings, *, service: ScoringService | None = None) -> FastAPI:
+    """The app for ``settings``; ``service`` replaces the real one (tests)."""
+    metrics = Metrics()
+    api_key = settings.api_key()  # fails now when --api-key-env names an unset variable
+    service = service or ScoringService(settings, on_batch=metrics.observe_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(_load(service), name="load-models")
+        try:
+            yield
+        finally:
+            if not loading.done():
+                loading.cancel()
+            await service.close()
+
+    app = FastAPI(
+        title="featstore scoring service",
+        version="1",
+        summary="Deepfake scores of uploaded and stored videos from self-supervised features.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.service = service
+    app.state.api_key = api_key
+    app.include_router(health)
+    app.include_router(v1)
+    app.add_exception_handler(FeatstoreError, _featstore_error)
+    app.add_exception_handler(TimeoutError, _timeout_error)
+    app.add_exception_handler(_Unauthorized, _unauthorized)
+    app.add_exception_handler(Exception, _internal)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+async def _load(service: ScoringService) -> None:
+    """Load in a worker thread so liveness answers while big checkpoints load."""
+    if service.ready:
+        return
+    try:
+        await asyncio.to_thread(service.load)
+    except Exception as exc:
+        service.error = f"{type(exc).__name__}: {exc}"
+        log.error("could not load models: %s", service.error)

@@ -1,0 +1,250 @@
+"""Uploads: the multipart body streamed to a temporary file with a size limit, then vetted.
+
+The body is parsed as it arrives (never buffered whole): the ``file`` part goes
+to a temporary file chunk by chunk and the request fails with 413 as soon as
+it passes the limit; other parts are small form fields. The file's declared
+type and its first bytes must be a video container (415), and the container
+header must declare a duration within the limit (422) before anything is
+decoded. The temporary file is removed when the ``async with`` block ends,
+however it ends (error, timeout, client gone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from featstore.errors import FeatstoreError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from featstore.media import MediaInfo
+
+__all__ = [
+    "BadUploadError",
+    "MediaTooLongError",
+    "UnsupportedMediaTypeError",
+    "Upload",
+    "UploadTooLargeError",
+    "check_duration",
+    "looks_like_video",
+    "receive_upload",
+]
+
+FILE_FIELD = "file"
+MAX_FIELD_BYTES = 16 * 1024  # a form field (e.g. ``runs``) longer than this is refused
+MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and part headers around the file
+_SNIFF_BYTES = 512
+_ALLOWED_TYPES = ("application/octet-stream",)
+
+
+class BadUploadError(FeatstoreError):
+    """The body is not a well-formed multipart form with one ``file`` part (422)."""
+
+
+class UploadTooLargeError(FeatstoreError):
+    """The upload is larger than the server accepts (413)."""
+
+
+class UnsupportedMediaTypeError(FeatstoreError):
+    """The upload is not a video: declared type or content (415)."""
+
+
+class MediaTooLongError(FeatstoreError):
+    """The container declares a duration above the limit (422)."""
+
+
+@dataclass
+class Upload:
+    """A received upload: where it is on disk and what the client said about it."""
+
+    path: Path
+    filename: str | None = None
+    content_type: str | None = None
+    size_bytes: int = 0
+    fields: dict[str, str] = field(default_factory=dict)
+    head: bytes = b""  # the file's first bytes, for sniffing
+
+
+def looks_like_video(head: bytes) -> bool:
+    """True when ``head`` starts like a video container FFmpeg reads.
+
+    ISO BMFF (mp4/mov/3gp: a box type at bytes 4..8), Matroska/WebM (EBML),
+    AVI (RIFF....AVI), FLV, Ogg, MPEG-PS (pack header) and MPEG-TS (sync bytes
+    188 apart). Audio-only containers (WAV, MP3, FLAC) are not videos.
+    """
+    if len(head) >= 8 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return True
+    if head.startswith((b"\x1a\x45\xdf\xa3", b"FLV", b"OggS", b"\x00\x00\x01\xba")):
+        return True
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return True
+    return len(head) > 188 and head[0] == 0x47 and head[188] == 0x47
+
+
+def _allowed_type(content_type: str | None) -> bool:
+    if not content_type:
+        return True  # clients that say nothing are judged by the content
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime.startswith("video/") or mime in _ALLOWED_TYPES
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+class _Receiver:
+    """python-multipart callbacks: the file part to disk, fields to memory."""
+
+    def __init__(self, upload: Upload, fh: object, max_bytes: int) -> None:
+        self.upload, self.fh, self.max_bytes = upload, fh, max_bytes
+        self.headers: dict[str, str] = {}
+        self._field, self._value = b"", b""
+        self.part: str | None = None  # name of the part being read
+        self.buffer = bytearray()
+        self.files = 0
+        self.error: FeatstoreError | None = None
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self.part_begin,
+            "on_header_field": lambda d, s, e: setattr(self, "_field", self._field + d[s:e]),
+            "on_header_value": lambda d, s, e: setattr(self, "_value", self._value + d[s:e]),
+            "on_header_end": self.header_end,
+            "on_headers_finished": self.headers_finished,
+            "on_part_data": self.part_data,
+            "on_part_end": self.part_end,
+        }
+
+    def part_begin(self) -> None:
+        self.headers, self.part, self.buffer = {}, None, bytearray()
+
+    def header_end(self) -> None:
+        self.headers[self._field.decode("latin-1").lower()] = self._value.decode("latin-1")
+        self._field, self._value = b"", b""
+
+    def headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, params = parse_options_header(self.headers.get("content-disposition", ""))
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        self.part = name
+        if name != FILE_FIELD:
+            return
+        self.files += 1
+        if self.files > 1:
+            self.error = BadUploadError(f"send exactly one '{FILE_FIELD}' part")
+            return
+        filename = params.get(b"filename")
+        self.upload.filename = filename.decode("utf-8", "replace") if filename else None
+        self.upload.content_type = self.headers.get("content-type")
+        if not _allowed_type(self.upload.content_type):
+            self.error = UnsupportedMediaTypeError(
+                f"upload type {self.upload.content_type!r} is not a video; send a video file "
+                "(video/* or application/octet-stream)"
+            )
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.error is not None:
+            return
+        chunk = data[start:end]
+        if self.part == FILE_FIELD:
+            self.upload.size_bytes += len(chunk)
+            if self.upload.size_bytes > self.max_bytes:
+                self.error = UploadTooLargeError(
+                    f"upload is larger than the limit of {_mb(self.max_bytes)}"
+                )
+                return
+            if len(self.upload.head) < _SNIFF_BYTES:
+                self.upload.head += chunk[: _SNIFF_BYTES - len(self.upload.head)]
+            self.fh.write(chunk)  # type: ignore[attr-defined]
+        else:
+            self.buffer += chunk
+            if len(self.buffer) > MAX_FIELD_BYTES:
+                self.error = UploadTooLargeError(
+                    f"form field {self.part!r} is longer than {MAX_FIELD_BYTES} bytes"
+                )
+
+    def part_end(self) -> None:
+        if self.part and self.part != FILE_FIELD and self.error is None:
+            self.upload.fields[self.part] = self.buffer.decode("utf-8", "replace")
+
+
+@contextlib.asynccontextmanager
+async def receive_upload(
+    request: Request, *, max_bytes: int, directory: str | None = None
+) -> AsyncIterator[Upload]:
+    """Stream the request's multipart body into a temporary file; remove it afterwards."""
+    from python_multipart.multipart import MultipartParseError, MultipartParser
+    from python_multipart.multipart import parse_options_header as parse_header
+
+    mime, params = parse_header(request.headers.get("content-type", ""))
+    if mime != b"multipart/form-data" or not params.get(b"boundary"):
+        raise UnsupportedMediaTypeError("send the video as multipart/form-data with a 'file' part")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes + MULTIPART_SLACK_BYTES:
+        raise UploadTooLargeError(
+            f"upload of {_mb(int(length))} is larger than the limit of {_mb(max_bytes)}"
+        )
+    fd, name = tempfile.mkstemp(prefix="featstore-upload-", suffix=".media", dir=directory)
+    upload = Upload(path=Path(name))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            receiver = _Receiver(upload, fh, max_bytes)
+            parser = MultipartParser(params[b"boundary"], receiver.callbacks())
+            async for chunk in request.stream():
+                try:
+                    parser.write(chunk)
+                except MultipartParseError as exc:
+                    raise BadUploadError(f"malformed multipart body: {exc}") from None
+                if receiver.error is not None:
+                    raise receiver.error
+            try:
+                parser.finalize()
+            except MultipartParseError as exc:
+                raise BadUploadError(f"malformed multipart body: {exc}") from None
+        if receiver.files == 0:
+            raise BadUploadError(f"the form has no '{FILE_FIELD}' part")
+        if upload.size_bytes == 0:
+            raise BadUploadError("the uploaded file is empty")
+        if not looks_like_video(upload.head):
+            raise UnsupportedMediaTypeError(
+                "the uploaded file is not a video container (mp4, mov, mkv, webm, avi, flv, "
+                "mpeg-ts, ogg)"
+            )
+        yield upload
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def check_duration(path: str | os.PathLike[str], max_duration_s: float) -> MediaInfo:
+    """Probe the container headers; refuse media declaring more than ``max_duration_s``.
+
+    Raises the decoder's :class:`~featstore.media.MediaError` for unreadable files.
+    A file that declares no duration is checked after decoding instead.
+    """
+    from featstore.media import probe
+
+    info = probe(path)
+    declared = [
+        d
+        for d in (
+            info.duration_s,
+            info.video.duration_s if info.video else None,
+            info.audio.duration_s if info.audio else None,
+        )
+        if d is not None
+    ]
+    if declared and max(declared) > max_duration_s:
+        raise MediaTooLongError(
+            f"media lasts {max(declared):.1f} s, above the limit of {max_duration_s:g} s "
+            "(--max-duration-s)"
+        )
+    return info

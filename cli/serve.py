@@ -1,0 +1,74 @@
+"""``featstore serve``: the HTTP scoring service (FastAPI on uvicorn)."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.errors import user_errors
+
+
+def serve_command(
+    store: str = typer.Option(..., "--store", "-s", help="Store location (opened read-only)."),
+    run: list[str] = typer.Option(
+        ..., "--run", "-r", help="Run directory, or NAME=DIR (repeat for several runs)."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    api_key_env: str | None = typer.Option(
+        None,
+        "--api-key-env",
+        help="Require the X-API-Key header to equal this environment variable's value.",
+    ),
+    max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", help="Largest upload (413)."),
+    max_duration_s: float = typer.Option(
+        120.0, "--max-duration-s", help="Longest media accepted, from its header (422)."
+    ),
+    timeout_s: float = typer.Option(120.0, "--timeout-s", help="Per-request time limit (504)."),
+    device: str = typer.Option("cpu", "--device", help="torch device for the encoders."),
+    checkpoint: list[str] = typer.Option(
+        [],
+        "--checkpoint",
+        help="ENCODER=PATH: load this checkpoint instead of the one the run recorded.",
+    ),
+    max_batch: int = typer.Option(
+        8, "--max-batch", help="Most clips per micro-batched encoder call (1: no batching)."
+    ),
+    max_wait_ms: float = typer.Option(
+        10.0, "--max-wait-ms", help="How long a request waits for others to batch with."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve scores of uploaded and stored videos over HTTP (docs at /docs)."""
+    with user_errors():
+        from api.settings import Settings, parse_checkpoints, parse_run
+        from featstore.encoders import get_spec
+        from featstore.store import open_store
+        from trainers.runs import load_run
+
+        specs = tuple(parse_run(r) for r in run)
+        settings = Settings(
+            store_url=store,
+            runs=specs,
+            device=device,
+            checkpoints=parse_checkpoints(checkpoint),
+            api_key_env=api_key_env,
+            max_upload_bytes=int(max_upload_mb * 2**20),
+            max_duration_s=max_duration_s,
+            request_timeout_s=timeout_s,
+            max_batch_clips=max_batch,
+            max_wait_ms=max_wait_ms,
+        )
+        settings.api_key()
+        open_store(store, mode="r")
+        for spec in specs:  # cheap checks first: a typo must not wait for model loading
+            loaded = load_run(spec.path)
+            encoder = loaded.config.get("encoder")
+            if isinstance(encoder, str):
+                get_spec(encoder)
+        import uvicorn
+
+        from api.app import create_app
+
+        app = create_app(settings)
+    typer.echo(f"serving {len(specs)} run(s) on http://{host}:{port} (docs at /docs)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
