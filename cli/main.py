@@ -10,9 +10,15 @@ from __future__ import annotations
 import typer
 
 from cli import datasets as datasets_cmd
+from cli import encoders as encoders_cmd
+from cli import evaluate as evaluate_cmd
 from cli import media as media_cmd
 from cli import sample as sample_cmd
 from cli import store as store_cmd
+from cli import sync as sync_cmd
+from cli import train as train_cmd
+from cli.extract import extract_command
+from cli.serve import serve_command
 from featstore import __version__
 
 app = typer.Typer(
@@ -24,8 +30,14 @@ app = typer.Typer(
 )
 app.add_typer(store_cmd.app, name="store")
 app.add_typer(datasets_cmd.app, name="datasets")
+app.add_typer(encoders_cmd.app, name="encoders")
 app.add_typer(media_cmd.app, name="media")
 app.add_typer(sample_cmd.app, name="sample")
+app.add_typer(train_cmd.app, name="train")
+evaluate_cmd.register(app)
+sync_cmd.register(app)
+app.command("extract")(extract_command)
+app.command("serve")(serve_command)
 
 
 def _version(value: bool) -> None:
