@@ -16,6 +16,18 @@ from cli.errors import user_errors
 
 app = typer.Typer(help="Train detectors on stored features.", no_args_is_help=True)
 
+# Options every trainer takes, declared once.
+STORE = typer.Option(..., "--store", "-s", help="Store location (path or fsspec URL).")
+OUT = typer.Option(..., "--out", "-o", help="Run directory to write.")
+NO_VAL = typer.Option(False, "--no-val", help="Train without validation (no early stop).")
+SEED = typer.Option(None, "--seed", help="Random seed (default 43).")
+DEVICE = typer.Option(None, "--device", help="torch device (cpu, cuda, ...).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace a complete run at --out.")
+ALLOW_MISSING = typer.Option(
+    False, "--allow-missing", help="Skip videos without stored features (warn) instead of failing."
+)
+NO_L2 = typer.Option(False, "--no-l2", help="Do not L2-normalise frames.")
+
 
 def format_epoch(stats: Any) -> str:
     """One progress line: epoch, train loss, val loss, val AUC, seconds."""
@@ -32,7 +44,7 @@ def format_epoch(stats: Any) -> str:
 
 @app.command("probe")
 def probe(
-    store: str = typer.Option(..., "--store", "-s", help="Store location (path or fsspec URL)."),
+    store: str = STORE,
     encoder: str = typer.Option(
         ..., "--encoder", "-e", help="Encoder whose features to use (ENCODER or ENCODER:LAYER)."
     ),
@@ -47,23 +59,17 @@ def probe(
         "--val",
         help="Validation videos: NAME[:SPLIT] (default: the train dataset's val split).",
     ),
-    no_val: bool = typer.Option(
-        False, "--no-val", help="Train without validation (no early stop)."
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    no_val: bool = NO_VAL,
+    out: Path = OUT,
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
     lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3)."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
     batch_videos: int | None = typer.Option(None, "--batch-videos", help="Videos per batch."),
-    no_l2: bool = typer.Option(False, "--no-l2", help="Do not L2-normalise frames."),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 43)."),
-    device: str | None = typer.Option(None, "--device", help="torch device (cpu, cuda, ...)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
-    allow_missing: bool = typer.Option(
-        False,
-        "--allow-missing",
-        help="Skip videos without stored features (warn) instead of failing.",
-    ),
+    no_l2: bool = NO_L2,
+    seed: int | None = SEED,
+    device: str | None = DEVICE,
+    overwrite: bool = OVERWRITE,
+    allow_missing: bool = ALLOW_MISSING,
 ) -> None:
     """Linear probe (paper Eq. 1): per-frame logits, logsumexp over time, early stopping."""
     with user_errors():
@@ -113,7 +119,7 @@ def probe(
 
 @app.command("ntp")
 def ntp(
-    store: str = typer.Option(..., "--store", "-s", help="Store location (path or fsspec URL)."),
+    store: str = STORE,
     encoder: str = typer.Option(
         ..., "--encoder", "-e", help="Encoder whose features to use (ENCODER or ENCODER:LAYER)."
     ),
@@ -127,10 +133,8 @@ def ntp(
         "--val",
         help="Validation videos: NAME[:SPLIT] (default: the train dataset's val split); reals only.",
     ),
-    no_val: bool = typer.Option(
-        False, "--no-val", help="Train without validation (no early stop)."
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    no_val: bool = NO_VAL,
+    out: Path = OUT,
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
     lr: float | None = typer.Option(None, "--lr", help="Adam peak learning rate (default 1e-3)."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
@@ -138,15 +142,11 @@ def ntp(
     max_context: int | None = typer.Option(
         None, "--max-context", help="Frames per window (default 256); longer videos are windowed."
     ),
-    no_l2: bool = typer.Option(False, "--no-l2", help="Do not L2-normalise frames."),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 43)."),
-    device: str | None = typer.Option(None, "--device", help="torch device (cpu, cuda, ...)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
-    allow_missing: bool = typer.Option(
-        False,
-        "--allow-missing",
-        help="Skip videos without stored features (warn) instead of failing.",
-    ),
+    no_l2: bool = NO_L2,
+    seed: int | None = SEED,
+    device: str | None = DEVICE,
+    overwrite: bool = OVERWRITE,
+    allow_missing: bool = ALLOW_MISSING,
 ) -> None:
     """Next-token prediction anomaly detector (paper Sec. 3.2), trained on real videos only."""
     with user_errors():
@@ -202,7 +202,7 @@ def ntp(
 
 @app.command("sync")
 def sync(
-    store: str = typer.Option(..., "--store", "-s", help="Store location (path or fsspec URL)."),
+    store: str = STORE,
     audio: str = typer.Option(
         ..., "--audio", help="Audio features: ENCODER or ENCODER:LAYER (e.g. avhubert-a)."
     ),
@@ -219,10 +219,8 @@ def sync(
         "--val",
         help="Validation videos: NAME[:SPLIT] (default: the train dataset's val split); reals only.",
     ),
-    no_val: bool = typer.Option(
-        False, "--no-val", help="Train without validation (no early stop)."
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    no_val: bool = NO_VAL,
+    out: Path = OUT,
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 500)."),
     lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default 1e-5)."),
     patience: int | None = typer.Option(
@@ -231,19 +229,15 @@ def sync(
     batch_frames: int | None = typer.Option(
         None, "--batch-frames", help="Frames per step (default 1024)."
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 43)."),
-    device: str | None = typer.Option(None, "--device", help="torch device (cpu, cuda, ...)."),
+    seed: int | None = SEED,
+    device: str | None = DEVICE,
     trim_silence: bool = typer.Option(
         False,
         "--trim-silence",
         help="Drop each video's leading silence (needs the manifest column leading_silence_s).",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
-    allow_missing: bool = typer.Option(
-        False,
-        "--allow-missing",
-        help="Skip videos without stored features (warn) instead of failing.",
-    ),
+    overwrite: bool = OVERWRITE,
+    allow_missing: bool = ALLOW_MISSING,
 ) -> None:
     """Audio-visual synchronisation (AVH-Align, paper Sec. 3.2), trained on real videos only."""
     with user_errors():
