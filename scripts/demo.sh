@@ -113,13 +113,15 @@ featstore syncscore --store "$STORE" --audio avhubert-a --visual avhubert-v --on
 featstore layers --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val --out "$OUT/layers"
 
 step "13. Score a clip over HTTP (featstore serve; the same with curl is in the README)"
-PORT=${DEMO_PORT:-8765}
+# a free port unless DEMO_PORT says which
+PORT=${DEMO_PORT:-$(python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")}
 featstore serve --store "$STORE" --run "$OUT/runs/logfbank" --port "$PORT" --log-level warning \
   > "$OUT/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 CLIP=$(python -c "import featstore; m = featstore.open_store('$STORE').manifest('sample'); r = m[m.video_id == '$FAKE'].iloc[0]; print(r.path)")
-python scripts/demo_http.py "http://127.0.0.1:$PORT" "$OUT/sample/$CLIP" sample "$FAKE"
+python scripts/demo_http.py "http://127.0.0.1:$PORT" "$OUT/sample/$CLIP" sample "$FAKE" \
+  || { echo "the server did not answer; its log:"; cat "$OUT/serve.log"; exit 1; }
 kill $SERVER && wait $SERVER 2>/dev/null || true
 
 step "done: sample data in $OUT/sample, store at $STORE, runs in $OUT/runs and $OUT/grid"
