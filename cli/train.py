@@ -42,6 +42,22 @@ def format_epoch(stats: Any) -> str:
     )
 
 
+def _config(default: Any, **overrides: Any) -> Any:
+    """``default`` with the options the user gave (``None``: not given) replaced."""
+    import dataclasses
+
+    return dataclasses.replace(default, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _validation(val: str | None, no_val: bool) -> Any:
+    """``--val`` / ``--no-val`` as the trainers take it: a selection, ``None`` or ``AUTO``."""
+    from trainers.data import AUTO
+
+    if no_val and val is not None:
+        raise typer.BadParameter("give either --val or --no-val")
+    return None if no_val else (val if val is not None else AUTO)
+
+
 @app.command("probe")
 def probe(
     store: str = STORE,
@@ -73,33 +89,26 @@ def probe(
 ) -> None:
     """Linear probe (paper Eq. 1): per-frame logits, logsumexp over time, early stopping."""
     with user_errors():
-        import dataclasses
-
         from featstore import open_store
         from trainers.data import FeatureKey
         from trainers.probe import ProbeConfig
-        from trainers.probe_run import AUTO, train_probe
+        from trainers.probe_run import train_probe
 
-        overrides: dict[str, Any] = {
-            "max_epochs": epochs,
-            "lr": lr,
-            "patience": patience,
-            "batch_videos": batch_videos,
-            "seed": seed,
-            "device": device,
-        }
-        config = dataclasses.replace(
+        config = _config(
             ProbeConfig(),
-            **{k: v for k, v in overrides.items() if v is not None},
-            **({"l2_normalize": False} if no_l2 else {}),
+            max_epochs=epochs,
+            lr=lr,
+            patience=patience,
+            batch_videos=batch_videos,
+            seed=seed,
+            device=device,
+            l2_normalize=False if no_l2 else None,
         )
-        if no_val and val is not None:
-            raise typer.BadParameter("give either --val or --no-val")
         run = train_probe(
             open_store(store),
             feature=FeatureKey.parse(encoder, layer),
             train=train,
-            val=None if no_val else (val if val is not None else AUTO),
+            val=_validation(val, no_val),
             out=out,
             config=config,
             on_epoch=lambda stats: typer.echo(format_epoch(stats)),
@@ -150,34 +159,27 @@ def ntp(
 ) -> None:
     """Next-token prediction anomaly detector (paper Sec. 3.2), trained on real videos only."""
     with user_errors():
-        import dataclasses
-
         from featstore import open_store
         from trainers.data import FeatureKey
         from trainers.ntp import NTPConfig
-        from trainers.ntp_run import AUTO, train_ntp
+        from trainers.ntp_run import train_ntp
 
-        overrides: dict[str, Any] = {
-            "max_epochs": epochs,
-            "lr": lr,
-            "patience": patience,
-            "batch_videos": batch_videos,
-            "max_context": max_context,
-            "seed": seed,
-            "device": device,
-        }
-        config = dataclasses.replace(
+        config = _config(
             NTPConfig(),
-            **{k: v for k, v in overrides.items() if v is not None},
-            **({"l2_normalize": False} if no_l2 else {}),
+            max_epochs=epochs,
+            lr=lr,
+            patience=patience,
+            batch_videos=batch_videos,
+            max_context=max_context,
+            seed=seed,
+            device=device,
+            l2_normalize=False if no_l2 else None,
         )
-        if no_val and val is not None:
-            raise typer.BadParameter("give either --val or --no-val")
         run = train_ntp(
             open_store(store),
             feature=FeatureKey.parse(encoder),
             train=train,
-            val=None if no_val else (val if val is not None else AUTO),
+            val=_validation(val, no_val),
             out=out,
             config=config,
             on_epoch=lambda stats: typer.echo(format_epoch(stats)),
@@ -241,25 +243,20 @@ def sync(
 ) -> None:
     """Audio-visual synchronisation (AVH-Align, paper Sec. 3.2), trained on real videos only."""
     with user_errors():
-        import dataclasses
-
         from featstore import open_store
         from trainers.sync import SyncConfig
-        from trainers.sync_run import AUTO, train_sync
+        from trainers.sync_run import train_sync
 
-        overrides: dict[str, Any] = {
-            "max_epochs": epochs,
-            "lr": lr,
-            "patience": patience,
-            "batch_frames": batch_frames,
-            "seed": seed,
-            "device": device,
-        }
-        config = dataclasses.replace(
-            SyncConfig(), **{k: v for k, v in overrides.items() if v is not None}
+        config = _config(
+            SyncConfig(),
+            max_epochs=epochs,
+            lr=lr,
+            patience=patience,
+            batch_frames=batch_frames,
+            seed=seed,
+            device=device,
         )
-        if no_val and val is not None:
-            raise typer.BadParameter("give either --val or --no-val")
+        val_selection = _validation(val, no_val)
 
         def show(stats: Any) -> None:
             val_loss = "-" if stats.val_loss is None else f"{stats.val_loss:.4f}"
@@ -273,7 +270,7 @@ def sync(
             audio=audio,
             visual=visual,
             train=train,
-            val=None if no_val else (val if val is not None else AUTO),
+            val=val_selection,
             out=out,
             config=config,
             on_epoch=show,
