@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from featstore.encoders import register
-from featstore.encoders.base import CheckpointError, Clip, ClipError, Encoder, EncoderSpec
+from featstore.encoders.base import CheckpointError, Clip, ClipError, EncoderSpec
 from featstore.encoders.hf import (
+    HFEncoder,
     ImagePreprocess,
     LoadedModel,
     batch_spans,
@@ -110,7 +111,7 @@ def rgb_frames(clip: Clip, name: str) -> np.ndarray:
     return frames
 
 
-class ClipEncoder(Encoder):
+class ClipEncoder(HFEncoder):
     """A loaded CLIP vision tower with its projection."""
 
     def __init__(
@@ -125,20 +126,14 @@ class ClipEncoder(Encoder):
         preprocess_threads: int = 1,
     ) -> None:
         config = loaded.config
-        layer_dims: dict[Layer, int] = {
-            i: int(config.hidden_size) for i in range(config.num_hidden_layers + 1)
-        }
-        layer_dims[LAST] = int(config.projection_dim)
         super().__init__(
             spec,
-            layer_dims=layer_dims,
-            checkpoint=loaded.checkpoint,
-            checkpoint_sha256=loaded.sha256,
-            random_init=random_init,
-            device=loaded.device,
+            loaded,
+            hidden_dim=int(config.hidden_size),
+            last_dim=int(config.projection_dim),
             compute_dtype=compute_dtype,
+            random_init=random_init,
         )
-        self.model = loaded.model
         self.preprocess = preprocess
         self.frames_per_batch = frames_per_batch
         self.preprocess_threads = preprocess_threads

@@ -40,6 +40,7 @@ import numpy as np
 from featstore.encoders.base import (
     CheckpointError,
     ClipError,
+    Encoder,
     EncoderError,
     EncoderSpec,
     autocast,
@@ -47,6 +48,7 @@ from featstore.encoders.base import (
     checkpoint_sha256,
     resolve_checkpoint,
 )
+from featstore.layout import LAST, Layer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,39 @@ class LoadedModel:
     path: Path | None  # the resolved local directory; None: the built-in default config
     sha256: str | None  # of the weight files; None for random init
     device: str
+
+
+class HFEncoder(Encoder):
+    """An encoder around a loaded Hugging Face model: ``model`` plus where it came from.
+
+    Families pass the width of the hidden states and, when it differs, of ``last``;
+    layers ``0..num_hidden_layers`` and ``last`` are declared from the config.
+    """
+
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        loaded: LoadedModel,
+        *,
+        hidden_dim: int,
+        last_dim: int | None = None,
+        compute_dtype: str,
+        random_init: bool,
+    ) -> None:
+        layer_dims: dict[Layer, int] = {
+            i: hidden_dim for i in range(int(loaded.config.num_hidden_layers) + 1)
+        }
+        layer_dims[LAST] = hidden_dim if last_dim is None else last_dim
+        super().__init__(
+            spec,
+            layer_dims=layer_dims,
+            checkpoint=loaded.checkpoint,
+            checkpoint_sha256=loaded.sha256,
+            random_init=random_init,
+            device=loaded.device,
+            compute_dtype=compute_dtype,
+        )
+        self.model = loaded.model
 
 
 def check_options(spec: EncoderSpec, options: Mapping[str, Any], allowed: Sequence[str]) -> None:

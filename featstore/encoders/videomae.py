@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 
 from featstore.encoders import register
-from featstore.encoders.base import CheckpointError, Clip, ClipError, Encoder, EncoderSpec
+from featstore.encoders.base import CheckpointError, Clip, ClipError, EncoderSpec
 from featstore.encoders.clip import check_image_size, rgb_frames
 from featstore.encoders.hf import (
+    HFEncoder,
     ImagePreprocess,
     LoadedModel,
     batch_spans,
@@ -84,7 +85,7 @@ def default_config() -> Any:
     )
 
 
-class VideoMAEEncoder(Encoder):
+class VideoMAEEncoder(HFEncoder):
     """A loaded VideoMAE encoder."""
 
     def __init__(
@@ -99,19 +100,13 @@ class VideoMAEEncoder(Encoder):
         preprocess_threads: int = 1,
     ) -> None:
         config = loaded.config
-        dim = int(config.hidden_size)
-        layer_dims: dict[Layer, int] = {i: dim for i in range(config.num_hidden_layers + 1)}
-        layer_dims[LAST] = dim
         super().__init__(
             spec,
-            layer_dims=layer_dims,
-            checkpoint=loaded.checkpoint,
-            checkpoint_sha256=loaded.sha256,
-            random_init=random_init,
-            device=loaded.device,
+            loaded,
+            hidden_dim=int(config.hidden_size),
             compute_dtype=compute_dtype,
+            random_init=random_init,
         )
-        self.model = loaded.model
         self.preprocess = preprocess
         if config.num_frames % config.tubelet_size:
             raise CheckpointError(

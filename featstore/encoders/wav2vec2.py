@@ -45,10 +45,10 @@ from featstore.encoders.base import (
     CheckpointError,
     Clip,
     ClipError,
-    Encoder,
     EncoderSpec,
 )
 from featstore.encoders.hf import (
+    HFEncoder,
     LoadedModel,
     check_options,
     inference,
@@ -126,7 +126,7 @@ def normalize_waveform(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / np.sqrt(x.var() + 1e-7)
 
 
-class Wav2Vec2Encoder(Encoder):
+class Wav2Vec2Encoder(HFEncoder):
     """A loaded wav2vec2 model; see the module docstring for rows and batching."""
 
     def __init__(
@@ -145,19 +145,13 @@ class Wav2Vec2Encoder(Encoder):
                 f"checkpoint {loaded.checkpoint} has an adapter (add_adapter=True), which "
                 "changes the frame rate; use the plain wav2vec2 model"
             )
-        dim = 2 * int(config.hidden_size)  # paired frames
-        layer_dims: dict[Layer, int] = {i: dim for i in range(config.num_hidden_layers + 1)}
-        layer_dims[LAST] = dim
         super().__init__(
             spec,
-            layer_dims=layer_dims,
-            checkpoint=loaded.checkpoint,
-            checkpoint_sha256=loaded.sha256,
-            random_init=random_init,
-            device=loaded.device,
+            loaded,
+            hidden_dim=2 * int(config.hidden_size),  # paired frames
             compute_dtype=compute_dtype,
+            random_init=random_init,
         )
-        self.model = loaded.model
         self.config = config
         self.normalize = normalize
         # Group norm over time in the first conv layer: padding would leak into every frame.
