@@ -265,6 +265,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> dic
             log.warning("loading %s with full pickle (--trust-checkpoint): it can run code", file)
             obj = torch.load(file, map_location="cpu", weights_only=False)
         else:
+            # weights_only=False only because torch refuses a custom pickle_module with
+            # weights_only=True; the restricted unpickler is what keeps code from running
             obj = torch.load(
                 file,
                 map_location="cpu",
