@@ -24,7 +24,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
-__all__ = ["layer_norm_rows", "logfbank", "mel_filterbank", "stack_frames"]
+__all__ = ["layer_norm_rows", "logfbank", "mel_filterbank", "mfcc", "stack_frames"]
 
 _EPS = np.finfo(np.float64).eps  # the floor for zero energies before the log
 LAYER_NORM_EPS = 1e-5  # torch.nn.functional.layer_norm's default
@@ -96,6 +96,83 @@ def _frames(signal: np.ndarray, frame_len: int, step: int) -> np.ndarray:
     return view[::step]  # [F, frame_len]
 
 
+def _fbank(
+    signal: np.ndarray,
+    sample_rate_hz: int,
+    *,
+    win_s: float,
+    step_s: float,
+    n_filters: int,
+    n_fft: int,
+    low_hz: float,
+    high_hz: float | None,
+    preemph: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mel energies ``[F, n_filters]`` and total frame energies ``[F]`` (zeros floored to eps)."""
+    x = np.asarray(signal)
+    if x.ndim != 1:
+        raise ValueError(f"expected a 1-D signal [S], got shape {x.shape}")
+    x = x.astype(np.float64, copy=False)
+    frame_len = _round_half_up(win_s * sample_rate_hz)
+    step = _round_half_up(step_s * sample_rate_hz)
+    if frame_len < 1 or step < 1:
+        raise ValueError(f"window and step must be at least one sample, got {frame_len}, {step}")
+    fb = mel_filterbank(n_filters, n_fft, sample_rate_hz, low_hz=low_hz, high_hz=high_hz)
+    if x.shape[0]:
+        x = np.concatenate([x[:1], x[1:] - preemph * x[:-1]])  # [S] pre-emphasis
+    frames = _frames(x, frame_len, step)  # [F, frame_len]
+    power = np.abs(np.fft.rfft(frames, n_fft)) ** 2 / n_fft  # [F, n_fft // 2 + 1]
+    energies = power @ fb.T  # [F, n_filters]
+    energies[energies == 0] = _EPS
+    total = power.sum(axis=1)  # [F]
+    total[total == 0] = _EPS
+    return energies, total
+
+
+def mfcc(
+    signal: np.ndarray,
+    sample_rate_hz: int = 16000,
+    *,
+    n_ceps: int = 13,
+    win_s: float = 0.025,
+    step_s: float = 0.01,
+    n_filters: int = 26,
+    n_fft: int = 512,
+    low_hz: float = 0.0,
+    high_hz: float | None = None,
+    preemph: float = 0.97,
+    lifter: int = 22,
+    append_energy: bool = True,
+) -> np.ndarray:
+    """Mel cepstra ``[S] -> [F, n_ceps]`` float64, equal to ``python_speech_features.mfcc``.
+
+    The log filterbank energies above, an orthonormal DCT-II over the filters, the first
+    ``n_ceps`` coefficients, sinusoidal liftering ``1 + (L / 2) sin(pi n / L)`` and, with
+    ``append_energy``, coefficient 0 replaced by the log of the frame's total power. TalkNet
+    (PEERS.md) calls it with these defaults on int16-valued 16 kHz audio.
+    """
+    from scipy.fft import dct
+
+    energies, total = _fbank(
+        signal,
+        sample_rate_hz,
+        win_s=win_s,
+        step_s=step_s,
+        n_filters=n_filters,
+        n_fft=n_fft,
+        low_hz=low_hz,
+        high_hz=high_hz,
+        preemph=preemph,
+    )
+    ceps = dct(np.log(energies), type=2, axis=1, norm="ortho")[:, :n_ceps]  # [F, n_ceps]
+    if lifter > 0:
+        n = np.arange(ceps.shape[1])
+        ceps = ceps * (1 + (lifter / 2.0) * np.sin(np.pi * n / lifter))
+    if append_energy:
+        ceps[:, 0] = np.log(total)
+    return ceps
+
+
 def logfbank(
     signal: np.ndarray,
     sample_rate_hz: int = 16000,
@@ -115,21 +192,17 @@ def logfbank(
     ``1 + ceil((S - win) / step)``. Windows longer than ``n_fft`` are truncated by
     the FFT, as in the reference.
     """
-    x = np.asarray(signal)
-    if x.ndim != 1:
-        raise ValueError(f"logfbank expects a 1-D signal [S], got shape {x.shape}")
-    x = x.astype(np.float64, copy=False)
-    frame_len = _round_half_up(win_s * sample_rate_hz)
-    step = _round_half_up(step_s * sample_rate_hz)
-    if frame_len < 1 or step < 1:
-        raise ValueError(f"window and step must be at least one sample, got {frame_len}, {step}")
-    fb = mel_filterbank(n_filters, n_fft, sample_rate_hz, low_hz=low_hz, high_hz=high_hz)
-    if x.shape[0]:
-        x = np.concatenate([x[:1], x[1:] - preemph * x[:-1]])  # [S] pre-emphasis
-    frames = _frames(x, frame_len, step)  # [F, frame_len]
-    power = np.abs(np.fft.rfft(frames, n_fft)) ** 2 / n_fft  # [F, n_fft // 2 + 1]
-    energies = power @ fb.T  # [F, n_filters]
-    energies[energies == 0] = _EPS
+    energies, _ = _fbank(
+        signal,
+        sample_rate_hz,
+        win_s=win_s,
+        step_s=step_s,
+        n_filters=n_filters,
+        n_fft=n_fft,
+        low_hz=low_hz,
+        high_hz=high_hz,
+        preemph=preemph,
+    )
     return np.log(energies)
 
 
