@@ -818,3 +818,47 @@ def _to_yuv420p(video: np.ndarray) -> np.ndarray:
         out[i, h : h + h // 4] = u.reshape(h // 4, w)
         out[i, h + h // 4 :] = v.reshape(h // 4, w)
     return out
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def talking_clip(
+    *, seed: int, duration_s: float, size: int = 224, speaker_seed: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One real talking-face clip: frames ``[T, size, size, 3]`` uint8 and audio ``[640 T]``.
+
+    The same ``speaker_seed`` (default ``seed``) gives the same face and voice, so longer
+    videos can be assembled from several utterances of one speaker (the in-the-wild tests).
+    ``duration_s`` is rounded to a multiple of 0.32 s (8 frames).
+    """
+    if size < 64 or size % 2:
+        raise SampleError(f"frame size must be even and at least 64 pixels, got {size}")
+    if not 1.0 <= duration_s <= 60.0:
+        raise SampleError(f"duration must be within 1-60 s, got {duration_s}")
+    spk = _make_speaker(0, np.random.default_rng(seed if speaker_seed is None else speaker_seed))
+    layers = _build_layers(spk.look, size=size)
+    clip = _make_utterance(
+        np.random.default_rng(seed), spk, layers, lo_s=duration_s, hi_s=duration_s, fake_type=None
+    )[0]
+    return clip.video, clip.audio
+
+
+def write_clip(path: str | Path, video: np.ndarray, audio: np.ndarray | None) -> None:
+    """Encode frames ``[T, H, W, 3]`` (25 fps) and mono 16 kHz audio (None: no audio stream)."""
+    import av
+
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    if audio is not None:
+        _write_mp4(Path(path), video, audio, video_codec=codec, audio_codec="aac")
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as container:
+        vs = container.add_stream(codec, rate=FRAME_HZ)
+        vs.width, vs.height = video.shape[2], video.shape[1]
+        vs.pix_fmt = "yuv420p"
+        for img in _to_yuv420p(video):
+            for packet in vs.encode(av.VideoFrame.from_ndarray(img, format="yuv420p")):
+                container.mux(packet)
+        for packet in vs.encode():
+            container.mux(packet)
