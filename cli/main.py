@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from cli import asd as asd_cmd
 from cli import datasets as datasets_cmd
 from cli import encoders as encoders_cmd
 from cli import evaluate as evaluate_cmd
@@ -34,6 +35,7 @@ app.add_typer(encoders_cmd.app, name="encoders")
 app.add_typer(media_cmd.app, name="media")
 app.add_typer(sample_cmd.app, name="sample")
 app.add_typer(train_cmd.app, name="train")
+app.add_typer(asd_cmd.app, name="asd")
 evaluate_cmd.register(app)
 sync_cmd.register(app)
 app.command("extract")(extract_command)

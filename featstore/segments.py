@@ -28,6 +28,7 @@ A segment never crosses a shot boundary, because tracks do not.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ def find_segments(
             continue
         parts = math.ceil((e - s) / max_frames)
         bounds = np.linspace(s, e, parts + 1).round().astype(int)
-        segments += [Segment(int(a), int(b), k) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        segments += [Segment(int(a), int(b), k) for a, b in itertools.pairwise(bounds)]
     dropped: dict[str, list[tuple[int, int]]] = {}
     for s, e, k in _runs(state):
         if k < 0:

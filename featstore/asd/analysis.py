@@ -129,13 +129,16 @@ def _crops(
                     out[k][i] = crop_faces(frame[None], xys[k][i : i + 1])[0]
                 else:
                     rgb = cv2.warpAffine(
-                        frame, mats[k][i], (size, size), flags=cv2.INTER_LINEAR,
+                        frame,
+                        mats[k][i],
+                        (size, size),
+                        flags=cv2.INTER_LINEAR,
                         borderMode=cv2.BORDER_CONSTANT,
                     )
                     out[k][i] = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         t = hi
     if t < max(tr.end for tr in tracks):
-        raise media.CorruptMediaError(path, f"second decoding pass gave {t} frames, fewer than the first")
+        raise media.CorruptMediaError(
+            path, f"second decoding pass gave {t} frames, fewer than the first"
+        )
     return out
-
-

@@ -144,7 +144,10 @@ class SyncDetector(ActiveSpeakerDetector):
 
         sl = slice(track.start, track.end)
         return sync_track_scores(
-            video.extra["envelope"][sl], mouth_pixel_rows(crops), video.extra["speech"][sl], self.config
+            video.extra["envelope"][sl],
+            mouth_pixel_rows(crops),
+            video.extra["speech"][sl],
+            self.config,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -161,4 +164,6 @@ def load_detector(
         return TalkNetDetector(checkpoint, device=device)
     if name == "sync":
         return SyncDetector()
-    raise UnknownAsdError(f"unknown active speaker detector {name!r}; choose from {', '.join(ASD_NAMES)}")
+    raise UnknownAsdError(
+        f"unknown active speaker detector {name!r}; choose from {', '.join(ASD_NAMES)}"
+    )

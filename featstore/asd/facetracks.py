@@ -85,7 +85,9 @@ class FrameDetector:
         if h > self.config.detect_height:
             scale = self.config.detect_height / h
             small = cv2.resize(
-                frame, (max(1, round(w * scale)), self.config.detect_height), interpolation=cv2.INTER_AREA
+                frame,
+                (max(1, round(w * scale)), self.config.detect_height),
+                interpolation=cv2.INTER_AREA,
             )
         grey = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
         rects, _, _ = models.detector.run(grey, self.config.upsample, 0.0)

@@ -16,6 +16,7 @@ the same rule in numpy + OpenCV, streaming over frames:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -69,7 +70,10 @@ class ShotDetector:
         value = 0.0
         if self._last is not None:
             value = float(np.abs(hsv - self._last).mean(axis=(0, 1)).mean())
-            if value >= self.config.threshold and self._t - self._last_cut >= self.config.min_shot_frames:
+            if (
+                value >= self.config.threshold
+                and self._t - self._last_cut >= self.config.min_shot_frames
+            ):
                 cut = True
                 self._last_cut = self._t
         self.values.append(value)
@@ -81,7 +85,7 @@ class ShotDetector:
 def shots_from_cuts(cuts: Iterable[int], n_frames: int) -> list[Shot]:
     """Shots between cut frames (a video without cuts is one shot)."""
     bounds = [0, *sorted(c for c in cuts if 0 < c < n_frames), n_frames]
-    return [Shot(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    return [Shot(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def detect_shots(frames: Iterable[np.ndarray], config: ShotConfig | None = None) -> list[Shot]:

@@ -77,7 +77,7 @@ def mouth_envelope(rows: np.ndarray) -> np.ndarray:
         return np.zeros(len(x))
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     pc = centred @ vt[0]  # [T]
-    side = int(round(np.sqrt(x.shape[1])))
+    side = round(np.sqrt(x.shape[1]))
     grid = centred.reshape(len(x), side, side)
     lo, hi = side // 4, side - side // 4
     darkness = -grid[:, lo:hi, lo:hi].mean(axis=(1, 2))  # [T]
@@ -139,7 +139,7 @@ def sync_track_scores(
 ) -> np.ndarray:
     """Per-frame scores of one track (speaking where >= 0) from its frames' audio envelope,
     mouth-pixel rows and voice activity, all ``[T]`` / ``[T, 484]``."""
-    window = int(round(config.window_s * timebase.FRAME_HZ))
+    window = round(config.window_s * timebase.FRAME_HZ)
     r = windowed_agreement(
         audio_env,
         mouth_envelope(mouth_rows),

@@ -14,6 +14,7 @@ padding: the library's defaults).
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,9 @@ def _model() -> Any:
                 ) from exc
             finally:
                 torch.set_num_threads(threads)
-            model = _LOCAL.model = load_silero_vad()
+            with warnings.catch_warnings():  # torch.jit.load's deprecation notice
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model = _LOCAL.model = load_silero_vad()
     return model
 
 

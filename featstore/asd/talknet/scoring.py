@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DURATIONS_S", "TrackScores", "score_track"]
 
-DURATIONS_S: tuple[int, ...] = tuple(sorted({1, 1, 1, 2, 2, 2, 3, 3, 4, 5, 6}))
+DURATIONS_S: tuple[int, ...] = tuple(sorted({1, 2, 3, 4, 5, 6}))
 _FPS = int(timebase.FRAME_HZ)
 _ROWS = 4
 
@@ -58,9 +58,7 @@ def score_track(
         raise ValueError(f"need {_ROWS * n} MFCC rows of 13 for {n} frames, got {mfcc.shape}")
     if n == 0:
         raise ValueError("no frames to score")
-    windows = {
-        d: [(s, min(s + d * _FPS, n)) for s in range(0, n, d * _FPS)] for d in durations_s
-    }
+    windows = {d: [(s, min(s + d * _FPS, n)) for s in range(0, n, d * _FPS)] for d in durations_s}
     done: dict[tuple[int, int], np.ndarray] = {}
     by_length: dict[int, list[tuple[int, int]]] = {}
     for spans in windows.values():
@@ -80,8 +78,8 @@ def score_track(
                 out = model(a, v).float().cpu().numpy()  # [B, length]
                 for (s, e), row in zip(group, out, strict=True):
                     done[(s, e)] = row
-    passes = np.stack(
-        [np.concatenate([done[w] for w in windows[d]]) for d in durations_s]
-    ).astype(np.float32)  # [P, n]
+    passes = np.stack([np.concatenate([done[w] for w in windows[d]]) for d in durations_s]).astype(
+        np.float32
+    )  # [P, n]
     mean = np.mean(passes, axis=0)  # float32, as numpy averages the demo's float32 scores
     return TrackScores(scores=np.round(mean, 1).astype(np.float64), mean=mean, passes=passes)

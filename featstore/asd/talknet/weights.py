@@ -143,7 +143,9 @@ def load_talknet(
     expected = model.state_dict()
     missing = sorted(checkpoint_key(k) for k in expected.keys() - renamed.keys())
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
         raise CheckpointError(f"{path}: {len(missing)} weight(s) missing: {shown}")
     extra = sorted(checkpoint_key(k) for k in renamed.keys() - expected.keys())
     unused.extend(extra)
