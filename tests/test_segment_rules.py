@@ -136,3 +136,12 @@ def test_shot_cuts_where_hsv_content_jumps() -> None:
     # the blue flash at 60 comes 20 frames after the cut at 40: a cut; the return
     # to red 5 frames later is under min_shot_frames (15): no cut
     assert [(s.start, s.end) for s in shots] == [(0, 20), (20, 40), (40, 60), (60, 75)]
+
+
+def test_cli_names_the_registered_detectors() -> None:
+    from cli.datasets import ASD_NAMES as CLI_NAMES
+    from featstore.asd.detectors import ASD_NAMES, UnknownAsdError, load_detector
+
+    assert CLI_NAMES == ASD_NAMES == ("talknet", "sync")
+    with pytest.raises(UnknownAsdError, match="choose from talknet, sync"):
+        load_detector("s3fd")

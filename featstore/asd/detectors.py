@@ -33,7 +33,6 @@ __all__ = [
     "load_detector",
 ]
 
-ASD_NAMES = ("talknet", "sync")
 _SPF = timebase.SAMPLES_PER_FRAME
 
 
@@ -66,6 +65,13 @@ class ActiveSpeakerDetector(ABC):
     def describe(self) -> dict[str, Any]:
         """What produced the scores (recorded in the segment dataset's attrs)."""
 
+    @classmethod
+    def create(
+        cls, *, checkpoint: str | os.PathLike[str] | None = None, device: str = "cpu"
+    ) -> ActiveSpeakerDetector:
+        """Build from the command line's options (a detector ignores those it has no use for)."""
+        return cls()
+
     @staticmethod
     def track_audio(video: VideoAudio, track: Track) -> np.ndarray:
         """The track's samples ``[640 T]``, zero-padded past the end of the audio."""
@@ -97,6 +103,12 @@ class TalkNetDetector(ActiveSpeakerDetector):
 
         self.loaded = load_talknet(checkpoint, device=device)
         self.device = device
+
+    @classmethod
+    def create(
+        cls, *, checkpoint: str | os.PathLike[str] | None = None, device: str = "cpu"
+    ) -> ActiveSpeakerDetector:
+        return cls(checkpoint, device=device)
 
     def score_track(self, video: VideoAudio, track: Track, crops: np.ndarray) -> np.ndarray:
         from featstore.asd.talknet.preprocess import track_inputs
@@ -156,14 +168,21 @@ class SyncDetector(ActiveSpeakerDetector):
         return {"asd": self.name, **dataclasses.asdict(self.config), "vad": "silero-vad"}
 
 
+_REGISTRY: dict[str, type[ActiveSpeakerDetector]] = {
+    "talknet": TalkNetDetector,
+    "sync": SyncDetector,
+}
+
+
 def load_detector(
     name: str, *, checkpoint: str | os.PathLike[str] | None = None, device: str = "cpu"
 ) -> ActiveSpeakerDetector:
-    """The detector registered as ``name`` (``checkpoint``/``device`` for TalkNet)."""
-    if name == "talknet":
-        return TalkNetDetector(checkpoint, device=device)
-    if name == "sync":
-        return SyncDetector()
-    raise UnknownAsdError(
-        f"unknown active speaker detector {name!r}; choose from {', '.join(ASD_NAMES)}"
-    )
+    """The detector registered as ``name``; ``checkpoint``/``device`` go to those that use them."""
+    if name not in _REGISTRY:
+        raise UnknownAsdError(
+            f"unknown active speaker detector {name!r}; choose from {', '.join(ASD_NAMES)}"
+        )
+    return _REGISTRY[name].create(checkpoint=checkpoint, device=device)
+
+
+ASD_NAMES = tuple(_REGISTRY)
