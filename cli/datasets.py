@@ -1,10 +1,10 @@
-"""``featstore datasets import|list|show|silence|segment``: dataset manifests in a feature store."""
+"""``featstore datasets import|list|show|protocol|split|silence|segment|...``: dataset manifests and their views."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,8 @@ from cli.errors import user_errors
 if TYPE_CHECKING:
     import pandas as pd
 
-    from featstore.datasets import ImportResult
+    from featstore.datasets import Problem
+    from featstore.store import FeatureStore
 
 app = typer.Typer(help="Import and inspect dataset manifests.", no_args_is_help=True)
 
@@ -24,6 +25,13 @@ FORMAT_NAMES = ("av1m", "favc", "avlips", "dfe2024", "exddv", "real", "folder", 
 PROTOCOL_NAMES = ("av1m", "av1m-real", "favc", "avlips", "dfe2024", "all-test", "official")
 STORE = typer.Option(..., "--store", "-s", help="Store location: a local path or fsspec URL.")
 ROOT = typer.Argument(..., metavar="ROOT", help="Dataset root folder (or its metadata file).")
+NAME = typer.Argument(..., help="Dataset name in the store.")
+SEED = typer.Option(43, "--seed", help="Seed of the protocol's random choices.")
+DEFAULT = typer.Option(
+    False, "--default", help="Make it the view that selections without @VIEW use."
+)
+REPLACE = typer.Option(False, "--replace", help="Replace a view of the same name.")
+MAX_PROBLEMS = typer.Option(20, "--max-problems", help="Problems to print.")
 SHOWN_COLUMNS = ["video_id", "label", "split", "modify_type", "fake_segments", "duration_s"]
 
 
@@ -34,11 +42,32 @@ def _counts_text(df: pd.DataFrame) -> str:
     return "(no videos)" if counts.empty else counts.to_string(index=False)
 
 
-def _problems_text(result: ImportResult, limit: int) -> str:
-    lines = [f"  {p}" for p in result.problems[:limit]]
-    if len(result.problems) > limit:
-        lines.append(f"  ... and {len(result.problems) - limit} more")
+def _view_text(manifest: pd.DataFrame, view: str) -> str:
+    """A view's composition: videos per split, label and modify_type."""
+    from featstore.datasets import resolve_view, view_counts
+
+    counts = view_counts(manifest, resolve_view(manifest, view).splits)
+    return "(no videos)" if counts.empty else counts.to_string(index=False)
+
+
+def _lines(items: Sequence[Any], limit: int) -> str:
+    lines = [f"  {p}" for p in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"  ... and {len(items) - limit} more")
     return "\n".join(lines)
+
+
+def _report(header: str, items: Sequence[Problem], limit: int) -> None:
+    if items:
+        typer.echo(header.format(n=len(items)))
+        typer.echo(_lines(items, limit))
+
+
+def _protocol_info(protocol: str, seed: int) -> dict[str, Any]:
+    from featstore.datasets import get_protocol
+
+    p = get_protocol(protocol)
+    return {"protocol": p.name, "seed": seed, "evaluation": p.evaluation}
 
 
 @app.command("import")
@@ -51,64 +80,81 @@ def import_dataset(
         False, "--strict", help="Fail on any problem instead of dropping bad rows."
     ),
     protocol: str | None = typer.Option(
-        None, "--protocol", "-p", help=f"Assign splits with: {', '.join(PROTOCOL_NAMES)}."
+        None,
+        "--protocol",
+        "-p",
+        help=f"Also add this protocol as the default view: {', '.join(PROTOCOL_NAMES)}.",
     ),
-    seed: int = typer.Option(43, "--seed", help="Seed of the protocol's random choices."),
+    seed: int = SEED,
     check_files: bool = typer.Option(
         True, "--check-files/--no-check-files", help="Report rows whose media file is missing."
     ),
-    max_problems: int = typer.Option(20, "--max-problems", help="Problems to print."),
+    max_problems: int = MAX_PROBLEMS,
 ) -> None:
-    """Read, validate and store a dataset's manifest."""
+    """Read, validate and store a dataset's manifest (every valid video, official splits)."""
     with user_errors():
         import datetime
 
         from featstore import open_store
         from featstore.datasets import (
-            PROTOCOLS,
+            OFFICIAL,
             DatasetFormatError,
-            UnknownFormatError,
-            apply_protocol,
+            add_view,
+            get_protocol,
+            protocol_splits,
             read_dataset,
         )
 
-        if protocol is not None and protocol not in PROTOCOLS:  # fail before a long read
-            raise UnknownFormatError(
-                f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}"
-            )
+        if protocol is not None:
+            get_protocol(protocol)  # fail before a long read
         result = read_dataset(fmt, root, strict=strict, check_files=check_files)
         manifest = result.manifest
-        if protocol is not None:
-            manifest = apply_protocol(protocol, manifest, seed=seed)
         if manifest.empty:
             raise DatasetFormatError(
                 f"nothing to import from {root}: no valid videos "
                 f"({len(result.problems)} problem(s))",
                 result.problems,
             )
-        attrs: dict[str, Any] = {
+        manifest.attrs = {
             "format": fmt,
             "root": str(result.root),
             "protocol": protocol,
             "seed": seed if protocol is not None else None,
             "imported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "n_problems": len(result.problems),
+            "n_corrected": len(result.corrections),
+            "views": {},
+            "default_view": None,
         }
-        open_store(store, mode="a").write_manifest(name, manifest, attrs=attrs)
+        view = protocol if protocol not in (None, OFFICIAL) else None
+        if view is not None:
+            splits = protocol_splits(view, manifest, seed=seed)
+            manifest = add_view(manifest, view, splits, _protocol_info(view, seed), default=True)
+        open_store(store, mode="a").write_manifest(name, manifest, attrs=manifest.attrs)
     typer.echo(
         f"imported {len(manifest)} videos into {name!r} ({fmt}"
         + (f", protocol {protocol}, seed {seed}" if protocol else "")
         + f") from {result.root}"
     )
     typer.echo(_counts_text(manifest))
-    if result.problems:
-        typer.echo(f"{len(result.problems)} row(s) dropped:")
-        typer.echo(_problems_text(result, max_problems))
+    if view is not None:
+        typer.echo(f"view {view!r} (default; select {name}:SPLIT or {name}@{view}:SPLIT):")
+        typer.echo(_view_text(manifest, view))
+    _report("{n} row(s) dropped:", result.problems, max_problems)
+    _report("{n} row(s) corrected:", result.corrections, max_problems)
+
+
+def _views_line(attrs: dict[str, Any]) -> str:
+    from featstore.datasets import views_of
+
+    default = attrs.get("default_view")
+    names = [f"{v}*" if v == default else v for v in sorted(views_of(attrs))]
+    return ",".join(names) or "-"
 
 
 @app.command("list")
 def list_datasets(store: str = STORE) -> None:
-    """Datasets in the store with their video counts."""
+    """Datasets in the store with their video counts and views (* = default view)."""
     with user_errors():
         from featstore import open_store
         from featstore.errors import ManifestError
@@ -127,32 +173,194 @@ def list_datasets(store: str = STORE) -> None:
             n_fake = int((df["label"] == 1).sum()) if "label" in df.columns else 0
             lines.append(
                 f"{name}\t{len(df)} videos ({len(df) - n_fake} real, {n_fake} fake)\t"
-                f"{split_text}\tformat={attrs.get('format', '?')} "
-                f"protocol={attrs.get('protocol') or '-'}"
+                f"{split_text}\tformat={attrs.get('format', '?')} views={_views_line(attrs)}"
             )
     typer.echo("\n".join(lines) if lines else "(no datasets)")
 
 
+def _view_lines(df: pd.DataFrame) -> list[str]:
+    from featstore.datasets import views_of
+
+    default = df.attrs.get("default_view")
+    lines = []
+    for view, info in sorted(views_of(df.attrs).items()):
+        made = (
+            f"protocol {info.get('protocol')}, seed {info.get('seed')}"
+            if info.get("protocol") != "files"
+            else "split files " + ", ".join(f"{k}={v}" for k, v in info.get("files", {}).items())
+        )
+        splits = info.get("splits", {})
+        sizes = " ".join(
+            f"{s}={v['videos']} ({v['real']} real, {v['fake']} fake)" for s, v in splits.items()
+        )
+        mark = " (default)" if view == default else ""
+        lines.append(f"  {view}{mark}: {made}; {sizes}")
+    return lines
+
+
 @app.command("show")
 def show_dataset(
-    name: str = typer.Argument(..., help="Dataset name in the store."),
+    name: str = NAME,
     store: str = STORE,
     limit: int = typer.Option(10, "--limit", "-l", help="Rows to print."),
+    view: str | None = typer.Option(
+        None, "--view", help="Also print this view's composition (split x modify_type)."
+    ),
 ) -> None:
-    """A dataset's import details, counts and first rows."""
+    """A dataset's import details, views, counts and first rows."""
     with user_errors():
         import pandas as pd
 
         from featstore import open_store
 
         df = open_store(store, mode="r").manifest(name)
+        composition = None if view is None else _view_text(df, view)
     for key, value in df.attrs.items():
-        typer.echo(f"{key}: {value}")
+        if key not in ("views", "default_view"):
+            typer.echo(f"{key}: {value}")
+    views = _view_lines(df)
+    typer.echo("views: " + ("(none; selections use the split column)" if not views else ""))
+    for line in views:
+        typer.echo(line)
     typer.echo(f"videos: {len(df)}")
     typer.echo(_counts_text(df))
+    if composition is not None:
+        typer.echo(f"view {view!r}:")
+        typer.echo(composition)
     shown = [c for c in SHOWN_COLUMNS if c in df.columns]
     with pd.option_context("display.max_colwidth", 60, "display.width", 200):
         typer.echo(df[shown].head(limit).to_string(index=False))
+
+
+def _writable_manifest(fs: FeatureStore, name: str, view: str, replace: bool) -> pd.DataFrame:
+    """The manifest to add ``view`` to; refuses an existing view (without ``replace``)
+    and stores whose split column is not the official one (imported before views)."""
+    from featstore.datasets import ViewError, views_of
+    from featstore.datasets.views import check_view_name, has_views
+
+    check_view_name(view)
+    manifest = fs.manifest(name)
+    attrs = manifest.attrs
+    if not has_views(attrs) and attrs.get("protocol") not in (None, "official"):
+        raise ViewError(
+            f"dataset {name} was imported with --protocol {attrs['protocol']} before views "
+            "existed: its split column is that protocol's, not the official split; "
+            "import it again to add other views"
+        )
+    if view in views_of(attrs) and not replace:
+        raise ViewError(f"dataset {name} already has a view {view!r} (pass --replace)")
+    return manifest
+
+
+@app.command("protocol")
+def add_protocol(
+    name: str = NAME,
+    protocol: str = typer.Option(
+        ..., "--protocol", "-p", help=f"One of: {', '.join(PROTOCOL_NAMES)}."
+    ),
+    view: str | None = typer.Option(None, "--as", help="View name (default: the protocol's)."),
+    seed: int = SEED,
+    store: str = STORE,
+    default: bool = DEFAULT,
+    replace: bool = REPLACE,
+) -> None:
+    """Add a protocol as a view of an imported dataset (features are shared, not re-extracted).
+
+    Select it as NAME@VIEW:SPLIT (e.g. av1m@av1m-real:train) in train, eval, syncscore,
+    layers, grid, fuse and extract; with --default, NAME:SPLIT selects it too.
+    """
+    with user_errors():
+        from featstore import open_store
+        from featstore.datasets import add_view, get_protocol, protocol_splits
+
+        get_protocol(protocol)
+        view = view or protocol
+        fs = open_store(store, mode="a")
+        manifest = _writable_manifest(fs, name, view, replace)
+        splits = protocol_splits(protocol, manifest, seed=seed)
+        manifest = add_view(manifest, view, splits, _protocol_info(protocol, seed), default=default)
+        fs.write_manifest(name, manifest, attrs=manifest.attrs)
+    typer.echo(
+        f"added view {view!r} to {name!r} (protocol {protocol}, seed {seed}"
+        + (", default" if default else "")
+        + f"): select {name}@{view}:SPLIT"
+    )
+    typer.echo(_view_text(manifest, view))
+
+
+@app.command("split")
+def apply_splits(
+    name: str = NAME,
+    train: Path | None = typer.Option(None, "--train", help="File of the train videos."),
+    val: Path | None = typer.Option(None, "--val", help="File of the validation videos."),
+    test: Path | None = typer.Option(None, "--test", help="File of the test videos."),
+    view: str = typer.Option("published", "--as", help="View name."),
+    store: str = STORE,
+    default: bool = DEFAULT,
+    replace: bool = REPLACE,
+    max_problems: int = MAX_PROBLEMS,
+) -> None:
+    """Apply published split files (lines `path,label` or `video_id`) to a dataset as a view.
+
+    Lines match the manifest's paths (relative to the dataset root, with or without
+    extension) or video ids; unmatched lines are reported; a label that contradicts the
+    manifest, or a video in two files, is an error and nothing is written.
+    """
+    with user_errors():
+        from featstore import open_store
+        from featstore.datasets import add_view, apply_split_files
+
+        files = {k: v for k, v in (("train", train), ("val", val), ("test", test)) if v}
+        fs = open_store(store, mode="a")
+        manifest = _writable_manifest(fs, name, view, replace)
+        result = apply_split_files(manifest, files)
+        info = {
+            "protocol": "files",
+            "files": {k: str(Path(v).resolve()) for k, v in files.items()},
+            "unmatched": len(result.unmatched),
+        }
+        manifest = add_view(manifest, view, result.splits, info, default=default)
+        fs.write_manifest(name, manifest, attrs=manifest.attrs)
+    matched = ", ".join(f"{k} {v}" for k, v in result.matched.items())
+    typer.echo(f"added view {view!r} to {name!r}: matched {matched}; select {name}@{view}:SPLIT")
+    typer.echo(_view_text(manifest, view))
+    if result.duplicates:
+        typer.echo(f"{result.duplicates} line(s) repeat a video of the same split (ignored)")
+    _report("{n} line(s) name no video of the manifest:", result.unmatched, max_problems)
+
+
+@app.command("drop-view")
+def drop_view_command(
+    name: str = NAME,
+    view: str = typer.Argument(..., help="The view to remove."),
+    store: str = STORE,
+) -> None:
+    """Remove a view (the videos and their features stay)."""
+    with user_errors():
+        from featstore import open_store
+        from featstore.datasets import drop_view
+
+        fs = open_store(store, mode="a")
+        manifest = drop_view(fs.manifest(name), view)
+        fs.write_manifest(name, manifest, attrs=manifest.attrs)
+    typer.echo(f"removed view {view!r} from {name!r}")
+
+
+@app.command("default-view")
+def default_view_command(
+    name: str = NAME,
+    view: str = typer.Argument(..., help="A view, or 'official' for the split column."),
+    store: str = STORE,
+) -> None:
+    """Choose the view that selections without @VIEW use."""
+    with user_errors():
+        from featstore import open_store
+        from featstore.datasets import set_default_view
+
+        fs = open_store(store, mode="a")
+        manifest = set_default_view(fs.manifest(name), view)
+        fs.write_manifest(name, manifest, attrs=manifest.attrs)
+    typer.echo(f"{name}:SPLIT now selects view {view!r}")
 
 
 @app.command("silence")

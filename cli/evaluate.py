@@ -21,7 +21,7 @@ STORE = typer.Option(
     None, "--store", "-s", help="Store location (default: the store the run was trained from)."
 )
 ON = typer.Option(
-    ..., "--on", help="Videos to evaluate: NAME[:SPLIT] (bare NAME = its test split)."
+    ..., "--on", help="Videos to evaluate: NAME[@VIEW][:SPLIT] (bare NAME = its test split)."
 )
 
 

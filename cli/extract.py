@@ -109,7 +109,12 @@ def extract_command(
     num_workers: int = typer.Option(
         DEFAULT_NUM_WORKERS, "--num-workers", help="Decode threads (0: decode inline)."
     ),
-    split: str | None = typer.Option(None, "--split", help="Only videos of this split."),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="Only these videos: SPLIT, @VIEW or @VIEW:SPLIT "
+        "(default: every video of the dataset's default view, or of the dataset).",
+    ),
     limit: int | None = typer.Option(
         None, "--limit", help="Only the first N videos (of the split)."
     ),

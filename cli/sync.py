@@ -19,7 +19,9 @@ AUDIO = typer.Option(..., "--audio", help="Audio feature ENCODER[:LAYER] (e.g. a
 VISUAL = typer.Option(
     ..., "--visual", help="Visual feature ENCODER[:LAYER] (e.g. avhubert-v:last)."
 )
-ON = typer.Option(..., "--on", help="Videos to score: NAME[:SPLIT] (bare NAME = its test split).")
+ON = typer.Option(
+    ..., "--on", help="Videos to score: NAME[@VIEW][:SPLIT] (bare NAME = its test split)."
+)
 PRESET = typer.Option(
     None, "--preset", help="speechforensics (shift 15, mean) or factor (shift 0, p97)."
 )

@@ -68,12 +68,12 @@ def probe(
         None, "--layer", "-l", help="Stored layer: an index or 'last' (default: last)."
     ),
     train: str = typer.Option(
-        ..., "--train", help="Training videos: NAME[:SPLIT] (bare NAME = its train split)."
+        ..., "--train", help="Training videos: NAME[@VIEW][:SPLIT] (bare NAME = its train split)."
     ),
     val: str | None = typer.Option(
         None,
         "--val",
-        help="Validation videos: NAME[:SPLIT] (default: the train dataset's val split).",
+        help="Validation videos: NAME[@VIEW][:SPLIT] (default: the train dataset's val split).",
     ),
     no_val: bool = NO_VAL,
     out: Path = OUT,
@@ -135,12 +135,12 @@ def ntp(
     train: str = typer.Option(
         ...,
         "--train",
-        help="Training videos: NAME[:SPLIT] (bare NAME = its train split); reals only.",
+        help="Training videos: NAME[@VIEW][:SPLIT] (bare NAME = its train split); reals only.",
     ),
     val: str | None = typer.Option(
         None,
         "--val",
-        help="Validation videos: NAME[:SPLIT] (default: the train dataset's val split); reals only.",
+        help="Validation videos: NAME[@VIEW][:SPLIT] (default: the train dataset's val split); reals only.",
     ),
     no_val: bool = NO_VAL,
     out: Path = OUT,
@@ -214,12 +214,12 @@ def sync(
     train: str = typer.Option(
         ...,
         "--train",
-        help="Training videos: NAME[:SPLIT] (bare NAME = its train split); reals only.",
+        help="Training videos: NAME[@VIEW][:SPLIT] (bare NAME = its train split); reals only.",
     ),
     val: str | None = typer.Option(
         None,
         "--val",
-        help="Validation videos: NAME[:SPLIT] (default: the train dataset's val split); reals only.",
+        help="Validation videos: NAME[@VIEW][:SPLIT] (default: the train dataset's val split); reals only.",
     ),
     no_val: bool = NO_VAL,
     out: Path = OUT,

@@ -436,3 +436,98 @@ def test_strict_error_lists_all_problems_in_message(tmp_path: Path) -> None:
 def test_manifest_is_plain_pandas(tmp_path: Path) -> None:
     df = read_dataset("av1m", write_av1m(tmp_path)).manifest
     assert isinstance(df, pd.DataFrame) and list(df.index) == list(range(len(df)))
+
+
+# --- values that used to be stored silently or crash the import (issue 13.7) ---------------
+
+
+@pytest.mark.parametrize(
+    ("frames", "reason"),
+    [
+        (math.nan, "video_frames must be a whole number from 0 to 2147483647, got nan"),
+        (math.inf, "video_frames must be a whole number from 0 to 2147483647, got inf"),
+        (1e20, "got 1e+20"),
+        (-5, "got -5"),
+        (2.5, "got 2.5"),
+        (0, "duration_s must be positive and finite, got 0.0"),
+    ],
+)
+def test_av1m_impossible_frame_counts_are_one_line_problems(
+    tmp_path: Path, frames: float, reason: str
+) -> None:
+    train = [
+        av1m_entry("ok.mp4", "real", []),
+        av1m_entry("bad.mp4", "real", [], video_frames=frames),
+    ]
+    root = write_av1m(tmp_path, train=train, val=[])  # json writes NaN / Infinity literals
+    result = read_dataset("av1m", root)
+    assert result.manifest["video_id"].tolist() == ["train/ok"]
+    (problem,) = result.problems
+    assert problem.kind is ProblemKind.MALFORMED and problem.row == 1
+    assert reason in problem.reason and "\n" not in str(problem)
+    with pytest.raises(DatasetFormatError, match=r"1 problem\(s\)"):
+        read_dataset("av1m", root, strict=True)
+
+
+def test_av1m_audio_frames_bound(tmp_path: Path) -> None:
+    train = [
+        av1m_entry("long.mp4", "real", [], audio_frames=48_000 * 3600 * 20),  # 20 h at 48 kHz
+        av1m_entry("absurd.mp4", "real", [], audio_frames=1e20),
+    ]
+    result = read_dataset("av1m", write_av1m(tmp_path, train=train, val=[]))
+    assert result.manifest["audio_frames"].tolist() == [48_000 * 3600 * 20]
+    assert "audio_frames must be a whole number" in result.problems[0].reason
+
+
+def test_segments_checked_against_each_other_and_the_video(tmp_path: Path) -> None:
+    train = [  # 100 frames = 4 s
+        av1m_entry("unsorted.mp4", "both_modified", [[2.0, 2.5], [0.5, 1.0]]),
+        av1m_entry("overlap.mp4", "both_modified", [[0.5, 1.5], [1.0, 2.0]]),
+        av1m_entry("touching.mp4", "both_modified", [[0.5, 1.0], [1.0, 2.0]]),
+        av1m_entry("past_end.mp4", "visual_modified", [[3.5, 4.5]]),
+        av1m_entry("last_frame.mp4", "visual_modified", [[3.5, 4.03]]),
+        av1m_entry("after_end.mp4", "audio_modified", [[6.0, 7.0]]),
+        av1m_entry("negative.mp4", "audio_modified", [[-1.0, 0.5]]),
+    ]
+    root = write_av1m(tmp_path, train=train, val=[])
+    result = read_dataset("av1m", root)
+    df = result.manifest.set_index("video_id")
+    assert list(df.index) == ["train/unsorted", "train/touching", "train/last_frame"]
+    # the safe correction: segments put in time order (all three segment columns), reported
+    assert df.loc["train/unsorted", "fake_segments"] == [[0.5, 1.0], [2.0, 2.5]]
+    assert df.loc["train/unsorted", "audio_fake_segments"] == [[0.5, 1.0], [2.0, 2.5]]
+    (fixed,) = result.corrections
+    assert fixed.kind is ProblemKind.CORRECTED and fixed.video_id == "train/unsorted"
+    assert "not in time order: sorted" in fixed.reason
+    reasons = {p.video_id: p.reason for p in result.problems}
+    assert set(reasons) == {"train/overlap", "train/past_end", "train/after_end", "train/negative"}
+    assert "fake_segments overlap: [0.5, 1.5] and [1.0, 2.0]" in reasons["train/overlap"]
+    assert "ends after the video's end at 4 s" in reasons["train/past_end"]
+    assert "ends after the video's end" in reasons["train/after_end"]
+    assert "0 <= start <= end" in reasons["train/negative"]
+    with pytest.raises(DatasetFormatError) as info:
+        read_dataset("av1m", root, strict=True)
+    assert len(info.value.problems) == 4  # a correction alone does not fail a strict import
+
+
+def test_csv_durations_and_segments(tmp_path: Path) -> None:
+    text = (
+        "path,label,duration_s,fake_segments\n"
+        "v/a.mp4,0,3.0,\n"
+        "v/b.mp4,0,-1,\n"
+        "v/c.mp4,1,inf,\n"
+        'v/d.mp4,1,2.0,"[[1.5, 2.5]]"\n'
+        'v/e.mp4,1,,"[[4.0, 5.0], [1.0, 2.0]]"\n'  # no duration: only the order is checked
+        "v/f.mp4,0,nan,\n"  # NaN: unknown
+    )
+    files = tuple(f"v/{c}.mp4" for c in "abcdef")
+    result = read_dataset("csv", write_csv(tmp_path, text=text, files=files))
+    df = result.manifest.set_index("video_id")
+    assert list(df.index) == ["v/a", "v/e", "v/f"]
+    assert df.loc["v/e", "fake_segments"] == [[1.0, 2.0], [4.0, 5.0]]
+    assert math.isnan(df.loc["v/f", "duration_s"])
+    assert [p.row for p in result.problems] == [1, 2, 3]
+    assert "duration_s must be positive and finite, got -1.0" in result.problems[0].reason
+    assert "got inf" in result.problems[1].reason
+    assert "ends after the video's end at 2 s" in result.problems[2].reason
+    assert [c.video_id for c in result.corrections] == ["v/e"]

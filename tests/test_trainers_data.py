@@ -46,15 +46,20 @@ def planted(store):
         ("av1m", None, Selection("av1m", None)),
         ("av1m:*", "train", Selection("av1m", None)),
         (" favc : val ", None, Selection("favc", "val")),
+        ("av1m@av1m-real:train", None, Selection("av1m", "train", view="av1m-real")),
+        ("av1m@av1m-real", "test", Selection("av1m", "test", view="av1m-real")),
+        ("av1m@official:*", "test", Selection("av1m", None, view="official")),
     ],
 )
 def test_selection_parse(text, default, expected):
     assert Selection.parse(text, default_split=default) == expected
 
 
-@pytest.mark.parametrize("text", ["", ":test", "av1m:", "a:b:c"])
+@pytest.mark.parametrize(
+    "text", ["", ":test", "av1m:", "a:b:c", "av1m@:test", "@v:test", "a@b@c:test", "a:b@c"]
+)
 def test_selection_parse_rejects(text):
-    with pytest.raises(SelectionError, match="NAME:SPLIT"):
+    with pytest.raises(SelectionError, match="NAME:SPLIT or NAME@VIEW:SPLIT"):
         Selection.parse(text)
 
 
@@ -62,6 +67,9 @@ def test_selection_text_and_slug():
     assert str(Selection("av1m", "test")) == "av1m:test"
     assert Selection("av1m", None).slug == "av1m_all"
     assert Selection.parse(str(Selection("av1m", None))) == Selection("av1m", None)
+    viewed = Selection("av1m", "train", view="av1m-real")
+    assert str(viewed) == "av1m@av1m-real:train" and viewed.slug == "av1m@av1m-real_train"
+    assert Selection.parse(str(viewed)) == viewed
 
 
 def test_feature_key_parse():

@@ -1,13 +1,19 @@
 """Choosing videos from the store for a trainer: selections, feature keys, sources.
 
-A *selection* is ``NAME[:SPLIT]`` (``av1m:test``; ``NAME:*`` = every split); a
-*feature* is ``ENCODER[:LAYER]`` (``wav2vec2:last``, ``avhubert-a:12``).
-``select`` turns both into the manifest rows that have committed features,
-and ``StoreSource`` serves those rows' features to the numeric cores through
-the ``VideoSource`` protocol (``trainers.sources``).
+A *selection* is ``NAME[@VIEW][:SPLIT]``: ``av1m:test`` is the test split of
+dataset ``av1m`` in its default view, ``av1m@av1m-real:train`` the train split
+of its view ``av1m-real`` (``featstore.datasets.views``: one import, many
+protocols), ``NAME@official:SPLIT`` the dataset's own ``split`` column and
+``NAME:*`` every video of the view. A *feature* is ``ENCODER[:LAYER]``
+(``wav2vec2:last``, ``avhubert-a:12``). ``select`` turns both into the
+manifest rows that have committed features, and ``StoreSource`` serves those
+rows' features to the numeric cores through the ``VideoSource`` protocol
+(``trainers.sources``).
 
 >>> Selection.parse("av1m:test"), Selection.parse("favc", default_split="train")
-(Selection(dataset='av1m', split='test'), Selection(dataset='favc', split='train'))
+(Selection(dataset='av1m', split='test', videos=None, view=None), Selection(dataset='favc', split='train', videos=None, view=None))
+>>> str(Selection.parse("av1m@av1m-real:train"))
+'av1m@av1m-real:train'
 >>> FeatureKey.parse("avhubert-a:12")
 FeatureKey(encoder='avhubert-a', layer=12)
 """
@@ -15,7 +21,6 @@ FeatureKey(encoder='avhubert-a', layer=12)
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,12 +34,14 @@ from featstore.layout import LAST, Layer, layer_key, normalize_layer
 if TYPE_CHECKING:
     import pandas as pd
 
+    from featstore.datasets.views import ViewSplits
     from featstore.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
 ALL_SPLITS = "*"
 EVALUATION_ATTR = "evaluation"  # manifest attr: "both_modified" (default) or "all"
+VIEW_ATTR = "view"  # attr of a selected frame: the view it was selected in
 _SHOWN_IDS = 3
 
 __all__ = [
@@ -47,6 +54,7 @@ __all__ = [
     "StoreSource",
     "default_val",
     "evaluation_mask",
+    "has_split",
     "select",
     "selection_summary",
     "split_hash",
@@ -59,43 +67,55 @@ class SelectionError(FeatstoreError, ValueError):
 
 @dataclass(frozen=True)
 class Selection:
-    """One split of one dataset (``split=None``: every row of the dataset).
+    """One split of one view of one dataset (``split=None``: every video of the view).
 
-    ``videos`` narrows it to those video ids (e.g. one video to explain or serve);
-    every scorer goes through :func:`select`, so all run kinds honour it.
+    ``view=None`` is the dataset's default view (its ``split`` column when it
+    has none). ``videos`` narrows it to those video ids (e.g. one video to
+    explain or serve); every scorer goes through :func:`select`, so all run
+    kinds honour both.
     """
 
     dataset: str
     split: str | None = None
     videos: tuple[str, ...] | None = None
+    view: str | None = None
 
     @classmethod
     def of_videos(cls, dataset: str, video_ids: Iterable[str]) -> Selection:
         """Just these videos of ``dataset``, whatever their split."""
-        return cls(dataset, None, tuple(str(v) for v in video_ids))
+        return cls(dataset, None, tuple(str(v) for v in video_ids), view="official")
 
     @classmethod
     def parse(cls, text: str | Selection, *, default_split: str | None = None) -> Selection:
-        """``NAME[:SPLIT]``; a bare ``NAME`` takes ``default_split``, ``NAME:*`` every split."""
+        """``NAME[@VIEW][:SPLIT]``; no ``:SPLIT`` takes ``default_split``, ``:*`` every split."""
         if isinstance(text, Selection):
             return text
-        name, sep, split = str(text).strip().partition(":")
-        name, split = name.strip(), split.strip()
-        if not name or (sep and not split) or ":" in split:
+        head, sep, split = str(text).strip().partition(":")
+        name, at, view = head.partition("@")
+        name, view, split = name.strip(), view.strip(), split.strip()
+        bad_split = (sep and not split) or ":" in split or "@" in split
+        if not name or bad_split or (at and not view) or "@" in view:
             raise SelectionError(
-                f"invalid dataset selection {text!r}: expected NAME or NAME:SPLIT (e.g. av1m:test)"
+                f"invalid dataset selection {text!r}: expected NAME, NAME:SPLIT or "
+                "NAME@VIEW:SPLIT (e.g. av1m:test, av1m@av1m-real:train)"
             )
         if not sep:
-            return cls(name, default_split)
-        return cls(name, None if split == ALL_SPLITS else split)
+            return cls(name, default_split, view=view or None)
+        return cls(name, None if split == ALL_SPLITS else split, view=view or None)
+
+    def with_split(self, split: str | None) -> Selection:
+        """The same dataset and view, another split."""
+        return Selection(self.dataset, split, self.videos, self.view)
 
     def __str__(self) -> str:
-        return f"{self.dataset}:{ALL_SPLITS if self.split is None else self.split}"
+        view = f"@{self.view}" if self.view else ""
+        return f"{self.dataset}{view}:{ALL_SPLITS if self.split is None else self.split}"
 
     @property
     def slug(self) -> str:
-        """A file-name-safe form: ``av1m_test`` (``av1m_all`` for every split)."""
-        return f"{self.dataset}_{'all' if self.split is None else self.split}"
+        """A file-name-safe form: ``av1m_test``, ``av1m@av1m-real_train`` (``_all``: every split)."""
+        view = f"@{self.view}" if self.view else ""
+        return f"{self.dataset}{view}_{'all' if self.split is None else self.split}"
 
 
 @dataclass(frozen=True)
@@ -147,7 +167,9 @@ def evaluation_mask(manifest: pd.DataFrame, attrs: dict[str, Any] | None = None)
     manipulations "where this information is available": ``audio_modified`` /
     ``visual_modified`` fakes are dropped, ``unknown`` ones stay (the filter of
     ``featstore.datasets.keep_both_modified_fakes``). A manifest imported with
-    the attr ``evaluation = "all"`` keeps every row.
+    the attr ``evaluation = "all"`` keeps every row, and so does a frame
+    selected in a view whose protocol already composed the evaluation set (the
+    authors' AV1M test, ``select`` records that in the frame's attrs).
     """
     attrs = manifest.attrs if attrs is None else attrs
     policy = attrs.get(EVALUATION_ATTR) or "both_modified"
@@ -163,6 +185,32 @@ def evaluation_mask(manifest: pd.DataFrame, attrs: dict[str, Any] | None = None)
     return (labels == 0) | np.isin(kinds, ["both_modified", "unknown"])
 
 
+def _view(manifest: pd.DataFrame, selection: Selection) -> ViewSplits:
+    from featstore.datasets.views import ViewError, resolve_view
+
+    try:
+        return resolve_view(manifest, selection.view)
+    except ViewError as exc:
+        raise SelectionError(f"dataset {selection.dataset}: {exc}") from None
+
+
+def _split_rows(manifest: pd.DataFrame, selection: Selection) -> tuple[pd.DataFrame, ViewSplits]:
+    """The manifest rows of the selection's view and split, and the resolved view."""
+    view = _view(manifest, selection)
+    if selection.split is None:
+        return manifest[view.inside], view
+    frame = manifest[(view.splits == selection.split).to_numpy()]
+    if frame.empty:
+        splits = sorted(str(s) for s in view.splits[view.inside].unique())
+        where = f"dataset {selection.dataset}" + (
+            f" (view {view.name})" if view.name != "official" or selection.view else ""
+        )
+        raise SelectionError(
+            f"{where} has no split {selection.split!r} (splits: {', '.join(splits) or 'none'})"
+        )
+    return frame, view
+
+
 def select(
     store: FeatureStore,
     selection: Selection | str,
@@ -174,11 +222,14 @@ def select(
 ) -> pd.DataFrame:
     """Manifest rows of ``selection`` with committed features for ``feature``.
 
-    ``evaluation`` applies the dataset's evaluation filter (``evaluation_mask``),
-    ``real_only`` keeps label-0 rows (anomaly detectors). Rows without features
-    are an error naming a few of them, or with ``allow_missing`` a warning.
-    The result keeps manifest order, has a fresh index and carries the
-    manifest attrs plus ``selection``.
+    The selection's view (``featstore.datasets.views``; the dataset's default
+    view when it names none) says which videos are in which split.
+    ``evaluation`` applies the evaluation filter (``evaluation_mask``, with the
+    view's policy), ``real_only`` keeps label-0 rows (anomaly detectors). Rows
+    without features are an error naming a few of them, or with
+    ``allow_missing`` a warning. The result keeps manifest order, has a fresh
+    index and carries the manifest attrs plus ``selection``, ``view`` (the
+    resolved view's name) and the ``evaluation`` policy in force.
     """
     selection = Selection.parse(selection)
     feature = FeatureKey.parse(feature)
@@ -187,19 +238,17 @@ def select(
     for column in ("video_id", "label"):
         if column not in manifest.columns:
             raise SelectionError(f"manifest of {selection.dataset} has no {column!r} column")
-    frame = manifest
-    if selection.split is not None:
-        if "split" not in manifest.columns:
-            raise SelectionError(
-                f"manifest of {selection.dataset} has no 'split' column; select {selection.dataset}:*"
-            )
-        frame = manifest[manifest["split"] == selection.split]
-        if frame.empty:
-            splits = sorted(str(s) for s in manifest["split"].unique())
-            raise SelectionError(
-                f"dataset {selection.dataset} has no split {selection.split!r} "
-                f"(splits: {', '.join(splits) or 'none'})"
-            )
+    if "split" in manifest.columns or selection.view or attrs.get("default_view"):
+        frame, view = _split_rows(manifest, selection)
+        view_name, view_info = view.name, dict(view.info)
+    elif selection.split is None:  # a bare manifest written without splits
+        frame, view_name, view_info = manifest, "official", {}
+    else:
+        raise SelectionError(
+            f"manifest of {selection.dataset} has no 'split' column; select {selection.dataset}:*"
+        )
+    if view_info.get(EVALUATION_ATTR):
+        attrs[EVALUATION_ATTR] = view_info[EVALUATION_ATTR]
     if selection.videos is not None:
         wanted = set(selection.videos)
         frame = frame[frame["video_id"].isin(wanted)]
@@ -231,17 +280,34 @@ def select(
         what = " real" if real_only else ""
         raise SelectionError(f"{selection} selects no{what} videos with {feature} features")
     out = frame.reset_index(drop=True)
-    out.attrs = {**attrs, "selection": str(selection)}
+    out.attrs = {
+        **attrs,
+        "selection": str(selection),
+        VIEW_ATTR: view_name,
+        "view_protocol": view_info.get("protocol"),
+        "view_seed": view_info.get("seed"),
+    }
     return out
+
+
+def has_split(store: FeatureStore, selection: Selection | str) -> bool:
+    """Whether the selection's view of its dataset has any video in its split."""
+    selection = Selection.parse(selection)
+    if selection.split is None:
+        return True
+    manifest = store.manifest(selection.dataset)
+    if "split" not in manifest.columns and not (
+        selection.view or manifest.attrs.get("default_view")
+    ):
+        return False
+    return bool((_view(manifest, selection).splits == selection.split).any())
 
 
 def split_hash(video_ids: Iterable[str]) -> str:
     """A short, order-independent fingerprint of a set of video ids (recorded in run configs)."""
-    digest = hashlib.sha256()
-    for vid in sorted(set(video_ids)):
-        digest.update(vid.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    from featstore.datasets.views import ids_hash
+
+    return ids_hash(video_ids)
 
 
 class StoreSource:
@@ -318,12 +384,22 @@ AUTO: Final = Auto()
 
 
 def selection_summary(selection: Selection, frame: pd.DataFrame) -> dict[str, Any]:
-    """What a run config records about one selection."""
+    """What a run config records about one selection: which videos, of which view, how made.
+
+    ``view`` is the view the rows were selected in (``official``: the
+    dataset's own split column), ``protocol``/``seed`` how that view was made
+    and ``split_hash`` the fingerprint of the selected video ids, so two runs
+    on different protocols or samples differ in their configs.
+    """
     labels = frame["label"].to_numpy()
+    attrs = frame.attrs
     return {
         "selection": str(selection),
         "dataset": selection.dataset,
         "split": selection.split,
+        "view": attrs.get(VIEW_ATTR),
+        "protocol": attrs.get("view_protocol"),
+        "seed": attrs.get("view_seed"),
         "split_hash": split_hash(frame["video_id"].astype(str)),
         "n": len(frame),
         "n_real": int((labels == 0).sum()),
@@ -332,8 +408,8 @@ def selection_summary(selection: Selection, frame: pd.DataFrame) -> dict[str, An
 
 
 def default_val(store: FeatureStore, train: Selection) -> Selection | None:
-    """``val=AUTO``: the training dataset's ``val`` split when it has one (and trains on another)."""
-    manifest = store.manifest(train.dataset)
-    if train.split != "val" and "split" in manifest.columns and (manifest["split"] == "val").any():
-        return Selection(train.dataset, "val")
+    """``val=AUTO``: the ``val`` split of the training view when it has one (and trains on another)."""
+    val = Selection(train.dataset, "val", view=train.view)
+    if train.split != "val" and has_split(store, val):
+        return val
     return None

@@ -129,6 +129,7 @@ def scored_metrics(
     mask = np.ones(len(scored.scores), dtype=bool) if all_fakes else _mask(scored)
     metrics: dict[str, Any] = {
         "selection": str(scored.selection),
+        "view": scored.manifest.attrs.get("view"),  # the view a NAME:SPLIT resolved to
         "fakes": "all" if all_fakes else "evaluation filter",
         "kind": kind,
         "n_scored": len(scored.scores),
@@ -154,7 +155,7 @@ def evaluate(
     all_fakes: bool = False,
     write: bool = True,
 ) -> dict[str, Any]:
-    """Score ``on`` (``NAME[:SPLIT]``, bare name = ``test``) with a run and compute its metrics.
+    """Score ``on`` (``NAME[@VIEW][:SPLIT]``, bare name = ``test``) with a run and compute its metrics.
 
     Video-level metrics use the dataset's evaluation subset (the paper's rule:
     only fakes with both modalities manipulated, where known); ``all_fakes=True``

@@ -10,6 +10,8 @@ out = "grid-out"                 # relative to this file
 name = "favc"                    # train = "train", val = "val", test = "test" by default
 fakes = "filter"                 # or "all": count every fake, not only both-modality ones
 [[datasets]]
+name = "av1m@av1m"               # NAME@VIEW: the splits of one view of the dataset
+[[datasets]]
 name = "avlips"
 train = false                    # test-only (also when the store has no such split)
 
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featstore.errors import FeatstoreError
-from trainers.data import FeatureKey, Selection, select, split_hash
+from trainers.data import FeatureKey, Selection, has_split, select, split_hash
 from trainers.runs import Run, is_complete, load_run
 
 if TYPE_CHECKING:
@@ -86,6 +88,10 @@ class GridDataset:
     val: str | None = "val"
     test: str = "test"
     fakes: str = "filter"  # "filter": the paper's evaluation filter; "all": every fake counts
+
+    def selection(self, split: str) -> Selection:
+        """``split`` of this dataset (``name`` may name a view: ``av1m@av1m-real``)."""
+        return Selection.parse(f"{self.name}:{split}")
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,12 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path = Path(".")) -> GridC
         _unknown(item, _DATASET_KEYS, f"{where}.")
         if "name" not in item:
             raise GridConfigError(f"missing key {where}.name")
+        try:
+            named = Selection.parse(_str(item["name"], f"{where}.name"))
+        except FeatstoreError as exc:
+            raise GridConfigError(f"{where}.name: {exc}") from None
+        if named.split is not None:
+            raise GridConfigError(f"{where}.name is NAME or NAME@VIEW, without a split")
         datasets.append(
             GridDataset(
                 name=_str(item["name"], f"{where}.name"),
@@ -260,11 +272,8 @@ def load_config(path: str | os.PathLike[str]) -> GridConfig:
 # --------------------------------------------------------------------- run
 
 
-def _has_split(store: FeatureStore, dataset: str, split: str | None) -> bool:
-    if split is None:
-        return False
-    manifest = store.manifest(dataset)
-    return "split" in manifest.columns and bool((manifest["split"] == split).any())
+def _has_split(store: FeatureStore, dataset: GridDataset, split: str | None) -> bool:
+    return split is not None and has_split(store, dataset.selection(split))
 
 
 def _check_reused(
@@ -304,19 +313,18 @@ def run_grid(
     probe_config = config.probe_config()
     hyper = probe_config.to_dict()
     emit = on_event or (lambda event: None)
-    trains = [d for d in config.datasets if _has_split(store, d.name, d.train)]
+    trains = [d for d in config.datasets if _has_split(store, d, d.train)]
     for d in config.datasets:
         if d.train and d not in trains:
             log.info("dataset %s has no %r split: test-only", d.name, d.train)
-    tests = [Selection(d.name, d.test) for d in config.datasets]
-    fakes_policy = {d.name: d.fakes for d in config.datasets}
+    tests = [(d, d.selection(d.test)) for d in config.datasets]
     results: list[GridResult] = []
     rows: list[dict[str, Any]] = []
     test_hashes: dict[tuple[FeatureKey, Selection], str] = {}  # what a stored evaluation covered
     for feature in config.features:
         label = feature.label
         for d in trains:
-            train_sel = Selection(d.name, d.train)
+            train_sel = d.selection(d.train)
             run_dir = config.out / "runs" / feature.run_name / d.name
             train_rows = select(store, train_sel, feature.key, allow_missing=config.allow_missing)
             if is_complete(run_dir):
@@ -325,7 +333,7 @@ def run_grid(
                 emit(GridEvent("reuse", label, d.name, run_dir=run_dir))
             else:
                 emit(GridEvent("train", label, d.name, run_dir=run_dir))
-                val = Selection(d.name, d.val) if _has_split(store, d.name, d.val) else None
+                val = d.selection(d.val) if _has_split(store, d, d.val) else None
 
                 def on_epoch(stats: EpochStats, _f: str = label, _d: str = d.name) -> None:
                     emit(GridEvent("epoch", _f, _d, epoch=stats))
@@ -342,18 +350,18 @@ def run_grid(
                     allow_missing=config.allow_missing,
                 )
             stored = run.metrics()
-            for test in tests:
+            for tested, test in tests:
                 metrics = stored.get(str(test))
                 if (feature.key, test) not in test_hashes:
                     ids = select(store, test, feature.key, allow_missing=config.allow_missing)
                     test_hashes[feature.key, test] = split_hash(ids["video_id"])
-                all_fakes = fakes_policy[test.dataset] == "all"
+                all_fakes = tested.fakes == "all"
                 if (
                     metrics is None
                     or metrics.get("split_hash") != test_hashes[feature.key, test]
                     or (metrics.get("fakes") == "all") != all_fakes
                 ):
-                    emit(GridEvent("evaluate", label, d.name, test=test.dataset, run_dir=run_dir))
+                    emit(GridEvent("evaluate", label, d.name, test=tested.name, run_dir=run_dir))
                     metrics = evaluate(
                         run,
                         store,
@@ -365,7 +373,7 @@ def run_grid(
                 result = GridResult(
                     feature=label,
                     train=d.name,
-                    test=test.dataset,
+                    test=tested.name,
                     auc=binary["auc"],
                     ap=binary["ap"],
                     n=int(binary["n"]),
@@ -378,7 +386,7 @@ def run_grid(
                         "encoder": feature.key.encoder,
                         "layer": str(feature.key.layer),
                         "train": d.name,
-                        "test": test.dataset,
+                        "test": tested.name,
                         "test_split": test.split,
                         "auc": binary["auc"],
                         "ap": binary["ap"],
@@ -390,7 +398,7 @@ def run_grid(
                         "run_dir": str(run_dir),
                     }
                 )
-                emit(GridEvent("result", label, d.name, test=test.dataset, result=result))
+                emit(GridEvent("result", label, d.name, test=tested.name, result=result))
     table = grid_table(
         results,
         features_order=[f.label for f in config.features],

@@ -63,7 +63,7 @@ def train_probe(
 ) -> Run:
     """Fit a linear probe on stored features and write its run directory at ``out``.
 
-    ``train`` / ``val`` are ``NAME[:SPLIT]`` selections (a bare name means the
+    ``train`` / ``val`` are ``NAME[@VIEW][:SPLIT]`` selections (a bare name means the
     ``train`` / ``val`` split); ``val=AUTO`` uses the training dataset's
     ``val`` split when it has one, ``val=None`` trains without validation
     (no early stopping). An existing complete run at ``out`` is an error

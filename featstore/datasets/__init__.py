@@ -1,10 +1,12 @@
-"""Dataset manifests: one reader per metadata format, shared schema, validation and protocols.
+"""Dataset manifests: one reader per metadata format, shared schema, validation, protocols, views.
 
->>> from featstore.datasets import read_dataset, apply_protocol
+>>> from featstore.datasets import add_view, protocol_splits, read_dataset
 >>> result = read_dataset("av1m", "/data/av1m")  # doctest: +SKIP
->>> manifest = apply_protocol("av1m", result.manifest, seed=43)  # doctest: +SKIP
+>>> splits = protocol_splits("av1m", result.manifest, seed=43)  # doctest: +SKIP
+>>> manifest = add_view(result.manifest, "av1m", splits, {"protocol": "av1m"})  # doctest: +SKIP
 
-The manifest schema is described in ``featstore.datasets.manifest``.
+The manifest schema is described in ``featstore.datasets.manifest``, views
+(one import, many protocols) in ``featstore.datasets.views``.
 """
 
 from __future__ import annotations
@@ -32,13 +34,33 @@ from featstore.datasets.manifest import (
 )
 from featstore.datasets.protocols import (
     PROTOCOLS,
+    Protocol,
+    ProtocolError,
+    all_test_splits,
     apply_protocol,
+    av1m_splits,
+    both_modified_fakes,
+    dfe2024_splits,
+    favc_splits,
+    get_protocol,
     keep_both_modified_fakes,
-    split_all_test,
-    split_av1m,
-    split_favc,
+    official_splits,
+    protocol_splits,
 )
+from featstore.datasets.splitfiles import SplitFileError, SplitFilesResult, apply_split_files
 from featstore.datasets.tabular import read_csv_manifest
+from featstore.datasets.views import (
+    OFFICIAL,
+    ViewError,
+    ViewSplits,
+    add_view,
+    drop_view,
+    resolve_view,
+    set_default_view,
+    view_column,
+    view_counts,
+    views_of,
+)
 
 Reader = Callable[..., ImportResult]
 
@@ -92,6 +114,7 @@ __all__ = [
     "CORE_COLUMNS",
     "FORMATS",
     "MODIFY_TYPES",
+    "OFFICIAL",
     "PROTOCOLS",
     "SPLITS",
     "DatasetFormat",
@@ -99,13 +122,32 @@ __all__ = [
     "ImportResult",
     "Problem",
     "ProblemKind",
+    "Protocol",
+    "ProtocolError",
+    "SplitFileError",
+    "SplitFilesResult",
     "UnknownFormatError",
+    "ViewError",
+    "ViewSplits",
+    "add_view",
+    "all_test_splits",
     "apply_protocol",
+    "apply_split_files",
+    "av1m_splits",
+    "both_modified_fakes",
     "coerce_schema",
+    "dfe2024_splits",
+    "drop_view",
+    "favc_splits",
+    "get_protocol",
     "keep_both_modified_fakes",
     "manifest_counts",
+    "official_splits",
+    "protocol_splits",
     "read_dataset",
-    "split_all_test",
-    "split_av1m",
-    "split_favc",
+    "resolve_view",
+    "set_default_view",
+    "view_column",
+    "view_counts",
+    "views_of",
 ]

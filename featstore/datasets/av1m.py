@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from featstore.datasets.manifest import (
+    MAX_SAMPLES,
     DatasetFormatError,
     ImportResult,
     ParsedRows,
@@ -93,7 +94,9 @@ def _parse_entry(entry: Any, split: str) -> dict[str, Any]:
             raise RowError(f"unknown modify_type {modify_type!r}")
         segments = parse_segments(entry["fake_segments"])
         video_frames = parse_optional_int(entry.get("video_frames"), name="video_frames")
-        audio_frames = parse_optional_int(entry.get("audio_frames"), name="audio_frames")
+        audio_frames = parse_optional_int(
+            entry.get("audio_frames"), name="audio_frames", maximum=MAX_SAMPLES
+        )
         audio_fake, visual_fake = flags_for(modify_type)
         record = {
             "video_id": vid,

@@ -57,6 +57,10 @@ MODIFY_TYPES: tuple[str, ...] = (
 VIDEO_SUFFIXES: frozenset[str] = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".flv", ".mpg", ".mpeg"}
 )
+SEGMENT_COLUMNS: tuple[str, ...] = ("fake_segments", "audio_fake_segments", "visual_fake_segments")
+MAX_FRAMES = 2**31 - 1  # the store counts a video's rows in int32
+MAX_SAMPLES = 2**53  # audio sample counts: the largest integer a float64 holds exactly
+MAX_DURATION_S = MAX_FRAMES / 25.0  # the longest video the store can hold at 25 fps
 
 
 class ProblemKind(enum.StrEnum):
@@ -67,6 +71,7 @@ class ProblemKind(enum.StrEnum):
     DUPLICATE_ID = "duplicate_id"  # a second row with an already seen video_id
     LABEL_MISMATCH = "label_mismatch"  # label contradicts segments / modify_type / flags
     UNREADABLE = "unreadable"  # a metadata file cannot be read at all (always fatal)
+    CORRECTED = "corrected"  # an unambiguous fix was applied (e.g. segments sorted); row kept
 
 
 @dataclass(frozen=True)
@@ -109,12 +114,14 @@ class UnknownFormatError(ManifestError, KeyError):
 
 @dataclass(frozen=True)
 class ImportResult:
-    """The validated manifest and every problem found (dropped rows in lenient mode)."""
+    """The validated manifest, every problem found (dropped rows in lenient mode) and the
+    corrections applied to rows that were kept (``ProblemKind.CORRECTED``, both modes)."""
 
     manifest: pd.DataFrame
     problems: tuple[Problem, ...]
     format: str
     root: Path
+    corrections: tuple[Problem, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -198,7 +205,11 @@ def _is_number(x: Any) -> bool:
 
 
 def parse_segments(value: Any, *, name: str = "fake_segments") -> list[list[float]]:
-    """``[[start_s, end_s], ...]`` with finite, non-negative, ordered bounds."""
+    """``[[start_s, end_s], ...]`` with finite, non-negative, ordered bounds.
+
+    Only each segment is checked here; their order, overlaps and the video's
+    end are checked by ``validation.finalize`` for every format.
+    """
     if value is None:
         return []
     if not isinstance(value, list | tuple):
@@ -210,17 +221,32 @@ def parse_segments(value: Any, *, name: str = "fake_segments") -> list[list[floa
         if not (_is_number(seg[0]) and _is_number(seg[1])):
             raise RowError(f"{name} bounds must be numbers, got {seg!r}")
         start, end = float(seg[0]), float(seg[1])
-        if not 0.0 <= start <= end < math.inf:  # NaN fails every comparison
-            raise RowError(f"{name} entry must satisfy 0 <= start <= end, got {seg!r}")
+        if not 0.0 <= start <= end <= MAX_DURATION_S:  # NaN fails every comparison
+            raise RowError(
+                f"{name} entry must satisfy 0 <= start <= end <= {MAX_DURATION_S:.0f} s, "
+                f"got {seg!r}"
+            )
         segments.append([start, end])
     return segments
 
 
-def parse_optional_int(value: Any, *, name: str) -> int | None:
+def parse_optional_int(value: Any, *, name: str, maximum: int = MAX_FRAMES) -> int | None:
+    """A whole number in ``[0, maximum]`` (an integral float such as ``100.0`` too), or None.
+
+    NaN, infinities, fractions, negative and absurdly large counts (JSON ``NaN``,
+    ``Infinity``, ``1e20``) are row problems, never exceptions further down.
+    """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise RowError(f"{name} must be an integer, got {value!r}")
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value == int(value)
+        and 0 <= value <= maximum
+    )
+    if not ok:
+        raise RowError(f"{name} must be a whole number from 0 to {maximum}, got {value!r}")
     return int(value)
 
 

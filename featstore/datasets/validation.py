@@ -1,13 +1,17 @@
 """Checks shared by all formats, and the step that turns parsed rows into a manifest.
 
-Readers only parse; ``finalize`` then checks every row the same way (label
+Readers only parse; ``finalize`` then checks every row the same way (schema,
+duration, fake segments against each other and the video's end, label
 consistency, missing files, duplicate ids), drops bad rows or raises in strict
-mode, and builds the typed DataFrame.
+mode, and builds the typed DataFrame. The one safe correction, putting a
+row's segments in time order, is applied in both modes and reported.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +19,9 @@ import pandas as pd
 
 from featstore.datasets.manifest import (
     CORE_COLUMNS,
+    MAX_DURATION_S,
     MODIFY_TYPES,
+    SEGMENT_COLUMNS,
     SPLITS,
     DatasetFormatError,
     ImportResult,
@@ -26,6 +32,10 @@ from featstore.datasets.manifest import (
 )
 
 log = logging.getLogger(__name__)
+
+# A segment may end up to one 25 fps frame after ``duration_s`` (rounding of the
+# frame count); anything later lies outside the video.
+END_TOLERANCE_S = 1 / 25
 
 
 def label_problem(record: Mapping[str, Any]) -> str | None:
@@ -72,6 +82,50 @@ def _schema_problem(record: Mapping[str, Any]) -> str | None:
     return None
 
 
+def duration_problem(record: Mapping[str, Any]) -> str | None:
+    """Why ``duration_s`` is impossible (NaN means unknown and is fine)."""
+    duration = record.get("duration_s")
+    if duration is None or (isinstance(duration, float) and math.isnan(duration)):
+        return None
+    if isinstance(duration, bool) or not isinstance(duration, int | float):
+        return f"duration_s must be a number, got {duration!r}"
+    if not 0.0 < duration <= MAX_DURATION_S:
+        return f"duration_s must be positive and finite, got {duration!r}"
+    return None
+
+
+def segment_problem(record: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Check (and sort) every segment list of ``record``: (problem, correction).
+
+    Segments listed out of time order are sorted in place (their order carries
+    no meaning), which is reported as a correction. Overlapping segments and
+    segments past the video's end (``duration_s`` + one frame) are problems:
+    no correction of those is unambiguous.
+    """
+    duration = record.get("duration_s")
+    known = isinstance(duration, int | float) and math.isfinite(duration)
+    corrected = []
+    for column in SEGMENT_COLUMNS:
+        segments = record.get(column)
+        if not isinstance(segments, list) or not segments:
+            continue
+        ordered = sorted(segments)
+        if ordered != segments:
+            record[column] = segments = ordered
+            corrected.append(column)
+        for before, after in itertools.pairwise(segments):
+            if after[0] < before[1]:
+                return f"{column} overlap: {before} and {after}", None
+        if known and segments[-1][1] > duration + END_TOLERANCE_S:
+            return (
+                f"{column} {segments[-1]} ends after the video's end at {duration:g} s",
+                None,
+            )
+    if corrected:
+        return None, f"{' and '.join(corrected)} were not in time order: sorted"
+    return None, None
+
+
 def finalize(
     parsed: ParsedRows,
     *,
@@ -88,6 +142,7 @@ def finalize(
     the first is kept.
     """
     problems = list(parsed.problems)
+    corrections: list[Problem] = []
     kept: list[dict[str, Any]] = []
     seen: dict[str, int | None] = {}
     for record in parsed.rows:
@@ -97,7 +152,10 @@ def finalize(
             "video_id": record["video_id"],
             "path": record["path"],
         }
-        reason = _schema_problem(record)
+        correction = None
+        reason = _schema_problem(record) or duration_problem(record)
+        if reason is None:
+            reason, correction = segment_problem(record)
         if reason is not None:
             problems.append(Problem(ProblemKind.MALFORMED, reason, **where))
             continue
@@ -120,6 +178,8 @@ def finalize(
             continue
         seen[record["video_id"]] = record.get("_row")
         kept.append(record)
+        if correction is not None:
+            corrections.append(Problem(ProblemKind.CORRECTED, correction, **where))
 
     problems.sort(key=lambda p: (p.source or "", -1 if p.row is None else p.row))
     if strict and problems:
@@ -128,11 +188,14 @@ def finalize(
         )
     if problems:
         log.warning("%s: dropped %d row(s) with problems", format, len(problems))
+    if corrections:
+        log.info("%s: corrected %d row(s)", format, len(corrections))
     return ImportResult(
         manifest=_frame(kept, extra_dtypes or {}),
         problems=tuple(problems),
         format=format,
         root=parsed.root.resolve(),
+        corrections=tuple(corrections),
     )
 
 

@@ -254,22 +254,29 @@ def check_stored_spec(
 def select_videos(
     store: FeatureStore, dataset: str, *, split: str | None = None, limit: int | None = None
 ) -> tuple[list[VideoRef], dict[str, float]]:
-    """The manifest's videos in ``split`` (all when None), the first ``limit`` of them.
+    """The manifest's videos in ``split``, the first ``limit`` of them.
 
-    ``limit`` counts videos of the manifest, not videos left to do, so re-running with
-    the same limit is a no-op and running without it later resumes. Returns the videos
-    and the durations the manifest declares (seconds; absent where it has none).
+    ``split`` is ``SPLIT``, ``@VIEW``, ``@VIEW:SPLIT`` or ``*``
+    (``featstore.datasets.views``); None means every video of the dataset's
+    default view, or of the dataset when it has none. ``limit`` counts videos
+    of the manifest, not videos left to do, so re-running with the same limit is
+    a no-op and running without it later resumes. Returns the videos and the
+    durations the manifest declares (seconds; absent where it has none).
     """
+    from featstore.datasets.views import ViewError, select_split
+
     manifest = store.manifest(dataset)
-    if split is not None:
-        if "split" not in manifest.columns:
-            raise ExtractError(f"dataset {dataset} has no split column; drop --split")
-        known = sorted({str(s) for s in manifest["split"].dropna()})
-        manifest = manifest[manifest["split"] == split]
-        if manifest.empty:
-            raise ExtractError(
-                f"dataset {dataset} has no videos in split {split!r} (splits: {', '.join(known)})"
-            )
+    if split is not None and not split.startswith("@") and "split" not in manifest.columns:
+        raise ExtractError(f"dataset {dataset} has no split column; drop --split")
+    try:
+        manifest = select_split(manifest, split)
+    except ViewError as exc:
+        text = str(exc)
+        raise ExtractError(
+            f"dataset {dataset} has {text}"
+            if text.startswith("no ")
+            else f"dataset {dataset}: {text}"
+        ) from None
     if limit is not None:
         if limit < 1:
             raise ExtractError(f"limit must be at least 1, got {limit}")
