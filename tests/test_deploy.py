@@ -602,7 +602,8 @@ def _strict(schema: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def daskcluster_validator() -> Any:
-    crd = yaml.safe_load((SCHEMAS / "daskcluster.crd.yaml").read_text())
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the CRD is 280 kB
+    crd = yaml.load((SCHEMAS / "daskcluster.crd.yaml").read_text(), Loader=loader)
     assert crd["kind"] == "CustomResourceDefinition"
     (version,) = [v for v in crd["spec"]["versions"] if v["served"] and v["storage"]]
     schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
