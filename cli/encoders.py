@@ -1,5 +1,5 @@
 """``featstore encoders list|show|convert``: the registered encoders, whether their weights are here,
-and converting pickled checkpoints to safetensors.
+how ``--random-init`` initialises them, and converting pickled checkpoints to safetensors.
 
 Nothing is downloaded: a default checkpoint counts as "cached" only when it resolves
 offline, exactly as loading it would (:func:`featstore.encoders.base.resolve_checkpoint`).
@@ -16,6 +16,7 @@ from cli.errors import user_errors
 
 if TYPE_CHECKING:
     from featstore.encoders import EncoderSpec
+    from featstore.encoders.random_init import InitScheme
 
 app = typer.Typer(help="List the encoders and their checkpoints.", no_args_is_help=True)
 
@@ -56,10 +57,41 @@ def _layers_text(spec: EncoderSpec) -> str:
     return f"0-{spec.n_layers}, last" if spec.n_layers > 0 else "last"
 
 
+def _scheme_dict(scheme: InitScheme) -> dict[str, Any]:
+    return {
+        "name": scheme.name,
+        "summary": scheme.summary,
+        "source": scheme.source,
+        "rules": [{"parameters": what, "init": how} for what, how in scheme.rules],
+    }
+
+
+def random_init_dict(spec: EncoderSpec) -> dict[str, Any] | None:
+    """How ``--random-init`` initialises ``spec`` (None: weight-free): the loader option,
+    its default and each choice's scheme."""
+    from featstore.encoders.random_init import BERT, CHOICES, NATIVE, OPTION
+
+    if spec.init_scheme is None:
+        return None
+    schemes = {NATIVE: spec.init_scheme, "bert": BERT}
+    return {
+        "option": OPTION,
+        "default": NATIVE,
+        "schemes": {choice: _scheme_dict(schemes[choice]) for choice in CHOICES},
+    }
+
+
 def _as_dict(spec: EncoderSpec, status: str) -> dict[str, Any]:
     import dataclasses
 
-    return {**dataclasses.asdict(spec), "layers": layer_keys(spec), "weights": status}
+    out = dataclasses.asdict(spec)
+    del out["init_scheme"]  # shown with its alternatives under "random_init"
+    return {
+        **out,
+        "layers": layer_keys(spec),
+        "weights": status,
+        "random_init": random_init_dict(spec),
+    }
 
 
 @app.command("list")
@@ -102,7 +134,8 @@ def show_encoder(
     name: str = typer.Argument(..., help="Encoder name (see `featstore encoders list`)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """One encoder's declared facts and the state of its default checkpoint."""
+    """One encoder's declared facts, the state of its default checkpoint and how
+    --random-init initialises it."""
     with user_errors():
         from featstore.encoders import get_spec
 
@@ -123,11 +156,34 @@ def show_encoder(
         ("weights", status),
         ("preprocessing", f"version {spec.preprocessing_version}"),
     ]
+    if spec.init_scheme is not None:
+        lines.append(
+            (
+                "random init",
+                f"{spec.init_scheme.name} (default), bert (--option random_init_scheme=bert)",
+            )
+        )
     width = max(len(key) for key, _ in lines)
     for key, value in lines:
         typer.echo(f"{key:<{width}}  {value}")
     if spec.description:
         typer.echo(f"\n{spec.description}")
+    if spec.init_scheme is not None:
+        _echo_random_init(spec)
+
+
+def _echo_random_init(spec: EncoderSpec) -> None:
+    from featstore.encoders.random_init import BERT, OPTION
+
+    assert spec.init_scheme is not None
+    for scheme, how in (
+        (spec.init_scheme, "the default"),
+        (BERT, f"--random-init --option {OPTION}=bert"),
+    ):
+        typer.echo(f"\n--random-init: {scheme.name} ({how}): {scheme.summary}")
+        typer.echo(f"  source: {scheme.source}")
+        for what, init in scheme.rules:
+            typer.echo(f"  - {what}: {init}")
 
 
 @app.command("convert")

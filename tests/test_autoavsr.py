@@ -318,8 +318,7 @@ def test_random_init_uses_checkpoint_architecture(ckpts):
     enc = load_encoder("autoavsr-vsr", str(ckpts["vsr"]), random_init=True)
     assert enc.random_init and enc.checkpoint_sha256 is None
     assert enc.layer_dims["last"] == 16
-    w = enc.model.encoder.encoders[0].feed_forward.w_1.weight
-    assert abs(float(w.detach().std()) - 0.02) < 0.005
+    assert enc.info().extra["random_init_scheme"] == "autoavsr-pytorch"  # test_random_init.py
     norm = enc.model.encoder.after_norm
     assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
 

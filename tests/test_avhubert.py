@@ -397,9 +397,8 @@ def test_random_init(pretrained: Path, clip: Clip) -> None:
     assert enc.random_init and enc.checkpoint_sha256 is None
     assert enc.config == TINY
     ln = enc.model.encoder.layers[0].self_attn_layer_norm
-    assert torch.equal(ln.weight, torch.ones(32))
-    w = enc.model.encoder.pos_conv[0].weight().detach()
-    assert abs(float(w.std()) - 0.02) < 0.003
+    assert torch.equal(ln.weight, torch.ones(32))  # the scheme itself: test_random_init.py
+    assert enc.info().extra["random_init_scheme"] == "avhubert-fairseq"
     assert np.isfinite(enc.encode([clip], "last")[0]["last"]).all()
     with pytest.raises(CheckpointError, match="only for random_init"):
         load_encoder("avhubert-a", str(pretrained), arch="base")

@@ -181,10 +181,17 @@ def test_trusted_load_of_a_plain_file(tmp_path: Path) -> None:
 
 
 def test_unreadable_file_explains_the_flag(tmp_path: Path) -> None:
+    import collections
+
     bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint at all")
+    torch.save({"d": collections.defaultdict(list, a=[1])}, bad)  # needs the real class
     with pytest.raises(CheckpointError, match="--trust-checkpoint"):
         load_checkpoint(bad)
+    assert load_checkpoint(bad, trust=True)["d"]["a"] == [1]
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")  # no flag helps: torch cannot read it
+    with pytest.raises(CheckpointError, match="not a checkpoint featstore can read"):
+        load_checkpoint(garbage)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
     torch.save([torch.ones(1)], tmp_path / "list.pt")

@@ -105,10 +105,11 @@ def test_weights_found_in_the_checkpoint_directory(tmp_path, monkeypatch):
     monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(folder))
     monkeypatch.chdir(tmp_path)  # a bare name is also looked up in the current directory
     spec = _spec("t-dir", "tiny-weights.pt")
-    fsfm = registry.get_spec("fsfm")  # its default is a bare file name
+    fsfm = registry.get_spec("fsfm")  # its default is a relative path: folder/file name
     assert weights_status(spec) == NOT_CACHED
     assert weights_status(fsfm) == NOT_CACHED
     (folder / "tiny-weights.pt").write_bytes(b"\0")
+    (folder / fsfm.default_checkpoint).parent.mkdir(parents=True)
     (folder / fsfm.default_checkpoint).write_bytes(b"\0")
     assert weights_status(spec) == LOCAL
     assert weights_status(fsfm) == LOCAL
@@ -117,6 +118,30 @@ def test_weights_found_in_the_checkpoint_directory(tmp_path, monkeypatch):
     assert shown["weights"] == LOCAL
     monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(tmp_path / "elsewhere"))
     assert weights_status(spec) == NOT_CACHED
+
+
+def test_show_documents_the_random_init_schemes():
+    import featstore.encoders.fsfm_init as fsfm_init  # the implementation of the scheme shown
+
+    for name in ("wav2vec2", "clip", "videomae", "avhubert-a", "autoavsr-vsr", "fsfm"):
+        spec = registry.get_spec(name)
+        result = runner.invoke(app, ["encoders", "show", name])
+        assert result.exit_code == 0, result.output
+        assert f"--random-init: {spec.init_scheme.name} (the default)" in result.output
+        assert "random_init_scheme=bert" in result.output
+        for what, how in spec.init_scheme.rules:
+            assert f"  - {what}: {how}" in result.output
+        shown = json.loads(runner.invoke(app, ["encoders", "show", name, "--json"]).output)
+        random_init = shown["random_init"]
+        assert random_init["option"] == "random_init_scheme" and random_init["default"] == "native"
+        assert random_init["schemes"]["native"]["name"] == spec.init_scheme.name
+        assert random_init["schemes"]["bert"]["name"] == "bert"
+        assert "init_scheme" not in shown
+    assert "sin-cos" in registry.get_spec("fsfm").init_scheme.rules[0][1]
+    assert fsfm_init.sincos_pos_embed(8, 2).shape == (5, 8)
+    weight_free = json.loads(runner.invoke(app, ["encoders", "show", "logfbank", "--json"]).output)
+    assert weight_free["random_init"] is None
+    assert "--random-init" not in runner.invoke(app, ["encoders", "show", "logfbank"]).output
 
 
 def test_show_unknown_name_is_a_one_line_usage_error():

@@ -241,6 +241,10 @@ def test_fsfm_default_is_vit_b16() -> None:
     models_vit.py): patch 16, 768 wide, depth 12, 12 heads, MLP ratio 4, eps 1e-6."""
     from featstore.encoders.fsfm import FSFM_HEADS, LAYER_NORM_EPS, SPEC, ViTConfig
 
+    # Hugging Face Wolowolo/fsfm-3c finetuned_models/FF++_c23_32frames/ (main_test_DfD.py
+    # --resume .../checkpoint-min_val_loss.pth), the paper's Supp. B model
+    assert SPEC.default_checkpoint == "FF++_c23_32frames/checkpoint-min_val_loss.pth"
+
     d = ViTConfig()
     assert (d.img_size, d.patch_size, d.embed_dim, d.depth, d.num_heads, d.mlp_dim) == (
         224,
@@ -250,7 +254,8 @@ def test_fsfm_default_is_vit_b16() -> None:
         12,
         3072,
     )
-    assert d.final_norm == "norm"  # pre-trained checkpoint-400.pth: FSFMViT.norm
+    # the default checkpoint, FF++_c23_32frames: models_vit with global_pool (fc_norm)
+    assert d.final_norm == "fc_norm"
     assert LAYER_NORM_EPS == 1e-6
     # ViT-S/B/L/H of models_fsfm.py / models_vit.py (FSFM's ViT-S: 12 heads of 32)
     assert FSFM_HEADS == {384: 12, 768: 12, 1024: 16, 1280: 16}

@@ -56,9 +56,10 @@ def _autoavsr(name: str) -> Callable[[Path], str]:
 
 
 def _fsfm(directory: Path) -> str:
+    from featstore.encoders.fsfm import DEFAULT_CHECKPOINT
     from featstore.encoders.fsfm_tiny import save_tiny_checkpoint as save
 
-    return str(save(directory / "checkpoint-400.pth"))
+    return str(save(directory / DEFAULT_CHECKPOINT))  # the fine-tuned layout, as the default
 
 
 CHECKPOINTS: dict[str, Callable[[Path], str]] = {
@@ -224,13 +225,18 @@ def test_registry_import_is_torch_free():
 
 
 def test_tiny_fsfm_checkpoint_reads_back(tmp_path):
+    import dataclasses
+
     from featstore.encoders.fsfm import ViTConfig
     from featstore.encoders.fsfm_tiny import PRETRAINING_EXTRAS, TINY
     from featstore.encoders.fsfm_tiny import save_tiny_checkpoint as save
 
     encoder = load_encoder("fsfm", CHECKPOINTS["fsfm"](tmp_path))
-    assert encoder.config == TINY  # type: ignore[attr-defined]
-    assert sorted(encoder.unused_keys) == sorted(PRETRAINING_EXTRAS)  # type: ignore[attr-defined]
+    assert encoder.config == TINY and TINY.final_norm == "fc_norm"  # type: ignore[attr-defined]
+    assert encoder.unused_keys == ["head.bias", "head.weight"]  # type: ignore[attr-defined]
+    pre = load_encoder("fsfm", str(save(tmp_path / "pre.pth", layout="pre-trained")))
+    assert pre.config == dataclasses.replace(TINY, final_norm="norm")  # type: ignore[attr-defined]
+    assert sorted(pre.unused_keys) == sorted(PRETRAINING_EXTRAS)  # type: ignore[attr-defined]
 
     two_heads = ViTConfig(img_size=224, patch_size=32, embed_dim=16, depth=1, num_heads=2)
     with pytest.raises(ValueError, match="would infer"):

@@ -10,7 +10,9 @@ torch = pytest.importorskip("torch")
 from featstore.encoders import CheckpointError, Clip, ClipError, EncoderError, load_encoder, specs  # noqa: E402
 from featstore.encoders.fsfm import MEAN, STD, ViTConfig, build_vit  # noqa: E402
 
-TINY = ViTConfig(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=1, mlp_dim=32)
+TINY = ViTConfig(  # the pre-trained layout (FSFMViT: norm); fine-tuned tests use fc_norm
+    img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=1, mlp_dim=32, final_norm="norm"
+)
 EXTRAS = {  # FSFM pre-training keys, not part of the encoder
     "mask_token": (1, 1, 8),
     "decoder_embed.weight": (8, 8),
@@ -184,8 +186,8 @@ def test_random_init_and_converted_round_trip(ckpt, tmp_path):
 
     rnd = load_encoder("fsfm", ckpt, random_init=True)
     assert rnd.random_init and rnd.checkpoint_sha256 is None
-    assert torch.all(rnd.model.norm.weight == 1)
-    assert abs(float(rnd.model.blocks[0].attn.qkv.weight.detach().std()) - 0.02) < 0.005
+    assert rnd.config == TINY and rnd.unused_keys == []  # the checkpoint's architecture
+    assert torch.all(rnd.model.norm.weight == 1)  # FSFM's scheme: test_random_init.py
     out = convert_encoder("fsfm", ckpt, tmp_path / "conv")
     a, b = load_encoder("fsfm", ckpt), load_encoder("fsfm", str(out))
     clips = _clips((2,))
@@ -203,8 +205,8 @@ def test_full_size_state_dict():
         "patch_embed.proj.bias": (768,),
         "cls_token": (1, 1, 768),
         "pos_embed": (1, 197, 768),
-        "norm.weight": (768,),
-        "norm.bias": (768,),
+        "fc_norm.weight": (768,),  # the default (fine-tuned) architecture
+        "fc_norm.bias": (768,),
     }
     for i in range(12):
         p = f"blocks.{i}."
@@ -215,3 +217,71 @@ def test_full_size_state_dict():
         want |= {p + "mlp.fc1.weight": (3072, 768), p + "mlp.fc1.bias": (3072,)}
         want |= {p + "mlp.fc2.weight": (768, 3072), p + "mlp.fc2.bias": (768,)}
     assert got == want
+
+
+def test_fine_tuned_default_checkpoint(tmp_path, monkeypatch):
+    """``FF++_c23_32frames/checkpoint-min_val_loss.pth`` as ``main_finetune_DfD.py`` saves it
+    (model, optimizer, epoch, scaler, an argparse Namespace), found by its default name in
+    the checkpoint directory; ``last`` = fc_norm of the mean patch token, CLS excluded."""
+    from featstore.encoders.checkpoints import CHECKPOINT_DIR_ENV, load_checkpoint, plain
+    from featstore.encoders.fsfm import DEFAULT_CHECKPOINT, PRETRAINED_CHECKPOINT
+    from featstore.encoders.fsfm_tiny import save_tiny_checkpoint
+
+    monkeypatch.setenv(CHECKPOINT_DIR_ENV, str(tmp_path))
+    path = save_tiny_checkpoint(tmp_path / DEFAULT_CHECKPOINT, seed=3)
+    raw = load_checkpoint(path)
+    assert set(raw) == {"model", "optimizer", "epoch", "scaler", "args"}
+    assert plain(raw["args"])["global_pool"] is True
+    enc = load_encoder("fsfm")  # the default
+    assert enc.checkpoint == DEFAULT_CHECKPOINT and enc.layout == "fine-tuned"
+    assert enc.unused_keys == ["head.bias", "head.weight"]
+    assert enc.info().extra["fsfm_layout"] == "fine-tuned"
+    state = raw["model"]
+    clips = _clips((3,), size=224)  # the tiny model's native size
+    rows = enc.encode(clips, [1, "last"])[0]
+    tokens = _reference_tokens(state, _pixels(clips[0].frames), heads=1)
+    np.testing.assert_allclose(rows[1], tokens[1][:, 1:].mean(1).numpy(), atol=1e-5, rtol=1e-4)
+    want = torch.nn.functional.layer_norm(
+        tokens[-1][:, 1:].mean(1), (16,), state["fc_norm.weight"], state["fc_norm.bias"], 1e-6
+    )
+    np.testing.assert_allclose(rows["last"], want.numpy(), atol=1e-5, rtol=1e-4)
+    # the documented alternative, the VGGFace2 pre-training, by its name
+    save_tiny_checkpoint(tmp_path / PRETRAINED_CHECKPOINT, layout="pre-trained")
+    pre = load_encoder("fsfm", PRETRAINED_CHECKPOINT)
+    assert pre.layout == "pre-trained" and "mask_token" in pre.unused_keys
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("pretraining_extra", "1 unexpected: mask_token"),
+        ("norm_beside_fc_norm", "2 unexpected: norm.bias, norm.weight"),
+        ("missing_fc_norm", "1 missing: fc_norm.bias"),
+        ("missing_block", "1 missing: blocks.1.attn.proj.weight"),
+        ("head_shape_is_free", None),
+        ("no_head", None),
+    ],
+)
+def test_fine_tuned_layout_is_strict(tmp_path, change, message):
+    state = _state(TINY, seed=5, final="fc_norm")
+    state["head.weight"], state["head.bias"] = torch.randn(2, 16), torch.zeros(2)
+    if change == "pretraining_extra":
+        state["mask_token"] = torch.zeros(1, 1, 16)  # FSFMViT's, never in models_vit
+    elif change == "norm_beside_fc_norm":
+        state["norm.weight"], state["norm.bias"] = torch.ones(16), torch.zeros(16)
+    elif change == "missing_fc_norm":
+        del state["fc_norm.bias"]
+    elif change == "missing_block":
+        del state["blocks.1.attn.proj.weight"]
+    elif change == "head_shape_is_free":
+        state["head.weight"], state["head.bias"] = torch.randn(4, 16), torch.zeros(4)
+    else:
+        del state["head.weight"], state["head.bias"]
+    path = _save(tmp_path / "ft.pth", state, extras={})
+    if message is None:
+        enc = load_encoder("fsfm", path)
+        assert enc.layout == "fine-tuned"
+        assert enc.unused_keys == ([] if change == "no_head" else ["head.bias", "head.weight"])
+        return
+    with pytest.raises(CheckpointError, match=message):
+        load_encoder("fsfm", path)

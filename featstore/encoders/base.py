@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featstore.encoder_info import EncoderInfo
+from featstore.encoders.random_init import SEED, InitScheme
 from featstore.errors import FeatstoreError
 from featstore.layout import Layer, format_layers, normalize_layer
 
@@ -75,6 +76,8 @@ class EncoderSpec:
     default_checkpoint: str | None  # None: weight-free
     description: str = ""
     preprocessing_version: str = "1"
+    # the architecture's own initialisation (random_init=True; None: weight-free)
+    init_scheme: InitScheme | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -127,6 +130,7 @@ class Encoder(ABC):
     checkpoint: str | None
     checkpoint_sha256: str | None
     random_init: bool
+    random_init_scheme: InitScheme | None  # what random_init applied (None: not random)
     device: str
     compute_dtype: str
 
@@ -140,12 +144,14 @@ class Encoder(ABC):
         random_init: bool,
         device: str,
         compute_dtype: str,
+        random_init_scheme: InitScheme | None = None,
     ) -> None:
         self.spec = spec
         self.layer_dims = {normalize_layer(k): int(v) for k, v in layer_dims.items()}
         self.checkpoint = checkpoint
         self.checkpoint_sha256 = checkpoint_sha256
         self.random_init = random_init
+        self.random_init_scheme = random_init_scheme if random_init else None
         self.device = device
         self.compute_dtype = compute_dtype
 
@@ -177,6 +183,10 @@ class Encoder(ABC):
     def info(self, *, dtype: str = "float16", layers: Sequence[Layer] | None = None) -> EncoderInfo:
         """The :class:`EncoderInfo` the store records for these features."""
         chosen = list(self.layer_dims) if layers is None else list(layers)
+        extra: dict[str, Any] = {"family": self.spec.family, **self.info_extra()}
+        if self.random_init_scheme is not None:
+            extra["random_init_scheme"] = self.random_init_scheme.name
+            extra["random_init_seed"] = SEED
         return EncoderInfo(
             name=self.name,
             frame_hz=self.spec.frame_hz,
@@ -188,8 +198,12 @@ class Encoder(ABC):
             preprocessing_version=self.spec.preprocessing_version,
             modality=self.spec.modality,
             crop=self.spec.crop,
-            extra={"family": self.spec.family},
+            extra=extra,
         )
+
+    def info_extra(self) -> dict[str, Any]:
+        """Family-specific facts the store records with the features (JSON values)."""
+        return {}
 
     def n_rows(self, n_frames: int) -> int:
         """Rows this encoder outputs for a clip of ``n_frames`` 25 fps frames."""
@@ -226,41 +240,6 @@ def autocast(device: str, compute_dtype: str) -> Any:
     if device.startswith("cuda") and compute_dtype != "float32":
         return torch.autocast("cuda", dtype=torch_dtype(compute_dtype))
     return contextlib.nullcontext()
-
-
-def bert_init_(module: torch.nn.Module, *, std: float = 0.02) -> None:
-    """The paper's random baselines: Linear/Embedding/Conv N(0, std), biases 0, norms 1/0."""
-    import torch
-    from torch import nn
-    from torch.nn.utils import parametrize
-
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.Linear | nn.Embedding | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-                weight = torch.randn(m.weight.shape, generator=gen) * std
-                if parametrize.is_parametrized(m, "weight"):
-                    # weight norm (wav2vec2's positional conv): assigning goes through the
-                    # parametrization's right_inverse, so the effective weight is ``weight``
-                    m.weight = weight.to(m.weight.dtype)
-                else:
-                    m.weight.copy_(weight)
-                if getattr(m, "bias", None) is not None:
-                    m.bias.zero_()
-            elif isinstance(
-                m, nn.LayerNorm | nn.GroupNorm | nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d
-            ):
-                if m.weight is not None:
-                    m.weight.fill_(1.0)
-                if m.bias is not None:
-                    m.bias.zero_()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                    m.running_mean.zero_()
-                    m.running_var.fill_(1.0)
-        for name, p in module.named_parameters(recurse=True):
-            # parametrizations (weight norm) and free parameters (e.g. masked_spec_embed)
-            if "." not in name and p.dim() >= 1:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
 def resolve_checkpoint(checkpoint: str) -> Path:

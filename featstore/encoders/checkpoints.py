@@ -21,6 +21,12 @@ through our ``find_class``):
 
 ``trust=True`` is plain ``torch.load(weights_only=False)``: only for files you trust.
 
+Before any of that, :func:`~featstore.encoders.checkpoint_format.inspect_checkpoint`
+reads the file's kind from its bytes: ``torch.load`` would hand a TorchScript archive
+to ``torch.jit.load``, which runs the archive's code whatever unpickler is given, so
+TorchScript is refused (always), torch's legacy tar format and zips with unexpected
+entries need ``trust``, and safetensors files are read with safetensors.
+
 >>> ckpt = load_checkpoint("self_large_vox_433h.pt")  # doctest: +SKIP
 >>> plain(ckpt["cfg"])["model"]["w2v_args"]["model"]["encoder_layers"]  # doctest: +SKIP
 24
@@ -247,32 +253,72 @@ def _restricted_pickle_module() -> types.ModuleType:
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> dict[str, Any]:
-    """Load a pickled torch checkpoint onto the CPU as a dict.
+    """Load a checkpoint file onto the CPU as a dict, never running its code unless trusted.
 
-    By default through :class:`RestrictedUnpickler` (no code from the file runs;
-    unknown objects come back as :class:`Opaque`). ``trust=True``: plain
-    ``torch.load(weights_only=False)``, which runs any code the file holds.
-    A bare state dict (tensors at the top level) is returned as it is.
-    Raises :class:`CheckpointError` when the file is missing or cannot be read.
+    The file's kind is read from its bytes first
+    (:func:`~featstore.encoders.checkpoint_format.inspect_checkpoint`), before anything
+    is unpickled: ``torch.save`` files (zip or legacy pickle) go through
+    :class:`RestrictedUnpickler` (no code from the file runs; unknown objects come back
+    as :class:`Opaque`); a safetensors file (whatever its name) is read with safetensors.
+    ``trust=True`` (``--trust-checkpoint``) uses plain ``torch.load(weights_only=False)``,
+    which runs any code the file holds, and is needed for torch's legacy tar format and
+    zips with entries ``torch.save`` does not write. A TorchScript archive is refused
+    even with ``trust``: ``torch.load`` hands it to ``torch.jit.load``, which runs the
+    archive's code, and no encoder family publishes one. A bare state dict (tensors at
+    the top level) is returned as it is. Raises :class:`CheckpointError` when the file is
+    missing, refused or cannot be read.
     """
-    import torch
+    from featstore.encoders import checkpoint_format as formats
 
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"checkpoint file {file} does not exist")
     try:
+        kind = formats.inspect_checkpoint(file)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {file}: {exc}") from None
+    if kind.kind == formats.TORCHSCRIPT:
+        raise CheckpointError(
+            f"checkpoint {file} is {kind.detail}: loading it would run the code it holds, so "
+            "featstore refuses it, even with --trust-checkpoint. Pass the original weights "
+            "file (a torch.save checkpoint or safetensors)"
+        )
+    if kind.kind == formats.UNKNOWN:
+        raise CheckpointError(
+            f"checkpoint {file} is not a checkpoint featstore can read: {kind.detail}"
+        )
+    if kind.kind == formats.SAFETENSORS:
+        return _load_safetensors(file)
+    if kind.kind in formats.TRUSTED_ONLY and not trust:
+        raise CheckpointError(
+            f"checkpoint {file} is {kind.detail}, which only full pickle reads (it could run "
+            "code). If you trust this file, pass --trust-checkpoint (trust_checkpoint=True)"
+        )
+    obj = _torch_load(file, trust=trust)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"checkpoint {file} holds a {type(obj).__name__}, not a dict of weights and config"
+        )
+    return dict(obj)
+
+
+def _torch_load(file: Path, *, trust: bool) -> Any:
+    import torch
+
+    try:
         if trust:
             log.warning("loading %s with full pickle (--trust-checkpoint): it can run code", file)
-            obj = torch.load(file, map_location="cpu", weights_only=False)
-        else:
-            # weights_only=False only because torch refuses a custom pickle_module with
-            # weights_only=True; the restricted unpickler is what keeps code from running
-            obj = torch.load(
-                file,
-                map_location="cpu",
-                weights_only=False,
-                pickle_module=_restricted_pickle_module(),
-            )
+            return torch.load(file, map_location="cpu", weights_only=False, mmap=False)
+        # weights_only=False only because torch refuses a custom pickle_module with
+        # weights_only=True; the restricted unpickler is what keeps code from running, and
+        # inspect_checkpoint has ruled out TorchScript, which would bypass it
+        return torch.load(
+            file,
+            map_location="cpu",
+            weights_only=False,
+            mmap=False,
+            pickle_module=_restricted_pickle_module(),
+        )
     except Exception as exc:  # torch/pickle raise many kinds for a bad or unusual file
         hint = (
             ""
@@ -286,11 +332,17 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> dic
         raise CheckpointError(
             f"cannot read checkpoint {file}: {type(exc).__name__}: {exc}{hint}"
         ) from None
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(
-            f"checkpoint {file} holds a {type(obj).__name__}, not a dict of weights and config"
-        )
-    return dict(obj)
+
+
+def _load_safetensors(file: Path) -> dict[str, Any]:
+    """A safetensors file as a flat dict of CPU tensors (no code can run)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(file), device="cpu"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read safetensors checkpoint {file}: {exc}") from None
 
 
 def plain(obj: Any) -> Any:

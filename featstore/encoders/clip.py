@@ -37,8 +37,25 @@ from featstore.encoders.hf import (
     positive_int_option,
     to_numpy,
 )
+from featstore.encoders.random_init import OPTION as INIT_OPTION
+from featstore.encoders.random_init import InitScheme, resolve_scheme
 from featstore.layout import LAST, Layer
 
+INIT_SCHEME = InitScheme(
+    name="clip-hf",
+    summary="the model's own _init_weights (transformers CLIP), factor f = initializer_factor = 1",
+    source="transformers CLIPPreTrainedModel._init_weights, run by the model's post_init",
+    rules=(
+        ("class_embedding", "N(0, D^-0.5 * f)"),
+        ("patch_embedding Conv2d, position_embedding", "N(0, initializer_range * f = 0.02)"),
+        ("attention q/k/v", "N(0, D^-0.5 * (2 * layers)^-0.5 * f), bias 0"),
+        ("attention out_proj", "N(0, D^-0.5 * f), bias 0"),
+        ("MLP fc1", "N(0, (2 * D)^-0.5 * f), bias 0"),
+        ("MLP fc2", "N(0, D^-0.5 * (2 * layers)^-0.5 * f), bias 0"),
+        ("visual_projection", "N(0, D^-0.5 * f)"),
+        ("LayerNorm (pre, per block, post)", "weight 1, bias 0"),
+    ),
+)
 SPEC = EncoderSpec(
     name="clip",
     family="clip",
@@ -49,9 +66,10 @@ SPEC = EncoderSpec(
     n_layers=24,
     default_checkpoint="openai/clip-vit-large-patch14",
     description="CLIP ViT image encoder: projected CLS image embedding per frame",
+    init_scheme=INIT_SCHEME,
 )
 
-OPTIONS = ("frames_per_batch", "preprocess_threads")
+OPTIONS = ("frames_per_batch", "preprocess_threads", INIT_OPTION)
 DEFAULT_FRAMES_PER_BATCH = 64
 
 
@@ -181,8 +199,10 @@ def load(
     **options: Any,
 ) -> ClipEncoder:
     """Loader registered as ``clip``. Options: ``frames_per_batch`` (default 64),
-    ``preprocess_threads`` (Pillow resizing threads, default up to 4)."""
+    ``preprocess_threads`` (Pillow resizing threads, default up to 4),
+    ``random_init_scheme`` (:mod:`~featstore.encoders.random_init`)."""
     check_options(spec, options, OPTIONS)
+    scheme = resolve_scheme(spec, options, random_init=random_init)
     per_batch = positive_int_option(
         spec, "frames_per_batch", options.get("frames_per_batch", DEFAULT_FRAMES_PER_BATCH)
     )
@@ -198,7 +218,7 @@ def load(
         model_cls=CLIPVisionModelWithProjection,
         read_config=read_vision_config,
         builtin_config=default_config,
-        random_init=random_init,
+        init_scheme=scheme,
         device=device,
     )
     preprocess = load_image_preprocess(loaded.path, CLIPImageProcessorPil, {})

@@ -1,30 +1,49 @@
 """FSFM ViT-B/16 face features, one row per 25 fps frame (PEERS.md "FSFM").
 
-Plain-PyTorch ViT (no timm) loading FSFM's checkpoints (``wolo-wolo/FSFM-CVPR25``):
-``checkpoint['model']`` holds ``patch_embed.proj``, ``cls_token``, ``pos_embed``,
-``blocks.<i>.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`` and a final norm;
-pre-training extras (``decoder*``, ``rep_decoder*``, ``projector``, ``predictor``,
-``mask_token``) and a fine-tuned classifier ``head`` are not loaded and are listed
-in ``unused_keys``. Architecture (width, depth, heads, patch, MLP) is read from
-tensor shapes; heads from the width (FSFM's ViT-S/B/L/H: 12/12/16/16; others 64 per head).
+Plain-PyTorch ViT (no timm) loading FSFM's checkpoints (``wolo-wolo/FSFM-CVPR25``),
+``checkpoint['model']`` in either of two layouts (:func:`split_state_dict`), both
+loaded strictly (every encoder weight present with its shape, anything else not
+listed below an error); keys outside the encoder are listed in ``unused_keys``:
+
+- ``fine-tuned`` (the default, the paper's): ``models_vit.VisionTransformer`` with
+  ``global_pool`` (``fsfm-3c/models_vit.py``), as ``main_finetune_DfD.py`` saves it
+  (``misc.save_model``: ``{"model", "optimizer", "epoch", "scaler", "args"}``):
+  encoder keys + ``fc_norm`` (no ``norm``) + the classifier ``head`` (unused);
+- ``pre-trained``: ``FSFMViT`` (``fsfm-3c/models_fsfm.py``): encoder keys + ``norm``
+  + pre-training extras (``decoder*``, ``rep_decoder*``, ``projector``,
+  ``predictor``, ``mask_token``; unused), or ``head`` (a ``--cls_token`` fine-tune).
+
+Encoder keys: ``patch_embed.proj``, ``cls_token``, ``pos_embed``,
+``blocks.<i>.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``. Architecture
+(width, depth, heads, patch, MLP) is read from tensor shapes; heads from the width
+(FSFM's ViT-S/B/L/H: 12/12/16/16; others 64 per head).
 
 Input: ``[T, 224, 224, 3]`` RGB face crops from :mod:`featstore.crops` (resized
-bicubic if another size), /255, normalised with FSFM's VGGFace2 mean/std.
+bicubic if another size), /255, normalised with FSFM's VGGFace2 mean/std (the
+fine-tuning reuses the pre-training's ``pretrain_ds_mean_std.txt``).
 
-Rows: the frame embedding is the mean of the patch tokens (the paper; default)
-or, with ``pooling="cls"``, the CLS token. Layers: ``i`` = tokens after block
-``i`` (0 = patch + position embeddings), pooled, no final norm. ``"last"``
-follows the checkpoint's own final norm, which FSFM's code applies differently:
+Rows. Layers ``i`` = tokens after block ``i`` (0 = patch + position embeddings),
+pooled (``pooling="mean"``: the mean of the patch tokens, CLS excluded, the default;
+``"cls"``: the CLS token), no final norm. ``"last"`` is the frame feature of the
+checkpoint's own model:
 
-- pre-trained (``FSFMViT``, has ``norm``): the encoder output is
-  ``norm(tokens)``; ``"last"`` pools the normalised tokens;
-- fine-tuned with ``global_pool`` (``models_vit``, has ``fc_norm``): the patch
-  tokens of the last block are averaged, then ``fc_norm`` is applied; ``"last"``
-  applies ``fc_norm`` to the pooled vector (CLS or mean).
+- fine-tuned: ``fc_norm(mean of the last block's patch tokens)``, exactly
+  ``models_vit.forward_features`` with ``global_pool`` (``x[:, 1:].mean(1)``: the CLS
+  token is excluded, then ``fc_norm``), what the classifier ``head`` reads;
+- pre-trained: the mean of ``norm(tokens)`` over the patch tokens (``FSFMViT``'s
+  encoder ends with ``norm``; the paper averages patch embeddings).
 
-Default checkpoint: ``checkpoint-400.pth``, FSFM ViT-B/16 pre-trained on VGGFace2
-(Hugging Face ``Wolowolo/fsfm-3c``, ``pretrained_models/VF2_ViT-B/``), looked up as
-a local path or in ``$FEATSTORE_CHECKPOINTS``.
+Default checkpoint: ``FF++_c23_32frames/checkpoint-min_val_loss.pth``, the paper's
+(Supp. B) FSFM ViT-B/16 (VGGFace2 pre-training, 400 epochs) fine-tuned on
+FaceForensics++ c23, 32 frames per video (Hugging Face ``Wolowolo/fsfm-3c``,
+``finetuned_models/FF++_c23_32frames/checkpoint-min_val_loss.pth``). Alternative:
+``VF2_ViT-B/checkpoint-400.pth``, the VGGFace2 pre-training alone
+(``pretrained_models/VF2_ViT-B/checkpoint-400.pth``). Either is looked up as a local
+path or under ``$FEATSTORE_CHECKPOINTS`` (keep the folder: the file names are generic).
+
+Random init (``random_init``): the architecture with FSFM's own from-scratch
+initialisation (:data:`INIT_SCHEME`, MAE's; :mod:`featstore.encoders.fsfm_init`) or,
+with ``random_init_scheme="bert"``, BERT-style.
 """
 
 from __future__ import annotations
@@ -34,6 +53,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,6 +68,8 @@ from featstore.encoders.base import (
     EncoderSpec,
 )
 from featstore.encoders.convert import register_converter
+from featstore.encoders.random_init import OPTION as INIT_OPTION
+from featstore.encoders.random_init import InitScheme, resolve_scheme
 from featstore.layout import LAST, Layer
 
 if TYPE_CHECKING:
@@ -57,6 +79,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FAMILY = "fsfm"
+DEFAULT_CHECKPOINT = "FF++_c23_32frames/checkpoint-min_val_loss.pth"
+PRETRAINED_CHECKPOINT = "VF2_ViT-B/checkpoint-400.pth"
+"""The documented alternative: FSFM's VGGFace2 pre-training alone (layout pre-trained)."""
+FINE_TUNED = "fine-tuned"
+PRE_TRAINED = "pre-trained"
+INIT_SCHEME = InitScheme(
+    name="fsfm-mae",
+    summary="FSFM's from-scratch initialisation: MAE's initialize_weights",
+    source="wolo-wolo/FSFM-CVPR25 fsfm-3c/models_fsfm.py FSFMViT.initialize_weights, util/pos_embed.py",
+    rules=(
+        ("pos_embed", "fixed 2-D sin-cos embedding (MAE's get_2d_sincos_pos_embed), CLS row 0"),
+        (
+            "patch_embed.proj weight",
+            "xavier_uniform on its [D, 3 * p * p] view (as a Linear): U(±sqrt(6 / (D + 3 * p * p)))",
+        ),
+        ("patch_embed.proj bias", "PyTorch default: U(±1/sqrt(3 * p * p))"),
+        ("cls_token", "N(0, 0.02)"),
+        ("Linear (attn.qkv, attn.proj, mlp.fc1, mlp.fc2)", "xavier_uniform, bias 0"),
+        ("LayerNorm (norm1, norm2, norm / fc_norm)", "weight 1, bias 0"),
+    ),
+)
 SPEC = EncoderSpec(
     name="fsfm",
     family=FAMILY,
@@ -65,8 +108,13 @@ SPEC = EncoderSpec(
     frame_hz=25.0,
     dim=768,
     n_layers=12,
-    default_checkpoint="checkpoint-400.pth",
-    description="FSFM ViT-B/16 (VGGFace2 pre-training), mean patch token per face crop",
+    default_checkpoint=DEFAULT_CHECKPOINT,
+    description=(
+        "FSFM ViT-B/16 fine-tuned on FF++ c23 (FF++_c23_32frames, the paper's): fc_norm of "
+        f"the mean patch token per face crop; alternative {PRETRAINED_CHECKPOINT} (VGGFace2 "
+        "pre-training: mean of the normed patch tokens)"
+    ),
+    init_scheme=INIT_SCHEME,
 )
 # VGGFace2 face statistics as FSFM publishes them (FSFM-CVPR25 fsfm-3c/util/datasets.py,
 # the fallback when no pretrain_ds_mean_std.txt is found; fsfm-3c/pretrain/main_pretrain.py)
@@ -76,23 +124,23 @@ LAYER_NORM_EPS = 1e-6
 FSFM_HEADS = {384: 12, 768: 12, 1024: 16, 1280: 16}
 """Heads by width in FSFM's ViT-S/B/L/H (its ViT-S has 12 heads of 32, not timm's 6)."""
 POOLINGS = ("mean", "cls")
-OPTIONS = ("pooling", "frames_per_batch")
+OPTIONS = ("pooling", "frames_per_batch", INIT_OPTION)
 DEFAULT_FRAMES_PER_BATCH = 32
-IGNORED_PREFIXES = (
-    "decoder",
-    "rep_decoder",
-    "projector.",
-    "predictor.",
-    "mask_token",
-    "head.",
-)
+PRETRAINING_PREFIXES = ("decoder", "rep_decoder", "projector.", "predictor.", "mask_token")
+HEAD_PREFIX = "head."
+UNUSED_PREFIXES = {
+    FINE_TUNED: (HEAD_PREFIX,),  # models_vit: the classifier
+    PRE_TRAINED: (*PRETRAINING_PREFIXES, HEAD_PREFIX),  # FSFMViT's heads; a --cls_token fine-tune
+}
+"""Keys outside the encoder each layout may hold (listed as unused, never loaded)."""
 
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """A ViT encoder; the default is FSFM's ViT-B/16 pre-trained model
-    (``fsfm_vit_base_patch16`` in FSFM-CVPR25 ``fsfm-3c/models_fsfm.py``: patch 16,
-    width 768, depth 12, 12 heads, MLP ratio 4, LayerNorm eps 1e-6, 224 px input)."""
+    """A ViT encoder; the default is the paper's fine-tuned FSFM ViT-B/16
+    (``vit_base_patch16`` with ``global_pool`` in FSFM-CVPR25 ``fsfm-3c/models_vit.py``,
+    the encoder of ``fsfm_vit_base_patch16`` in ``models_fsfm.py``: patch 16, width 768,
+    depth 12, 12 heads, MLP ratio 4, LayerNorm eps 1e-6, 224 px input, ``fc_norm``)."""
 
     img_size: int = 224
     patch_size: int = 16
@@ -100,7 +148,7 @@ class ViTConfig:
     depth: int = 12
     num_heads: int = 12
     mlp_dim: int = 3072
-    final_norm: str = "norm"  # "norm" (pre-trained) | "fc_norm" (fine-tuned, global pool)
+    final_norm: str = "fc_norm"  # "fc_norm" (fine-tuned, global pool) | "norm" (pre-trained)
 
     def __post_init__(self) -> None:
         if self.final_norm not in ("norm", "fc_norm"):
@@ -116,11 +164,21 @@ class ViTConfig:
             raise CheckpointError(f"invalid FSFM config {dict(data)}: {exc}") from None
 
 
-def split_state_dict(state: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Encoder weights and the names of the (ignored) pre-training / classifier keys."""
-    ignored = [k for k in state if k.startswith(IGNORED_PREFIXES)]
-    skip = set(ignored)
-    return {k: v for k, v in state.items() if k not in skip}, ignored
+def checkpoint_layout(state: Mapping[str, Any]) -> str:
+    """``fine-tuned`` (``fc_norm``, models_vit with global pool) or ``pre-trained`` (FSFMViT)."""
+    return FINE_TUNED if any(k.startswith("fc_norm.") for k in state) else PRE_TRAINED
+
+
+def split_state_dict(state: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], str]:
+    """(encoder candidates, the keys outside the encoder its layout holds, the layout).
+
+    Anything else left in the candidates (``norm`` beside ``fc_norm``, a stray key) is
+    caught by :func:`load_strict`.
+    """
+    layout = checkpoint_layout(state)
+    unused = sorted(k for k in state if k.startswith(UNUSED_PREFIXES[layout]))
+    skip = set(unused)
+    return {k: v for k, v in state.items() if k not in skip}, unused, layout
 
 
 def infer_config(state: Mapping[str, Any]) -> ViTConfig:
@@ -238,6 +296,7 @@ class FSFMEncoder(Encoder):
         device: str,
         compute_dtype: str,
         unused_keys: Sequence[str] = (),
+        random_init_scheme: InitScheme | None = None,
     ) -> None:
         layer_dims: dict[Layer, int] = dict.fromkeys(range(config.depth + 1), config.embed_dim)
         layer_dims[LAST] = config.embed_dim
@@ -249,12 +308,21 @@ class FSFMEncoder(Encoder):
             random_init=random_init,
             device=device,
             compute_dtype=compute_dtype,
+            random_init_scheme=random_init_scheme,
         )
         self.model = vit
         self.config = config
         self.pooling = pooling
         self.frames_per_batch = frames_per_batch
         self.unused_keys = list(unused_keys)
+
+    @property
+    def layout(self) -> str:
+        """``fine-tuned`` (``fc_norm``) or ``pre-trained`` (``norm``): what ``last`` means."""
+        return FINE_TUNED if self.config.final_norm == "fc_norm" else PRE_TRAINED
+
+    def info_extra(self) -> dict[str, Any]:
+        return {"fsfm_layout": self.layout, "pooling": self.pooling}
 
     def _frames(self, clip: Clip) -> np.ndarray:
         f = clip.frames
@@ -315,19 +383,47 @@ def _options(spec: EncoderSpec, options: Mapping[str, Any]) -> tuple[str, int]:
 
 
 def load_strict(vit: nn.Module, state: Mapping[str, Any], source: str) -> None:
-    """Every encoder weight present, none left over, shapes equal; else :class:`CheckpointError`."""
+    """Every encoder weight present with its shape and nothing else; else
+    :class:`CheckpointError` naming what is missing, unexpected or mis-shaped."""
     expected = vit.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [
-        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
     ]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{source} does not fit FSFM's ViT: missing {missing[:4]}, unexpected "
-            f"{unexpected[:4]}, wrong shape {wrong[:4]}"
-        )
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong)):
+        if keys:
+            more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
+            problems.append(f"{len(keys)} {label}: {', '.join(keys[:4])}{more}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit FSFM's ViT: " + "; ".join(problems))
     vit.load_state_dict({k: v.float() for k, v in state.items()})
+
+
+def read_checkpoint(path: Path, *, trust: bool) -> tuple[ViTConfig, Mapping[str, Any], list[str]]:
+    """(architecture, encoder weights, unused keys) of an FSFM file or converted directory."""
+    from featstore.encoders.checkpoints import load_checkpoint
+    from featstore.encoders.convert import is_converted, read_converted
+
+    if is_converted(path):
+        converted = read_converted(path, family=FAMILY)
+        unused = [str(k) for k in converted.extra.get("unused_keys", [])]
+        return ViTConfig.from_dict(converted.config), converted.state_dict, unused
+    raw = load_checkpoint(path, trust=trust)
+    model_state = raw.get("model", raw)
+    if not isinstance(model_state, Mapping):
+        raise CheckpointError(f"{path}: checkpoint['model'] is not a state dict")
+    state, unused, layout = split_state_dict(model_state)
+    config = infer_config(state)
+    if unused:
+        shown = ", ".join(unused[:6]) + (f" (+{len(unused) - 6} more)" if len(unused) > 6 else "")
+        log.info(
+            "%s (%s): %d keys outside the encoder not loaded: %s", path, layout, len(unused), shown
+        )
+    return config, state, unused
 
 
 def load(
@@ -341,12 +437,15 @@ def load(
     **options: Any,
 ) -> FSFMEncoder:
     """Loader registered as ``fsfm``. Options: ``pooling`` ("mean" | "cls"),
-    ``frames_per_batch`` (default 32); ``trust_checkpoint``: full ``torch.load``."""
-    from featstore.encoders.base import bert_init_, checkpoint_sha256
-    from featstore.encoders.checkpoints import find_local_checkpoint, load_checkpoint
-    from featstore.encoders.convert import is_converted, read_converted
+    ``frames_per_batch`` (default 32), ``random_init_scheme`` ("native": FSFM's MAE
+    initialisation, or "bert"); ``trust_checkpoint``: full ``torch.load``."""
+    from featstore.encoders.base import checkpoint_sha256
+    from featstore.encoders.checkpoints import find_local_checkpoint
+    from featstore.encoders.fsfm_init import init_random_
+    from featstore.encoders.random_init import seeded
 
     pooling, per_batch = _options(spec, options)
+    scheme = resolve_scheme(spec, options, random_init=random_init)
     if not checkpoint:
         raise CheckpointError(f"{spec.name} needs a checkpoint (an FSFM .pth file)")
     state: Mapping[str, Any] | None = None
@@ -357,26 +456,18 @@ def load(
     except CheckpointError:
         if not (random_init and checkpoint == spec.default_checkpoint):
             raise
-        config = ViTConfig()
+        config = ViTConfig()  # the default checkpoint's architecture
     else:
+        config, state, unused = read_checkpoint(path, trust=trust_checkpoint)
         sha = None if random_init else checkpoint_sha256(path)
-        if is_converted(path):
-            converted = read_converted(path, family=FAMILY)
-            config, state = ViTConfig.from_dict(converted.config), converted.state_dict
-        else:
-            raw = load_checkpoint(path, trust=trust_checkpoint)
-            model_state = raw.get("model", raw)
-            if not isinstance(model_state, Mapping):
-                raise CheckpointError(f"{path}: checkpoint['model'] is not a state dict")
-            state, unused = split_state_dict(model_state)
-            config = infer_config(state)
-            if unused:
-                log.info("%s: %d pre-training/classifier keys not loaded", path, len(unused))
-    vit = build_vit(config)
-    if random_init:
-        bert_init_(vit)
+    if scheme is not None:
+        with seeded():  # the constructor's defaults are part of the scheme
+            vit = build_vit(config)
+            init_random_(vit, config, scheme)
+        unused = []
     else:
-        assert state is not None
+        assert state is not None  # no file is an error unless random_init
+        vit = build_vit(config)
         load_strict(vit, state, str(checkpoint))
     vit.eval().to(device)
     return FSFMEncoder(
@@ -391,6 +482,7 @@ def load(
         device=device,
         compute_dtype=dtype,
         unused_keys=unused,
+        random_init_scheme=scheme,
     )
 
 

@@ -3,13 +3,18 @@
 - :func:`load_model`: a checkpoint (local directory or Hugging Face id resolved
   offline by :func:`~featstore.encoders.base.resolve_checkpoint`) -> its config and
   weights through transformers' own ``from_pretrained``, in eval mode on the
-  device, with the sha256 of its weight files. ``random_init=True`` builds the
-  same architecture from the config alone and applies
-  :func:`~featstore.encoders.base.bert_init_` (the paper's random baselines); a
-  directory holding only ``config.json`` is enough for that, and when the
-  family's default checkpoint is not in the local cache the family's built-in
-  copy of the default architecture's config is used, so ``--random-init`` works
-  with no download.
+  device, with the sha256 of its weight files. A random init (an
+  :class:`~featstore.encoders.random_init.InitScheme`) builds the same
+  architecture from the config alone, seeded: ``model_cls(config)``, whose
+  ``post_init`` runs the model's own ``_init_weights`` (the family's native
+  scheme, plus the family's ``fix_init`` where transformers' falls short), or
+  the BERT-style scheme; a directory holding only ``config.json`` is enough for
+  that, and when the family's default checkpoint is not in the local cache the
+  family's built-in copy of the default architecture's config is used, so
+  ``--random-init`` works with no download. Weights are read with
+  ``weights_only=True`` and no remote code; a ``pytorch_model.bin`` that is not a
+  plain ``torch.save`` file (e.g. TorchScript) is refused before transformers
+  sees it.
 - :class:`ImagePreprocess`: the image processors' resize / centre crop /
   rescale / normalise, run over a batch of frames, numerically equal to
   transformers' Pillow-based processors (``CLIPImageProcessorPil``,
@@ -44,10 +49,10 @@ from featstore.encoders.base import (
     EncoderError,
     EncoderSpec,
     autocast,
-    bert_init_,
     checkpoint_sha256,
     resolve_checkpoint,
 )
+from featstore.encoders.random_init import BERT, InitScheme, bert_init_, seeded
 from featstore.layout import LAST, Layer
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,7 @@ class LoadedModel:
     path: Path | None  # the resolved local directory; None: the built-in default config
     sha256: str | None  # of the weight files; None for random init
     device: str
+    init_scheme: InitScheme | None = None  # the random init applied (None: trained weights)
 
 
 class HFEncoder(Encoder):
@@ -98,6 +104,7 @@ class HFEncoder(Encoder):
             random_init=random_init,
             device=loaded.device,
             compute_dtype=compute_dtype,
+            random_init_scheme=loaded.init_scheme,
         )
         self.model = loaded.model
 
@@ -174,15 +181,18 @@ def load_model(
     model_cls: Any,
     read_config: Callable[[Path], Any],
     builtin_config: Callable[[], Any] | None,
-    random_init: bool,
+    init_scheme: InitScheme | None,
     device: str,
     allow_missing: Sequence[str] = (),
+    fix_init: Callable[[Any], None] | None = None,
 ) -> LoadedModel:
     """Load ``model_cls`` from a checkpoint through transformers' ``from_pretrained``.
 
     ``read_config(path)`` reads the checkpoint's config (e.g.
-    ``Wav2Vec2Config.from_pretrained``). With ``random_init`` the
-    weights are never read. Missing or mis-shaped weights raise
+    ``Wav2Vec2Config.from_pretrained``). With an ``init_scheme`` (random init) the
+    weights are never read: the model is built from the config with its own
+    ``_init_weights`` and ``fix_init`` (the family's native scheme) or re-initialised
+    BERT-style (:data:`~featstore.encoders.random_init.BERT`). Missing or mis-shaped weights raise
     :class:`CheckpointError` (weights named in ``allow_missing`` may be absent:
     they are not used for inference); extra weights (pre-training heads) are
     ignored.
@@ -190,6 +200,7 @@ def load_model(
     import torch
 
     device = check_device(device)
+    random_init = init_scheme is not None
     path = find_checkpoint(
         spec, checkpoint, random_init=random_init, has_builtin=builtin_config is not None
     )
@@ -206,15 +217,15 @@ def load_model(
     else:  # find_checkpoint returns None only when there is a built-in config
         raise CheckpointError(f"checkpoint {checkpoint} not found")
     sha256 = None
-    if random_init or path is None:  # path is None only with random_init
-        model = model_cls(config)
-        bert_init_(model)
+    if init_scheme is not None or path is None:  # path is None only with random_init
+        model = random_model(model_cls, config, init_scheme or BERT, fix_init=fix_init)
     else:
         if not has_weights(path):
             raise CheckpointError(
                 f"checkpoint {checkpoint} ({path}) has no weights ({' or '.join(WEIGHT_FILES)}); "
                 "pass random_init=True (--random-init) to use its architecture with random weights"
             )
+        check_pickled_weights(path, checkpoint)
         try:
             # quiet: transformers logs a table of every unused weight (e.g. CLIP's text
             # tower); what matters (missing or mis-shaped weights) is checked below
@@ -225,6 +236,8 @@ def load_model(
                     dtype=torch.float32,
                     output_loading_info=True,
                     ignore_mismatched_sizes=True,
+                    weights_only=True,  # a pytorch_model.bin is unpickled without code
+                    trust_remote_code=False,
                 )
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise CheckpointError(
@@ -244,8 +257,68 @@ def load_model(
         sha256 = checkpoint_sha256(path)
     model = model.float().eval().to(device)
     return LoadedModel(
-        model=model, config=config, checkpoint=checkpoint, path=path, sha256=sha256, device=device
+        model=model,
+        config=config,
+        checkpoint=checkpoint,
+        path=path,
+        sha256=sha256,
+        device=device,
+        init_scheme=init_scheme,
     )
+
+
+def random_model(
+    model_cls: Any,
+    config: Any,
+    scheme: InitScheme,
+    *,
+    fix_init: Callable[[Any], None] | None = None,
+) -> Any:
+    """``model_cls(config)`` with random weights, seeded (identical on every worker).
+
+    transformers' ``PreTrainedModel.post_init`` runs the model's own ``_init_weights``
+    on every module (checked in the tests: it does in transformers 5); ``fix_init``
+    then applies what that leaves undone. With :data:`BERT` the result is re-initialised
+    BERT-style instead.
+    """
+    with seeded():
+        model = model_cls(config)
+        if scheme is BERT:
+            bert_init_(model)
+        elif fix_init is not None:
+            fix_init(model)
+    return model
+
+
+def check_pickled_weights(path: Path, checkpoint: str) -> None:
+    """Refuse pickled weight files transformers would load that are not plain ``torch.save``
+    files (TorchScript, legacy tar, anything else), before ``from_pretrained`` opens them.
+
+    transformers prefers ``model.safetensors``; when it is absent it ``torch.load``s
+    ``pytorch_model.bin`` (or the shards its index names) with ``weights_only=True``.
+    """
+    from featstore.encoders import checkpoint_format as formats
+
+    if any((path / name).is_file() for name in ("model.safetensors", WEIGHT_INDEXES[0])):
+        return
+    files = [path / WEIGHT_FILES[1]]
+    index = path / WEIGHT_INDEXES[1]
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+        except (OSError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"cannot read {index}: {exc}") from None
+        files = [path / str(name) for name in sorted(set(weight_map.values()))]
+    for file in files:
+        if not file.is_file():
+            continue  # transformers reports what is missing
+        kind = formats.inspect_checkpoint(file)
+        if kind.kind not in formats.RESTRICTED:
+            raise CheckpointError(
+                f"checkpoint {checkpoint}: {file.name} is {kind.detail}, not a torch.save "
+                "weights file; featstore refuses it (loading it could run code). Use the "
+                "checkpoint's model.safetensors"
+            )
 
 
 @contextlib.contextmanager

@@ -43,8 +43,20 @@ from featstore.encoders.hf import (
     positive_int_option,
     to_numpy,
 )
+from featstore.encoders.random_init import OPTION as INIT_OPTION
+from featstore.encoders.random_init import InitScheme, resolve_scheme
 from featstore.layout import LAST, Layer
 
+INIT_SCHEME = InitScheme(
+    name="videomae-hf",
+    summary="the model's own _init_weights (transformers' generic PreTrainedModel scheme)",
+    source="transformers PreTrainedModel._init_weights (VideoMAE defines none), run by post_init",
+    rules=(
+        ("Linear (attention, MLP), tubelet Conv3d", "N(0, initializer_range = 0.02), bias 0"),
+        ("LayerNorm", "weight 1, bias 0"),
+        ("position embeddings", "fixed sinusoid table (not a parameter)"),
+    ),
+)
 SPEC = EncoderSpec(
     name="videomae",
     family="videomae",
@@ -55,9 +67,10 @@ SPEC = EncoderSpec(
     n_layers=24,
     default_checkpoint="MCG-NJU/videomae-large",
     description="VideoMAE: 16-frame windows (stride 16), mean patch token per tubelet step",
+    init_scheme=INIT_SCHEME,
 )
 
-OPTIONS = ("windows_per_batch", "preprocess_threads")
+OPTIONS = ("windows_per_batch", "preprocess_threads", INIT_OPTION)
 DEFAULT_WINDOWS_PER_BATCH = 4
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -189,8 +202,10 @@ def load(
     **options: Any,
 ) -> VideoMAEEncoder:
     """Loader registered as ``videomae``. Options: ``windows_per_batch`` (16-frame
-    windows per forward, default 4), ``preprocess_threads`` (default up to 4)."""
+    windows per forward, default 4), ``preprocess_threads`` (default up to 4),
+    ``random_init_scheme`` (:mod:`~featstore.encoders.random_init`)."""
     check_options(spec, options, OPTIONS)
+    scheme = resolve_scheme(spec, options, random_init=random_init)
     per_batch = positive_int_option(
         spec, "windows_per_batch", options.get("windows_per_batch", DEFAULT_WINDOWS_PER_BATCH)
     )
@@ -208,7 +223,7 @@ def load(
         model_cls=VideoMAEModel,
         read_config=VideoMAEConfig.from_pretrained,
         builtin_config=default_config,
-        random_init=random_init,
+        init_scheme=scheme,
         device=device,
     )
     preprocess = load_image_preprocess(

@@ -57,9 +57,35 @@ from featstore.encoders.hf import (
     read_preprocessor_config,
     to_numpy,
 )
+from featstore.encoders.random_init import OPTION as INIT_OPTION
+from featstore.encoders.random_init import InitScheme, resolve_scheme
 from featstore.layout import LAST, Layer
 from featstore.timebase import SAMPLE_RATE_HZ, pair_frames
 
+INIT_SCHEME = InitScheme(
+    name="wav2vec2-hf",
+    summary="the model's own _init_weights (transformers), which is fairseq wav2vec 2.0's scheme",
+    source=(
+        "transformers Wav2Vec2PreTrainedModel._init_weights, run by Wav2Vec2Model(config) "
+        "(post_init); fairseq wav2vec2.py for the positional conv"
+    ),
+    rules=(
+        ("Linear (attention q/k/v/out, feed-forward)", "N(0, initializer_range = 0.02), bias 0"),
+        ("feature projection Linear", "weight and bias U(-1/sqrt(in), 1/sqrt(in))"),
+        (
+            "feature-encoder Conv1d",
+            "He normal (kaiming_normal_, fan_in); bias U(±sqrt(groups / (in * k)))",
+        ),
+        (
+            "positional Conv1d (weight norm over dim 2)",
+            "effective weight N(0, 2 * sqrt(1 / (k * C))), g = ||v||, bias 0. transformers 5 "
+            "writes this into weight norm's recomputed weight, where it is lost (the conv "
+            "keeps PyTorch's default); featstore applies it to the weight-norm parameters",
+        ),
+        ("LayerNorm, GroupNorm", "weight 1, bias 0"),
+        ("masked_spec_embed (training only)", "U(0, 1)"),
+    ),
+)
 SPEC = EncoderSpec(
     name="wav2vec2",
     family="wav2vec2",
@@ -70,10 +96,11 @@ SPEC = EncoderSpec(
     n_layers=48,
     default_checkpoint="facebook/wav2vec2-xls-r-2b",
     description="wav2vec2 / XLS-R hidden states, 50 Hz frames paired to 25 Hz (2x hidden size)",
+    init_scheme=INIT_SCHEME,
 )
 
 DEFAULT_MAX_BATCH_SAMPLES = 320 * SAMPLE_RATE_HZ  # padded samples per forward (320 s of audio)
-OPTIONS = ("max_batch_samples",)
+OPTIONS = ("max_batch_samples", INIT_OPTION)
 MAX_PAD_FRACTION = 0.1  # the most a clip in a batch is padded, relative to its length
 
 
@@ -100,6 +127,33 @@ def default_config() -> Any:
         num_conv_pos_embedding_groups=16,
         mask_time_prob=0.075,
     )
+
+
+def init_positional_conv_(model: Any) -> None:
+    """The positional conv's initialisation as ``_init_weights`` means it (and fairseq does
+    it): effective weight ``N(0, 2 * sqrt(1 / (k * C)))`` with ``g = ||v||``, bias 0.
+
+    transformers 5's ``_init_weights`` draws it into the recomputed weight of the
+    weight-norm parametrization, which is discarded, so the conv keeps PyTorch's
+    default; assigning the weight goes through the parametrization's ``right_inverse``
+    (``g = ||w||`` per kernel position, ``v = w``). Uses the global generator
+    (:func:`~featstore.encoders.random_init.seeded` around the build).
+    """
+    import math
+
+    import torch
+
+    conv = model.encoder.pos_conv_embed.conv
+    kernel, channels = conv.kernel_size[0], conv.in_channels
+    std = 2 * math.sqrt(1 / (kernel * channels))
+    with torch.no_grad():
+        weight = torch.randn(conv.weight.shape) * std  # [C, C / groups, k]
+        if hasattr(conv, "parametrizations"):
+            conv.weight = weight
+        else:  # the older torch.nn.utils.weight_norm: weight_g [1, 1, k], weight_v
+            conv.weight_v.copy_(weight)
+            conv.weight_g.copy_(torch.norm_except_dim(weight, 2, 2))
+        conv.bias.zero_()
 
 
 def conv_frames(n_samples: int, kernels: Sequence[int], strides: Sequence[int]) -> int:
@@ -252,8 +306,10 @@ def load(
     **options: Any,
 ) -> Wav2Vec2Encoder:
     """Loader registered as ``wav2vec2``. Option: ``max_batch_samples`` (padded
-    samples per forward, default 320 s of audio)."""
+    samples per forward, default 320 s of audio), ``random_init_scheme``
+    (:mod:`~featstore.encoders.random_init`)."""
     check_options(spec, options, OPTIONS)
+    scheme = resolve_scheme(spec, options, random_init=random_init)
     max_batch = positive_int_option(
         spec, "max_batch_samples", options.get("max_batch_samples", DEFAULT_MAX_BATCH_SAMPLES)
     )
@@ -265,9 +321,10 @@ def load(
         model_cls=Wav2Vec2Model,
         read_config=Wav2Vec2Config.from_pretrained,
         builtin_config=default_config,
-        random_init=random_init,
+        init_scheme=scheme,
         device=device,
         allow_missing=("masked_spec_embed",),  # SpecAugment's mask vector, training only
+        fix_init=init_positional_conv_,
     )
     preprocessor = read_preprocessor_config(loaded.path)
     if preprocessor is not None and "do_normalize" in preprocessor:

@@ -27,8 +27,10 @@ checkpoint directory ``$FEATSTORE_CHECKPOINTS`` (default
 ``~/.cache/featstore/checkpoints``); pass ``checkpoint=`` to point elsewhere. They
 are read with the restricted unpickler (no code runs) or, once converted with
 ``featstore encoders convert``, from safetensors. Strict: every encoder weight must
-be present and used; the decoder and CTC heads are listed in ``unused_keys``. With ``random_init`` and no such file, the published architecture is
-built with BERT-style random weights.
+be present and used; the decoder and CTC heads are listed in ``unused_keys``. With
+``random_init`` and no such file, the published architecture is built with random
+weights: Auto-AVSR's own initialisation (:data:`INIT_SCHEME`) or, with option
+``random_init_scheme="bert"``, BERT-style.
 
 >>> enc = load_encoder("autoavsr-vsr", "~/models/LRS3_V_WER19.1.pth")  # doctest: +SKIP
 >>> enc.encode([Clip("v", frames=mouth)], ["last"])[0]["last"].shape  # doctest: +SKIP
@@ -42,12 +44,35 @@ from typing import TYPE_CHECKING, Any
 from featstore.encoders import register
 from featstore.encoders.base import CheckpointError, Encoder, EncoderError, EncoderSpec
 from featstore.encoders.convert import register_converter
+from featstore.encoders.random_init import OPTION as INIT_OPTION
+from featstore.encoders.random_init import InitScheme, resolve_scheme
 
 if TYPE_CHECKING:
     from featstore.encoders.autoavsr.encoder import AutoAVSREncoder
 
 FAMILY = "autoavsr"
-_COMMON = dict(family=FAMILY, crop="mouth", frame_hz=25.0, dim=768, n_layers=12)
+INIT_SCHEME = InitScheme(
+    name="autoavsr-pytorch",
+    summary=(
+        "Auto-AVSR's construction: PyTorch's defaults (its E2E model and espnet modules "
+        "apply no initialisation of their own) and xavier-uniform attention position biases"
+    ),
+    source=(
+        "mpc001/auto_avsr espnet/nets/pytorch_backend/e2e_asr_conformer.py (E2E), "
+        "transformer/attention.py (RelPositionMultiHeadedAttention)"
+    ),
+    rules=(
+        (
+            "Conv1d/2d/3d (ResNet front ends, conformer conv module), Linear",
+            "PyTorch default: weight and bias U(±1/sqrt(fan_in))",
+        ),
+        ("BatchNorm, LayerNorm", "weight 1, bias 0 (running mean 0, var 1)"),
+        ("attention pos_bias_u, pos_bias_v [heads, d_k]", "xavier_uniform"),
+    ),
+)
+_COMMON = dict(
+    family=FAMILY, crop="mouth", frame_hz=25.0, dim=768, n_layers=12, init_scheme=INIT_SCHEME
+)
 
 SPECS = (
     EncoderSpec(
@@ -90,7 +115,9 @@ def load(
     checkpoint directory, see :func:`~featstore.encoders.checkpoints.find_local_checkpoint`)
     or a directory written by ``featstore encoders convert``. ``random_init``: that
     checkpoint's architecture (the published one when the default file is absent)
-    with random weights. ``trust_checkpoint``: read the pickle with full ``torch.load``.
+    with random weights, initialised with option ``random_init_scheme`` ("native":
+    :data:`INIT_SCHEME`, or "bert"). ``trust_checkpoint``: read the pickle with full
+    ``torch.load``.
     """
     from featstore.encoders.autoavsr.config import AutoAVSRConfig
     from featstore.encoders.autoavsr.encoder import build_encoder
@@ -98,11 +125,13 @@ def load(
     from featstore.encoders.checkpoints import find_local_checkpoint
     from featstore.encoders.convert import is_converted, read_converted
 
-    if options:
-        raise EncoderError(f"{spec.name} takes no options, got {sorted(options)}")
+    unknown = sorted(set(options) - {INIT_OPTION})
+    if unknown:
+        raise EncoderError(f"{spec.name} takes only option {INIT_OPTION}, got {unknown}")
+    scheme = resolve_scheme(spec, options, random_init=random_init)
     if not checkpoint:
         raise CheckpointError(f"{spec.name} needs a checkpoint (an Auto-AVSR .pth file)")
-    common = dict(checkpoint=checkpoint, device=device, dtype=dtype, random_init=random_init)
+    common = dict(checkpoint=checkpoint, device=device, dtype=dtype, init_scheme=scheme)
     try:
         path = find_local_checkpoint(checkpoint)
     except CheckpointError:

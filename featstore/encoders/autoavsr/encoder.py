@@ -24,9 +24,9 @@ from featstore.encoders.base import (
     Encoder,
     EncoderSpec,
     autocast,
-    bert_init_,
     pad_batch,
 )
+from featstore.encoders.random_init import BERT, InitScheme, bert_init_, seeded
 from featstore.encoders.resnet import AUDIO_SAMPLES_PER_STEP
 from featstore.layout import LAST, Layer
 
@@ -106,6 +106,7 @@ class AutoAVSREncoder(Encoder):
         device: str,
         compute_dtype: str,
         unused_keys: Sequence[str] = (),
+        random_init_scheme: InitScheme | None = None,
     ) -> None:
         branches = [b for b in (config.video, config.audio) if b is not None]
         hidden = sum(b.d_model for b in branches)  # AV: video and audio states concatenated
@@ -119,6 +120,7 @@ class AutoAVSREncoder(Encoder):
             random_init=random_init,
             device=device,
             compute_dtype=compute_dtype,
+            random_init_scheme=random_init_scheme,
         )
         self.model = model
         self.config = config
@@ -226,17 +228,18 @@ def build_encoder(
     checkpoint_sha256: str | None,
     device: str,
     dtype: str,
-    random_init: bool,
+    init_scheme: InitScheme | None,
     config: AutoAVSRConfig | None = None,
     state: Mapping[str, torch.Tensor] | None = None,
     trust: bool = False,
 ) -> AutoAVSREncoder:
-    """Build, fill (or randomly initialise) and wrap the model.
+    """Build, fill (or randomly initialise with ``init_scheme``) and wrap the model.
 
     ``path``: an original ``.pth`` checkpoint to read (``config``/``state`` unused), or
-    None with ``config`` (and ``state`` unless ``random_init``) given directly, as
-    converted checkpoints and the built-in default architecture are.
+    None with ``config`` (and ``state`` unless random) given directly, as converted
+    checkpoints and the built-in default architecture are.
     """
+    random_init = init_scheme is not None
     ignored: list[str] = []
     if path is not None:
         canon = canonical_state_dict(read_state_dict(path, trust=trust))
@@ -257,12 +260,14 @@ def build_encoder(
         config = default_config(spec.modality)
     if config.modality != spec.modality:
         raise CheckpointError(f"{spec.name} needs a {spec.modality} model, got {config.modality}")
-    model = build_model(config)
-    if random_init:
-        bert_init_(model)
+    if init_scheme is not None:
+        with seeded():  # the constructors' defaults are part of the scheme
+            model = build_model(config)
+            init_random_(model, init_scheme)
     elif state is None:
         raise CheckpointError(f"{spec.name}: no weights to load (pass random_init=True)")
     else:
+        model = build_model(config)
         load_strict(model, state, str(path or checkpoint))
     model.eval().to(device)
     return AutoAVSREncoder(
@@ -275,4 +280,27 @@ def build_encoder(
         device=device,
         compute_dtype=dtype,
         unused_keys=ignored,
+        random_init_scheme=init_scheme,
     )
+
+
+def init_random_(model: torch.nn.Module, scheme: InitScheme) -> None:
+    """Auto-AVSR's own scheme on a model just built with PyTorch's defaults, or :data:`BERT`.
+
+    Auto-AVSR's ``E2E`` (``espnet/nets/pytorch_backend/e2e_asr_conformer.py``, and the
+    older audio-visual model) applies no initialisation of its own (no espnet
+    ``initialize``): every Conv/Linear/BatchNorm/LayerNorm keeps PyTorch's default;
+    only ``RelPositionMultiHeadedAttention`` draws ``pos_bias_u``/``pos_bias_v`` with
+    ``xavier_uniform_`` (``transformer/attention.py``). Uses the global generator
+    (:func:`~featstore.encoders.random_init.seeded`).
+    """
+    from featstore.encoders.autoavsr.conformer import RelPositionMultiHeadedAttention
+
+    if scheme is BERT:
+        bert_init_(model)
+        return
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, RelPositionMultiHeadedAttention):
+                torch.nn.init.xavier_uniform_(m.pos_bias_u)  # [heads, d_k]
+                torch.nn.init.xavier_uniform_(m.pos_bias_v)

@@ -18,9 +18,12 @@ where the default name resolves. Loading unpickles it with the restricted loader
 safetensors directory that loads without unpickling.
 
 Loader options: ``trust_checkpoint`` (bool), ``max_batch_frames`` (padded frames per
-forward, default 1500), ``arch`` (``"large"``/``"base"``, random init only).
+forward, default 1500), ``arch`` (``"large"``/``"base"``, random init only),
+``random_init_scheme`` (``"native"``: :data:`INIT_SCHEME`, AV-HuBERT's own from-scratch
+initialisation; ``"bert"``: :data:`~featstore.encoders.random_init.BERT`).
 Modules: ``config`` (torch-free settings), ``model`` (the network), ``weights``
-(checkpoint loading), ``encoder`` (inputs, batching, rows).
+(checkpoint loading), ``init`` (random initialisation), ``encoder`` (inputs, batching,
+rows).
 """
 
 from __future__ import annotations
@@ -30,17 +33,56 @@ from typing import TYPE_CHECKING, Any
 from featstore.encoders import register
 from featstore.encoders.base import EncoderError, EncoderSpec
 from featstore.encoders.convert import register_converter
+from featstore.encoders.random_init import OPTION as INIT_OPTION
+from featstore.encoders.random_init import InitScheme, resolve_scheme
 
 if TYPE_CHECKING:
     import torch
 
     from featstore.encoders.base import Encoder
 
-__all__ = ["AVHUBERT_A", "AVHUBERT_AV", "AVHUBERT_V", "DEFAULT_CHECKPOINT", "load", "to_converted"]
+__all__ = [
+    "AVHUBERT_A",
+    "AVHUBERT_AV",
+    "AVHUBERT_V",
+    "DEFAULT_CHECKPOINT",
+    "INIT_SCHEME",
+    "load",
+    "to_converted",
+]
 
 DEFAULT_CHECKPOINT = "self_large_vox_433h.pt"
 FAMILY = "avhubert"
-OPTIONS = ("trust_checkpoint", "max_batch_frames", "arch")
+OPTIONS = ("trust_checkpoint", "max_batch_frames", "arch", INIT_OPTION)
+
+INIT_SCHEME = InitScheme(
+    name="avhubert-fairseq",
+    summary=(
+        "AV-HuBERT's from-scratch initialisation: what AVHubertModel(cfg) builds "
+        "(fairseq init_bert_params on the transformer encoder, He-normal ResNet trunk)"
+    ),
+    source=(
+        "facebookresearch/av_hubert avhubert/hubert.py, avhubert/resnet.py; fairseq "
+        "(commit afc77bd) wav2vec2.py TransformerEncoder, init_bert_params"
+    ),
+    rules=(
+        ("3-D stem Conv3d (no bias)", "PyTorch default: U(±1/sqrt(fan_in)), fan_in = 5*7*7"),
+        ("ResNet trunk Conv2d (incl. 1x1 downsample)", "N(0, sqrt(2 / (k * k * out_channels)))"),
+        ("BatchNorm3d/2d", "weight 1, bias 0 (running mean 0, var 1)"),
+        ("PReLU", "slopes 0.25"),
+        (
+            "front-end projections (audio 104->D, video 512->D), post_extract_proj (2D->D)",
+            "PyTorch default Linear: weight and bias U(±1/sqrt(fan_in)) (init_bert_params "
+            "does not reach them, though the paper's Supp. D says Linear layers are BERT-style)",
+        ),
+        ("encoder Linear (q/k/v/out_proj, fc1, fc2)", "N(0, 0.02), bias 0 (init_bert_params)"),
+        (
+            "positional conv (weight norm over dim 2)",
+            "v ~ N(0, sqrt(4 / (k * D))), g = ||v|| (effective weight = v), bias 0",
+        ),
+        ("LayerNorm (fusion, encoder)", "weight 1, bias 0"),
+    ),
+)
 
 _COMMON: dict[str, Any] = dict(
     family=FAMILY,
@@ -49,6 +91,7 @@ _COMMON: dict[str, Any] = dict(
     dim=1024,
     n_layers=24,
     default_checkpoint=DEFAULT_CHECKPOINT,
+    init_scheme=INIT_SCHEME,
 )
 AVHUBERT_A = EncoderSpec(
     name="avhubert-a",
@@ -92,6 +135,7 @@ def load(
         or max_batch_frames < 1
     ):
         raise EncoderError(f"max_batch_frames must be a positive integer, got {max_batch_frames!r}")
+    scheme = resolve_scheme(spec, options, random_init=random_init)
 
     import torch
 
@@ -104,7 +148,7 @@ def load(
     loaded = load_avhubert(
         checkpoint,
         default_checkpoint=spec.default_checkpoint,
-        random_init=random_init,
+        init_scheme=scheme,
         trust=bool(options.get("trust_checkpoint", False)),
         arch=options.get("arch"),
     )

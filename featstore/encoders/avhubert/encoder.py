@@ -91,6 +91,7 @@ class AVHubertEncoder(Encoder):
             random_init=random_init,
             device=device,
             compute_dtype=compute_dtype,
+            random_init_scheme=loaded.init_scheme,
         )
         self.model: AVHubertModel = loaded.model.to(device).eval()
         self.config = config

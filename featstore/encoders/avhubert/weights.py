@@ -32,9 +32,10 @@ from featstore.encoders.avhubert.config import (
     config_from_checkpoint,
 )
 from featstore.encoders.avhubert.model import AVHubertModel
-from featstore.encoders.base import CheckpointError, bert_init_, checkpoint_sha256
+from featstore.encoders.base import CheckpointError, checkpoint_sha256
 from featstore.encoders.checkpoints import find_local_checkpoint, load_checkpoint, plain
 from featstore.encoders.convert import is_converted, read_converted
+from featstore.encoders.random_init import InitScheme, seeded
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class LoadedAVHubert:
     sha256: str | None
     finetuned: bool = False
     unused_keys: list[str] = field(default_factory=list)
+    init_scheme: InitScheme | None = None  # the random init applied (None: trained weights)
 
 
 def split_state_dict(
@@ -113,18 +115,6 @@ def _assign(model: AVHubertModel, weights: Mapping[str, torch.Tensor], source: s
     return [k for k in weights if k not in expected]
 
 
-def random_init_(model: AVHubertModel) -> None:
-    """The paper's random baseline: BERT-style init, and the weight-normed positional conv's
-    effective weight drawn N(0, 0.02) as well (``g = ||v||``)."""
-    bert_init_(model)
-    conv = model.encoder.pos_conv[0]
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        conv.weight_v.copy_(torch.randn(conv.weight_v.shape, generator=gen) * 0.02)
-        conv.weight_g.copy_(conv.weight_v.norm(dim=(0, 1), keepdim=True))
-        conv.bias.zero_()
-
-
 def _checkpoint_config(ckpt: Mapping[str, Any], source: str) -> Any:
     cfg = ckpt.get("cfg")
     if cfg is None:
@@ -168,34 +158,35 @@ def load_avhubert(
     checkpoint: str | None,
     *,
     default_checkpoint: str | None,
-    random_init: bool = False,
+    init_scheme: InitScheme | None = None,
     trust: bool = False,
     arch: str | None = None,
 ) -> LoadedAVHubert:
     """Build the model from a fairseq file or a converted dir (or a built-in arch for random init).
 
-    ``random_init``: the checkpoint's architecture (its weights are not used); when the
-    checkpoint is the default one and not here, or ``arch`` ("large"/"base") is given,
-    the built-in architecture.
+    ``init_scheme`` (random init): the checkpoint's architecture initialised with that
+    scheme (its weights are not used); when the checkpoint is the default one and not
+    here, or ``arch`` ("large"/"base") is given, the built-in architecture.
     """
+    random_init = init_scheme is not None
     if arch is not None and arch not in ARCHES:
         raise CheckpointError(f"arch must be one of {sorted(ARCHES)}, got {arch!r}")
     if arch is not None and not random_init:
         raise CheckpointError("arch is only for random_init; a checkpoint decides its architecture")
-    if random_init and (arch is not None or checkpoint is None):
-        return _random(ARCHES[arch or "large"], None)
+    if init_scheme is not None and (arch is not None or checkpoint is None):
+        return _random(ARCHES[arch or "large"], None, init_scheme)
     if not checkpoint:
         raise CheckpointError("AV-HuBERT needs a checkpoint (a fairseq .pt file or converted dir)")
     try:
         path = find_local_checkpoint(checkpoint)
     except CheckpointError:
-        if random_init and checkpoint == default_checkpoint:
+        if init_scheme is not None and checkpoint == default_checkpoint:
             log.info("%s not found: random init of the built-in large architecture", checkpoint)
-            return _random(LARGE, None)
+            return _random(LARGE, None, init_scheme)
         raise
     config, weights, others, finetuned, source_sha = _read(path, trust=trust)
-    if random_init:
-        return _random(config, str(path))
+    if init_scheme is not None:
+        return _random(config, str(path), init_scheme)
     model = AVHubertModel(config)
     unused = sorted(set(others) | set(_assign(model, weights, str(path))))
     if unused:
@@ -212,8 +203,13 @@ def load_avhubert(
     )
 
 
-def _random(config: AVHubertConfig, checkpoint: str | None) -> LoadedAVHubert:
-    model = AVHubertModel(config)
-    random_init_(model)
+def _random(config: AVHubertConfig, checkpoint: str | None, scheme: InitScheme) -> LoadedAVHubert:
+    from featstore.encoders.avhubert.init import init_random_
+
+    with seeded():  # the constructors' defaults are part of the scheme: same on every worker
+        model = AVHubertModel(config)
+        init_random_(model, scheme)
     model.eval()
-    return LoadedAVHubert(model=model, config=config, checkpoint=checkpoint, sha256=None)
+    return LoadedAVHubert(
+        model=model, config=config, checkpoint=checkpoint, sha256=None, init_scheme=scheme
+    )
