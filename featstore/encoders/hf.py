@@ -217,9 +217,10 @@ def load_model(
     else:  # find_checkpoint returns None only when there is a built-in config
         raise CheckpointError(f"checkpoint {checkpoint} not found")
     sha256 = None
-    if init_scheme is not None or path is None:  # path is None only with random_init
-        model = random_model(model_cls, config, init_scheme or BERT, fix_init=fix_init)
+    if init_scheme is not None:
+        model = random_model(model_cls, config, init_scheme, fix_init=fix_init)
     else:
+        assert path is not None  # find_checkpoint returns None only for a random init
         if not has_weights(path):
             raise CheckpointError(
                 f"checkpoint {checkpoint} ({path}) has no weights ({' or '.join(WEIGHT_FILES)}); "
