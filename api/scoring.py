@@ -340,6 +340,7 @@ class ScoringService:
         """Score the media file at ``path`` with ``runs`` (default: every upload run)."""
         import os
 
+        from featstore.decode_limits import DecodeLimits
         from featstore.extract.decode import prepare_clip
 
         chosen = self.upload_runs(runs)
@@ -351,7 +352,13 @@ class ScoringService:
             slot = self.encoders[key]
             t0 = time.perf_counter()
             prepared = await asyncio.to_thread(
-                prepare_clip, "upload", path, spec=slot.encoder.spec, n_rows=slot.encoder.n_rows
+                prepare_clip,
+                "upload",
+                path,
+                spec=slot.encoder.spec,
+                n_rows=slot.encoder.n_rows,
+                # decoding stops at the limit even when the header lies about the duration
+                limits=DecodeLimits(max_duration_s=self.settings.max_duration_s),
             )
             t1 = time.perf_counter()
             limit_s = self.settings.max_duration_s

@@ -10,6 +10,12 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
+from featstore.decode_limits import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_MAX_DURATION_S,
+    DEFAULT_MAX_FRAME_PIXELS,
+    DecodeLimits,
+)
 from featstore.extract.plan import DEFAULT_BATCH_FRAMES, DEFAULT_NUM_WORKERS, format_bytes
 
 
@@ -57,6 +63,17 @@ def parse_options(items: Sequence[str], *, trust_checkpoint: bool = False) -> di
     if trust_checkpoint:
         options["trust_checkpoint"] = True
     return options
+
+
+def decode_limits(
+    max_duration_s: float, max_frame_pixels: int, max_decode_mb: float
+) -> DecodeLimits:
+    """The ``--max-*`` options as :class:`DecodeLimits` (0 lifts a bound; negative is an error)."""
+    return DecodeLimits(
+        max_duration_s=max_duration_s or None,
+        max_frame_pixels=max_frame_pixels or None,
+        max_decoded_bytes=round(max_decode_mb * 2**20) or None,
+    )
 
 
 def extract_command(
@@ -125,12 +142,30 @@ def extract_command(
         None, "--cluster", help="Run on Dask: 'local' or a scheduler address tcp://HOST:PORT."
     ),
     n_workers: int = typer.Option(2, "--n-workers", help="Worker processes for --cluster local."),
+    max_duration_s: float = typer.Option(
+        DEFAULT_MAX_DURATION_S,
+        "--max-duration-s",
+        help="A video lasting longer fails (checked on its header and while decoding); 0: no "
+        "limit.",
+    ),
+    max_frame_pixels: int = typer.Option(
+        DEFAULT_MAX_FRAME_PIXELS,
+        "--max-frame-pixels",
+        help="A video whose frames have more pixels fails (default 3840x2160); 0: no limit.",
+    ),
+    max_decode_mb: float = typer.Option(
+        DEFAULT_MAX_DECODED_BYTES / 2**20,
+        "--max-decode-mb",
+        help="A video whose decoded frames + audio take more MiB fails (bounds the memory "
+        "per video); 0: no limit.",
+    ),
 ) -> None:
     """Extract an encoder's per-frame features of a dataset into the store (resumable)."""
     from featstore.extract import extract, plan_extraction
 
     options = parse_options(option, trust_checkpoint=trust_checkpoint)
     with user_errors():
+        limits = decode_limits(max_duration_s, max_frame_pixels, max_decode_mb)
         if dry_run:
             plan = plan_extraction(
                 store,
@@ -144,6 +179,7 @@ def extract_command(
                 limit=limit,
                 store_as=store_as,
                 encoder_options=options,
+                decode_limits=limits,
             )
             _print_plan(plan)
             return
@@ -167,6 +203,7 @@ def extract_command(
                     n_workers=n_workers,
                     store_as=store_as,
                     encoder_options=options,
+                    decode_limits=limits,
                 )
         except KeyboardInterrupt:
             typer.secho(

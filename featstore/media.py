@@ -10,12 +10,19 @@
   last source frame with ``pts <= k / fps``, times counted from the first decoded
   frame. This handles 24/30/60 fps and variable frame rate alike. Output frames
   exist while ``k / fps`` is before the end of the last source frame.
-- Audio is resampled with PyAV's ``AudioResampler`` to float32 at 16 kHz and
-  downmixed to mono as the mean of the channels (a stereo file with two equal
-  channels gives the same samples as its mono version). Audio is aligned to the
+- Audio is converted to float32 mono at 16 kHz by one FFmpeg filter graph
+  (:class:`featstore.downmix.MonoResampler`): the mono mix is the mean of the
+  channels, whatever their number or layout, made before any array exists (so
+  a stereo file with two equal channels gives the samples of its mono version,
+  and 7.1 audio no longer crashes PyAV). Audio is aligned to the
   video: sample ``i`` is at ``video_start + i / sample_rate_hz``; audio before the
   first video frame is dropped and a late audio start is padded with zeros.
   Files without video use the audio's own start.
+- Every decode is bounded by a :class:`~featstore.decode_limits.DecodeLimits`
+  (default: 600 s, 3840x2160 pixels per frame, 4 GiB of decoded arrays per
+  clip), checked against the headers first and then against the decoded media
+  as it comes, so a header that lies cannot make decoding run past a bound;
+  a ``MemoryError`` while decoding becomes that file's ``DecodeMemoryError``.
 - Truncated media: when decoding ends clearly before a stream's declared
   duration (by more than ``max(0.25 s, 2 %)``), or FFmpeg fails mid-stream, a
   ``CorruptMediaError`` is raised, because partial features would silently
@@ -24,8 +31,9 @@
   (an mp4 cut before its ``moov`` atom) cannot be opened and is always corrupt.
   Streams that declare no duration cannot be checked.
 
-All PyAV/FFmpeg errors are mapped to the ``MediaError`` family below; the
-message names the file and the reason.
+All PyAV/FFmpeg errors are mapped to the ``MediaError`` family
+(:mod:`featstore.media_errors`, re-exported here); the message names the file
+and the reason.
 
 >>> media = decode("clip.mp4")  # doctest: +SKIP
 >>> media.frames.shape, media.audio.shape  # doctest: +SKIP
@@ -38,7 +46,7 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -48,7 +56,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featstore import timebase
-from featstore.errors import FeatstoreError
+from featstore.decode_limits import DecodeLimits, memory_guard
+from featstore.media_errors import (
+    CorruptMediaError,
+    DecodedBytesLimitError,
+    DecodeMemoryError,
+    DurationLimitError,
+    EmptyMediaError,
+    FrameSizeLimitError,
+    MediaError,
+    MediaLimitError,
+    MediaNotFoundError,
+    NoAudioStreamError,
+    NoVideoStreamError,
+    UnsupportedMediaError,
+)
 
 if TYPE_CHECKING:
     import av.container
@@ -56,18 +78,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SILENCE_THRESHOLD = 0.0005  # AVH-Align: speech starts at the first |sample| above this
+DEFAULT_LIMITS = DecodeLimits()
 _TRUNCATION_TOLERANCE_S = 0.25
 _TRUNCATION_TOLERANCE_FRAC = 0.02
 _MAX_TIMESTAMP_OVERRUN_S = 60.0  # a frame this far past the declared duration is a corrupt pts
+_MAX_INITIAL_BYTES = 256 * 2**20  # first allocation of a whole-clip array, whatever the header says
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "AudioStreamInfo",
     "CorruptMediaError",
+    "DecodeLimits",
+    "DecodeMemoryError",
+    "DecodedBytesLimitError",
     "DecodedMedia",
+    "DurationLimitError",
     "EmptyMediaError",
+    "FrameSizeLimitError",
     "MediaChunk",
     "MediaError",
     "MediaInfo",
+    "MediaLimitError",
     "MediaNotFoundError",
     "NoAudioStreamError",
     "NoVideoStreamError",
@@ -82,39 +113,6 @@ __all__ = [
     "probe",
     "trim_leading_silence",
 ]
-
-
-class MediaError(FeatstoreError):
-    """A media file cannot be probed or decoded; ``path`` names it."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-
-class MediaNotFoundError(MediaError, FileNotFoundError):
-    """The media file does not exist."""
-
-
-class UnsupportedMediaError(MediaError):
-    """Not a media file FFmpeg can read (e.g. a text file named ``.mp4``)."""
-
-
-class EmptyMediaError(MediaError):
-    """A zero-byte file, or a stream with nothing decodable in it."""
-
-
-class CorruptMediaError(MediaError):
-    """A recognised container that is damaged or truncated."""
-
-
-class NoVideoStreamError(MediaError):
-    """Video was requested but the file has no video stream."""
-
-
-class NoAudioStreamError(MediaError):
-    """Audio was requested but the file has no audio stream."""
 
 
 @dataclass(frozen=True)
@@ -327,18 +325,67 @@ def _check_truncated(
         logger.warning("%s: %s; keeping what was decoded", path, reason)
 
 
-def _max_outputs(max_duration_s: float | None, rate: float) -> int | None:
-    if max_duration_s is None:
+def _max_outputs(until_s: float | None, rate: float) -> int | None:
+    if until_s is None:
         return None
-    if max_duration_s <= 0:
-        raise ValueError(f"max_duration_s must be positive, got {max_duration_s}")
-    return math.ceil(max_duration_s * rate - 1e-9)
+    if until_s <= 0:
+        raise ValueError(f"until_s must be positive, got {until_s}")
+    return math.ceil(until_s * rate - 1e-9)
 
 
-def _decode_error(path: str, kind: str, at_s: float, exc: Exception) -> CorruptMediaError:
+def _decode_error(
+    path: str, kind: str, at_s: float, exc: Exception, limits: DecodeLimits | None = None
+) -> CorruptMediaError:
+    hint = ""
+    if limits is not None and limits.max_frame_pixels is not None:
+        # FFmpeg refuses a frame over max_pixels with a generic error: say it may be that
+        hint = (
+            "; or its frames grew past the frame size limit of "
+            f"{limits.max_frame_pixels / 1e6:.1f} MP (max_frame_pixels), which the decoder "
+            "refuses"
+        )
     return CorruptMediaError(
-        path, f"corrupt {kind} stream, decoding failed at {at_s:.2f} s ({exc})"
+        path, f"corrupt {kind} stream, decoding failed at {at_s:.2f} s ({exc}){hint}"
     )
+
+
+def _check_headers(
+    info: MediaInfo,
+    limits: DecodeLimits,
+    *,
+    video: bool,
+    audio: bool,
+    whole: bool,
+    fps: float,
+    sample_rate_hz: int,
+    until_s: float | None,
+) -> None:
+    """``limits.check_declared`` on what ``info`` says of the streams to decode.
+
+    The frame size counts whenever the file has video (aligning audio decodes a frame).
+    """
+    v, a = info.video, info.audio
+    durations = {
+        kind: d if until_s is None else min(d, until_s)
+        for kind, stream, wanted in (("video", v, video), ("audio", a, audio))
+        if wanted and stream is not None and (d := stream.duration_s) is not None
+    }
+    limits.check_declared(
+        info.path,
+        durations_s=durations,
+        frame_size=None if v is None else (v.width, v.height),
+        fps=fps,
+        sample_rate_hz=sample_rate_hz,
+        whole=whole,
+    )
+
+
+def _limit_decoder(path: str, stream: Any, limits: DecodeLimits) -> None:
+    """Check the stream's declared frame size; make FFmpeg refuse frames past the limit."""
+    cc = stream.codec_context
+    limits.check_frame_size(path, cc.width, cc.height, where="declared by the stream")
+    if limits.decoder_options():
+        cc.options = {**cc.options, **limits.decoder_options()}
 
 
 # -- video -----------------------------------------------------------------------------------
@@ -355,16 +402,22 @@ def _constant_rate_frames(
     container: av.container.InputContainer,
     *,
     fps: float,
-    max_duration_s: float | None,
+    until_s: float | None,
     allow_truncated: bool,
     threads: int,
+    limits: DecodeLimits,
 ) -> Iterator[np.ndarray]:
-    """Yield ``[H, W, 3]`` RGB frames at constant ``fps`` (the same array may repeat)."""
+    """Yield ``[H, W, 3]`` RGB frames at constant ``fps`` (the same array may repeat).
+
+    Stops with a :class:`MediaLimitError` before the first frame past ``limits``
+    (``limits.max_decoded_bytes`` bounds the frames yielded in all).
+    """
     import av
 
     vs = _video_stream(container)
     if vs is None:
         raise NoVideoStreamError(path, "no video stream")
+    _limit_decoder(path, vs, limits)
     if threads == 1:
         vs.thread_type, vs.thread_count = "SLICE", 1
     else:
@@ -373,7 +426,9 @@ def _constant_rate_frames(
     src_rate = vs.average_rate or vs.guessed_rate
     default_dur = Fraction(1) / (Fraction(src_rate) if src_rate else rate)
     declared = _declared_duration_s(vs)
-    n_max = _max_outputs(max_duration_s, fps)
+    n_max = _max_outputs(until_s, fps)
+    n_limit: int | None = None  # output frames the limits allow, known from the first frame
+    bound = ""  # which limit sets n_limit
     size: tuple[int, int] | None = None  # (width, height) of the first frame
     t0: Fraction | None = None
     held: Any = None  # the source frame shown now, converted lazily
@@ -383,6 +438,15 @@ def _constant_rate_frames(
 
     def rgb() -> np.ndarray:
         nonlocal held_rgb
+        if n_limit is not None and k >= n_limit:
+            if bound == "duration":
+                raise limits.duration_error(
+                    path, "video", stopped_s=k / fps, declared_s=_declared_end_s(vs)
+                )
+            n_bytes = (k + 1) * 3 * size[0] * size[1]
+            raise limits.bytes_error(
+                path, f"decoded frames ({k + 1} of {size[0]}x{size[1]})", n_bytes
+            )
         if held_rgb is None:
             if (held.width, held.height) != size:
                 logger.warning(
@@ -397,11 +461,13 @@ def _constant_rate_frames(
 
     try:
         for frame in container.decode(vs):
+            limits.check_frame_size(path, frame.width, frame.height, where="a decoded frame")
             t = _frame_time(frame, vs)
             if t is None:
                 t = (t0 or 0) + held_rel + held_dur if held is not None else Fraction(0)
             if t0 is None:
                 t0, size = t, (frame.width, frame.height)
+                n_limit, bound = limits.max_frames(fps=fps, frame_bytes=3 * size[0] * size[1])
             rel = t - t0
             if declared is not None and rel > declared + _MAX_TIMESTAMP_OVERRUN_S:
                 raise CorruptMediaError(
@@ -419,7 +485,7 @@ def _constant_rate_frames(
             held, held_rgb, held_rel = frame, None, rel
             held_dur = dur * (frame.time_base or vs.time_base) if dur else default_dur
     except av.error.FFmpegError as exc:
-        raise _decode_error(path, "video", float(held_rel), exc) from exc
+        raise _decode_error(path, "video", float(held_rel), exc, limits) from exc
     if held is None:
         raise EmptyMediaError(path, "no decodable video frames")
     end = held_rel + held_dur
@@ -435,31 +501,53 @@ def iter_frames(
     *,
     fps: float = timebase.FRAME_HZ,
     chunk_frames: int = 250,
-    max_duration_s: float | None = None,
+    until_s: float | None = None,
     allow_truncated: bool = False,
     threads: int = 0,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> Iterator[np.ndarray]:
     """Yield ``[n, H, W, 3]`` uint8 RGB chunks at constant ``fps``, ``n <= chunk_frames``.
 
-    Memory is bounded by one chunk plus one decoded frame. ``threads``: FFmpeg
-    decoder threads (0 = one per core, 1 = single-threaded). Errors (including
-    truncation) can surface after some chunks were yielded: discard them then.
+    Memory is bounded by one chunk plus one decoded frame (``limits.max_decoded_bytes``
+    bounds the chunk; the duration is bounded, not the frames in all). ``until_s``:
+    stop after that many seconds (no error). ``threads``: FFmpeg decoder threads
+    (0 = one per core, 1 = single-threaded). Errors (including truncation and
+    limits) can surface after some chunks were yielded: discard them then.
     """
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
     path_s = str(path)
-    with _open(path) as container:
+    streaming = dataclasses.replace(limits, max_decoded_bytes=None)
+    with (
+        _open(path) as container,
+        memory_guard(path_s, f"while decoding chunks of {chunk_frames} frames"),
+    ):
+        _check_headers(
+            _info(container, Path(path)),
+            limits,
+            video=True,
+            audio=False,
+            whole=False,
+            fps=fps,
+            sample_rate_hz=timebase.SAMPLE_RATE_HZ,
+            until_s=until_s,
+        )
         buf: np.ndarray | None = None
         n = 0
         for img in _constant_rate_frames(
             path_s,
             container,
             fps=fps,
-            max_duration_s=max_duration_s,
+            until_s=until_s,
             allow_truncated=allow_truncated,
             threads=threads,
+            limits=streaming,
         ):
             if buf is None:
+                chunk_bytes = chunk_frames * img.nbytes
+                if limits.max_decoded_bytes is not None and chunk_bytes > limits.max_decoded_bytes:
+                    what = f"chunks of {chunk_frames} frames of {img.shape[1]}x{img.shape[0]}"
+                    raise limits.bytes_error(path_s, what, chunk_bytes)
                 buf = np.empty((chunk_frames, *img.shape), dtype=np.uint8)  # [chunk, H, W, 3]
             buf[n] = img
             n += 1
@@ -474,19 +562,21 @@ def iter_frames(
 # -- audio -----------------------------------------------------------------------------------
 
 
-def _first_video_time_s(path: str) -> float | None:
+def _first_video_time_s(path: str, limits: DecodeLimits) -> float | None:
     """Time of the first decoded video frame (stream ``start_time`` is unreliable, e.g. in mkv)."""
     import av
 
     with _open(path) as container:
         vs = _video_stream(container)
+        _limit_decoder(path, vs, limits)
         vs.thread_type, vs.thread_count = "SLICE", 1
         try:
             for frame in container.decode(vs):
+                limits.check_frame_size(path, frame.width, frame.height, where="a decoded frame")
                 t = _frame_time(frame, vs)
                 return None if t is None else float(t)
         except av.error.FFmpegError as exc:
-            raise _decode_error(path, "video", 0.0, exc) from exc
+            raise _decode_error(path, "video", 0.0, exc, limits) from exc
     return None
 
 
@@ -495,34 +585,57 @@ def _mono_16k(
     container: av.container.InputContainer,
     *,
     sample_rate_hz: int,
-    max_duration_s: float | None,
+    until_s: float | None,
     allow_truncated: bool,
+    limits: DecodeLimits,
+    used_bytes: int = 0,
 ) -> Iterator[np.ndarray]:
-    """Yield float32 mono pieces (of varying size) aligned to the video start."""
+    """Yield float32 mono pieces (of varying size) aligned to the video start.
+
+    Stops with a :class:`MediaLimitError` before yielding samples past ``limits``
+    (``used_bytes``: what the caller already holds of ``limits.max_decoded_bytes``).
+    """
     import av
+
+    from featstore.downmix import MonoResampler
 
     as_ = _audio_stream(container)
     if as_ is None:
         raise NoAudioStreamError(path, "no audio stream")
-    ref = _first_video_time_s(path) if _video_stream(container) is not None else None
-    n_max = _max_outputs(max_duration_s, sample_rate_hz)
-    resampler = av.AudioResampler(format="fltp", layout=None, rate=sample_rate_hz)
+    ref = _first_video_time_s(path, limits) if _video_stream(container) is not None else None
+    n_max = _max_outputs(until_s, sample_rate_hz)
+    n_limit, bound = limits.max_samples(sample_rate_hz=sample_rate_hz, used_bytes=used_bytes)
+    resampler = MonoResampler(sample_rate_hz)
     produced = 0  # samples yielded
     to_drop = 0  # samples before the video start still to drop
-    started = False
 
-    def emit(planes: np.ndarray) -> Iterator[np.ndarray]:
+    def check(n_more: int) -> None:
+        """Refuse before ``n_more`` samples past the limit are made or yielded."""
+        if n_limit is None or produced + n_more <= n_limit:
+            return
+        if bound == "duration":
+            stopped_s = (produced + n_more) / sample_rate_hz
+            raise limits.duration_error(
+                path, "audio", stopped_s=stopped_s, declared_s=_declared_end_s(as_)
+            )
+        n_bytes = used_bytes + 4 * (produced + n_more)
+        raise limits.bytes_error(
+            path, f"decoded frames and audio ({produced + n_more} samples)", n_bytes
+        )
+
+    def emit(mono: np.ndarray) -> Iterator[np.ndarray]:  # mono: [n] float32
         nonlocal produced, to_drop
-        mono = planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0]  # [n]
         if to_drop:
             cut = min(to_drop, mono.shape[0])
             mono, to_drop = mono[cut:], to_drop - cut
         if n_max is not None:
             mono = mono[: n_max - produced]
         if mono.shape[0]:
+            check(mono.shape[0])
             produced += mono.shape[0]
-            yield np.ascontiguousarray(mono, dtype=np.float32)
+            yield mono
 
+    started = False
     try:
         for frame in container.decode(as_):
             if not started:
@@ -532,15 +645,27 @@ def _mono_16k(
                     ref = 0.0 if t is None else float(t)
                 offset = 0.0 if t is None else float(t) - ref
                 if offset > 0:  # audio starts after the first video frame: pad with silence
-                    yield from emit(np.zeros((1, round(offset * sample_rate_hz)), np.float32))
+                    pad = round(offset * sample_rate_hz)
+                    if n_max is not None:
+                        pad = min(pad, n_max)
+                    check(pad)
+                    yield from emit(np.zeros(pad, np.float32))
                 else:
                     to_drop = round(-offset * sample_rate_hz)
-            for out in resampler.resample(frame):
-                yield from emit(out.to_ndarray())  # [C, n]
+                    # dropped samples cost decoding time: bound them like kept ones
+                    if n_limit is not None and bound == "duration" and to_drop > n_limit:
+                        raise limits.duration_error(
+                            path,
+                            "audio before the first video frame",
+                            stopped_s=-offset,
+                            declared_s=None,
+                        )
+            for piece in resampler.resample(frame):
+                yield from emit(piece)
             if n_max is not None and produced >= n_max:
                 return
-        for out in resampler.resample(None):
-            yield from emit(out.to_ndarray())
+        for piece in resampler.resample(None):
+            yield from emit(piece)
     except av.error.FFmpegError as exc:
         raise _decode_error(path, "audio", produced / sample_rate_hz, exc) from exc
     if produced == 0:
@@ -556,25 +681,42 @@ def iter_audio(
     *,
     sample_rate_hz: int = timebase.SAMPLE_RATE_HZ,
     chunk_samples: int = 250 * timebase.SAMPLES_PER_FRAME,
-    max_duration_s: float | None = None,
+    until_s: float | None = None,
     allow_truncated: bool = False,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> Iterator[np.ndarray]:
     """Yield ``[n]`` float32 mono chunks at ``sample_rate_hz``, ``n == chunk_samples`` but the last.
 
     The default chunk (160,000 samples) spans the same 10 s as ``iter_frames``'
     default 250-frame chunk, so chunk ``i`` of both covers the same time.
+    ``until_s`` and ``limits`` as in :func:`iter_frames`.
     """
     if chunk_samples < 1:
         raise ValueError(f"chunk_samples must be >= 1, got {chunk_samples}")
-    with _open(path) as container:
+    path_s = str(path)
+    if limits.max_decoded_bytes is not None and 4 * chunk_samples > limits.max_decoded_bytes:
+        raise limits.bytes_error(path_s, f"chunks of {chunk_samples} samples", 4 * chunk_samples)
+    streaming = dataclasses.replace(limits, max_decoded_bytes=None)
+    with _open(path) as container, memory_guard(path_s, "while decoding the audio"):
+        _check_headers(
+            _info(container, Path(path)),
+            limits,
+            video=False,
+            audio=True,
+            whole=False,
+            fps=timebase.FRAME_HZ,
+            sample_rate_hz=sample_rate_hz,
+            until_s=until_s,
+        )
         pending: list[np.ndarray] = []
         n = 0
         for piece in _mono_16k(
-            str(path),
+            path_s,
             container,
             sample_rate_hz=sample_rate_hz,
-            max_duration_s=max_duration_s,
+            until_s=until_s,
             allow_truncated=allow_truncated,
+            limits=streaming,
         ):
             pending.append(piece)
             n += piece.shape[0]
@@ -604,9 +746,10 @@ def iter_chunks(
     chunk_frames: int = 250,
     fps: float = timebase.FRAME_HZ,
     sample_rate_hz: int = timebase.SAMPLE_RATE_HZ,
-    max_duration_s: float | None = None,
+    until_s: float | None = None,
     allow_truncated: bool = False,
     threads: int = 0,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> Iterator[MediaChunk]:
     """Time-aligned frame and audio chunks (``iter_frames`` and ``iter_audio`` side by side).
 
@@ -621,16 +764,18 @@ def iter_chunks(
         path,
         fps=fps,
         chunk_frames=chunk_frames,
-        max_duration_s=max_duration_s,
+        until_s=until_s,
         allow_truncated=allow_truncated,
         threads=threads,
+        limits=limits,
     )
     audio = iter_audio(
         path,
         sample_rate_hz=sample_rate_hz,
         chunk_samples=chunk_frames * spf,
-        max_duration_s=max_duration_s,
+        until_s=until_s,
         allow_truncated=allow_truncated,
+        limits=limits,
     )
     for i, (f, a) in enumerate(itertools.zip_longest(frames, audio)):
         yield MediaChunk(start_frame=i * chunk_frames, frames=f, audio=a)
@@ -646,13 +791,17 @@ def decode(
     audio: bool = True,
     fps: float = timebase.FRAME_HZ,
     sample_rate_hz: int = timebase.SAMPLE_RATE_HZ,
-    max_duration_s: float | None = None,
+    until_s: float | None = None,
     allow_truncated: bool = False,
     threads: int = 0,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> DecodedMedia:
     """Decode a clip to constant-rate RGB frames and mono float32 audio (see module docs).
 
     Visual-only encoders pass ``audio=False`` so that files without audio work.
+    ``until_s``: keep only the first seconds (no error). ``limits``: media past them
+    raise a :class:`MediaLimitError` (checked on the headers, then while decoding);
+    ``limits.max_decoded_bytes`` bounds the frames and audio returned, together.
 
     >>> m = decode("clip.mp4", audio=False)  # doctest: +SKIP
     >>> m.frames.dtype, m.audio  # doctest: +SKIP
@@ -660,69 +809,111 @@ def decode(
     """
     if not (video or audio):
         raise ValueError("decode needs video=True or audio=True")
+    path_s = str(path)
     info = probe(path)
     if video and info.video is None:
         raise NoVideoStreamError(path, "no video stream")
     if audio and info.audio is None:
         raise NoAudioStreamError(path, "no audio stream (pass audio=False for visual-only use)")
+    _check_headers(
+        info,
+        limits,
+        video=video,
+        audio=audio,
+        whole=True,
+        fps=fps,
+        sample_rate_hz=sample_rate_hz,
+        until_s=until_s,
+    )
     frames = samples = None
     if video:
-        frames = _collect_frames(
-            iter_frames(
-                path,
-                fps=fps,
-                max_duration_s=max_duration_s,
-                allow_truncated=allow_truncated,
-                threads=threads,
-            ),
-            expected=_expected_frames(info, fps, max_duration_s),
-        )
+        with _open(path) as container, memory_guard(path_s, "while decoding the video frames"):
+            frames = _collect(
+                (
+                    img[None]  # [1, H, W, 3]
+                    for img in _constant_rate_frames(
+                        path_s,
+                        container,
+                        fps=fps,
+                        until_s=until_s,
+                        allow_truncated=allow_truncated,
+                        threads=threads,
+                        limits=limits,
+                    )
+                ),
+                expected=_expected_outputs(info.video.duration_s, info, fps, until_s),
+                limit=lambda item_bytes: limits.max_frames(fps=fps, frame_bytes=item_bytes)[0],
+            )  # [T, H, W, 3]
     if audio:
-        with _open(path) as container:
-            pieces = list(
+        used = 0 if frames is None else frames.nbytes
+        with _open(path) as container, memory_guard(path_s, "while decoding the audio"):
+            samples = _collect(
                 _mono_16k(
-                    str(path),
+                    path_s,
                     container,
                     sample_rate_hz=sample_rate_hz,
-                    max_duration_s=max_duration_s,
+                    until_s=until_s,
                     allow_truncated=allow_truncated,
-                )
-            )
-        samples = np.concatenate(pieces)  # [N]
+                    limits=limits,
+                    used_bytes=used,
+                ),
+                expected=_expected_outputs(info.audio.duration_s, info, sample_rate_hz, until_s),
+                limit=lambda _: limits.max_samples(sample_rate_hz=sample_rate_hz, used_bytes=used)[
+                    0
+                ],
+            )  # [N]
     return DecodedMedia(
         frames=frames, audio=samples, fps=float(fps), sample_rate_hz=sample_rate_hz, info=info
     )
 
 
-def _expected_frames(info: MediaInfo, fps: float, max_duration_s: float | None) -> int:
-    """Output frames the header promises (0 when it says nothing)."""
-    duration = (info.video.duration_s if info.video else None) or info.duration_s or 0.0
-    if max_duration_s is not None:
-        duration = min(duration, max_duration_s)
-    return math.ceil(duration * fps) + 1
+def _expected_outputs(
+    stream_s: float | None, info: MediaInfo, rate: float, until_s: float | None
+) -> int:
+    """Outputs the header promises at ``rate`` (1 when it says nothing)."""
+    duration = stream_s or info.duration_s or 0.0
+    if until_s is not None:
+        duration = min(duration, until_s)
+    return math.ceil(duration * rate) + 1
 
 
-def _collect_frames(chunks: Iterator[np.ndarray], *, expected: int) -> np.ndarray:
-    """Gather frame chunks into one ``[T, H, W, 3]`` array sized from the header.
+def _collect(
+    blocks: Iterator[np.ndarray],
+    *,
+    expected: int,
+    limit: Callable[[int], int | None] = lambda _: None,
+) -> np.ndarray:
+    """Gather ``[n, ...]`` blocks into one array sized from the header (``expected`` items).
 
-    Filling a buffer allocated once keeps the peak at one clip plus one chunk;
-    concatenating a list of chunks would hold the clip twice (1.4 GB for 10 s
-    of 720p) and run at half the speed. A header that undercounts only costs
-    a regrowth; one that overcounts by over 10 % costs a final trimming copy.
+    Filling a buffer allocated once keeps the peak at one clip; concatenating a
+    list of chunks would hold the clip twice (1.4 GB for 10 s of 720p) and run at
+    half the speed. The first allocation is at most ``limit(item_bytes)`` items
+    (what the decode limits allow) and ``_MAX_INITIAL_BYTES``, so a header that
+    lies about the duration cannot make it huge; a header that undercounts costs
+    regrowing (doubling, up to the limit), one that overcounts by over 10 % a
+    final trimming copy.
     """
     out: np.ndarray | None = None
+    cap: int | None = None
     n = 0
-    for chunk in chunks:
+    for block in blocks:
         if out is None:
-            out = np.empty((max(expected, len(chunk)), *chunk.shape[1:]), dtype=chunk.dtype)
-        if n + len(chunk) > len(out):
-            grown = np.empty((max(2 * len(out), n + len(chunk)), *out.shape[1:]), dtype=out.dtype)
+            item_bytes = max(1, block[0].nbytes if len(block) else block.itemsize)
+            cap = limit(item_bytes)
+            size = min(expected, max(1, _MAX_INITIAL_BYTES // item_bytes))
+            size = max(size, len(block)) if cap is None else max(min(size, cap), len(block))
+            out = np.empty((size, *block.shape[1:]), dtype=block.dtype)
+        if n + len(block) > len(out):
+            size = max(2 * len(out), n + len(block))
+            if cap is not None:
+                size = max(min(size, cap), n + len(block))
+            grown = np.empty((size, *out.shape[1:]), dtype=out.dtype)
             grown[:n] = out[:n]
             out = grown
-        out[n : n + len(chunk)] = chunk
-        n += len(chunk)
-    if out is None:  # pragma: no cover - iter_frames raises EmptyMediaError first
-        raise EmptyMediaError("?", "no frames decoded")
+        out[n : n + len(block)] = block
+        n += len(block)
+    if out is None:  # pragma: no cover - the decoders raise EmptyMediaError first
+        raise EmptyMediaError("?", "nothing decoded")
     return out[:n] if n >= 0.9 * len(out) else out[:n].copy()
 
 

@@ -208,8 +208,8 @@ def test_decode_one_frame(tmp_path: Path) -> None:
     assert m.frames.shape == (1, 48, 64, 3)
 
 
-def test_max_duration(clip25: Path) -> None:
-    m = media.decode(clip25, max_duration_s=1.0)
+def test_until_s_keeps_the_first_seconds(clip25: Path) -> None:
+    m = media.decode(clip25, until_s=1.0)
     assert (m.n_frames, m.n_samples) == (25, 16_000)
     np.testing.assert_array_equal(frame_indices(m.frames), np.arange(25))
 
@@ -490,14 +490,17 @@ def test_cli_probe(clip25: Path, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "bad.mp4: not a supported media file" in res.output
 
 
-@pytest.mark.parametrize("expected", [1, 7, 10, 40])
-def test_collect_frames_handles_wrong_header_counts(expected: int) -> None:
-    """Regression: decode() used to hold every chunk and their concatenation at once."""
-    from featstore.media import _collect_frames
+@pytest.mark.parametrize("expected", [1, 7, 10, 40, 10**12])
+def test_collect_handles_wrong_header_counts(expected: int) -> None:
+    """Regression: decode() used to hold every chunk and their concatenation at once.
+
+    A header that claims 10**12 frames must not allocate them (issue 13.5).
+    """
+    from featstore.media import _collect
 
     chunks = [np.full((4, 2, 2, 3), i, np.uint8) for i in range(3)]  # 10 frames in all
     chunks[-1] = chunks[-1][:2]
-    out = _collect_frames(iter(chunks), expected=expected)
+    out = _collect(iter(chunks), expected=expected)
     assert out.shape == (10, 2, 2, 3)
     assert out[:, 0, 0, 0].tolist() == [0] * 4 + [1] * 4 + [2] * 2
     assert out.base is None or out.base.shape[0] <= 11  # no large overallocation kept alive

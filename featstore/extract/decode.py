@@ -1,10 +1,11 @@
 """The decode stage: one video file -> the :class:`Clip` its encoder takes.
 
-Decodes what the encoder's modality needs (25 fps RGB, 16 kHz mono), crops mouth or
-face from landmark tracks (the store's cached ``tracks-dlib68`` when present, tracked
-here otherwise) and rejects clips too short to give one row. Every failure is a
-typed per-video error (:data:`VIDEO_ERRORS`); there is no whole-frame fallback when a
-crop fails.
+Decodes what the encoder's modality needs (25 fps RGB, 16 kHz mono) within the
+run's :class:`~featstore.decode_limits.DecodeLimits`, crops mouth or face from landmark
+tracks (the store's cached ``tracks-dlib68`` when present, tracked here otherwise) and
+rejects clips too short to give one row. Every failure is a typed per-video error
+(:data:`VIDEO_ERRORS`), running out of memory included; there is no whole-frame
+fallback when a crop fails.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from featstore.decode_limits import DecodeLimits, memory_guard
 from featstore.encoders.base import Clip, ClipError, EncoderSpec
 from featstore.landmarks import FaceTracks, NoFaceError
-from featstore.media import MediaError
+from featstore.media_errors import MediaError
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +48,21 @@ def prepare_clip(
     spec: EncoderSpec,
     n_rows: Callable[[int], int],
     cached_tracks: TracksLookup | None = None,
+    limits: DecodeLimits | None = None,
 ) -> PreparedClip:
-    """Decode ``path`` for the encoder described by ``spec``; raise a VIDEO_ERRORS on failure."""
+    """Decode ``path`` for the encoder described by ``spec``; raise a VIDEO_ERRORS on failure.
+
+    ``limits``: the decode bounds (None: :class:`DecodeLimits`' defaults); media past
+    them fail with a :class:`~featstore.media_errors.MediaLimitError`.
+    """
     from featstore.media import decode
 
-    media = decode(path, video=spec.needs_video, audio=spec.needs_audio)
+    limits = DecodeLimits() if limits is None else limits
+    media = decode(path, video=spec.needs_video, audio=spec.needs_audio, limits=limits)
     frames, new_tracks = media.frames, None
     if spec.needs_video and spec.crop != "none":
-        frames, new_tracks = _crop(video_id, media.frames, spec.crop, cached_tracks)
+        with memory_guard(path, f"while cropping the frames ({spec.crop})"):
+            frames, new_tracks = _crop(video_id, media.frames, spec.crop, cached_tracks)
     clip = Clip(video_id=video_id, frames=frames, audio=media.audio)
     n_frames = clip.duration_frames
     if spec.needs_audio and media.audio is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featstore import layout
+from featstore.decode_limits import DecodeLimits
 from featstore.errors import EncoderMismatchError, FeatstoreError, StoreError, UnknownEncoderError
 from featstore.layout import Layer, layer_key
 
@@ -53,8 +54,9 @@ class ExtractTask:
     ``dtype`` is the stored dtype; the compute dtype follows from it and the device
     (:func:`compute_dtype`). ``store_as``: the encoder name in the store (None: the
     registered name). ``options``: extra loader options, sorted ``(key, value)`` pairs
-    (:func:`freeze_options`). The task skips videos committed since it was planned, so
-    a retried task never redoes finished work.
+    (:func:`freeze_options`). ``limits``: the decode bounds of each video (one past
+    them fails alone). The task skips videos committed since it was planned, so a
+    retried task never redoes finished work.
     """
 
     store: FeatureStore
@@ -70,6 +72,7 @@ class ExtractTask:
     videos: tuple[VideoRef, ...] = field(repr=False)
     store_as: str | None = None
     options: tuple[tuple[str, Any], ...] = ()
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     @property
     def stored_name(self) -> str:
@@ -317,11 +320,14 @@ def estimate_plan(
     split: str | None = None,
     limit: int | None = None,
     store_as: str | None = None,
+    limits: DecodeLimits | None = None,
 ) -> ExtractPlan:
     """Estimate an extraction from the manifest (durations) and the encoder's layer dims.
 
     Durations missing from the manifest are read from the files' headers (no decoding).
-    ``store_as``: the encoder's name in the store (resume looks there).
+    ``store_as``: the encoder's name in the store (resume looks there). ``limits``: the
+    run's decode bounds; videos longer than ``limits.max_duration_s`` will fail, and are
+    counted in a warning rather than in the estimate.
     """
     from featstore.media import MediaError, probe
 
@@ -331,7 +337,8 @@ def estimate_plan(
     )
     check_stored_info(store, dataset, info)
     todo = pending_videos(store, dataset, info.name, layers, selected)
-    frames = rows = unknown = 0
+    max_s = (limits or DecodeLimits()).max_duration_s
+    frames = rows = unknown = too_long = 0
     for ref in todo:
         seconds = durations.get(ref.video_id)
         if seconds is None:
@@ -342,6 +349,9 @@ def estimate_plan(
             if seconds is None:
                 unknown += 1
                 continue
+        if max_s is not None and seconds > max_s:
+            too_long += 1
+            continue
         n = round(seconds * 25.0)
         frames += n
         rows += encoder.n_rows(n)
@@ -365,6 +375,11 @@ def estimate_plan(
         )
     if unknown:
         warnings.append(f"{unknown} videos have no known duration and are not in the estimate")
+    if too_long:
+        warnings.append(
+            f"{too_long} videos last longer than the {max_s:g} s limit (--max-duration-s): "
+            "they will fail, and are not in the estimate; raise the limit to extract them"
+        )
     return ExtractPlan(
         dataset=dataset,
         encoder=encoder.name,

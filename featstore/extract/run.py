@@ -30,6 +30,7 @@ from featstore.extract.progress import ExtractSummary, ProgressCallback
 from featstore.layout import Layer, normalize_layer
 
 if TYPE_CHECKING:
+    from featstore.decode_limits import DecodeLimits
     from featstore.encoders.base import Encoder
     from featstore.store import FeatureStore
 
@@ -57,6 +58,7 @@ def extract(
     n_workers: int = 2,
     store_as: str | None = None,
     encoder_options: Mapping[str, Any] | None = None,
+    decode_limits: DecodeLimits | None = None,
 ) -> ExtractSummary:
     """Extract ``encoder``'s features of ``dataset``'s videos into the store.
 
@@ -70,6 +72,9 @@ def extract(
     (e.g. "clip-random" for a random-init baseline beside the trained "clip");
     resume looks there. ``encoder_options``: extra :func:`~featstore.encoders.load_encoder`
     options (e.g. ``{"trust_checkpoint": True}``), also on Dask workers.
+    ``decode_limits``: the bounds on decoding each video (None: the defaults of
+    :class:`~featstore.decode_limits.DecodeLimits`, 600 s, 3840x2160 pixels, 4 GiB of
+    decoded arrays); a video past them fails alone, recorded in ``_failures``.
 
     >>> summary = extract("features.zarr", dataset="av1m", encoder="clip")  # doctest: +SKIP
     >>> summary.videos_done, summary.frames_per_s  # doctest: +SKIP
@@ -95,6 +100,7 @@ def extract(
         "device": device,
         "batch_frames": batch_frames,
         "num_workers": num_workers,
+        "limits": _limits(decode_limits),
     }
     if cluster is not None:
         if isinstance(encoder, Encoder):
@@ -171,11 +177,13 @@ def plan_extraction(
     limit: int | None = None,
     store_as: str | None = None,
     encoder_options: Mapping[str, Any] | None = None,
+    decode_limits: DecodeLimits | None = None,
 ) -> ExtractPlan:
     """What :func:`extract` would do, without decoding or writing anything.
 
     A named encoder is loaded on the CPU to learn its layers' dims at this checkpoint.
-    ``store_as`` and ``encoder_options`` as in :func:`extract`.
+    ``store_as``, ``encoder_options`` and ``decode_limits`` as in :func:`extract` (the
+    plan warns about videos that last longer than ``decode_limits.max_duration_s``).
     """
     from featstore.encoders.base import Encoder
 
@@ -198,7 +206,18 @@ def plan_extraction(
         split=split,
         limit=limit,
         store_as=None if store_as == name else store_as,
+        limits=_limits(decode_limits),
     )
+
+
+def _limits(limits: DecodeLimits | None) -> DecodeLimits:
+    from featstore.decode_limits import DecodeLimits
+
+    if limits is None:
+        return DecodeLimits()
+    if not isinstance(limits, DecodeLimits):
+        raise ExtractError(f"decode_limits must be a DecodeLimits, got {type(limits).__name__}")
+    return limits
 
 
 def _open(store: Any, mode: str = "a") -> FeatureStore:

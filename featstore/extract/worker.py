@@ -7,7 +7,7 @@ Three stages overlap:
   pass without pickling tens of megabytes per clip, as processes would;
 - the forward pass in the calling thread, on length-bucketed batches under
   ``torch.inference_mode()`` (the encoder applies autocast on CUDA), halving a batch
-  that runs out of device memory down to one video, which then fails alone;
+  that runs out of device (or host) memory down to one video, which then fails alone;
 - writing in one background thread that owns the :class:`StoreWriter` (writers are not
   thread-safe), so flushing a part to disk or S3 never stalls the forward pass.
 
@@ -183,6 +183,7 @@ class _Pipeline:
                 spec=spec,
                 n_rows=self.encoder.n_rows,
                 cached_tracks=self.cached_tracks,
+                limits=self.task.limits,
             )
 
         for ref, result in prefetch(prepare, todo, num_workers=workers, max_pending=4 * workers):
@@ -198,7 +199,8 @@ class _Pipeline:
                 raise result
 
     def _encode(self, batch: list[PreparedClip]) -> None:
-        """Forward one batch; on OOM (or a ClipError) halve it until the culprit is alone."""
+        """Forward one batch; on OOM (device or host, or a ClipError) halve it until the
+        culprit is alone, which then fails with that error."""
         error: BaseException | None = None
         try:
             outputs = self.encoder.encode([p.clip for p in batch], self.layers)
@@ -250,11 +252,15 @@ class _Pipeline:
 
 
 def _is_oom(exc: BaseException) -> bool:
+    """Device or host memory ran out: CUDA, torch's CPU allocator, or Python itself."""
     import torch
 
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
 
 
 def _free_device_memory() -> None:
