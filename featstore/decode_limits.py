@@ -210,16 +210,14 @@ def memory_guard(path: str | os.PathLike[str], doing: str) -> Iterator[None]:
     """Turn a ``MemoryError`` into this file's :class:`DecodeMemoryError`
     ("out of memory ``doing``", e.g. "while decoding the audio").
 
-    Raised after the ``except`` block, so the ``MemoryError``'s traceback (and the
-    partial arrays its frames hold) is released before the error travels on.
+    The ``MemoryError``'s traceback is dropped first: its frames hold the partial
+    arrays, which must be freed before the next video is decoded.
     """
-    failed = False
     try:
         yield
-    except MemoryError:
-        failed = True
-    if failed:
-        raise DecodeMemoryError(path, f"out of memory {doing}")
+    except MemoryError as exc:
+        exc.__traceback__ = None
+        raise DecodeMemoryError(path, f"out of memory {doing}") from None
 
 
 def _count(limit: float | None, rate: float) -> int | None:
@@ -236,5 +234,7 @@ def _tightest(*, duration: int | None, bytes_: int | None) -> tuple[int | None, 
 
 
 def format_pixels(pixels: int | None) -> str:
-    """``8294400`` -> ``8.3 MP``."""
-    return "unbounded" if pixels is None else f"{pixels / 1e6:.1f} MP"
+    """``8294400`` -> ``8.3 MP``; below 0.1 MP, ``4096 pixels``."""
+    if pixels is None:
+        return "unbounded"
+    return f"{pixels / 1e6:.1f} MP" if pixels >= 100_000 else f"{pixels} pixels"

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featstore import timebase
-from featstore.decode_limits import DecodeLimits, memory_guard
+from featstore.decode_limits import DecodeLimits, format_pixels, memory_guard
 from featstore.media_errors import (
     CorruptMediaError,
     DecodedBytesLimitError,
@@ -341,7 +341,7 @@ def _decode_error(
         # FFmpeg refuses a frame over max_pixels with a generic error: say it may be that
         hint = (
             "; or its frames grew past the frame size limit of "
-            f"{limits.max_frame_pixels / 1e6:.1f} MP (max_frame_pixels), which the decoder "
+            f"{format_pixels(limits.max_frame_pixels)} (max_frame_pixels), which the decoder "
             "refuses"
         )
     return CorruptMediaError(

@@ -93,17 +93,19 @@ def measure_leading_silence(
     *,
     threshold: float = media.SILENCE_THRESHOLD,
     sample_rate_hz: int = timebase.SAMPLE_RATE_HZ,
+    limits: media.DecodeLimits = media.DEFAULT_LIMITS,
 ) -> tuple[float, bool]:
     """``(seconds until the first |sample| > threshold, silent throughout?)`` of a file's audio.
 
     Equals ``media.leading_silence_s(media.decode(path).audio)`` but decodes only
     up to the first loud sample. Raises the ``media.MediaError`` family
-    (``NoAudioStreamError`` for a file without audio).
+    (``NoAudioStreamError`` for a file without audio; a ``MediaLimitError`` for
+    media past ``limits``, as extraction would).
     """
     _check_threshold(threshold)
     n = 0
     for chunk in media.iter_audio(
-        path, sample_rate_hz=sample_rate_hz, chunk_samples=_CHUNK_SAMPLES
+        path, sample_rate_hz=sample_rate_hz, chunk_samples=_CHUNK_SAMPLES, limits=limits
     ):  # chunk: [n] float32
         loud = np.flatnonzero(np.abs(chunk) > threshold)
         if loud.size:
