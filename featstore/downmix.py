@@ -27,7 +27,8 @@ channels.
 
 Streams whose format, layout or rate change mid-way (concatenated broadcast
 captures) get a new graph at the change; the old one is flushed first, so no
-samples are lost.
+samples are lost. Audio that is already float mono at the target rate (AAC
+at 16 kHz, as in AV-Deepfake1M) is passed through without a graph.
 """
 
 from __future__ import annotations
@@ -76,12 +77,23 @@ class MonoResampler:
             return self._flush()
         key = (frame.format.name, frame.layout.name, int(frame.sample_rate))
         out: list[np.ndarray] = []
+        if self._is_target(frame):  # already float mono at the rate (AAC at 16 kHz): no graph
+            out += self._flush()
+            out.append(frame.to_ndarray()[0])  # [n]: one plane, a copy
+            return out
         if key != self._key:
             out += self._flush()  # parameters changed mid-stream: finish the old graph
             self._build(frame, key)
         self._source.push(frame)
         out += self._pull()
         return out
+
+    def _is_target(self, frame: Any) -> bool:
+        return (
+            frame.layout.nb_channels == 1
+            and frame.format.name in ("flt", "fltp")
+            and frame.sample_rate == self.sample_rate_hz
+        )
 
     def _build(self, frame: Any, key: tuple[str, str, int]) -> None:
         import av.filter

@@ -105,6 +105,14 @@ def test_lossy_and_planar_codecs_match_the_separately_decoded_mean(
     assert np.abs(got).max() > 0.02  # not silence
 
 
+def test_float_mono_at_the_rate_passes_through_unchanged(tmp_path: Path) -> None:
+    path = write_media(tmp_path / "m.mp4", audio=tones(1, 1.0, 16_000), acodec="aac")
+    with av.open(str(path)) as container:  # the decoder's own samples, nothing converted
+        raw = np.concatenate([f.to_ndarray()[0] for f in container.decode(audio=0)])
+    assert raw.dtype == np.float32
+    np.testing.assert_array_equal(media.decode(path, video=False).audio, raw)
+
+
 def test_every_decode_path_gives_the_same_mono(tmp_path: Path) -> None:
     audio = tones(8, 1.0, 48_000)
     audio[:, :4_800] = 0.0  # 0.1 s of leading silence
@@ -176,7 +184,8 @@ def _frame(values: np.ndarray, layout: str, rate: int, pts: int) -> av.AudioFram
 
 
 def test_a_stream_that_changes_layout_and_rate_midway() -> None:
-    """Frames whose layout, rate and format change get a new graph; nothing is lost."""
+    """Frames whose layout, rate and format change get a new graph (or none for float
+    mono at the rate); nothing is lost."""
     resampler = MonoResampler(16_000)
     a = np.full((2, 44_100), [[0.2], [0.4]], np.float32)  # 1 s stereo 44.1 kHz: mean 0.3
     b = np.full((6, 48_000), [[0.1 * c] for c in range(6)], np.float32)  # 1 s 5.1: 0.25
@@ -187,11 +196,13 @@ def test_a_stream_that_changes_layout_and_rate_midway() -> None:
     frame = av.AudioFrame.from_ndarray(s16, format="s16", layout="5.1")
     frame.sample_rate, frame.pts = 48_000, 0
     out += resampler.resample(frame)
+    out += resampler.resample(_frame(np.full((1, 8_000), 0.7, np.float32), "mono", 16_000, 0))
     out += resampler.resample(None)
     mono = np.concatenate(out)
-    assert abs(len(mono) - 32_000) <= 2
+    assert abs(len(mono) - 40_000) <= 2
     np.testing.assert_allclose(mono[200:15_800], 0.3, atol=1e-5)  # away from the seams
-    np.testing.assert_allclose(mono[16_200:-200], 0.25, atol=1e-4)
+    np.testing.assert_allclose(mono[16_200:31_800], 0.25, atol=1e-4)
+    np.testing.assert_array_equal(mono[-8_000:], np.float32(0.7))  # passed through, after 5.1
     assert resampler.resample(None) == []
 
 
