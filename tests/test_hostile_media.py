@@ -30,7 +30,12 @@ from media_factory import (  # isort: skip
     write_silence,
     write_streams_without_packets,
 )
-from test_extract import assert_same_rows, stored_rows  # isort: skip  (registers toy-*)
+from test_extract import (  # isort: skip  (importing it registers the toy-* encoders)
+    TOY_VISUAL,
+    ToyEncoder,
+    assert_same_rows,
+    stored_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -302,3 +307,38 @@ def test_hostile_uploads_get_a_4xx_and_leave_no_file(
             assert list(uploads.iterdir()) == [], video_id
         metrics = client.get("/metrics").text
     assert not re.search(r'status="5\d\d"', metrics)
+
+
+def test_running_out_of_memory_fails_only_that_video(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MemoryError while decoding one video, or in the forward pass of a batch holding
+    it, fails that video alone (before issue 13 it aborted the whole run)."""
+    from featstore import media
+    from featstore.extract import extract
+
+    real = media._constant_rate_frames
+
+    def short_of_memory(path: str, *args: Any, **kwargs: Any):
+        if path.endswith("good1.mp4"):
+            raise MemoryError
+        yield from real(path, *args, **kwargs)
+
+    class HostOOM(ToyEncoder):
+        def encode(self, clips, layers):
+            if any(c.video_id == "pcm3" for c in clips):
+                raise MemoryError  # host RAM, not CUDA
+            return super().encode(clips, layers)
+
+    monkeypatch.setattr(media, "_constant_rate_frames", short_of_memory)
+    store = open_store(tmp_path / "s.zarr", mode="a", durable=False)
+    ids = ["good0", "good1", "aac71", "pcm3", "no_audio"]
+    dataset(store, "hostile", corpus, ids)
+    summary = extract(store, dataset="hostile", encoder=HostOOM(TOY_VISUAL), batch_frames=10_000)
+    assert (summary.videos_done, summary.videos_failed) == (3, 2)
+    assert summary.oom_splits >= 1
+    failures = store.failures("hostile", "toy-visual").set_index("video_id")
+    assert failures.loc["good1", "error_type"] == "DecodeMemoryError"
+    assert "out of memory while decoding the video frames" in failures.loc["good1", "message"]
+    assert failures.loc["pcm3", "error_type"] == "MemoryError"
+    assert set(store.video_ids("hostile", "toy-visual", "last")) == {"good0", "aac71", "no_audio"}

@@ -60,10 +60,12 @@ def prepare_clip(
     limits = DecodeLimits() if limits is None else limits
     media = decode(path, video=spec.needs_video, audio=spec.needs_audio, limits=limits)
     frames, new_tracks = media.frames, None
-    if spec.needs_video and spec.crop != "none":
-        with memory_guard(path, f"while cropping the frames ({spec.crop})"):
+    with memory_guard(
+        path, "while cropping the frames" if spec.crop != "none" else "after decoding"
+    ):
+        if spec.needs_video and spec.crop != "none":
             frames, new_tracks = _crop(video_id, media.frames, spec.crop, cached_tracks)
-    clip = Clip(video_id=video_id, frames=frames, audio=media.audio)
+        clip = Clip(video_id=video_id, frames=frames, audio=media.audio)
     n_frames = clip.duration_frames
     if spec.needs_audio and media.audio is not None:
         n_frames = min(n_frames, int(media.audio.shape[0]) // 640)
