@@ -12,8 +12,8 @@ import typer
 from cli.errors import user_errors
 from featstore.decode_limits import (
     DEFAULT_MAX_DECODED_BYTES,
-    DEFAULT_MAX_DURATION_S,
     DEFAULT_MAX_FRAME_PIXELS,
+    EXTRACT_MAX_DURATION_S,
     DecodeLimits,
 )
 from featstore.extract.plan import DEFAULT_BATCH_FRAMES, DEFAULT_NUM_WORKERS, format_bytes
@@ -143,7 +143,7 @@ def extract_command(
     ),
     n_workers: int = typer.Option(2, "--n-workers", help="Worker processes for --cluster local."),
     max_duration_s: float = typer.Option(
-        DEFAULT_MAX_DURATION_S,
+        EXTRACT_MAX_DURATION_S,
         "--max-duration-s",
         help="A video lasting longer fails (checked on its header and while decoding); 0: no "
         "limit.",

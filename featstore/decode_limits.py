@@ -15,12 +15,16 @@ decoding becomes a :class:`~featstore.media_errors.DecodeMemoryError`. All of
 them are :class:`~featstore.media_errors.MediaLimitError`: one video's failure,
 never a crashed run or server.
 
-The defaults (those of ``featstore extract``) fit the paper's datasets with room
-to spare and bound the memory of one decoded clip:
+``DecodeLimits()`` bounds memory, whoever decodes: frame size and decoded
+bytes. The duration is a policy of the caller, since streaming (``iter_*``,
+leading-silence measurement, the active-speaker segmentation of long
+in-the-wild sources) holds one chunk however long the file: ``featstore
+extract`` bounds it with :data:`EXTRACT_LIMITS`, ``featstore serve`` with its
+``--max-duration-s``. The defaults fit the paper's datasets with room to spare:
 
-- ``max_duration_s = 600``: AV-Deepfake1M and FakeAVCeleb clips last seconds,
-  Deepfake-Eval-2024's single-speaker segments at most 60 s; a 10-minute
-  in-the-wild video still passes (its audio is 38 MB at 16 kHz float32).
+- ``max_duration_s = 600`` for extraction: AV-Deepfake1M and FakeAVCeleb clips
+  last seconds, Deepfake-Eval-2024's single-speaker segments at most 60 s; a
+  10-minute in-the-wild video still passes (its audio is 38 MB at 16 kHz).
 - ``max_frame_pixels = 3840 x 2160`` (4K UHD, 25 MB per RGB frame): anything
   a camera or phone records; 8000x8000 (192 MB per frame) is refused.
 - ``max_decoded_bytes = 4 GiB`` for the arrays of one whole-clip decode
@@ -32,8 +36,10 @@ Extraction decodes ``--num-workers`` clips at once and keeps a few decoded
 clips ahead of the encoder, so its peak memory is a small multiple of
 ``max_decoded_bytes`` in the worst case, however long or large the inputs.
 
->>> DecodeLimits(max_duration_s=120).max_frames(fps=25.0, frame_bytes=2_764_800)
+>>> EXTRACT_LIMITS.max_frames(fps=25.0, frame_bytes=2_764_800)  # 720p: bytes bind first
 (1553, 'bytes')
+>>> EXTRACT_LIMITS.max_samples(sample_rate_hz=16_000)  # audio: the duration binds
+(9600000, 'duration')
 """
 
 from __future__ import annotations
@@ -54,15 +60,16 @@ from featstore.media_errors import (
 
 __all__ = [
     "DEFAULT_MAX_DECODED_BYTES",
-    "DEFAULT_MAX_DURATION_S",
     "DEFAULT_MAX_FRAME_PIXELS",
+    "EXTRACT_LIMITS",
+    "EXTRACT_MAX_DURATION_S",
     "DecodeLimits",
     "InvalidLimitsError",
     "format_pixels",
     "memory_guard",
 ]
 
-DEFAULT_MAX_DURATION_S = 600.0
+EXTRACT_MAX_DURATION_S = 600.0
 DEFAULT_MAX_FRAME_PIXELS = 3840 * 2160
 DEFAULT_MAX_DECODED_BYTES = 4 * 2**30
 AUDIO_SAMPLE_BYTES = 4  # float32 mono
@@ -76,6 +83,8 @@ class InvalidLimitsError(FeatstoreError, ValueError):
 class DecodeLimits:
     """Bounds on one decode; ``None`` lifts a bound (:meth:`unbounded` lifts all).
 
+    The defaults bound memory only (no duration: see the module docs).
+
     ``max_duration_s``: media may last up to this many seconds (output frame
     ``k`` starts at ``k / fps`` and audio sample ``i`` at ``i / sample_rate_hz``;
     any frame or sample at or past the limit is refused). ``max_frame_pixels``:
@@ -84,7 +93,7 @@ class DecodeLimits:
     ``[N]`` float32), and the buffer of one streamed chunk.
     """
 
-    max_duration_s: float | None = DEFAULT_MAX_DURATION_S
+    max_duration_s: float | None = None
     max_frame_pixels: int | None = DEFAULT_MAX_FRAME_PIXELS
     max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES
 
@@ -203,6 +212,10 @@ class DecodeLimits:
         if self.max_frame_pixels is None:
             return {}
         return {"max_pixels": str(int(self.max_frame_pixels))}
+
+
+EXTRACT_LIMITS = DecodeLimits(max_duration_s=EXTRACT_MAX_DURATION_S)
+"""``featstore extract``'s defaults: 600 s, 3840x2160 pixels, 4 GiB of decoded arrays."""
 
 
 @contextmanager

@@ -19,10 +19,11 @@
   first video frame is dropped and a late audio start is padded with zeros.
   Files without video use the audio's own start.
 - Every decode is bounded by a :class:`~featstore.decode_limits.DecodeLimits`
-  (default: 600 s, 3840x2160 pixels per frame, 4 GiB of decoded arrays per
-  clip), checked against the headers first and then against the decoded media
-  as it comes, so a header that lies cannot make decoding run past a bound;
-  a ``MemoryError`` while decoding becomes that file's ``DecodeMemoryError``.
+  (default: 3840x2160 pixels per frame and 4 GiB of decoded arrays per clip;
+  callers add a duration, ``featstore extract`` 600 s), checked against the
+  headers first and then against the decoded media as it comes, so a header
+  that lies cannot make decoding run past a bound; a ``MemoryError`` while
+  decoding becomes that file's ``DecodeMemoryError``.
 - Truncated media: when decoding ends clearly before a stream's declared
   duration (by more than ``max(0.25 s, 2 %)``), or FFmpeg fails mid-stream, a
   ``CorruptMediaError`` is raised, because partial features would silently

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from featstore import media, silence
-from featstore.decode_limits import DecodeLimits, InvalidLimitsError
+from featstore.decode_limits import EXTRACT_LIMITS, DecodeLimits, InvalidLimitsError
 from featstore.media_errors import (
     CorruptMediaError,
     DecodedBytesLimitError,
@@ -233,7 +233,10 @@ def test_memory_error_while_decoding_is_the_files_error(
 
 
 def test_default_limits_fit_the_papers_datasets() -> None:
-    limits = DecodeLimits()
+    # the library's default bounds memory only; extraction adds 600 s
+    assert DecodeLimits().max_duration_s is None
+    assert DecodeLimits(max_duration_s=600.0) == EXTRACT_LIMITS
+    limits = EXTRACT_LIMITS
     # a 20 s AV-Deepfake1M / FakeAVCeleb clip (224x224), a 60 s 720p segment, 10 min of audio
     assert limits.max_frames(fps=25.0, frame_bytes=224 * 224 * 3)[0] >= 20 * 25
     assert limits.max_frames(fps=25.0, frame_bytes=1280 * 720 * 3)[0] >= 60 * 25

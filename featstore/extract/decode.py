@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from featstore.decode_limits import DecodeLimits, memory_guard
+from featstore.decode_limits import EXTRACT_LIMITS, DecodeLimits, memory_guard
 from featstore.encoders.base import Clip, ClipError, EncoderSpec
 from featstore.landmarks import FaceTracks, NoFaceError
 from featstore.media_errors import MediaError
@@ -52,12 +52,12 @@ def prepare_clip(
 ) -> PreparedClip:
     """Decode ``path`` for the encoder described by ``spec``; raise a VIDEO_ERRORS on failure.
 
-    ``limits``: the decode bounds (None: :class:`DecodeLimits`' defaults); media past
+    ``limits``: the decode bounds (None: ``featstore extract``'s, :data:`EXTRACT_LIMITS`); media past
     them fail with a :class:`~featstore.media_errors.MediaLimitError`.
     """
     from featstore.media import decode
 
-    limits = DecodeLimits() if limits is None else limits
+    limits = EXTRACT_LIMITS if limits is None else limits
     media = decode(path, video=spec.needs_video, audio=spec.needs_audio, limits=limits)
     frames, new_tracks = media.frames, None
     with memory_guard(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featstore import layout
-from featstore.decode_limits import DecodeLimits
+from featstore.decode_limits import EXTRACT_LIMITS, DecodeLimits
 from featstore.errors import EncoderMismatchError, FeatstoreError, StoreError, UnknownEncoderError
 from featstore.layout import Layer, layer_key
 
@@ -72,7 +72,7 @@ class ExtractTask:
     videos: tuple[VideoRef, ...] = field(repr=False)
     store_as: str | None = None
     options: tuple[tuple[str, Any], ...] = ()
-    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    limits: DecodeLimits = EXTRACT_LIMITS
 
     @property
     def stored_name(self) -> str:
@@ -337,7 +337,7 @@ def estimate_plan(
     )
     check_stored_info(store, dataset, info)
     todo = pending_videos(store, dataset, info.name, layers, selected)
-    max_s = (limits or DecodeLimits()).max_duration_s
+    max_s = (limits or EXTRACT_LIMITS).max_duration_s
     frames = rows = unknown = too_long = 0
     for ref in todo:
         seconds = durations.get(ref.video_id)

@@ -72,8 +72,8 @@ def extract(
     (e.g. "clip-random" for a random-init baseline beside the trained "clip");
     resume looks there. ``encoder_options``: extra :func:`~featstore.encoders.load_encoder`
     options (e.g. ``{"trust_checkpoint": True}``), also on Dask workers.
-    ``decode_limits``: the bounds on decoding each video (None: the defaults of
-    :class:`~featstore.decode_limits.DecodeLimits`, 600 s, 3840x2160 pixels, 4 GiB of
+    ``decode_limits``: the bounds on decoding each video (None:
+    :data:`~featstore.decode_limits.EXTRACT_LIMITS`, 600 s, 3840x2160 pixels, 4 GiB of
     decoded arrays); a video past them fails alone, recorded in ``_failures``.
 
     >>> summary = extract("features.zarr", dataset="av1m", encoder="clip")  # doctest: +SKIP
@@ -211,10 +211,10 @@ def plan_extraction(
 
 
 def _limits(limits: DecodeLimits | None) -> DecodeLimits:
-    from featstore.decode_limits import DecodeLimits
+    from featstore.decode_limits import EXTRACT_LIMITS, DecodeLimits
 
     if limits is None:
-        return DecodeLimits()
+        return EXTRACT_LIMITS
     if not isinstance(limits, DecodeLimits):
         raise ExtractError(f"decode_limits must be a DecodeLimits, got {type(limits).__name__}")
     return limits
