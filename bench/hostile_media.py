@@ -13,14 +13,16 @@ status, wall time, peak RSS (``ru_maxrss`` of the child) and what it recorded:
 - ``bounded``: the defaults (``--max-duration-s 600 --max-decode-mb 4096``);
 - ``unbounded``: ``--max-duration-s 0 --max-decode-mb 0 --max-frame-pixels 0``, the
   behaviour before the bounds (the baseline, run here with the same code);
-- ``before (SRC)`` with ``--before-src DIR``: another source tree (e.g. ``git archive``
-  of the commit before the bounds) run without the options it does not know.
+- ``before (LABEL)`` with ``--before-src DIR``: another source tree, run without the
+  options it does not know; e.g. the commit before the bounds (issue 13), made with
+  ``git archive 1f789f2 | tar -x -C DIR`` and labelled ``--before-label 1f789f2``.
 
 Unbounded runs can need tens of GB (logfbank over 10 h of audio); every child runs
 under an address-space cap (``--cap-gb``), so such a run ends with ``MemoryError``
 (the issue's crash) instead of taking the machine down.
 
-    python -m bench.hostile_media [--hours 10] [--lying-hours 1] [--cap-gb 8] [--before-src DIR]
+    python -m bench.hostile_media [--hours 10] [--lying-hours 1] [--cap-gb 8]
+        [--before-src DIR --before-label REV]
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lying-hours", type=float, default=1.0)
     parser.add_argument("--cap-gb", type=float, default=8.0)
     parser.add_argument("--before-src", type=Path, default=None)
+    parser.add_argument("--before-label", default=None, help="names the before tree")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
 
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
             ("unbounded", ROOT, UNBOUNDED),
         ]
         if args.before_src is not None:
-            modes.append((f"before ({args.before_src.name})", args.before_src.resolve(), []))
+            label = args.before_label or args.before_src.name
+            modes.append((f"before ({label})", args.before_src.resolve(), []))
         outcomes = []
         for name, path in datasets.items():
             for mode, src, extra in modes:
