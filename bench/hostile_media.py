@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|---|",
     ]
     for o in outcomes:
-        lines.append(f"| {o.dataset} | {o.mode} | {o.exit_code} | {o.seconds:.0f} | {o.peak_rss_mb:.0f} | "
-                     f"{o.summary.replace('|', '/')} |")  # fmt: skip
+        cells = [o.dataset, o.mode, str(o.exit_code), f"{o.seconds:.0f}", f"{o.peak_rss_mb:.0f}"]
+        lines.append("| " + " | ".join([*cells, o.summary.replace("|", "/")]) + " |")
     body = "\n".join(lines)
     print(body)
     if not args.no_write:

@@ -52,8 +52,8 @@ def prepare_clip(
 ) -> PreparedClip:
     """Decode ``path`` for the encoder described by ``spec``; raise a VIDEO_ERRORS on failure.
 
-    ``limits``: the decode bounds (None: ``featstore extract``'s, :data:`EXTRACT_LIMITS`); media past
-    them fail with a :class:`~featstore.media_errors.MediaLimitError`.
+    ``limits``: the decode bounds (None: ``featstore extract``'s, :data:`EXTRACT_LIMITS`);
+    media past them fail with a :class:`~featstore.media_errors.MediaLimitError`.
     """
     from featstore.media import decode
 
