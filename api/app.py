@@ -16,12 +16,13 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.convertors import PathConvertor, register_url_convertor
+from starlette.requests import ClientDisconnect
 
 from api.batching import BatcherClosedError
 from api.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
@@ -37,8 +38,10 @@ from api.scoring import NotReadyError, ScoringService, UnknownRunError, UploadNo
 from api.settings import Settings
 from api.uploads import (
     BadUploadError,
+    MalformedUploadError,
     MediaTooLongError,
     UnsupportedMediaTypeError,
+    UploadTimeoutError,
     UploadTooLargeError,
     check_duration,
     receive_upload,
@@ -46,25 +49,28 @@ from api.uploads import (
 from featstore.encoders.base import ClipError
 from featstore.errors import (
     FeatstoreError,
+    StoreError,
     UnknownDatasetError,
     UnknownEncoderError,
     UnknownLayerError,
     UnknownVideoError,
 )
+from featstore.layout import check_name
 from featstore.media import MediaError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["create_app", "get_metrics", "get_service", "get_settings"]
 
-_DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_VIDEO_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
-_MAX_VIDEO_ID = 1024
+_VIDEO_ID_CONVERTOR = "featstore_video_id"  # a path convertor matching any string
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
 # First match wins: most specific first.
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (UploadTooLargeError, 413),
+    (UploadTimeoutError, 408),
     (UnsupportedMediaTypeError, 415),
+    (MalformedUploadError, 400),
     (BadUploadError, 422),
     (MediaTooLongError, 422),
     (MediaError, 422),
@@ -119,7 +125,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def _timeout(settings: Settings) -> Any:
+def _timeout(settings: Settings) -> asyncio.Timeout:
     return asyncio.timeout(settings.request_timeout_s)
 
 
@@ -127,27 +133,25 @@ def _timeout(settings: Settings) -> Any:
 
 
 def _check_dataset(dataset: str) -> str:
-    if not _DATASET_ID.match(dataset):
-        raise UnknownDatasetError(f"no dataset {dataset!r}: not a valid dataset name")
-    return dataset
+    """The store's own rule for dataset names (they are path components of the store)."""
+    try:
+        return check_name("dataset", dataset)
+    except StoreError:
+        raise UnknownDatasetError(f"no dataset {dataset!r}: not a valid dataset name") from None
 
 
 def _check_video_id(video_id: str) -> str:
-    parts = video_id.split("/")
-    if len(video_id) > _MAX_VIDEO_ID or not all(_VIDEO_PART.match(p) for p in parts):
-        raise UnknownVideoError(
-            f"no video {video_id!r}: ids are '/'-separated names of letters, digits, '.', '_', "
-            "'-' (no empty or '..' parts)"
-        )
-    if any(p in (".", "..") for p in parts):
-        raise UnknownVideoError(f"no video {video_id!r}: '.' and '..' are not id parts")
+    """Any non-empty string, as the store accepts: an id is a key looked up in the store's
+    index and manifest, never joined to a file path, so '..' or '/' in it reach no file."""
+    if not video_id:
+        raise UnknownVideoError("no video '': ids are non-empty")
     return video_id
 
 
 # ------------------------------------------------------------------ routes
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Detail} for code in (400, 401, 404, 413, 415, 422, 503, 504)
+    code: {"model": Detail} for code in (400, 401, 404, 408, 413, 415, 422, 503, 504)
 }
 
 _UPLOAD_BODY = {
@@ -181,18 +185,32 @@ async def score_upload(
 ) -> ScoreResponse:
     """Score an uploaded video (multipart ``file``) with the loaded runs, or those in ``runs``."""
     service.check_ready()
-    async with (
-        _timeout(settings),
-        receive_upload(
-            request, max_bytes=settings.max_upload_bytes, directory=settings.upload_dir
-        ) as upload,
-    ):
-        metrics.upload_bytes.inc(upload.size_bytes)
-        raw = upload.fields.get("runs", "")
-        runs = [r.strip() for r in raw.split(",") if r.strip()] or None
-        service.upload_runs(runs)  # unknown / stored-only runs fail before decoding
-        await asyncio.to_thread(check_duration, upload.path, settings.max_duration_s)
-        return await service.score_upload(str(upload.path), runs, filename=upload.filename)
+    received_at: float | None = None
+    try:
+        async with (
+            _timeout(settings) as deadline,
+            receive_upload(
+                request,
+                max_bytes=settings.max_upload_bytes,
+                max_parts=settings.max_form_parts,
+                max_field_bytes=settings.max_field_bytes,
+                directory=settings.upload_dir,
+            ) as upload,
+        ):
+            received_at = asyncio.get_running_loop().time()
+            metrics.upload_bytes.inc(upload.size_bytes)
+            raw = upload.fields.get("runs", "")
+            runs = [r.strip() for r in raw.split(",") if r.strip()] or None
+            service.upload_runs(runs)  # unknown / stored-only runs fail before decoding
+            await asyncio.to_thread(check_duration, upload.path, settings.max_duration_s)
+            return await service.score_upload(str(upload.path), runs, filename=upload.filename)
+    except TimeoutError:
+        when = deadline.when()
+        if received_at is not None and when is not None and received_at < when:
+            raise  # the upload came in time: our own slowness, 504
+        raise UploadTimeoutError(
+            f"the upload was not received within {settings.request_timeout_s:g} s (--timeout-s)"
+        ) from None
 
 
 @v1.get("/datasets", response_model=DatasetsResponse)
@@ -202,10 +220,29 @@ async def list_datasets(service: ServiceDep, settings: SettingsDep) -> DatasetsR
         return await asyncio.to_thread(service.datasets)
 
 
-@v1.get("/datasets/{dataset}/videos/{video_id:path}/scores", response_model=StoredScoreResponse)
+class _VideoIdConvertor(PathConvertor):
+    """Starlette's ``path`` (``.*``) stops at a newline; the store takes any string as an id."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor(_VIDEO_ID_CONVERTOR, _VideoIdConvertor())
+
+
+@v1.get(
+    f"/datasets/{{dataset}}/videos/{{video_id:{_VIDEO_ID_CONVERTOR}}}/scores",
+    response_model=StoredScoreResponse,
+)
 async def stored_scores(
     dataset: Annotated[str, Path(description="dataset name")],
-    video_id: Annotated[str, Path(description="video id, e.g. train/id0001/clip")],
+    video_id: Annotated[
+        str,
+        Path(
+            description="video id, e.g. train/id0001/clip, percent-encoded as "
+            "urllib.parse.quote(id, safe='') or encodeURIComponent(id) do; any id the store "
+            "holds works (spaces, non-ASCII, '%', '#', '?', '/')"
+        ),
+    ],
     run: Annotated[str, Query(description="run name (see /v1/models)")],
     service: ServiceDep,
     settings: SettingsDep,
@@ -282,6 +319,12 @@ async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client left mid-request (nginx's 499): nobody reads this answer; metrics count it."""
+    log.info("client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "internal server error"}, status_code=500)
@@ -318,6 +361,7 @@ def create_app(settings: Settings, *, service: ScoringService | None = None) -> 
     app.add_exception_handler(FeatstoreError, _featstore_error)
     app.add_exception_handler(TimeoutError, _timeout_error)
     app.add_exception_handler(_Unauthorized, _unauthorized)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from api.uploads import MAX_FIELD_BYTES, MAX_FORM_PARTS
 from featstore.errors import FeatstoreError
 
 __all__ = ["RunSpec", "Settings", "SettingsError", "parse_checkpoints", "parse_run"]
@@ -44,6 +45,13 @@ class Settings:
     warmup: bool = True
     upload_dir: str | None = None  # temporary files go here (default: the system's tmp)
     upload_chunk_bytes: int = 1 << 20
+    max_form_parts: int = MAX_FORM_PARTS  # parts of one multipart body (400 beyond)
+    max_field_bytes: int = MAX_FIELD_BYTES  # bytes of one form field (413 beyond)
+    # The HTTP server (api/server.py): request headers must be complete this long after
+    # a connection opens or its previous response ends (slowloris), else it is closed.
+    header_timeout_s: float = 10.0
+    limit_concurrency: int = 64  # open connections; requests beyond get 503
+    backlog: int = 2048  # connections waiting to be accepted (the listen queue)
 
     def __post_init__(self) -> None:
         if not self.runs:
@@ -60,6 +68,11 @@ class Settings:
             ("request timeout", self.request_timeout_s),
             ("max batch clips", self.max_batch_clips),
             ("upload chunk size", self.upload_chunk_bytes),
+            ("max form parts", self.max_form_parts),
+            ("max field size", self.max_field_bytes),
+            ("header timeout", self.header_timeout_s),
+            ("connection limit", self.limit_concurrency),
+            ("backlog", self.backlog),
         ):
             if not value > 0:
                 raise SettingsError(f"{what} must be positive, got {value}")

@@ -1,12 +1,19 @@
 """Uploads: the multipart body streamed to a temporary file with a size limit, then vetted.
 
 The body is parsed as it arrives (never buffered whole): the ``file`` part goes
-to a temporary file chunk by chunk and the request fails with 413 as soon as
-it passes the limit; other parts are small form fields. The file's declared
-type and its first bytes must be a video container (415), and the container
-header must declare a duration within the limit (422) before anything is
-decoded. The temporary file is removed when the ``async with`` block ends,
-however it ends (error, timeout, client gone).
+to a temporary file chunk by chunk, other parts are small form fields. Limits,
+each checked as the bytes arrive (with or without a Content-Length):
+
+- the whole body (file, fields, multipart framing) at most ``max_bytes`` (413);
+- at most ``max_parts`` parts (400) and ``max_field_bytes`` per field (413);
+- part headers as python-multipart bounds them (8 lines of at most ~4 KiB), a
+  boundary of at most 256 characters, and a body that ends with its closing
+  boundary: anything else is malformed (400).
+
+The file's declared type and its first bytes must be a video container (415),
+and the container header must declare a duration within the limit (422) before
+anything is decoded. The temporary file is removed when the ``async with``
+block ends, however it ends (error, timeout, client gone).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from featstore.errors import FeatstoreError
 
@@ -27,10 +34,14 @@ if TYPE_CHECKING:
     from featstore.media import MediaInfo
 
 __all__ = [
+    "MAX_FIELD_BYTES",
+    "MAX_FORM_PARTS",
     "BadUploadError",
+    "MalformedUploadError",
     "MediaTooLongError",
     "UnsupportedMediaTypeError",
     "Upload",
+    "UploadTimeoutError",
     "UploadTooLargeError",
     "check_duration",
     "looks_like_video",
@@ -38,14 +49,22 @@ __all__ = [
 ]
 
 FILE_FIELD = "file"
-MAX_FIELD_BYTES = 16 * 1024  # a form field (e.g. ``runs``) longer than this is refused
-MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and part headers around the file
+MAX_FIELD_BYTES = 16 * 1024  # default: a form field (e.g. ``runs``) longer than this is refused
+MAX_FORM_PARTS = 16  # default: a form with more parts than this is refused
 _SNIFF_BYTES = 512
 _ALLOWED_TYPES = ("application/octet-stream",)
 
 
 class BadUploadError(FeatstoreError):
-    """The body is not a well-formed multipart form with one ``file`` part (422)."""
+    """The form is well formed but not what the endpoint takes: no or two ``file`` parts (422)."""
+
+
+class MalformedUploadError(BadUploadError):
+    """The body is not well-formed multipart: bad boundary, syntax, truncated, too many parts (400)."""
+
+
+class UploadTimeoutError(FeatstoreError):
+    """The client did not send the whole upload within the request time limit (408)."""
 
 
 class UploadTooLargeError(FeatstoreError):
@@ -100,15 +119,19 @@ def _mb(n: int) -> str:
 
 
 class _Receiver:
-    """python-multipart callbacks: the file part to disk, fields to memory."""
+    """python-multipart callbacks: the file part to disk, fields to memory, parts counted."""
 
-    def __init__(self, upload: Upload, fh: object, max_bytes: int) -> None:
-        self.upload, self.fh, self.max_bytes = upload, fh, max_bytes
+    def __init__(self, upload: Upload, *, max_parts: int, max_field_bytes: int) -> None:
+        self.upload = upload
+        self.fh: Any = None  # the temporary file, set once it is open
+        self.max_parts, self.max_field_bytes = max_parts, max_field_bytes
         self.headers: dict[str, str] = {}
-        self._field, self._value = b"", b""
+        self._field, self._value = b"", b""  # bounded by the parser's header size limit
         self.part: str | None = None  # name of the part being read
         self.buffer = bytearray()
+        self.parts = 0
         self.files = 0
+        self.ended = False  # the closing boundary was seen
         self.error: FeatstoreError | None = None
 
     def callbacks(self) -> dict[str, object]:
@@ -120,10 +143,23 @@ class _Receiver:
             "on_headers_finished": self.headers_finished,
             "on_part_data": self.part_data,
             "on_part_end": self.part_end,
+            "on_end": self.end,
         }
+
+    def fail(self, error: FeatstoreError) -> None:
+        if self.error is None:
+            self.error = error
 
     def part_begin(self) -> None:
         self.headers, self.part, self.buffer = {}, None, bytearray()
+        self.parts += 1
+        if self.parts > self.max_parts:
+            self.fail(
+                MalformedUploadError(
+                    f"the form has more than {self.max_parts} parts; send one '{FILE_FIELD}' part "
+                    "and at most a few small fields"
+                )
+            )
 
     def header_end(self) -> None:
         self.headers[self._field.decode("latin-1").lower()] = self._value.decode("latin-1")
@@ -139,15 +175,17 @@ class _Receiver:
             return
         self.files += 1
         if self.files > 1:
-            self.error = BadUploadError(f"send exactly one '{FILE_FIELD}' part")
+            self.fail(BadUploadError(f"send exactly one '{FILE_FIELD}' part"))
             return
         filename = params.get(b"filename")
         self.upload.filename = filename.decode("utf-8", "replace") if filename else None
         self.upload.content_type = self.headers.get("content-type")
         if not _allowed_type(self.upload.content_type):
-            self.error = UnsupportedMediaTypeError(
-                f"upload type {self.upload.content_type!r} is not a video; send a video file "
-                "(video/* or application/octet-stream)"
+            self.fail(
+                UnsupportedMediaTypeError(
+                    f"upload type {self.upload.content_type!r} is not a video; send a video file "
+                    "(video/* or application/octet-stream)"
+                )
             )
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
@@ -156,59 +194,93 @@ class _Receiver:
         chunk = data[start:end]
         if self.part == FILE_FIELD:
             self.upload.size_bytes += len(chunk)
-            if self.upload.size_bytes > self.max_bytes:
-                self.error = UploadTooLargeError(
-                    f"upload is larger than the limit of {_mb(self.max_bytes)}"
-                )
-                return
             if len(self.upload.head) < _SNIFF_BYTES:
                 self.upload.head += chunk[: _SNIFF_BYTES - len(self.upload.head)]
-            self.fh.write(chunk)  # type: ignore[attr-defined]
+            self.fh.write(chunk)
         else:
             self.buffer += chunk
-            if len(self.buffer) > MAX_FIELD_BYTES:
-                self.error = UploadTooLargeError(
-                    f"form field {self.part!r} is longer than {MAX_FIELD_BYTES} bytes"
+            if len(self.buffer) > self.max_field_bytes:
+                self.fail(
+                    UploadTooLargeError(
+                        f"form field {self.part!r} is longer than {self.max_field_bytes} bytes"
+                    )
                 )
 
     def part_end(self) -> None:
         if self.part and self.part != FILE_FIELD and self.error is None:
             self.upload.fields[self.part] = self.buffer.decode("utf-8", "replace")
 
+    def end(self) -> None:
+        self.ended = True
+
+
+def _parser(content_type: str, receiver: _Receiver) -> Any:
+    """A python-multipart parser for the request's boundary; 415/400 when there is none or it is bad."""
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    mime, params = parse_options_header(content_type)
+    if mime != b"multipart/form-data":
+        raise UnsupportedMediaTypeError("send the video as multipart/form-data with a 'file' part")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise MalformedUploadError("the multipart/form-data content type has no boundary")
+    try:
+        return MultipartParser(boundary, receiver.callbacks())
+    except FormParserError as exc:  # e.g. a boundary over 256 characters
+        raise MalformedUploadError(f"invalid multipart boundary: {exc}") from None
+
 
 @contextlib.asynccontextmanager
 async def receive_upload(
-    request: Request, *, max_bytes: int, directory: str | None = None
+    request: Request,
+    *,
+    max_bytes: int,
+    max_parts: int = MAX_FORM_PARTS,
+    max_field_bytes: int = MAX_FIELD_BYTES,
+    directory: str | None = None,
 ) -> AsyncIterator[Upload]:
-    """Stream the request's multipart body into a temporary file; remove it afterwards."""
-    from python_multipart.multipart import MultipartParseError, MultipartParser
-    from python_multipart.multipart import parse_options_header as parse_header
+    """Stream the request's multipart body into a temporary file; remove it afterwards.
 
-    mime, params = parse_header(request.headers.get("content-type", ""))
-    if mime != b"multipart/form-data" or not params.get(b"boundary"):
-        raise UnsupportedMediaTypeError("send the video as multipart/form-data with a 'file' part")
+    ``max_bytes`` bounds the whole body, form fields and multipart framing included.
+    A client that goes away mid-body raises Starlette's ``ClientDisconnect``.
+    """
+    from python_multipart.exceptions import FormParserError
+
+    upload = Upload(path=Path())
+    receiver = _Receiver(upload, max_parts=max_parts, max_field_bytes=max_field_bytes)
+    parser = _parser(request.headers.get("content-type", ""), receiver)
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes + MULTIPART_SLACK_BYTES:
+    if length is not None and length.isdigit() and int(length) > max_bytes:
         raise UploadTooLargeError(
             f"upload of {_mb(int(length))} is larger than the limit of {_mb(max_bytes)}"
         )
     fd, name = tempfile.mkstemp(prefix="featstore-upload-", suffix=".media", dir=directory)
-    upload = Upload(path=Path(name))
+    upload.path = Path(name)
     try:
         with os.fdopen(fd, "wb") as fh:
-            receiver = _Receiver(upload, fh, max_bytes)
-            parser = MultipartParser(params[b"boundary"], receiver.callbacks())
+            receiver.fh = fh
+            received = 0
             async for chunk in request.stream():
+                received += len(chunk)
+                if received > max_bytes:  # chunked bodies, or a Content-Length that lied
+                    raise UploadTooLargeError(
+                        f"upload is larger than the limit of {_mb(max_bytes)}"
+                    )
                 try:
                     parser.write(chunk)
-                except MultipartParseError as exc:
-                    raise BadUploadError(f"malformed multipart body: {exc}") from None
+                except FormParserError as exc:
+                    raise MalformedUploadError(f"malformed multipart body: {exc}") from None
                 if receiver.error is not None:
                     raise receiver.error
             try:
                 parser.finalize()
-            except MultipartParseError as exc:
-                raise BadUploadError(f"malformed multipart body: {exc}") from None
+            except FormParserError as exc:
+                raise MalformedUploadError(f"malformed multipart body: {exc}") from None
+        if not receiver.ended:
+            raise MalformedUploadError(
+                "malformed multipart body: it ends before its closing boundary (truncated upload?)"
+            )
         if receiver.files == 0:
             raise BadUploadError(f"the form has no '{FILE_FIELD}' part")
         if upload.size_bytes == 0:

@@ -36,6 +36,18 @@ def serve_command(
     max_wait_ms: float = typer.Option(
         10.0, "--max-wait-ms", help="How long a request waits for others to batch with."
     ),
+    header_timeout_s: float = typer.Option(
+        10.0,
+        "--header-timeout-s",
+        help="Close a connection whose request headers are not complete this long after it "
+        "opens or its last response ends (408; slowloris).",
+    ),
+    limit_concurrency: int = typer.Option(
+        64, "--limit-concurrency", help="Most open connections; requests beyond get 503."
+    ),
+    backlog: int = typer.Option(
+        2048, "--backlog", help="Connections waiting to be accepted (the listen queue)."
+    ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve scores of uploaded and stored videos over HTTP (docs at /docs)."""
@@ -57,6 +69,9 @@ def serve_command(
             request_timeout_s=timeout_s,
             max_batch_clips=max_batch,
             max_wait_ms=max_wait_ms,
+            header_timeout_s=header_timeout_s,
+            limit_concurrency=limit_concurrency,
+            backlog=backlog,
         )
         settings.api_key()
         open_store(store, mode="r")
@@ -68,7 +83,9 @@ def serve_command(
         import uvicorn
 
         from api.app import create_app
+        from api.server import server_config
 
         app = create_app(settings)
+        config = server_config(app, settings, host=host, port=port, log_level=log_level)
     typer.echo(f"serving {len(specs)} run(s) on http://{host}:{port} (docs at /docs)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(config).run()

@@ -268,6 +268,133 @@ def test_not_multipart_and_missing_file(tmp_path: Path) -> None:
         assert r.status_code == 404 and "nope" in r.json()["detail"]
 
 
+_MP4_HEAD = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64
+
+
+def _part(boundary: str, name: str, value: bytes, *, filename: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    kind = "Content-Type: video/mp4\r\n" if filename else ""
+    return (
+        f"--{boundary}\r\nContent-Disposition: {disposition}\r\n{kind}\r\n".encode()
+        + value
+        + b"\r\n"
+    )
+
+
+def _fields(boundary: str, n: int, size: int) -> Any:
+    """A chunked body (no Content-Length) of ``n`` fields of ``size`` bytes, then a file."""
+    for i in range(n):
+        yield _part(boundary, f"f{i}", b"x" * size)
+    yield _part(boundary, "file", _MP4_HEAD, filename="a.mp4") + f"--{boundary}--\r\n".encode()
+
+
+_B = "bnd"
+_FILE = _part(_B, "file", _MP4_HEAD, filename="a.mp4")
+_END = f"--{_B}--\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "boundary", "status", "needle"),
+    [
+        # the 7-million-fields body of issue 13 (at 6 MB here): refused at the 17th part
+        (_fields(_B, 100_000, 1), _B, 400, "more than 16 parts"),
+        # fields count toward the body limit (100 kB here), chunked, no Content-Length
+        (_fields(_B, 12, 10_000), _B, 413, "limit of 0.1 MB"),
+        (_part(_B, "runs", b"a" * 20_000) + _FILE + _END, _B, 413, "longer than 16384 bytes"),
+        (_FILE + _END, "b" * 300, 400, "boundary"),  # python-multipart refuses > 256
+        (_FILE + _END, "", 400, "no boundary"),
+        (b"this is not multipart at all", _B, 400, "malformed multipart body"),
+        (_FILE, _B, 400, "closing boundary"),  # truncated: no closing boundary
+        (  # a part header line beyond python-multipart's 4 KiB
+            f'--{_B}\r\nContent-Disposition: form-data; name="file"; filename="{"a" * 5000}"\r\n'
+            "\r\n".encode()
+            + _MP4_HEAD
+            + b"\r\n"
+            + _END,
+            _B,
+            400,
+            "header",
+        ),
+        (  # more header lines in one part than python-multipart allows (8)
+            f'--{_B}\r\nContent-Disposition: form-data; name="file"\r\n'.encode()
+            + b"".join(b"X-%d: y\r\n" % i for i in range(20))
+            + b"\r\n"
+            + _MP4_HEAD
+            + b"\r\n"
+            + _END,
+            _B,
+            400,
+            "header",
+        ),
+    ],
+    ids=[
+        "many-fields",
+        "fields-count",
+        "long-field",
+        "long-boundary",
+        "no-boundary",
+        "garbage",
+        "truncated",
+        "long-part-header",
+        "many-part-headers",
+    ],
+)
+def test_multipart_abuse(
+    tmp_path: Path, body: Any, boundary: str, status: int, needle: str
+) -> None:
+    """Hostile multipart bodies get a 4xx with a clear message; nothing is scored or left."""
+    service = FakeService()
+    ctype = "multipart/form-data" + (f"; boundary={boundary}" if boundary else "")
+    # the test client sends a body in one piece: the fields-count case needs a limit below it
+    limit = 100_000 if status == 413 else 200 * 2**20
+    with TestClient(fake_app(tmp_path, service, max_upload_bytes=limit)) as client:
+        t0 = time.monotonic()
+        r = client.post("/v1/score", content=body, headers={"content-type": ctype})
+        assert time.monotonic() - t0 < 10
+        assert r.status_code == status, r.text
+        assert needle in r.json()["detail"], r.json()
+        assert "Traceback" not in r.text
+        metrics = client.get("/metrics").text
+    assert f'endpoint="/v1/score",method="POST",status="{status}"' in metrics
+    assert not service.seen
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
+def test_small_form_within_limits_is_accepted(tmp_path: Path, world: Any) -> None:
+    """The limits leave room for what clients send: a file and a few small fields."""
+    service = FakeService()
+    _, clip = clip_bytes(world)
+    fields = [_part(_B, f"f{i}", b"x" * 16384) for i in range(15)]  # 16 parts with the file
+    body = b"".join([*fields, _part(_B, "file", clip, filename="c.mp4"), _END])
+    ctype = f"multipart/form-data; boundary={_B}"
+    with TestClient(fake_app(tmp_path, service, max_upload_bytes=len(body))) as client:
+        r = client.post("/v1/score", content=body, headers={"content-type": ctype})
+        assert r.status_code == 200, r.text
+        r = client.post("/v1/score", content=body + b"\r\n", headers={"content-type": ctype})
+        assert r.status_code == 413  # two bytes over: the whole body counts
+    assert len(service.seen) == 1
+
+
+def test_slow_upload_is_408_not_504(tmp_path: Path) -> None:
+    """A client too slow to send its body is the client's fault (408), not a gateway's (504)."""
+
+    def slow() -> Any:
+        yield _FILE
+        time.sleep(1.0)
+        yield _END
+
+    service = FakeService()
+    with TestClient(fake_app(tmp_path, service, request_timeout_s=0.3)) as client:
+        r = client.post(
+            "/v1/score",
+            content=slow(),
+            headers={"content-type": f"multipart/form-data; boundary={_B}"},
+        )
+    assert r.status_code == 408 and "not received within 0.3 s" in r.json()["detail"], r.text
+    assert not service.seen
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
 def test_too_long_checked_from_header(tmp_path: Path, world: Any) -> None:
     service = FakeService()
     _, data = clip_bytes(world)
