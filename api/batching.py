@@ -70,7 +70,8 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encode-{name}")
         self._closed = False
-        self.batch_sizes: list[int] = []  # every batch run, for metrics and tests
+        # the latest batch sizes, for tests and benchmarks (bounded: a server runs for months)
+        self.batch_sizes: deque[int] = deque(maxlen=4096)
 
     def run_now(self, clips: Sequence[Clip], layers: Sequence[Layer]) -> list[Any]:
         """Encode in the calling thread (warm-up); same per-clip fallback as a batch."""
