@@ -72,7 +72,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
+            # the route's template without convertors: {video_id}, not {video_id:...}
+            endpoint = getattr(route, "path_format", None) or "unmatched"
             labels = {
                 "endpoint": endpoint,
                 "method": scope.get("method", ""),

@@ -234,6 +234,8 @@ def test_every_stored_id_answers_when_percent_encoded(server: dict[str, Any]) ->
         # '/' in ids may also go unencoded: ids are paths
         r = client.get("/v1/datasets/odd+ids/videos/train/id01/with%20space/scores?run=w")
         assert r.status_code == 200 and r.json()["video_id"] == "train/id01/with space"
+        metrics = client.get("/metrics").text
+    assert 'endpoint="/v1/datasets/{dataset}/videos/{video_id}/scores"' in metrics
 
 
 @pytest.mark.parametrize(
