@@ -6,9 +6,9 @@ each checked as the bytes arrive (with or without a Content-Length):
 
 - the whole body (file, fields, multipart framing) at most ``max_bytes`` (413);
 - at most ``max_parts`` parts (400) and ``max_field_bytes`` per field (413);
-- part headers as python-multipart bounds them (8 lines of at most ~4 KiB), a
-  boundary of at most 256 characters, and a body that ends with its closing
-  boundary: anything else is malformed (400).
+- at most 8 KiB of headers per part (python-multipart also allows at most 8
+  lines of ~4 KiB), a boundary of at most 256 characters, and a body that ends
+  with its closing boundary: anything else is malformed (400).
 
 The file's declared type and its first bytes must be a video container (415),
 and the container header must declare a duration within the limit (422) before
@@ -51,6 +51,7 @@ __all__ = [
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 16 * 1024  # default: a form field (e.g. ``runs``) longer than this is refused
 MAX_FORM_PARTS = 16  # default: a form with more parts than this is refused
+_MAX_PART_HEADER_BYTES = 8 * 1024  # all header lines of one part
 _SNIFF_BYTES = 512
 _ALLOWED_TYPES = ("application/octet-stream",)
 
@@ -126,7 +127,8 @@ class _Receiver:
         self.fh: Any = None  # the temporary file, set once it is open
         self.max_parts, self.max_field_bytes = max_parts, max_field_bytes
         self.headers: dict[str, str] = {}
-        self._field, self._value = b"", b""  # bounded by the parser's header size limit
+        self._field, self._value = b"", b""
+        self._header_bytes = 0  # of the current part, bounded whatever the parser's version
         self.part: str | None = None  # name of the part being read
         self.buffer = bytearray()
         self.parts = 0
@@ -137,8 +139,8 @@ class _Receiver:
     def callbacks(self) -> dict[str, object]:
         return {
             "on_part_begin": self.part_begin,
-            "on_header_field": lambda d, s, e: setattr(self, "_field", self._field + d[s:e]),
-            "on_header_value": lambda d, s, e: setattr(self, "_value", self._value + d[s:e]),
+            "on_header_field": self.header_field,
+            "on_header_value": self.header_value,
             "on_header_end": self.header_end,
             "on_headers_finished": self.headers_finished,
             "on_part_data": self.part_data,
@@ -152,6 +154,7 @@ class _Receiver:
 
     def part_begin(self) -> None:
         self.headers, self.part, self.buffer = {}, None, bytearray()
+        self._header_bytes = 0
         self.parts += 1
         if self.parts > self.max_parts:
             self.fail(
@@ -160,6 +163,25 @@ class _Receiver:
                     "and at most a few small fields"
                 )
             )
+
+    def _count_header(self, n: int) -> bool:
+        self._header_bytes += n
+        if self._header_bytes > _MAX_PART_HEADER_BYTES:
+            self.fail(
+                MalformedUploadError(
+                    f"malformed multipart body: part headers longer than {_MAX_PART_HEADER_BYTES} "
+                    "bytes"
+                )
+            )
+        return self.error is None
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        if self._count_header(end - start):
+            self._field += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        if self._count_header(end - start):
+            self._value += data[start:end]
 
     def header_end(self) -> None:
         self.headers[self._field.decode("latin-1").lower()] = self._value.decode("latin-1")

@@ -315,6 +315,17 @@ _END = f"--{_B}--\r\n".encode()
             400,
             "header",
         ),
+        (  # 12 kB of header lines in one part, each within python-multipart's bounds
+            f'--{_B}\r\nContent-Disposition: form-data; name="file"\r\n'.encode()
+            + b"".join(b"X-%d: %s\r\n" % (i, b"y" * 2000) for i in range(6))
+            + b"\r\n"
+            + _MP4_HEAD
+            + b"\r\n"
+            + _END,
+            _B,
+            400,
+            "part headers longer than 8192 bytes",
+        ),
         (  # more header lines in one part than python-multipart allows (8)
             f'--{_B}\r\nContent-Disposition: form-data; name="file"\r\n'.encode()
             + b"".join(b"X-%d: y\r\n" % i for i in range(20))
@@ -336,6 +347,7 @@ _END = f"--{_B}--\r\n".encode()
         "garbage",
         "truncated",
         "long-part-header",
+        "long-part-headers",
         "many-part-headers",
     ],
 )
