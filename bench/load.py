@@ -389,7 +389,8 @@ def _five(counts: Counter[str] | Counter[int]) -> int:
 
 def report(phases: list[Phase], args: argparse.Namespace, served: Served, log: str) -> str:
     lines = [
-        f"{date.today()} on {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, "
+        f"{date.today()} on {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs "
+        f"(load average {args.load_before:.1f} before the run), "
         f"featstore serve (uvicorn, defaults: --header-timeout-s 10, --limit-concurrency 64) "
         f"with --max-upload-mb {args.max_upload_mb:g}, one logfbank probe run on CPU; clients "
         f"upload a 2 s 96x96 clip ({len(served.clip) / 1e3:.0f} kB) or query one of "
@@ -423,6 +424,17 @@ def report(phases: list[Phase], args: argparse.Namespace, served: Served, log: s
             f"| {p.name} | {mb[0]:.0f} | {min(mb):.0f} | {max(mb):.0f} | {mb[-1]:.0f} | "
             f"{mb[-1] - mb[0]:+.0f} |"
         )
+    if len(phases) == 2 and args.abusers:
+        growth = [p.rss[-1][1] - p.rss[0][1] for p in phases]
+        refused = sum(p.abusers.get("oversized", Counter()).values())
+        lines += [
+            "",
+            f"Memory growth over {args.seconds:g} s: {growth[0]:+.0f} MB without abusers, "
+            f"{growth[1]:+.0f} MB with them (abusers add {growth[1] - growth[0]:+.0f} MB). "
+            f"The abusers share the CPUs with the clients (the server parsed and refused "
+            f"{refused} bodies past {args.max_upload_mb:g} MB, the bench process wrote them), "
+            "which is what slows the clients down.",
+        ]
     timeline = []
     for p in phases:
         step = max(1, len(p.rss) // 6)
@@ -482,6 +494,7 @@ def main() -> None:
     parser.add_argument("--max-upload-mb", type=float, default=5.0)
     parser.add_argument("--no-results", action="store_true", help="Print only.")
     args = parser.parse_args()
+    args.load_before = os.getloadavg()[0]
     body = run(args)
     print(body)
     if not args.no_results:
