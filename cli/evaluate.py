@@ -65,6 +65,34 @@ def _ci(ci: Any) -> str:
     return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+SEGMENT_METRICS = typer.Option(
+    "official",
+    "--segment-metrics",
+    help="AV-Deepfake1M AP/AR semantics: official (the official tool's, as published numbers "
+    "are) or corrected (float64, proposals ranked by confidence, AP with its first step).",
+)
+
+
+def localization_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """Table rows of the temporal AUC and the AP/AR, each labelled with its protocol."""
+    rows = []
+    temporal = metrics.get("temporal")
+    if temporal:
+        fakes = temporal.get("fakes", metrics.get("fakes", ""))
+        rows.append(
+            (
+                "temporal AUC %",
+                f"{_pct(temporal['mean'])} ({temporal['n_videos']} fake videos, {fakes})",
+            )
+        )
+    localization = metrics.get("localization") or {}
+    semantics = localization.get("semantics", "official")
+    for key, value in localization.items():
+        if key.startswith(("AP@", "AR@")):
+            rows.append((f"{key} % ({semantics})", _pct(value)))
+    return rows
+
+
 def eval_command(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     store: str | None = STORE,
@@ -79,13 +107,16 @@ def eval_command(
     all_fakes: bool = typer.Option(
         False,
         "--all-fakes",
-        help="Count every fake in AUC/AP (default: the paper's filter, both modalities faked).",
+        help="Count every fake in AUC/AP and the temporal AUC (default: the paper's filter, "
+        "both modalities faked).",
     ),
+    segment_metrics: str = SEGMENT_METRICS,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """AUC / AP / EER (and temporal / segment metrics); writes metrics.json and predictions."""
     with user_errors():
         from trainers.evaluate import evaluate
+        from trainers.segments import check_semantics
 
         metrics = evaluate(
             run_dir,
@@ -95,6 +126,7 @@ def eval_command(
             threshold=threshold,
             allow_missing=allow_missing,
             all_fakes=all_fakes,
+            segment_metrics=check_semantics(segment_metrics),
         )
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
@@ -111,13 +143,8 @@ def eval_command(
     table.add_row("AUC %", _pct(b["auc"]) + _ci(b.get("auc_ci")))
     table.add_row("AP %", _pct(b["ap"]) + _ci(b.get("ap_ci")))
     table.add_row("EER %", _pct(b["eer"]))
-    temporal = metrics.get("temporal")
-    if temporal:
-        table.add_row(
-            "temporal AUC %", f"{_pct(temporal['mean'])} ({temporal['n_videos']} fake videos)"
-        )
-    for key, value in (metrics.get("localization") or {}).items():
-        table.add_row(key + " %", _pct(value))
+    for name, value in localization_rows(metrics):
+        table.add_row(name, value)
     _console().print(table)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
+from cli.evaluate import SEGMENT_METRICS, localization_rows
 
 STORE = typer.Option(..., "--store", "-s", help="Store location (path or URL).")
 AUDIO = typer.Option(..., "--audio", help="Audio feature ENCODER[:LAYER] (e.g. avhubert-a:last).")
@@ -63,8 +64,10 @@ def syncscore_command(
     all_fakes: bool = typer.Option(
         False,
         "--all-fakes",
-        help="Count every fake in AUC/AP (default: the paper's filter, both modalities faked).",
+        help="Count every fake in AUC/AP and the temporal AUC (default: the paper's filter, "
+        "both modalities faked).",
     ),
+    segment_metrics: str = SEGMENT_METRICS,
     trim_silence: bool = typer.Option(
         False,
         "--trim-silence",
@@ -78,6 +81,7 @@ def syncscore_command(
     """Score videos by audio-visual feature agreement (no training); AUC / AP / EER."""
     with user_errors():
         from featstore import open_store
+        from trainers.segments import check_semantics
         from trainers.syncfree import run_syncscore
 
         metrics = run_syncscore(
@@ -91,6 +95,7 @@ def syncscore_command(
             threshold=threshold,
             allow_missing=allow_missing,
             all_fakes=all_fakes,
+            segment_metrics=check_semantics(segment_metrics),
             trim_silence=trim_silence,
             frame_hz=frame_hz,
             overwrite=overwrite,
@@ -116,13 +121,8 @@ def syncscore_command(
         table.add_row(
             name, _pct(b[key]) + (f" [{_pct(ci_text[0])}, {_pct(ci_text[1])}]" if ci_text else "")
         )
-    temporal = metrics.get("temporal")
-    if temporal:
-        table.add_row(
-            "temporal AUC %", f"{_pct(temporal['mean'])} ({temporal['n_videos']} fake videos)"
-        )
-    for key, value in (metrics.get("localization") or {}).items():
-        table.add_row(key + " %", _pct(value))
+    for name, value in localization_rows(metrics):
+        table.add_row(name, value)
     shifts = metrics["best_shift_counts"]
     top = sorted(shifts.items(), key=lambda kv: -kv[1])[:3]
     table.add_row("most chosen shifts", ", ".join(f"{k:>3} ({v})" for k, v in top))

@@ -8,12 +8,16 @@ import random
 import numpy as np
 import pytest
 
+from av1m_cases import AR_N, REFERENCE, make_case, official_tool, run_official  # isort: skip
 from trainers.metrics import MetricError
 from trainers.segments import (
     AR_IOU_THRESHOLDS,
+    SEMANTICS,
     ResultFileError,
+    check_semantics,
     iou_matrix,
     localization_metrics,
+    official_proposals,
     read_proposals,
     read_score_file,
     segment_ap,
@@ -77,31 +81,31 @@ def test_iou_matrix_matches_pairwise() -> None:
 
 
 def test_segment_ap_hand_computed() -> None:
-    assert segment_ap(PROPOSALS, TRUTH) == pytest.approx(AP_EXPECTED)
-    assert segment_ap(PROPOSALS, TRUTH, official=True) == pytest.approx(AP_OFFICIAL)
+    assert segment_ap(PROPOSALS, TRUTH, semantics="corrected") == pytest.approx(AP_EXPECTED)
+    assert segment_ap(PROPOSALS, TRUTH, semantics="official") == pytest.approx(AP_OFFICIAL)
 
 
 def test_segment_ap_ranks_within_video_by_confidence() -> None:
     # Default: file order does not matter.
-    assert segment_ap(SHUFFLED, TRUTH) == pytest.approx(AP_EXPECTED)
+    assert segment_ap(SHUFFLED, TRUTH, semantics="corrected") == pytest.approx(AP_EXPECTED)
     # Official: at IoU > 0.5 v2's second truth takes 0.3 (first in the file), not 0.7, so the
     # ranking becomes the IoU > 0.75 one.
-    assert segment_ap(SHUFFLED, TRUTH, official=True)[0.5] == pytest.approx(7 / 18)
+    assert segment_ap(SHUFFLED, TRUTH, semantics="official")[0.5] == pytest.approx(7 / 18)
 
 
 def test_segment_ap_single_hit_and_edge_cases() -> None:
     truth = {"a": [(1.0, 2.0)]}
     hit = {"a": [(0.5, 1.0, 2.0)]}
-    assert segment_ap(hit, truth, iou_thresholds=[0.5]) == {0.5: 1.0}
-    assert segment_ap(hit, truth, iou_thresholds=[0.5], official=True) == {0.5: 0.0}
+    assert segment_ap(hit, truth, iou_thresholds=[0.5], semantics="corrected") == {0.5: 1.0}
+    assert segment_ap(hit, truth, iou_thresholds=[0.5], semantics="official") == {0.5: 0.0}
     # No proposals anywhere, or only misses: AP 0.
     assert segment_ap({"a": []}, truth) == pytest.approx(dict.fromkeys(AP_EXPECTED, 0.0))
     assert segment_ap({"a": [(0.9, 5.0, 6.0)]}, truth)[0.5] == 0.0
     # Proposals of videos outside the truth are ignored.
-    assert segment_ap(hit | {"other": [(0.99, 0.0, 1.0)]}, truth)[0.5] == 1.0
+    assert segment_ap(hit | {"other": [(0.99, 0.0, 1.0)]}, truth, semantics="corrected")[0.5] == 1.0
     # A video with truth but no proposals still counts its truth: recall at most 1/2.
     truth2 = truth | {"b": [(0.0, 1.0)]}
-    assert segment_ap(hit | {"b": []}, truth2)[0.5] == pytest.approx(0.5)
+    assert segment_ap(hit | {"b": []}, truth2, semantics="corrected")[0.5] == pytest.approx(0.5)
 
 
 def test_segment_metrics_errors() -> None:
@@ -129,19 +133,21 @@ def test_segment_ar_hand_computed() -> None:
     # AR@1 = 2/3, AR@2 = (1 + 2/3) / 2 = 5/6, AR@3 = 1.
     kw = {"n_proposals": (1, 2, 3), "iou_thresholds": (0.5, 0.8)}
     expected = {1: 2 / 3, 2: 5 / 6, 3: 1.0}
-    assert segment_ar(PROPOSALS, TRUTH, **kw) == pytest.approx(expected)
-    assert segment_ar(SHUFFLED, TRUTH, **kw) == pytest.approx(expected)
-    assert segment_ar(PROPOSALS, TRUTH, official=True, **kw) == pytest.approx(expected)
+    assert segment_ar(PROPOSALS, TRUTH, semantics="corrected", **kw) == pytest.approx(expected)
+    assert segment_ar(SHUFFLED, TRUTH, semantics="corrected", **kw) == pytest.approx(expected)
+    assert segment_ar(PROPOSALS, TRUTH, semantics="official", **kw) == pytest.approx(expected)
     # Official, file order: v2's top 1 is (6, 10): v2 (0, 4) missed, (6, 10) found -> still 2/3;
     # top 2 adds (0, 4) -> 3/3 at both thresholds: AR@2 = 1.
-    assert segment_ar(SHUFFLED, TRUTH, official=True, **kw) == pytest.approx(
+    assert segment_ar(SHUFFLED, TRUTH, semantics="official", **kw) == pytest.approx(
         {1: 2 / 3, 2: 1.0, 3: 1.0}
     )
-    # A fake video with no proposals: its truth is missed (4 truths); the tool ignores it.
+    # A fake video with no proposals: its truth is missed (4 truths) in both semantics (the
+    # tool panics on the empty list; the file it can read carries a never-matching placeholder).
     truth = TRUTH | {"v4": [(0.0, 5.0)]}
     props = PROPOSALS | {"v4": []}
-    assert segment_ar(props, truth, **kw) == pytest.approx({1: 1 / 2, 2: 5 / 8, 3: 3 / 4})
-    assert segment_ar(props, truth, official=True, **kw) == pytest.approx(expected)
+    missed = {1: 1 / 2, 2: 5 / 8, 3: 3 / 4}
+    for semantics in ("corrected", "official"):
+        assert segment_ar(props, truth, semantics=semantics, **kw) == pytest.approx(missed)
 
 
 def _reference_ap_ar(proposals, truth, thresholds, ns):
@@ -197,19 +203,24 @@ def test_segment_metrics_match_loop_reference(seed: int) -> None:
     truth["v0"] = [(1.0, 2.0)]
     ns = (1, 2, 5)
     ref_ap, ref_ar = _reference_ap_ar(proposals, truth, AR_IOU_THRESHOLDS, ns)
-    assert segment_ap(proposals, truth, iou_thresholds=AR_IOU_THRESHOLDS) == pytest.approx(ref_ap)
-    assert segment_ar(proposals, truth, n_proposals=ns) == pytest.approx(ref_ar)
+    kw = {"semantics": "corrected"}
+    assert segment_ap(proposals, truth, iou_thresholds=AR_IOU_THRESHOLDS, **kw) == pytest.approx(
+        ref_ap
+    )
+    assert segment_ar(proposals, truth, n_proposals=ns, **kw) == pytest.approx(ref_ar)
 
 
 def test_localization_metrics_keys() -> None:
-    m = localization_metrics(PROPOSALS, TRUTH)
+    m = localization_metrics(PROPOSALS, TRUTH, semantics="corrected")
     assert list(m) == [
         "AP@0.5", "AP@0.75", "AP@0.9", "AP@0.95", "AR@50", "AR@30", "AR@20", "AR@10", "AR@5",
     ]  # fmt: skip
     assert m["AP@0.5"] == pytest.approx(5 / 6)
     # Every N >= 3 sees all proposals, and each truth has one with IoU 1: recall 1 everywhere.
     assert m["AR@5"] == 1.0
-    assert localization_metrics(PROPOSALS, TRUTH, official=True)["AP@0.5"] == pytest.approx(0.5)
+    assert localization_metrics(PROPOSALS, TRUTH, semantics="official")["AP@0.5"] == pytest.approx(
+        0.5
+    )
 
 
 def test_score_file_roundtrip_and_errors(tmp_path) -> None:
@@ -269,3 +280,87 @@ def test_truth_from_metadata() -> None:
         truth_from_metadata(entries + entries[:1])
     with pytest.raises(MetricError, match="lacks"):
         truth_from_metadata([{"file": "x.mp4"}])
+
+
+# ------------------------------------------------ parity with the official evaluator
+
+
+def _ours(case: dict, semantics: str = "official") -> dict:
+    truth = truth_from_metadata(case["metadata"])
+    ap = segment_ap(case["proposals"], truth, semantics=semantics)
+    ar = segment_ar(case["proposals"], truth, n_proposals=AR_N, semantics=semantics)
+    return {"ap": {str(t): v for t, v in ap.items()}, "ar": {str(n): v for n, v in ar.items()}}
+
+
+def _assert_same(ours: dict, official: dict) -> None:
+    for kind in ("ap", "ar"):
+        assert ours[kind].keys() == official[kind].keys()
+        for key, value in official[kind].items():
+            # The tool sums in float32: agreement to float32 rounding, not to the bit.
+            assert ours[kind][key] == pytest.approx(value, abs=2e-6), (kind, key)
+
+
+def test_official_semantics_match_the_tool_on_stored_cases() -> None:
+    """The tool's own numbers (tests/av1m_cases.py wrote them) on seeded random cases."""
+    doc = json.loads(REFERENCE.read_text())
+    assert doc["tool"].startswith("avdeepfake1m ") and doc["ar_n"] == list(AR_N)
+    for case in doc["cases"]:
+        assert case["metadata"] == make_case(case["seed"])["metadata"]  # same generator
+        assert any(not rows for rows in case["proposals"].values())  # empty lists are covered
+        _assert_same(_ours(case), case["official"])
+
+
+def test_stored_cases_tell_the_semantics_apart() -> None:
+    """The cases exercise every quirk: corrected numbers differ, and so would float64 ties."""
+    case = json.loads(REFERENCE.read_text())["cases"][0]
+    corrected = _ours(case, "corrected")
+    assert any(abs(corrected["ap"][k] - case["official"]["ap"][k]) > 1e-3 for k in corrected["ap"])
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_official_semantics_match_the_live_tool(seed: int) -> None:
+    tool = official_tool()
+    if tool is None:
+        pytest.skip("the official evaluator (PyPI avdeepfake1m) is not installed")
+    case = make_case(seed)
+    _assert_same(_ours(case), run_official(tool, case))
+
+
+def test_known_issue_float32_confidence_ties() -> None:
+    """Regression: confidences equal in float32 but not float64 must tie (stable order).
+
+    A's miss comes first in the file; B's hit is 1e-9 more confident. The tool
+    reads both as float32 0.5, keeps file order (miss, hit): precision 0, 1/2,
+    AP (no recall-0 step) = 1/2 * 1/2. Ranked in float64 the hit would come
+    first and the official AP would be 0.
+    """
+    truth = {"A": [(0.0, 1.0)], "B": [(0.0, 1.0)]}
+    proposals = {"A": [(0.5, 5.0, 6.0)], "B": [(0.5 + 1e-9, 0.0, 1.0)]}
+    assert segment_ap(proposals, truth, iou_thresholds=[0.5]) == {0.5: 0.25}
+    assert segment_ap(proposals, truth, iou_thresholds=[0.5], semantics="corrected") == {0.5: 0.5}
+
+
+def test_placeholder_proposals_change_nothing(tmp_path) -> None:
+    """Files for the tool never hold an empty list; the placeholder leaves AP/AR unchanged."""
+    case = make_case(5)
+    empty = [f for f, rows in case["proposals"].items() if not rows]
+    assert empty
+    padded = official_proposals(case["proposals"])
+    assert all(padded.values())
+    lowest = min(r[0] for f, rows in case["proposals"].items() for r in rows)
+    for file in empty:
+        [[c, s, e]] = padded[file]
+        assert (s, e) == (0.0, 0.0) and np.float32(c) < np.float32(lowest)
+    truth = truth_from_metadata(case["metadata"])
+    for semantics in ("official", "corrected"):
+        assert localization_metrics(padded, truth, semantics=semantics) == pytest.approx(
+            localization_metrics(case["proposals"], truth, semantics=semantics), abs=1e-12
+        )
+    write_proposals(tmp_path / "p.json", case["proposals"])
+    assert json.loads((tmp_path / "p.json").read_text()) == padded
+
+
+def test_semantics_must_be_known() -> None:
+    with pytest.raises(MetricError, match="semantics 'tool'"):
+        segment_ap(PROPOSALS, TRUTH, semantics="tool")
+    assert check_semantics("corrected") == "corrected" and SEMANTICS == ("official", "corrected")

@@ -2,9 +2,10 @@
 
 - ``evaluate``: video-level AUC / AP / EER on the dataset's evaluation subset
   (``trainers.data.evaluation_mask``: only fakes with both modalities
-  manipulated where the dataset says so), temporal AUC over every fake video
-  with annotated segments (paper Sec. 5.2), and AV-Deepfake1M's AP@IoU / AR@N
-  for the segment proposals implied by the per-frame scores.
+  manipulated where the dataset says so), temporal AUC over the evaluated fake
+  videos with annotated segments (paper Sec. 5.2), and AV-Deepfake1M's AP@IoU /
+  AR@N (official semantics by default) for the segment proposals implied by
+  the per-frame scores.
 - ``fuse``: late fusion (average of probabilities) of several runs, with each
   member evaluated on the same videos; optionally a ``fusion`` run directory
   that holds copies of its members and scores like any other run.
@@ -59,8 +60,12 @@ def _mask(scored: Scored) -> np.ndarray:
     return evaluation_mask(scored.manifest, scored.manifest.attrs)
 
 
-def _temporal(scored: Scored) -> dict[str, Any] | None:
-    """Temporal AUC over the fake videos with segments (None when not defined)."""
+def _temporal(scored: Scored, mask: np.ndarray, fakes: str) -> dict[str, Any] | None:
+    """Temporal AUC over the evaluated fake videos with segments (None when not defined).
+
+    ``mask`` is the video-level metrics' evaluation mask, so the localization
+    score covers the same fakes as AUC/AP (paper Sec. 5.2).
+    """
     from trainers.metrics import MetricError, temporal_auc
 
     if scored.frame_scores is None or not scored.frame_hz:
@@ -68,20 +73,37 @@ def _temporal(scored: Scored) -> dict[str, Any] | None:
     segments = scored.fake_segments()
     if not any(segments):
         return None
-    videos = zip(scored.video_ids, scored.frame_scores, segments, strict=True)
+    videos = [
+        (video, frames, segs)
+        for video, frames, segs, keep in zip(
+            scored.video_ids, scored.frame_scores, segments, mask, strict=True
+        )
+        if keep
+    ]
     try:
         result = temporal_auc(videos, scored.frame_hz)
     except MetricError as exc:
         log.warning("temporal AUC of %s undefined: %s", scored.selection, exc)
         return None
-    return {"mean": result.mean, "n_videos": result.n_videos, "n_skipped": result.n_skipped}
+    return {
+        "mean": result.mean,
+        "n_videos": result.n_videos,
+        "n_skipped": result.n_skipped,
+        "fakes": fakes,
+    }
 
 
-def _localization(scored: Scored) -> dict[str, Any] | None:
-    """AV1M's AP@IoU / AR@N of the proposals implied by the per-frame scores."""
-    from trainers.segments import localization_metrics
+def _localization(scored: Scored, semantics: str) -> dict[str, Any] | None:
+    """AV1M's AP@IoU / AR@N of the proposals implied by the per-frame scores.
+
+    Over every scored video (as the official evaluation runs over its whole
+    metadata file); ``semantics`` is ``"official"`` (the tool's) or
+    ``"corrected"`` (``trainers.segments``), recorded beside the numbers.
+    """
+    from trainers.segments import check_semantics, localization_metrics
     from trainers.temporal import proposals_from_scores
 
+    check_semantics(semantics)
     if scored.frame_scores is None or not scored.frame_hz:
         return None
     segments = scored.fake_segments()
@@ -93,7 +115,8 @@ def _localization(scored: Scored) -> dict[str, Any] | None:
         for v, f in zip(ids, scored.frame_scores, strict=True)
     }
     truth = dict(zip(ids, segments, strict=True))
-    return {k: float(v) for k, v in localization_metrics(proposals, truth).items()}
+    values = localization_metrics(proposals, truth, semantics=semantics)
+    return {"semantics": semantics, "n_videos": len(ids)} | {k: float(v) for k, v in values.items()}
 
 
 def _implied_segments(scored: Scored, threshold: float) -> list[list[list[float]]] | None:
@@ -123,21 +146,23 @@ def scored_metrics(
     n_resamples: int = 1000,
     threshold: float = 0.0,
     all_fakes: bool = False,
+    segment_metrics: str = "official",
 ) -> tuple[dict[str, Any], np.ndarray, list[list[list[float]]] | None]:
     """``(metrics, evaluated mask, implied segments)`` of scored videos, as ``evaluate`` reports
     them (every detector's command uses this, so all report identical numbers)."""
     mask = np.ones(len(scored.scores), dtype=bool) if all_fakes else _mask(scored)
+    fakes = "all" if all_fakes else "evaluation filter"
     metrics: dict[str, Any] = {
         "selection": str(scored.selection),
         "view": scored.manifest.attrs.get("view"),  # the view a NAME:SPLIT resolved to
-        "fakes": "all" if all_fakes else "evaluation filter",
+        "fakes": fakes,
         "kind": kind,
         "n_scored": len(scored.scores),
         "n_evaluated": int(mask.sum()),
         "split_hash": split_hash(scored.video_ids),
         "binary": _binary(scored.labels[mask], scored.scores[mask], ci=ci, n_resamples=n_resamples),
-        "temporal": _temporal(scored),
-        "localization": _localization(scored),
+        "temporal": _temporal(scored, mask, fakes),
+        "localization": _localization(scored, segment_metrics),
         "threshold": threshold,
     }
     return metrics, mask, _implied_segments(scored, threshold)
@@ -153,13 +178,16 @@ def evaluate(
     threshold: float = 0.0,
     allow_missing: bool = False,
     all_fakes: bool = False,
+    segment_metrics: str = "official",
     write: bool = True,
 ) -> dict[str, Any]:
     """Score ``on`` (``NAME[@VIEW][:SPLIT]``, bare name = ``test``) with a run and compute its metrics.
 
     Video-level metrics use the dataset's evaluation subset (the paper's rule:
-    only fakes with both modalities manipulated, where known); ``all_fakes=True``
-    counts every fake instead.
+    only fakes with both modalities manipulated, where known), and so does the
+    temporal localization AUC; ``all_fakes=True`` counts every fake in both.
+    AV-Deepfake1M's AP/AR use ``segment_metrics`` semantics: ``"official"``
+    (the official tool's, the default) or ``"corrected"``.
 
     Writes ``metrics.json`` (under the key ``NAME:SPLIT``) and
     ``predictions/NAME_SPLIT.*`` into the run unless ``write=False``; returns
@@ -177,6 +205,7 @@ def evaluate(
         n_resamples=n_resamples,
         threshold=threshold,
         all_fakes=all_fakes,
+        segment_metrics=segment_metrics,
     )
     if write:
         write_metrics(run, str(sel), metrics)

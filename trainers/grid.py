@@ -297,6 +297,15 @@ def _check_reused(
         )
 
 
+def _older_protocol(metrics: Mapping[str, Any]) -> bool:
+    """Stored metrics from before the temporal AUC followed the evaluation filter, or before
+    AP/AR recorded their semantics: evaluate again rather than mix protocols in a table."""
+    temporal, localization = metrics.get("temporal"), metrics.get("localization")
+    return bool(temporal and "fakes" not in temporal) or bool(
+        localization and "semantics" not in localization
+    )
+
+
 def run_grid(
     config: GridConfig,
     *,
@@ -360,6 +369,7 @@ def run_grid(
                     metrics is None
                     or metrics.get("split_hash") != test_hashes[feature.key, test]
                     or (metrics.get("fakes") == "all") != all_fakes
+                    or _older_protocol(metrics)
                 ):
                     emit(GridEvent("evaluate", label, d.name, test=tested.name, run_dir=run_dir))
                     metrics = evaluate(

@@ -19,21 +19,27 @@ itself the LAV-DF / BA-TFD ``AP`` and ``AR`` metrics), re-implemented here:
   segments, not a mean of per-video recalls), then recall is averaged over
   the IoU thresholds 0.5:0.05:0.95.
 
-Where the official tool deviates, the default here is the correct definition
-and ``official=True`` reproduces the tool:
+Two semantics (``SEMANTICS``); the default, ``"official"``, is what the tool
+computes, hence what published AV-Deepfake1M numbers mean:
 
-1. It uses each video's proposals in *file order*, both for "top N" and for
-   which proposal a truth segment takes. The format's confidence is then
-   ignored unless the file happens to be sorted. Default: proposals are first
-   sorted by confidence, descending (stable).
-2. Its precision-recall curve lacks the recall-0 end point, so the step of the
+1. Numbers are float32 (confidences, bounds, IoUs, thresholds), so
+   confidences equal in float32 tie, and ties keep input order (the file's
+   video order, then each video's proposal order).
+2. Each video's proposals are used in *file order*, both for "top N" and for
+   which proposal a truth segment takes (every official pipeline writes them
+   sorted by confidence; ``trainers.temporal.proposals_from_scores`` does).
+3. The precision-recall curve lacks the recall-0 end point, so the step of the
    top-ranked proposal, ``R_1 * max_j P_j``, is left out of AP (one true
-   proposal for one truth segment gets AP 0). Default: the step is counted.
-3. A video with truth segments but no proposals adds neither hits nor misses
-   to AR, inflating it (LAV-DF's AR counted them as misses). Default: its
-   segments count as missed.
+   proposal for one truth segment gets AP 0): at most ``1 / n_truth`` less.
+4. The tool panics on a video with an empty proposal list, so a file meant
+   for it carries one placeholder proposal there (``official_proposals``,
+   ``write_proposals``): a zero-length segment at 0 s ranked below every
+   other proposal. It never matches, so its truth segments count as missed
+   in AR and AP does not change; an empty list is evaluated as that file.
 
-``official=True`` also compares IoUs in float32 as the tool does.
+``"corrected"`` keeps the definitions and fixes the quirks: float64
+throughout, each video's proposals sorted by confidence (descending, stable)
+first, and AP counts the first step. Both agree on empty lists (missed).
 
 >>> segment_iou((0.0, 2.0), (1.0, 3.0))
 0.3333333333333333
@@ -56,9 +62,12 @@ __all__ = [
     "AP_IOU_THRESHOLDS",
     "AR_IOU_THRESHOLDS",
     "AR_N_PROPOSALS",
+    "SEMANTICS",
     "ResultFileError",
+    "check_semantics",
     "iou_matrix",
     "localization_metrics",
+    "official_proposals",
     "read_proposals",
     "read_score_file",
     "segment_ap",
@@ -76,6 +85,7 @@ AR_N_PROPOSALS: tuple[int, ...] = (50, 30, 20, 10, 5)
 AR_IOU_THRESHOLDS: tuple[float, ...] = tuple(
     float(t) for t in np.round(np.arange(0.5, 1.0, 0.05), 2)
 )
+SEMANTICS: tuple[str, ...] = ("official", "corrected")
 
 Proposals = Mapping[str, Sequence[Sequence[float]]]  # file -> [(confidence, start_s, end_s)]
 Truth = Mapping[str, Sequence[Sequence[float]]]  # file -> [(start_s, end_s)]
@@ -83,6 +93,15 @@ Truth = Mapping[str, Sequence[Sequence[float]]]  # file -> [(start_s, end_s)]
 
 class ResultFileError(MetricError):
     """A score or proposal file is malformed."""
+
+
+def check_semantics(semantics: str) -> str:
+    """``semantics`` if it is one of ``SEMANTICS``, else a ``MetricError``."""
+    if semantics not in SEMANTICS:
+        raise MetricError(
+            f"unknown segment metric semantics {semantics!r} (choose from {', '.join(SEMANTICS)})"
+        )
+    return semantics
 
 
 def segment_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -128,9 +147,15 @@ def _as_rows(name: str, rows: Any, width: int) -> np.ndarray:
 
 
 def _videos(
-    proposals: Proposals, truth: Truth, official: bool
+    proposals: Proposals, truth: Truth, semantics: str
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per truth video: ``(confidence [P], bounds [P, 2], truth [G, 2])``, ranked unless official."""
+    """Per truth video: ``(confidence [P], bounds [P, 2], truth [G, 2])`` as evaluated.
+
+    Official: float32, file order, an empty list replaced by the placeholder
+    (confidence -inf: ranked below everything, as the file's placeholder is).
+    Corrected: float64, each video's proposals ranked by confidence.
+    """
+    official = check_semantics(semantics) == "official"
     missing = [f for f in truth if f not in proposals]
     if missing:
         raise MetricError(
@@ -145,9 +170,11 @@ def _videos(
     for file, segments in truth.items():
         gt = _as_rows(f"truth of {file!r}", segments, 2)
         rows = _as_rows(f"proposals of {file!r}", proposals[file], 3)
-        if not official:
+        if official and rows.shape[0] == 0:
+            rows = np.array([[-np.inf, 0.0, 0.0]])  # quirk 4: the placeholder
+        elif not official:
             rows = rows[np.argsort(-rows[:, 0], kind="stable")]
-        out.append((rows[:, 0], rows[:, 1:].astype(dtype), gt.astype(dtype)))
+        out.append((rows[:, 0].astype(dtype), rows[:, 1:].astype(dtype), gt.astype(dtype)))
     if not any(gt.shape[0] for _, _, gt in out):
         raise MetricError("the truth holds no fake segment: AP and AR are undefined")
     return out
@@ -180,7 +207,7 @@ def _average_precision(is_tp: np.ndarray, n_truth: int, official: bool) -> float
     envelope = np.maximum.accumulate(precision[::-1])[::-1]  # max precision at ranks >= k
     steps = np.diff(recall, prepend=0.0)
     if official:
-        steps[0] = 0.0  # the tool's curve has no recall-0 point (quirk 2)
+        steps[0] = 0.0  # the tool's curve has no recall-0 point (quirk 3)
     return float(np.sum(steps * envelope))
 
 
@@ -189,17 +216,19 @@ def segment_ap(
     truth: Truth,
     *,
     iou_thresholds: Iterable[float] = AP_IOU_THRESHOLDS,
-    official: bool = False,
+    semantics: str = "official",
 ) -> dict[float, float]:
     """AP at each IoU threshold over all videos of ``truth`` (see the module docstring).
 
     ``proposals``: ``{file: [(confidence, start_s, end_s), ...]}``;
-    ``truth``: ``{file: [(start_s, end_s), ...]}``, empty for real videos.
+    ``truth``: ``{file: [(start_s, end_s), ...]}``, empty for real videos;
+    ``semantics``: ``"official"`` (the tool's) or ``"corrected"``.
     """
     thresholds = _check_thresholds(iou_thresholds)
-    videos = _videos(proposals, truth, official)
+    videos = _videos(proposals, truth, semantics)
+    official = semantics == "official"
     n_truth = sum(gt.shape[0] for _, _, gt in videos)
-    confidence = np.concatenate([c for c, _, _ in videos])  # [N]
+    confidence = np.concatenate([c for c, _, _ in videos])  # [N], float32 when official
     order = np.argsort(-confidence, kind="stable")
     ious = [iou_matrix(bounds, gt) for _, bounds, gt in videos]  # each [P, G]
     result: dict[float, float] = {}
@@ -216,38 +245,37 @@ def segment_ar(
     *,
     n_proposals: Iterable[int] = AR_N_PROPOSALS,
     iou_thresholds: Iterable[float] = AR_IOU_THRESHOLDS,
-    official: bool = False,
+    semantics: str = "official",
 ) -> dict[int, float]:
     """AR@N for each N: recall of all truth segments by each video's top N, averaged over IoUs."""
     ns = tuple(int(n) for n in n_proposals)
     if not ns or min(ns) < 1:
         raise MetricError(f"n_proposals must be a non-empty list of positive counts, got {ns}")
+    videos = _videos(proposals, truth, semantics)
     thresholds = np.asarray(
-        _check_thresholds(iou_thresholds), dtype=np.float32 if official else np.float64
+        _check_thresholds(iou_thresholds),
+        dtype=np.float32 if semantics == "official" else np.float64,
     )
-    videos = _videos(proposals, truth, official)
     tp = np.zeros((thresholds.size, len(ns)), dtype=np.int64)  # [T, N]
-    n_counted = np.zeros(len(ns), dtype=np.int64)  # [N] truth segments counted (TP + FN)
+    n_truth = 0
     for _, bounds, gt in videos:
+        n_truth += gt.shape[0]
         kept = bounds[: max(ns)]  # [P', 2]
-        if kept.shape[0] == 0:
-            if not official:  # quirk 3: the tool counts neither hits nor misses here
-                n_counted += gt.shape[0]
-            continue
+        if kept.shape[0] == 0 or gt.shape[0] == 0:
+            continue  # nothing proposed: every truth segment of the video is missed
         best = np.maximum.accumulate(iou_matrix(kept, gt), axis=0)  # [P', G] best IoU in top k+1
         best_at = best[np.minimum(ns, kept.shape[0]) - 1]  # [N, G]
         tp += (best_at[None] > thresholds[:, None, None]).sum(axis=-1)
-        n_counted += gt.shape[0]
-    recall = np.divide(tp, n_counted, out=np.zeros(tp.shape), where=n_counted > 0)  # [T, N]
+    recall = tp / n_truth  # [T, N]
     return {n: float(r) for n, r in zip(ns, recall.mean(axis=0), strict=True)}
 
 
 def localization_metrics(
-    proposals: Proposals, truth: Truth, *, official: bool = False
+    proposals: Proposals, truth: Truth, *, semantics: str = "official"
 ) -> dict[str, float]:
     """The AV-Deepfake1M table: ``AP@0.5 .. AP@0.95`` and ``AR@50 .. AR@5``."""
-    ap = segment_ap(proposals, truth, official=official)
-    ar = segment_ar(proposals, truth, official=official)
+    ap = segment_ap(proposals, truth, semantics=semantics)
+    ar = segment_ar(proposals, truth, semantics=semantics)
     return {f"AP@{t:g}": v for t, v in ap.items()} | {f"AR@{n}": v for n, v in ar.items()}
 
 
@@ -320,9 +348,40 @@ def _proposal_rows(file: Any, rows: Any) -> list[list[float]]:
     return [[float(c), float(s), float(e)] for c, s, e in a]
 
 
-def write_proposals(path: str | os.PathLike[str], proposals: Proposals) -> None:
-    """Write ``{file: [[confidence, start_s, end_s], ...]}`` JSON."""
+def official_proposals(proposals: Proposals) -> dict[str, list[list[float]]]:
+    """The proposals as a file for the official tool: every video gets at least one.
+
+    The tool panics on an empty list, so such a video gets one placeholder,
+    ``[c, 0.0, 0.0]``: a zero-length segment (IoU 0 with everything, so it
+    never matches) whose confidence ``c`` is the next float32 below the
+    file's lowest confidence (so it ranks last and leaves AP unchanged). AR
+    then counts that video's truth segments as missed, as both semantics here
+    do. Other rows are kept as given, in their order.
+    """
     data = {file: _proposal_rows(file, rows) for file, rows in proposals.items()}
+    empty = [file for file, rows in data.items() if not rows]
+    if empty:
+        lowest = min((r[0] for rows in data.values() for r in rows), default=0.0)
+        below = float(np.nextafter(np.float32(lowest), np.float32(-np.inf)))
+        if not math.isfinite(below):
+            raise ResultFileError(
+                "no float32 confidence lies below the lowest one for the placeholder proposals"
+            )
+        for file in empty:
+            data[file] = [[below, 0.0, 0.0]]
+        logger.info(
+            "%d videos without proposals get a placeholder (confidence %g)", len(empty), below
+        )
+    return data
+
+
+def write_proposals(path: str | os.PathLike[str], proposals: Proposals) -> None:
+    """Write ``{file: [[confidence, start_s, end_s], ...]}`` JSON the official tool can read.
+
+    Videos without proposals get the placeholder of ``official_proposals``, so
+    the file evaluates to the same AP/AR here and in the official tool.
+    """
+    data = official_proposals(proposals)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f)
 

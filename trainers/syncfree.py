@@ -378,6 +378,7 @@ def scored_metrics(
     n_resamples: int = 1000,
     threshold: float = 0.0,
     all_fakes: bool = False,
+    segment_metrics: str = "official",
 ) -> tuple[dict[str, Any], np.ndarray, list[list[list[float]]] | None]:
     """``(metrics, evaluated mask, implied segments)`` exactly as ``featstore eval`` computes them."""
     from trainers.evaluate import scored_metrics as evaluate_scored
@@ -389,6 +390,7 @@ def scored_metrics(
         n_resamples=n_resamples,
         threshold=threshold,
         all_fakes=all_fakes,
+        segment_metrics=segment_metrics,
     )
 
 
@@ -404,13 +406,16 @@ def run_syncscore(
     threshold: float = 0.0,
     allow_missing: bool = False,
     all_fakes: bool = False,
+    segment_metrics: str = "official",
     trim_silence: bool = False,
     frame_hz: float | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score ``on`` training-free and compute eval's metrics (plus the best-shift histogram).
 
-    ``all_fakes`` counts every fake in AUC/AP instead of the evaluation filter.
+    ``all_fakes`` counts every fake in AUC/AP and the temporal AUC instead of
+    the evaluation filter; ``segment_metrics`` picks AV-Deepfake1M's AP/AR
+    semantics (``"official"`` or ``"corrected"``).
 
     With ``out`` the result is a run directory of kind ``syncfree``
     (``config.json``, ``metrics.json``, ``predictions/NAME_SPLIT.*``) that can
@@ -431,7 +436,11 @@ def run_syncscore(
         frame_hz=frame_hz,
     )
     metrics, mask, segments = scored_metrics(
-        scored, ci=ci, threshold=threshold, all_fakes=all_fakes
+        scored,
+        ci=ci,
+        threshold=threshold,
+        all_fakes=all_fakes,
+        segment_metrics=segment_metrics,
     )
     values, counts = np.unique(result.best_shifts, return_counts=True)
     metrics["best_shift_counts"] = {
