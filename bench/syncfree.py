@@ -12,7 +12,7 @@ one run:
     written): per video, L2-normalise, then for each of the 31 offsets a
     row-wise dot product of the overlapping slices, mean, min over offsets;
 (c) ``syncscore`` with the ``factor`` preset (shift 0, p97) and with every
-    pool at shift 15.
+    pool at shift 15, with either padding rule (zeros counted, or excluded).
 
 Both arms' scores are compared (max abs difference).
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from bench.results import write_section
 from trainers.pairs import PairedVideo
-from trainers.syncfree import POOLS, PRESETS, SyncConfig, syncscore
+from trainers.syncfree import PADDINGS, POOLS, PRESETS, SyncConfig, default_padding, syncscore
 
 TITLE = "Training-free sync score (Eq. 3): vectorised vs per-offset loop"
 
@@ -102,9 +102,10 @@ def _run(args: argparse.Namespace) -> None:
     )
     diff = float(np.abs(vec.scores - loop).max())
     t_factor, _ = _median_time(lambda: syncscore(pairs, config=PRESETS["factor"]), args.repeats)
+    configs = [SyncConfig(15, pool, padding) for pool in POOLS for padding in PADDINGS]
     per_pool = {
-        pool: _median_time(lambda pool=pool: syncscore(pairs, config=SyncConfig(15, pool)), 1)[0]
-        for pool in POOLS
+        (c.pool, c.padding): _median_time(lambda c=c: syncscore(pairs, config=c), 1)[0]
+        for c in configs
     }
 
     lines = [
@@ -121,8 +122,10 @@ def _run(args: argparse.Namespace) -> None:
         f"| speed-up (b)/(a) | {t_loop / t_vec:.1f}x | - |",
         f"| (c) syncscore, factor (shift 0, p97) | {t_factor:.3f} s | {n / t_factor:,.0f} |",
         *(
-            f"| (c) syncscore, shift 15, {pool} (1 run) | {t:.3f} s | {n / t:,.0f} |"
-            for pool, t in per_pool.items()
+            f"| (c) syncscore, shift 15, {pool}, padding {padding}"
+            f"{' (default)' if default_padding(pool) == padding else ''} (1 run) "
+            f"| {t:.3f} s | {n / t:,.0f} |"
+            for (pool, padding), t in per_pool.items()
         ),
         "",
         f"Max abs difference between (a) and (b) scores: {diff:.2e}.",

@@ -30,16 +30,24 @@ SHIFT = typer.Option(None, "--shift", help="Shift window D in frames (with --poo
 POOL = typer.Option(
     None, "--pool", help="Pool over time: mean, min, max, logsumexp, p3, p97 (with --shift)."
 )
+PADDING = typer.Option(
+    None,
+    "--padding",
+    help="Positions a shift pushes out of the video: zero (count as cosine 0, SpeechForensics; "
+    "the mean pool's default) or exclude (left out; every other pool's default). With --shift.",
+)
 FRAME_HZ = typer.Option(
     None, "--frame-hz", help="Resample both streams to this rate (when the encoders' rates differ)."
 )
 ALLOW_MISSING = typer.Option(False, "--allow-missing", help="Skip videos without both features.")
 
 
-def _config(preset: str | None, shift: int | None, pool: str | None) -> Any:
+def _config(
+    preset: str | None, shift: int | None, pool: str | None, padding: str | None = None
+) -> Any:
     from trainers.syncfree import sync_config
 
-    return sync_config(preset, shift=shift, pool=pool)
+    return sync_config(preset, shift=shift, pool=pool, padding=padding)
 
 
 def _pct(value: Any) -> str:
@@ -54,6 +62,7 @@ def syncscore_command(
     preset: str | None = PRESET,
     shift: int | None = SHIFT,
     pool: str | None = POOL,
+    padding: str | None = PADDING,
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write a run directory (config, metrics, predictions) here."
     ),
@@ -89,7 +98,7 @@ def syncscore_command(
             on,
             audio,
             visual,
-            config=_config(preset, shift, pool),
+            config=_config(preset, shift, pool, padding),
             out=out,
             ci=ci,
             threshold=threshold,
@@ -109,7 +118,7 @@ def syncscore_command(
     b, sync = metrics["binary"], metrics["sync"]
     table = Table(
         title=f"{audio} vs {visual} on {metrics['selection']} "
-        f"(shift {sync['shift']}, pool {sync['pool']})"
+        f"(shift {sync['shift']}, pool {sync['pool']}, padding {sync['padding']})"
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -143,6 +152,7 @@ def layers_command(
     preset: str | None = PRESET,
     shift: int | None = SHIFT,
     pool: str | None = POOL,
+    padding: str | None = PADDING,
     out: Path = typer.Option(..., "--out", "-o", help="Directory for layers.csv/.json/.png."),
     frame_hz: float | None = FRAME_HZ,
     allow_missing: bool = ALLOW_MISSING,
@@ -155,7 +165,7 @@ def layers_command(
         from featstore import open_store
         from trainers.layers import sweep_layers
 
-        if preset is None and shift is None and pool is None:
+        if preset is None and shift is None and pool is None and padding is None:
             preset = "speechforensics"
 
         def show(r: Any) -> None:
@@ -169,7 +179,7 @@ def layers_command(
             on,
             audio,
             visual,
-            config=_config(preset, shift, pool),
+            config=_config(preset, shift, pool, padding),
             out=out,
             allow_missing=allow_missing,
             frame_hz=frame_hz,

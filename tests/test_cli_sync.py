@@ -101,7 +101,7 @@ def test_syncscore_json_with_explicit_shift_and_pool(synced):
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
-    assert metrics["sync"] == {"shift": 2, "pool": "p97"}
+    assert metrics["sync"] == {"shift": 2, "pool": "p97", "padding": "exclude"}
     assert metrics["binary"]["n"] == 16 and "out" not in metrics
 
 
@@ -177,3 +177,21 @@ def test_help_does_not_import_heavy_modules():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_syncscore_padding_and_segment_metrics_options(synced, tmp_path):
+    out = tmp_path / "run"
+    extra = ["--shift", "3", "--pool", "max", "--padding", "zero", "--segment-metrics", "corrected"]
+    result = runner.invoke(app, ["syncscore", *_args(synced, *extra, "--out", str(out))])
+    assert result.exit_code == 0, result.output
+    assert "padding zero" in result.output and "AP@0.5 % (corrected)" in result.output
+    assert load_run(out).config["padding"] == "zero"
+    stored = load_run(out).metrics()["syn:test"]
+    assert stored["sync"]["padding"] == "zero"
+    assert stored["localization"]["semantics"] == "corrected"
+    again = runner.invoke(app, ["eval", str(out), "--on", "syn:test"])
+    assert again.exit_code == 0, again.output
+    assert "AP@0.5 % (official)" in again.output and "evaluation filter" in again.output
+    bad = runner.invoke(app, ["syncscore", *_args(synced, "--shift", "1", "--pool", "max",
+                                                   "--padding", "edge")])  # fmt: skip
+    assert bad.exit_code == 1 and "unknown padding" in bad.output

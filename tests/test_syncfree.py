@@ -46,16 +46,25 @@ def speechforensics_reference(audio: np.ndarray, visual: np.ndarray, window: int
     return float(sims.mean(axis=0).max())  # higher = real
 
 
-def eq3_reference(audio: np.ndarray, visual: np.ndarray, shift: int, pool: str) -> float:
-    """Eq. 3 with loops: min over delta of pool_t(-cos(a_t, v_{t+delta})), 0 out of range."""
+def eq3_reference(
+    audio: np.ndarray, visual: np.ndarray, shift: int, pool: str, padding: str | None = None
+) -> float:
+    """Eq. 3 with loops: min over delta of pool_t(-cos(a_t, v_{t+delta})); out-of-range
+    positions count as 0 (padding "zero") or are left out ("exclude"); default as the pool's."""
+    padding = padding or ("zero" if pool == "mean" else "exclude")
     t = audio.shape[0]
     pooled = []
     for delta in range(-shift, shift + 1):
         values = []
         for i in range(t):
             j = i + delta
-            values.append(-_cos(audio[i], visual[j]) if 0 <= j < t else 0.0)
-        x = np.array(values)
+            if 0 <= j < t:
+                values.append(-_cos(audio[i], visual[j]))
+            elif padding == "zero":
+                values.append(0.0)
+        if not values:
+            continue  # this shift pairs no frame
+        x, n = np.array(values), len(values)
         if pool == "mean":
             pooled.append(x.mean())
         elif pool == "min":
@@ -63,7 +72,7 @@ def eq3_reference(audio: np.ndarray, visual: np.ndarray, shift: int, pool: str) 
         elif pool == "max":
             pooled.append(x.max())
         elif pool == "logsumexp":
-            pooled.append(math.log(sum(math.exp(t * xi) for xi in x)) / t)
+            pooled.append(math.log(sum(math.exp(n * xi) for xi in x)) / n)
         else:
             pooled.append(np.percentile(x, 3.0 if pool == "p3" else 97.0))
     return float(min(pooled))

@@ -179,6 +179,7 @@ def _write(sweep: LayerSweep, out: Path) -> dict[str, Path]:
         "swept": sweep.swept,
         "shift": sweep.config.shift,
         "pool": sweep.config.pool,
+        "padding": sweep.config.padding,
         "best": asdict(sweep.best),
         "results": rows,
     }

@@ -8,17 +8,33 @@ Conventions:
 
 - Row ``t`` is audio frame ``t``; a shift ``delta > 0`` pairs it with the
   visual frame ``t + delta`` (the visual stream lags the audio by ``delta``
-  frames). Positions where ``t + delta`` falls outside the video count as
-  cosine 0 (-cos 0), as SpeechForensics' zero-padded audio does; the pool runs
-  over all ``T`` positions, padded ones included. (Pairing visual frame ``t``
-  with audio ``t - delta`` gives the same multiset of values per shift, so the
-  direction only affects the sign of the reported best shift.)
+  frames). (Pairing visual frame ``t`` with audio ``t - delta`` gives the same
+  multiset of values per shift, so the direction only affects the sign of the
+  reported best shift.)
+- Positions a shift pushes out of the video (``t + delta`` outside ``[0, T)``)
+  follow the config's ``padding``:
+
+  - ``"zero"``: they count as cosine 0 (-cos 0) and the pool runs over all
+    ``T`` positions, as SpeechForensics' zero-padded audio does. The default
+    of the ``mean`` pool: Eq. 3 with mean pooling and ``D = 15`` *is*
+    SpeechForensics (paper Tab. 6's "average, Delta = 15" equals Tab. 2's
+    SpeechForensics row, 68.1 AUC on AV1M), so the preset and that cell stay
+    exactly as SpeechForensics computes them.
+  - ``"exclude"``: they are left out, and shift ``delta`` pools its
+    ``T - |delta|`` real pairs (shifts with none are skipped). The default of
+    every other pool: with zeros, ``max`` / ``p97`` of a video whose aligned
+    scores are all negative would be 0 at every non-zero shift, so shifts could
+    never win (and ``min`` / ``p3`` would see a spurious 0).
+
+  Either can be chosen for any pool (``SyncConfig(padding=...)``); the run
+  config records it.
 - Features are L2-normalised per frame; an all-zero row has cosine 0 with
-  everything. Audio and visual must have the same width.
+  everything (a real position: it is never excluded). Audio and visual must
+  have the same width.
 - Pools: ``mean``, ``min``, ``max``, ``p3``, ``p97`` (numpy's linear
   percentiles) and ``logsumexp``, the paper's log-sum-exp scaled by the
-  length ``T``: ``(1/T) log sum_t exp(T x_t)``, which lies in
-  ``[max, max + log(T)/T]`` and so tracks ``max`` (as Tab. 6 shows it does).
+  length ``n`` it pools: ``(1/n) log sum_t exp(n x_t)``, which lies in
+  ``[max, max + log(n)/n]`` and so tracks ``max`` (as Tab. 6 shows it does).
 - Ties between shifts go to the shift closest to 0.
 - SpeechForensics ("higher = real") scores ``max_delta mean_t cos(v_t, a_{t+delta})``
   over its zero-padded ``[T, 31]`` matrix: exactly ``-s`` for the
@@ -26,7 +42,9 @@ Conventions:
   the shorter stream (as the paper does), not by subsampling the visual frames.
 
 Per-frame scores (temporal localization) are ``-cos(a_t, v_{t+delta*})`` at the
-chosen shift ``delta*``. Video scores are used as logits, ``P(fake) =
+chosen shift ``delta*``; rows that shift leaves without a pair get 0 with
+``"zero"`` padding and the lowest score at that shift ("least fake", as rows
+dropped as leading silence) with ``"exclude"``. Video scores are used as logits, ``P(fake) =
 sigmoid(2 s)`` (``trainers.runs``), which is a ranking, not a calibrated probability.
 """
 
@@ -61,22 +79,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POOLS = ("mean", "min", "max", "logsumexp", "p3", "p97")
+PADDINGS = ("zero", "exclude")
 _PERCENTILES = {"p3": 3.0, "p97": 97.0}
 _EPS = 1e-12  # as torch.nn.functional.normalize: a zero row stays zero
 
 __all__ = [
     "KIND",
+    "PADDINGS",
     "POOLS",
     "PRESETS",
     "SyncConfig",
     "SyncError",
     "SyncScores",
     "VideoSync",
+    "best_shift",
+    "default_padding",
     "pool_frames",
     "run_syncscore",
     "score_run",
     "score_selection",
     "scored_metrics",
+    "shift_mask",
     "shifted_cosines",
     "sync_config",
     "sync_video",
@@ -88,12 +111,22 @@ class SyncError(FeatstoreError, ValueError):
     """Bad synchronisation settings or features that cannot be compared."""
 
 
+def default_padding(pool: str) -> str:
+    """``"zero"`` for ``mean`` (SpeechForensics' zero-padded audio), ``"exclude"`` otherwise."""
+    return "zero" if pool == "mean" else "exclude"
+
+
 @dataclass(frozen=True)
 class SyncConfig:
-    """Shift window ``D`` (frames each way) and the pool over time."""
+    """Shift window ``D`` (frames each way), the pool over time, and the padding rule.
+
+    ``padding=None`` takes the pool's default (``default_padding``); the
+    resolved value is what the config holds and runs record.
+    """
 
     shift: int
     pool: str
+    padding: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.shift, bool) or not isinstance(self.shift, int | np.integer):
@@ -103,10 +136,17 @@ class SyncConfig:
         object.__setattr__(self, "shift", int(self.shift))
         if self.pool not in POOLS:
             raise SyncError(f"unknown pool {self.pool!r} (choose from {', '.join(POOLS)})")
+        padding = default_padding(self.pool) if self.padding is None else self.padding
+        if padding not in PADDINGS:
+            raise SyncError(f"unknown padding {padding!r} (choose from {', '.join(PADDINGS)})")
+        object.__setattr__(self, "padding", padding)
 
     @property
     def shifts(self) -> np.ndarray:
         return np.arange(-self.shift, self.shift + 1)  # [2D + 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shift": self.shift, "pool": self.pool, "padding": self.padding}
 
 
 PRESETS: dict[str, SyncConfig] = {
@@ -116,16 +156,20 @@ PRESETS: dict[str, SyncConfig] = {
 
 
 def sync_config(
-    preset: str | None = None, *, shift: int | None = None, pool: str | None = None
+    preset: str | None = None,
+    *,
+    shift: int | None = None,
+    pool: str | None = None,
+    padding: str | None = None,
 ) -> SyncConfig:
-    """A preset by name, or an explicit ``shift`` and ``pool`` (not both).
+    """A preset by name, or an explicit ``shift`` and ``pool`` (and ``padding``), not both.
 
     >>> sync_config("factor"), sync_config(shift=5, pool="max")
-    (SyncConfig(shift=0, pool='p97'), SyncConfig(shift=5, pool='max'))
+    (SyncConfig(shift=0, pool='p97', padding='exclude'), SyncConfig(shift=5, pool='max', padding='exclude'))
     """
     if preset is not None:
-        if shift is not None or pool is not None:
-            raise SyncError("give a preset or a shift and pool, not both")
+        if shift is not None or pool is not None or padding is not None:
+            raise SyncError("give a preset or a shift, pool (and padding), not both")
         if preset not in PRESETS:
             raise SyncError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
         return PRESETS[preset]
@@ -133,7 +177,7 @@ def sync_config(
         raise SyncError(
             f"give a preset ({', '.join(PRESETS)}) or both a shift and a pool ({', '.join(POOLS)})"
         )
-    return SyncConfig(shift=shift, pool=pool)
+    return SyncConfig(shift=shift, pool=pool, padding=padding)
 
 
 def _inverse_norms(x: np.ndarray) -> np.ndarray:
@@ -183,11 +227,67 @@ def shifted_cosines(audio: np.ndarray, visual: np.ndarray, shift: int) -> np.nda
     return dots
 
 
-def pool_frames(x: np.ndarray, pool: str) -> np.ndarray:
-    """Pool ``[T, K]`` per-frame values over time (axis 0): ``[K]``."""
+def shift_mask(n_rows: int, shift: int) -> np.ndarray:
+    """``valid[t, k]``: row ``t`` has a partner at shift ``k - D`` (``0 <= t + k - D < T``).
+
+    ``[T, 2D + 1]`` bool, the layout of ``shifted_cosines``.
+    """
+    partner = np.arange(n_rows)[:, None] + np.arange(-shift, shift + 1)[None, :]  # [T, 2D + 1]
+    return (partner >= 0) & (partner < n_rows)
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """numpy's percentile interpolation, written as numpy writes it (stable near t = 1)."""
+    diff = b - a
+    return np.where(t >= 0.5, b - diff * (1.0 - t), a + diff * t)
+
+
+def _pool_valid(x: np.ndarray, pool: str, valid: np.ndarray) -> np.ndarray:
+    """``pool_frames`` over the ``valid`` entries of each column; NaN where a column has none."""
+    n = valid.sum(axis=0)  # [K]
+    has = n > 0
+    safe_n = np.maximum(n, 1)
+    if pool == "mean":
+        out = np.where(valid, x, 0.0).sum(axis=0) / safe_n
+    elif pool == "min":
+        out = np.where(valid, x, np.inf).min(axis=0)
+    elif pool == "max":
+        out = np.where(valid, x, -np.inf).max(axis=0)
+    elif pool == "logsumexp":
+        peak = np.where(valid, x, -np.inf).max(axis=0)  # [K]
+        peak = np.where(has, peak, 0.0)
+        terms = np.exp(safe_n * np.where(valid, x - peak, -np.inf))  # 0 off the mask
+        out = peak + np.log(np.maximum(terms.sum(axis=0), np.finfo(np.float64).tiny)) / safe_n
+    elif pool in _PERCENTILES:
+        cols = np.flatnonzero(has)  # [K'] columns with a value
+        ordered = np.sort(np.where(valid[:, cols], x[:, cols], np.inf), axis=0)  # valid first
+        h = (n[cols] - 1) * (_PERCENTILES[pool] / 100.0)  # [K'] virtual index (linear method)
+        lo = np.floor(h).astype(np.int64)
+        hi = np.minimum(lo + 1, n[cols] - 1)
+        k = np.arange(cols.size)
+        out = np.full(x.shape[1], np.nan)
+        out[cols] = _lerp(ordered[lo, k], ordered[hi, k], h - lo)
+    else:
+        raise SyncError(f"unknown pool {pool!r} (choose from {', '.join(POOLS)})")
+    return np.where(has, out, np.nan)
+
+
+def pool_frames(x: np.ndarray, pool: str, *, valid: np.ndarray | None = None) -> np.ndarray:
+    """Pool ``[T, K]`` per-frame values over time (axis 0): ``[K]``.
+
+    With ``valid`` (``[T, K]`` bool, e.g. ``shift_mask``) each column pools
+    only its valid rows (``logsumexp``'s temperature is their count); a
+    column without any is NaN.
+    """
     if x.ndim != 2 or x.shape[0] == 0:
         raise SyncError(f"pool_frames expects a non-empty [T, K] array, got shape {x.shape}")
     x = np.asarray(x, dtype=np.float64)
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        if valid.shape != x.shape:
+            raise SyncError(f"valid mask has shape {valid.shape}, values {x.shape}")
+        if not valid.all():
+            return _pool_valid(x, pool, valid)
     if pool == "mean":
         return x.mean(axis=0)
     if pool == "min":
@@ -210,7 +310,7 @@ class VideoSync:
     score: float
     best_shift: int  # delta*, frames; > 0: the visual stream lags the audio
     frame_scores: np.ndarray = field(repr=False)  # [T] -cos(a_t, v_{t + delta*})
-    pooled: np.ndarray = field(repr=False)  # [2D + 1] pool_t(-cos) per shift, -D..D
+    pooled: np.ndarray = field(repr=False)  # [2D + 1] pool_t(-cos) per shift, -D..D; NaN: no pair
 
 
 def sync_video(audio: np.ndarray, visual: np.ndarray, config: SyncConfig) -> VideoSync:
@@ -218,14 +318,25 @@ def sync_video(audio: np.ndarray, visual: np.ndarray, config: SyncConfig) -> Vid
     if audio.shape[0] == 0:
         raise SyncError("cannot score a video with no frames")
     fake = -shifted_cosines(audio, visual, config.shift)  # [T, 2D + 1]
-    pooled = pool_frames(fake, config.pool)  # [2D + 1]
+    return best_shift(fake, config)
+
+
+def best_shift(fake: np.ndarray, config: SyncConfig) -> VideoSync:
+    """Eq. 3's pool and min over shifts of ``fake [T, 2D + 1] = -shifted_cosines(...)``."""
+    valid = None if config.padding == "zero" else shift_mask(fake.shape[0], config.shift)
+    pooled = pool_frames(fake, config.pool, valid=valid)  # [2D + 1]
     shifts = config.shifts
     by_distance = np.argsort(np.abs(shifts), kind="stable")  # 0, -1, 1, -2, 2, ...
-    best = int(by_distance[np.argmin(pooled[by_distance])])
+    ranked = pooled[by_distance]
+    best = int(by_distance[np.argmin(np.where(np.isnan(ranked), np.inf, ranked))])
+    frames = np.ascontiguousarray(fake[:, best])  # [T]
+    if valid is not None and not valid[:, best].all():
+        frames = frames.copy()  # never write into ``fake``
+        frames[~valid[:, best]] = frames[valid[:, best]].min()  # unpaired rows: least fake
     return VideoSync(
         score=float(pooled[best]),
         best_shift=int(shifts[best]),
-        frame_scores=np.ascontiguousarray(fake[:, best]),
+        frame_scores=frames,
         pooled=pooled,
     )
 
@@ -353,7 +464,9 @@ def _run_config(run: Run) -> tuple[FeatureKey, FeatureKey, SyncConfig, dict[str,
     cfg = run.config
     try:
         audio, visual = FeatureKey.parse(cfg["audio"]), FeatureKey.parse(cfg["visual"])
-        config = SyncConfig(shift=int(cfg["shift"]), pool=str(cfg["pool"]))
+        # Runs written before the padding rule was recorded were computed with zeros.
+        padding = str(cfg.get("padding", "zero"))
+        config = SyncConfig(shift=int(cfg["shift"]), pool=str(cfg["pool"]), padding=padding)
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(f"{run.path}: not a valid {KIND} run config ({exc})") from None
     options = {"trim_silence": bool(cfg.get("trim_silence")), "frame_hz": cfg.get("frame_hz")}
@@ -446,7 +559,7 @@ def run_syncscore(
     metrics["best_shift_counts"] = {
         str(int(v)): int(c) for v, c in zip(values, counts, strict=True)
     }
-    metrics["sync"] = {"shift": config.shift, "pool": config.pool}
+    metrics["sync"] = config.to_dict()
     if out is not None:
         run = save_run(
             out,
@@ -457,6 +570,7 @@ def run_syncscore(
                 "visual": str(visual),
                 "shift": config.shift,
                 "pool": config.pool,
+                "padding": config.padding,
                 "trim_silence": trim_silence,
                 "frame_hz": frame_hz,
             },
