@@ -244,7 +244,10 @@ def grid_command(
                 )
 
         outcome = run_grid(cfg, on_event=show)
+        from trainers.report import paper_grid
+
     typer.echo(outcome.table.to_markdown())
+    typer.echo(paper_grid(outcome.table, "auc").to_markdown(bold_best=True))
     for name, path in outcome.files.items():
         typer.echo(f"{name}: {path}")
 

@@ -312,3 +312,29 @@ def test_help_does_not_import_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_grid_writes_the_paper_layout_and_honours_cross(env, tmp_path):
+    _, url, _ = env
+    config = tmp_path / "grid.toml"
+    config.write_text(
+        GRID.format(store=url).replace('name = "beta"', 'name = "beta"\ncross = false')
+    )
+    result = invoke("grid", config, "--epoch-every", "1000")
+    assert result.exit_code == 0, result.output
+    assert "E mean OOD" in result.output  # the paper's layout (J in Tab. 2: 9 columns)
+    out = tmp_path / "grid-out"
+    pairs = {(r["train"], r["test"]) for r in _csv_rows(out / "results.csv")}
+    assert ("beta", "beta") in pairs and ("beta", "alpha") not in pairs  # in-domain only
+    paper = json.loads((out / "grid_paper_auc.json").read_text())
+    assert [(p["train"], p["test"]) for p in paper["pairs"]] == [
+        ("alpha", "alpha"), ("beta", "beta"), ("alpha", "beta"), ("alpha", "gamma"),
+    ]  # fmt: skip
+    [row] = paper["rows"]
+    ood = [row["values"][c] for c in paper["columns"][:-1] if "alpha→alpha" not in c
+           and "beta→beta" not in c]  # fmt: skip
+    assert row["values"][paper["columns"][-1]] == pytest.approx(sum(ood) / len(ood))
+    assert (out / "grid_paper_ap.md").is_file()
+    config.write_text(GRID.format(store=url).replace('name = "beta"', 'name = "beta"\ncross = 1'))
+    bad = invoke("grid", config)
+    assert bad.exit_code == 1 and "datasets[1].cross must be true or false" in bad.output

@@ -14,6 +14,9 @@ name = "av1m@av1m"               # NAME@VIEW: the splits of one view of the data
 [[datasets]]
 name = "avlips"
 train = false                    # test-only (also when the store has no such split)
+[[datasets]]
+name = "dfe2024"
+cross = false                    # its probe is tested in-domain only (paper Tab. 2 column G)
 
 [[features]]
 encoder = "wav2vec2"
@@ -26,9 +29,12 @@ max_epochs = 100
 
 One probe per (feature, training dataset) goes to
 ``out/runs/<encoder>-<layer>/<dataset>``; each is evaluated on every
-dataset's test split with the evaluation filter. Complete runs and their
-stored metrics are reused, so an interrupted grid resumes where it stopped.
-Results go to ``out/results.csv`` and ``out/grid.{md,csv,json}``.
+dataset's test split with the evaluation filter (only on its own with
+``cross = false``). Complete runs and their stored metrics are reused, so an
+interrupted grid resumes where it stopped. Results go to ``out/results.csv``,
+``out/grid.{md,csv,json}`` (a row per feature and training set) and the
+paper's layout, ``out/grid_paper_auc.*`` (Tab. 2) and ``out/grid_paper_ap.*``
+(Tab. 4), with column J as the paper averages it (``trainers.report``).
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ __all__ = [
 ]
 
 _TOP_KEYS = {"store", "out", "datasets", "features", "probe", "allow_missing"}
-_DATASET_KEYS = {"name", "train", "val", "test", "fakes"}
+_DATASET_KEYS = {"name", "train", "val", "test", "fakes", "cross"}
 _FEATURE_KEYS = {"encoder", "layer", "label"}
 _RUNTIME = {"device", "cache_bytes"}  # probe settings that change speed, not the model
 
@@ -88,6 +94,7 @@ class GridDataset:
     val: str | None = "val"
     test: str = "test"
     fakes: str = "filter"  # "filter": the paper's evaluation filter; "all": every fake counts
+    cross: bool = True  # False: its probe is tested on itself only (the paper's DFE-2024)
 
     def selection(self, split: str) -> Selection:
         """``split`` of this dataset (``name`` may name a view: ``av1m@av1m-real``)."""
@@ -203,8 +210,13 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path = Path(".")) -> GridC
                 val=_str(item.get("val", "val"), f"{where}.val", allow_false=True),
                 test=_str(item.get("test", "test"), f"{where}.test"),
                 fakes=_str(item.get("fakes", "filter"), f"{where}.fakes"),
+                cross=item.get("cross", True),
             )
         )
+        if not isinstance(datasets[-1].cross, bool):
+            raise GridConfigError(
+                f"{where}.cross must be true or false, got {datasets[-1].cross!r}"
+            )
         if datasets[-1].fakes not in ("filter", "all"):
             raise GridConfigError(
                 f"{where}.fakes must be 'filter' or 'all', got {datasets[-1].fakes!r}"
@@ -316,7 +328,7 @@ def run_grid(
     from featstore import open_store
     from trainers.evaluate import evaluate
     from trainers.probe_run import train_probe
-    from trainers.report import GridResult, grid_table
+    from trainers.report import GridResult, grid_table, write_paper_grids
 
     store = store or open_store(config.store)
     probe_config = config.probe_config()
@@ -360,6 +372,8 @@ def run_grid(
                 )
             stored = run.metrics()
             for tested, test in tests:
+                if not d.cross and tested.name != d.name:
+                    continue
                 metrics = stored.get(str(test))
                 if (feature.key, test) not in test_hashes:
                     ids = select(store, test, feature.key, allow_missing=config.allow_missing)
@@ -417,6 +431,7 @@ def run_grid(
     )
     config.out.mkdir(parents=True, exist_ok=True)
     files = dict(table.write(config.out, stem="grid"))
+    files.update(write_paper_grids(table, config.out, stem="grid"))
     results_path = config.out / "results.csv"
     with results_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

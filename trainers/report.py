@@ -1,12 +1,21 @@
 """The train-on-one, test-on-every grid (paper Tab. 2 AUC, Tab. 4 AP) as tables.
 
-One row per (feature, train dataset); for every test dataset an AUC and an AP
-column; an explicit in-domain column (test == train) and a mean OOD column
-(mean over the test datasets other than the training one). Missing results
-show as "–" (Markdown), empty (CSV) or null (JSON); they never crash the table.
+``GridTable``: one row per (feature, train dataset); for every test dataset
+an AUC and an AP column; an explicit in-domain column (test == train) and a
+mean OOD column (mean over the test datasets other than that row's training
+one). Missing results show as "–" (Markdown), empty (CSV) or null (JSON);
+they never crash the table.
 
-The mean OOD of a row is only given when every out-of-domain cell of that row
-is present: a mean over a subset would not be comparable with complete rows.
+``paper_grid``: the paper's own layout, one metric per table: one row per
+feature, one column per (train, test) pair that was evaluated, grouped by test
+set with the in-domain pair first (A..I in Tab. 2), and column J, the mean
+over *every* out-of-domain cell of the row, each cell counted once. That is
+how the paper averages: Tab. 2's AV-HuBERT (V) row has B, D, E, F, H, I =
+95.5, 64.1, 98.3, 90.5, 63.7, 67.7, whose mean is J = 80.0 (a mean per test
+set first would give 79.9, and 53.0 instead of FSFM's 55.0).
+
+A mean OOD is only given when every out-of-domain cell of its row is present:
+a mean over a subset would not be comparable with complete rows.
 
 Pure formatting of results; collecting them from run directories is the
 caller's job.
@@ -25,8 +34,19 @@ from pathlib import Path
 from typing import Any
 
 from featstore.errors import FeatstoreError
+from trainers.tables import Table
 
-__all__ = ["GridCell", "GridResult", "GridRow", "GridTable", "ReportError", "grid_table"]
+__all__ = [
+    "GridCell",
+    "GridResult",
+    "GridRow",
+    "GridTable",
+    "ReportError",
+    "grid_table",
+    "paper_columns",
+    "paper_grid",
+    "write_paper_grids",
+]
 
 MISSING = "–"
 _METRICS = ("auc", "ap")
@@ -294,3 +314,85 @@ def grid_table(
                 )
             )
     return GridTable(rows=tuple(rows), features=features, trains=trains, tests=tests)
+
+
+# ------------------------------------------------------------ paper layout
+
+
+def paper_columns(table: GridTable) -> tuple[tuple[str, str], ...]:
+    """The evaluated ``(train, test)`` pairs in the paper's column order.
+
+    Grouped by test set (``table.tests`` order); within a group the in-domain
+    pair first, then the other training sets in ``table.trains`` order.
+    """
+    evaluated = {
+        (row.train, test) for row in table.rows for test, cell in row.tests if cell is not None
+    }
+    columns = []
+    for test in table.tests:
+        trains = [t for t in table.trains if t == test] + [t for t in table.trains if t != test]
+        columns += [(train, test) for train in trains if (train, test) in evaluated]
+    return tuple(columns)
+
+
+def _letter(i: int) -> str:
+    return chr(ord("A") + i) if i < 26 else f"A{i}"
+
+
+def paper_grid(table: GridTable, metric: str = "auc") -> Table:
+    """The grid as the paper prints it: Tab. 2 for ``"auc"``, Tab. 4 for ``"ap"``.
+
+    One row per feature; a column per evaluated (train, test) pair (lettered A,
+    B, ... as in the paper); J = the mean over the row's out-of-domain cells,
+    each counted once, given only when all of them are present.
+    """
+    if metric not in _METRICS:
+        raise ReportError(f"metric must be one of {', '.join(_METRICS)}, got {metric!r}")
+    columns = paper_columns(table)
+    by_key = {(row.feature, row.train): row for row in table.rows}
+    names, values, counts = [], [], {}
+    for feature in table.features:
+        cells = []
+        for train, test in columns:
+            row = by_key.get((feature, train))
+            cells.append(None if row is None else row.cell(test))
+        ood = [c for c, (train, test) in zip(cells, columns, strict=True) if train != test]
+        mean = _mean_ood(ood).get(metric)
+        names.append(feature)
+        values.append((*(_value(c, metric) for c in cells), mean))
+        counts[feature] = [None if c is None else c.n for c in cells]
+    letters = [_letter(i) for i in range(len(columns))]
+    titles = [f"{x} {train}→{test}" for x, (train, test) in zip(letters, columns, strict=True)]
+    j = _letter(len(columns))
+    return Table(
+        title=f"feature ({metric.upper()})",
+        rows=tuple(names),
+        columns=(*titles, f"{j} mean OOD"),
+        values=tuple(values),
+        caption=(
+            f"{metric.upper()} (%) of probes trained on one dataset and tested on another "
+            "(train→test), grouped by test set, in-domain first. "
+            f"{j}: mean over each row's out-of-domain columns "
+            f"({', '.join(x for x, (a, b) in zip(letters, columns, strict=True) if a != b)}), "
+            "given only when all are present."
+        ),
+        meta={
+            "metric": metric,
+            "pairs": [
+                {"column": x, "train": train, "test": test, "in_domain": train == test}
+                for x, (train, test) in zip(letters, columns, strict=True)
+            ],
+            "n": counts,
+        },
+    )
+
+
+def write_paper_grids(
+    table: GridTable, out_dir: str | Path, *, stem: str = "grid"
+) -> dict[str, Path]:
+    """``<stem>_paper_auc.*`` (Tab. 2) and ``<stem>_paper_ap.*`` (Tab. 4): md, csv, json."""
+    files: dict[str, Path] = {}
+    for metric in _METRICS:
+        paths = paper_grid(table, metric).write(out_dir, f"{stem}_paper_{metric}")
+        files.update({f"paper_{metric}_{ext}": path for ext, path in paths.items()})
+    return files
