@@ -47,6 +47,9 @@ def _open(store: str | None, run_dirs: Sequence[Path]) -> Any:
     return open_store(store)
 
 
+open_run_store = _open  # for the other command groups that score runs
+
+
 def _member_store(run: Any) -> str | None:
     from trainers.runs import load_run
 

@@ -14,6 +14,7 @@ from cli import datasets as datasets_cmd
 from cli import encoders as encoders_cmd
 from cli import evaluate as evaluate_cmd
 from cli import media as media_cmd
+from cli import report as report_cmd
 from cli import sample as sample_cmd
 from cli import store as store_cmd
 from cli import sync as sync_cmd
@@ -36,6 +37,7 @@ app.add_typer(media_cmd.app, name="media")
 app.add_typer(sample_cmd.app, name="sample")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(asd_cmd.app, name="asd")
+app.add_typer(report_cmd.app, name="report")
 evaluate_cmd.register(app)
 sync_cmd.register(app)
 app.command("extract")(extract_command)
