@@ -114,10 +114,10 @@ featstore layers --store "$STORE" --audio avhubert-a --visual avhubert-v --on sa
 # The paper's Tab. 6 (Eq. 3: shifts x pools), Fig. 2 (localization vs classification of the grid's
 # probes) and Fig. 3 (one clip's scores over its spectrogram and frames), one command each.
 featstore report table6 --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val \
-  --all-fakes --out "$OUT/table6" | tail -12
-featstore report fig2 "$RUNS"/*/sample --on sample:val --out "$OUT/fig2.pdf" | tail -2
+  --all-fakes --out "$OUT/table6" | sed -n '/pool (AUC)/,/^$/p'
+featstore report fig2 "$RUNS"/*/sample --on sample:val --out "$OUT/fig2.pdf" | grep -v '^data:'
 featstore report fig3 "$OUT/runs/logfbank" --dataset sample --video "$FAKE" --out "$OUT/fig3.png" \
-  | tail -1
+  | grep '^figure:'
 
 step "13. Score a clip over HTTP (featstore serve; the same with curl is in the README)"
 # a free port unless DEMO_PORT says which

@@ -51,6 +51,9 @@ def test_columns_follow_the_paper():
     assert t.columns[:3] == ("A FAVC→FAVC", "B AV1M→FAVC", "C AV1M→AV1M")
     assert t.columns[-1] == "J mean OOD"
     assert [p["column"] for p in t.meta["pairs"] if not p["in_domain"]] == list("BDEFHI")
+    assert "J: mean over each row's out-of-domain columns (B, D, E, F, H, I)" in t.caption
+    one = grid_table([GridResult("clip", "A", "A", 0.9, 0.9, 10)])
+    assert "B: no out-of-domain column" in paper_grid(one).caption
 
 
 @pytest.mark.parametrize("feature", list(TAB2))

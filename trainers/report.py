@@ -364,6 +364,13 @@ def paper_grid(table: GridTable, metric: str = "auc") -> Table:
     letters = [_letter(i) for i in range(len(columns))]
     titles = [f"{x} {train}→{test}" for x, (train, test) in zip(letters, columns, strict=True)]
     j = _letter(len(columns))
+    ood_letters = [x for x, (a, b) in zip(letters, columns, strict=True) if a != b]
+    mean_text = (
+        f"{j}: mean over each row's out-of-domain columns ({', '.join(ood_letters)}), "
+        "given only when all are present."
+        if ood_letters
+        else f"{j}: no out-of-domain column to average."
+    )
     return Table(
         title=f"feature ({metric.upper()})",
         rows=tuple(names),
@@ -371,10 +378,7 @@ def paper_grid(table: GridTable, metric: str = "auc") -> Table:
         values=tuple(values),
         caption=(
             f"{metric.upper()} (%) of probes trained on one dataset and tested on another "
-            "(train→test), grouped by test set, in-domain first. "
-            f"{j}: mean over each row's out-of-domain columns "
-            f"({', '.join(x for x, (a, b) in zip(letters, columns, strict=True) if a != b)}), "
-            "given only when all are present."
+            f"(train→test), grouped by test set, in-domain first. {mean_text}"
         ),
         meta={
             "metric": metric,

@@ -89,7 +89,7 @@ class SyncTable:
 
     def _column(self, selection: str, shift: int) -> str:
         sel = Selection.parse(selection)
-        name = sel.dataset if sel.split == "test" else str(sel)
+        name = str(sel).removesuffix(":test")  # "av1m", "av1m@av1m-real", "favc:val"
         return f"{name} Δ={shift}"
 
     def table(self, metric: str = "auc") -> Table:
