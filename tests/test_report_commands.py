@@ -250,16 +250,28 @@ def media_run(tmp_path_factory):
                 clips[row.video_id] = decoded
                 t = decoded.n_frames
                 writer.add(row.video_id, {"last": rng.standard_normal((t, 8)).astype(np.float32)})
+    # A segment dataset's row: a span of the same clip (featstore.datasets.segments' columns).
+    first = manifest.iloc[0]
+    segment = pd.DataFrame(
+        [{"video_id": "span", "path": first["path"], "label": 0, "split": "test",
+          "start_s": 0.48, "end_s": 1.48, "fake_segments": "[]"}]
+    )  # fmt: skip
+    store.write_manifest("seg", segment, attrs={"root": str(imported.root)})
+    for enc in (AUDIO, VISUAL):
+        info = EncoderInfo(name=enc, frame_hz=25.0, layer_dims={"last": 8}, dtype="float32")
+        with store.writer("seg", info) as writer:
+            writer.add("span", {"last": rng.standard_normal((25, 8)).astype(np.float32)})
+    clips["span"] = clips[str(first["video_id"])]
     split = str(manifest["split"].iloc[0])
     run_syncscore(store, f"sample:{split}", AUDIO, VISUAL, config=SyncConfig(3, "max"),
                   out=root / "run", all_fakes=True)  # the one fake is audio-only  # fmt: skip
     fake = manifest[manifest["label"] == 1]
     video = str((fake if len(fake) else manifest)["video_id"].iloc[0])
-    return store, root / "run", video, clips[video]
+    return store, root / "run", video, clips[video], clips["span"]
 
 
 def test_fig3_data_is_the_decoded_media_and_the_runs_scores(media_run, tmp_path):
-    store, run, video, decoded = media_run
+    store, run, video, decoded, _ = media_run
     data = video_figure_data(run, store, "sample", video, at_s=[0.1, 1.0])
     assert data.kind == "syncfree" and data.frame_scores.shape == (decoded.n_frames,)
     assert data.spectrogram.shape[0] == 64
@@ -280,8 +292,17 @@ def test_fig3_data_is_the_decoded_media_and_the_runs_scores(media_run, tmp_path)
         video_figure_data(run, store, "sample", video, at_s=[99.0])
 
 
+def test_fig3_decodes_a_segment_rows_span(media_run):
+    store, run, _, _, source = media_run
+    data = video_figure_data(run, store, "seg", "span", at_s=[0.0, 0.5])
+    assert data.frame_scores.shape == (25,) and data.duration_s == pytest.approx(1.0)
+    for t, thumb in zip(data.thumbnail_times_s, data.thumbnails, strict=True):
+        np.testing.assert_array_equal(thumb, source.frames[12 + int(t * 25)])  # 0.48 s = frame 12
+    assert abs(data.spectrogram.shape[1] - 100) <= 2  # one second of audio, not the clip's two
+
+
 def test_fig3_command(media_run, tmp_path):
-    store, run, video, _ = media_run
+    store, run, video, _, _ = media_run
     out = tmp_path / "fig3.pdf"
     result = runner.invoke(app, ["report", "fig3", str(run), "--store", store.url, "--dataset",
                                  "sample", "--video", video, "--at", "0.5,1.5", "--out", str(out)])  # fmt: skip

@@ -105,7 +105,7 @@ def _decode_row(store: FeatureStore, dataset: str, row: Mapping[str, Any]) -> An
     start_s, end_s = _span_s(row)
     try:
         info = media.probe(path)
-        decoded = media.decode(path, audio=info.audio is not None, max_duration_s=end_s)
+        decoded = media.decode(path, audio=info.audio is not None, until_s=end_s)
     except media.MediaError as exc:
         raise FigureError(f"{dataset}/{row['video_id']}: cannot decode {path}: {exc}") from None
     if start_s <= 0:
