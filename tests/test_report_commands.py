@@ -199,6 +199,18 @@ def test_fig2_bars_come_from_the_runs_metrics(sync_runs, tmp_path):
         localization_figure(bars, tmp_path / "fig2.jpg", selection="lab:test")
 
 
+def test_fig2_default_labels_tell_grid_runs_apart(sync_runs, tmp_path):
+    import shutil
+
+    _, root = sync_runs
+    for feature in ("clip-last", "wav2vec2-last"):  # a grid's runs/<feature>/<dataset>
+        shutil.copytree(root / "sf", tmp_path / feature / "lab")
+    bars = localization_bars(
+        [tmp_path / "clip-last" / "lab", tmp_path / "wav2vec2-last" / "lab"], "lab"
+    )
+    assert [b.label for b in bars] == ["clip-last/lab", "wav2vec2-last/lab"]
+
+
 def test_run_modality_reads_any_config_layout():
     assert run_modality({"kind": "probe", "encoder": "wav2vec2", "layer": "last"}) == "audio"
     assert run_modality({"features": {"keys": ["clip:last"]}}) == "visual"

@@ -178,9 +178,10 @@ def localization_bars(
     if labels is not None and len(labels) != len(runs):
         raise FigureError(f"{len(labels)} labels for {len(runs)} runs")
     key = str(Selection.parse(selection, default_split="test"))
+    loaded = [item if isinstance(item, Run) else load_run(item) for item in runs]
+    names = labels if labels is not None else _run_labels(loaded)
     bars = []
-    for i, item in enumerate(runs):
-        run = item if isinstance(item, Run) else load_run(item)
+    for i, run in enumerate(loaded):
         metrics = run.metrics().get(key)
         if metrics is None:
             raise FigureError(
@@ -196,7 +197,7 @@ def localization_bars(
         binary = metrics["binary"]
         bars.append(
             LocalizationBar(
-                label=labels[i] if labels is not None else run.name,
+                label=names[i],
                 run=str(run.path),
                 modality=run_modality(run.config),
                 temporal_auc=float(temporal["mean"]),
@@ -216,6 +217,16 @@ def localization_bars(
             f"evaluate them alike (featstore eval RUN --on {key})"
         )
     return bars
+
+
+def _run_labels(runs: Sequence[Run]) -> list[str]:
+    """Run directory names; ``parent/name`` where they clash (a grid's ``<feature>/<dataset>``)."""
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):
+        names = [f"{r.path.parent.name}/{r.name}" for r in runs]
+    if len(set(names)) < len(names):
+        names = [f"{i}:{r.name}" for i, r in enumerate(runs)]
+    return names
 
 
 def _span(values: Sequence[int]) -> str:

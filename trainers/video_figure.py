@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_P_TICKS = (1e-6, 1e-4, 0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999, 1 - 1e-6)
+
 __all__ = [
     "VideoFigureData",
     "default_thumbnail_times",
@@ -283,4 +285,12 @@ def _draw_scores(ax: Any, data: VideoFigureData) -> None:
         q = np.clip(p, 1e-12, 1.0 - 1e-12)
         return 0.5 * np.log(q / (1.0 - q))
 
-    ax.secondary_yaxis("right", functions=(to_probability, to_score)).set_ylabel("P(fake)")
+    right = ax.secondary_yaxis("right", functions=(to_probability, to_score))
+    right.set_ylabel("P(fake)")
+    # Probabilities bunch up where the logits are far from 0: tick at round probabilities
+    # whose logits lie in view, at most five of them.
+    lo, hi = ax.get_ylim()
+    shown = [p for p in _P_TICKS if lo <= float(to_score(np.float64(p))) <= hi]
+    if len(shown) > 5:
+        shown = [shown[round(i)] for i in np.linspace(0, len(shown) - 1, 5)]
+    right.set_yticks(shown, labels=[f"{p:g}" for p in shown])
