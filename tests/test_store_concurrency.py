@@ -59,7 +59,7 @@ _KILLED_WRITER = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    import featstore.store as store_mod
+    import featstore.backend as backend_mod
     import featstore.writer as writer_mod
     from featstore.store import EncoderInfo, open_store
     from featstore.synthetic import synthetic_video
@@ -82,14 +82,14 @@ _KILLED_WRITER = textwrap.dedent(
             real_commit(*args, **kwargs)
         writer_mod._write_commit = commit
     else:  # between two layer arrays of the second part
-        real_layer = store_mod.FeatureStore._write_layer
+        real_layer = backend_mod.Backend.write_layer
         calls = []
         def write_layer(self, path, *args, **kwargs):
             calls.append(path)
             if len(calls) == 4:  # part 2's first layer is on disk, its second is not
                 stall()
             return real_layer(self, path, *args, **kwargs)
-        store_mod.FeatureStore._write_layer = write_layer
+        backend_mod.Backend.write_layer = write_layer
 
     with store.writer("ds", info, target_part_bytes=512 * 64) as w:
         for i in range(6):
@@ -100,7 +100,7 @@ _KILLED_WRITER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("hook", ["before-commit", "mid-layers"])
-def test_writer_killed_mid_part_leaves_a_consistent_store(tmp_path, hook):
+def test_writer_killed_mid_part_leaves_a_consistent_store(tmp_path, hook, no_gc_floor):
     url = str(tmp_path / "features.zarr")
     ready = tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, url, hook, str(ready)])
