@@ -630,7 +630,6 @@ def layer_metadata(n_rows: int, dim: int, dtype: np.dtype, chunk_rows: int) -> d
     }
 
 
-
 def _temporary_name(name: str) -> str:
     return f".{name}{_TEMP_MARK}{time.time_ns():019d}-{secrets.token_hex(4)}"
 

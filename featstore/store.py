@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 STORE_FORMAT = 1
 SCAN_BLOCK_BYTES = 8 * 2**20  # iter_videos reads consecutive videos in blocks of this size
 _COLUMN_RE_TEXT = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+_LISTING_ATTEMPTS = 5  # listings of _commits/ while records vanish under a reader
 
 
 def open_store(
@@ -658,25 +659,44 @@ class FeatureStore:
         return self._state(dataset, encoder).index(layer)
 
     def _load_commits(self, dataset: str, encoder: str) -> list[CommitRecord]:
-        base = layout.commits_path(dataset, encoder)
-        names = [n for n in self.backend.list_dir(base) if n.endswith(".json")]
+        """Every readable commit record of the encoder.
 
-        def load(name: str) -> CommitRecord | None:
+        A record listed but gone when read was removed by ``compact`` (or ``gc``)
+        meanwhile, and its replacement may have been committed after the listing:
+        then the folder is listed again (records already read are kept), so a reader
+        never sees a gap.
+        """
+        base = layout.commits_path(dataset, encoder)
+        loaded: dict[str, CommitRecord | None] = {}
+
+        def load(name: str) -> tuple[str, CommitRecord | None, bool]:
             try:
-                return CommitRecord.from_json(self.backend.get(f"{base}/{name}"))
+                return name, CommitRecord.from_json(self.backend.get(f"{base}/{name}")), False
             except FileNotFoundError:
-                return None  # removed by gc/compact while listing
+                return name, None, True
             except CorruptStoreError:
                 # Torn (by older featstore code, which wrote in place): not committed.
                 log.warning("ignoring unreadable commit record %s/%s", base, name)
-                return None
+                return name, None, False
 
-        if len(names) > 32:
-            with concurrent.futures.ThreadPoolExecutor(16) as pool:
-                records = list(pool.map(load, names))
-        else:
-            records = [load(n) for n in names]
-        return sort_commits(r for r in records if r is not None)
+        for _ in range(_LISTING_ATTEMPTS):
+            names = [n for n in self.backend.list_dir(base) if n.endswith(".json")]
+            listed = set(names)
+            loaded = {n: r for n, r in loaded.items() if n in listed}
+            todo = [n for n in names if n not in loaded]
+            if len(todo) > 32:
+                with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                    results = list(pool.map(load, todo))
+            else:
+                results = [load(n) for n in todo]
+            vanished = False
+            for name, record, gone in results:
+                vanished |= gone
+                if not gone:
+                    loaded[name] = record
+            if not vanished:
+                break
+        return sort_commits(r for r in loaded.values() if r is not None)
 
     def _reader(self, dataset: str, encoder: str, part_id: str, layer: Layer) -> ShardReader | Any:
         key = (dataset, encoder, part_id, layer_key(layer))

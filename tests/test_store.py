@@ -357,7 +357,15 @@ def test_manifest_round_trip_keeps_types(store):
     store.write_manifest("ds", table[["video_id", "label"]].iloc[:2])
     again = store.manifest("ds")
     assert list(again.columns) == ["video_id", "label"] and len(again) == 2
-    assert "clicks" not in store.objects.list_dir(layout.manifest_path("ds"))
+    # The columns live under the version the pointer names; the replaced one is gone.
+    pointer = store.backend.get_json(f"{layout.manifest_path('ds')}/zarr.json")
+    version = pointer["attributes"]["featstore"]["version"]
+    assert store.backend.list_dir(layout.manifest_path("ds")) == sorted([version, "zarr.json"])
+    assert store.backend.list_dir(layout.manifest_version_path("ds", version)) == [
+        "label",
+        "video_id",
+        "zarr.json",
+    ]
 
 
 def test_manifest_errors(store):

@@ -41,7 +41,9 @@ def test_legacy_store_reads_unchanged():
         assert np.array_equal(
             store.video("ds", "tiny", vid, "last"), synthetic_video(vid, n, 4, layer="last")
         )
-    assert np.array_equal(store.video("ds", "tiny", "a/1", 3), synthetic_video("a/1", 300, 6, layer=3))
+    assert np.array_equal(
+        store.video("ds", "tiny", "a/1", 3), synthetic_video("a/1", 300, 6, layer=3)
+    )
     assert store.video_ids("ds", "tiny", 3) == ["a/1"]
     assert store.features("ds", "tiny", 0).shape == (590, 8)
     manifest = store.manifest("ds")
