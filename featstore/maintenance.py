@@ -351,13 +351,14 @@ def gc(
     out: dict[str, list[str]] = {k: [] for k in _GC_LISTS}
     totals = {"kept": 0, "freed": 0}
     backend = store.backend
+    if dataset is None:
+        out["temporaries"] += _sweep(backend, "", limit_ns, dry_run)
     for ds in [dataset] if dataset else store.datasets():
         for name in store.prune_manifest(ds, older_than_s=limit_ns / 1e9, dry_run=dry_run):
             out["manifest"].append(f"{ds}/manifest/{name}")
         if encoder is None:
-            for prefix in ("", ds, layout.manifest_path(ds)):
-                if prefix or dataset is None:
-                    out["temporaries"] += _sweep(backend, prefix, limit_ns, dry_run)
+            for prefix in (ds, layout.manifest_path(ds)):
+                out["temporaries"] += _sweep(backend, prefix, limit_ns, dry_run)
         for enc in [encoder] if encoder else store.encoders(ds):
             _gc_encoder(store, ds, enc, limit_ns, dry_run, out, totals)
     store.refresh()

@@ -151,6 +151,8 @@ def test_a_crash_at_any_object_write_leaves_a_readable_resumable_store(tmp_path,
         _check_resumed(url)  # checks the readers first
         gc(open_store(url, mode="a"), older_than_s=0)
         assert verify(open_store(url)).ok, at
+        leftovers = [n for _, _, files in os.walk(url) for n in files if ".tmp-" in n]
+        assert not leftovers, (at, leftovers)  # gc swept what the crash left
 
 
 # ------------------------------------------------------------ torn metadata (issue 13.3)
