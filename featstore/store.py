@@ -4,7 +4,7 @@ All storage I/O goes through the backend (featstore.backend, the only module
 that imports zarr). Layout (DESIGN.md "The store"):
 
 ```
-<dataset>/manifest/zarr.json             pointer to the current version of the manifest
+<dataset>/manifest/zarr.json             pointer to the current version (featstore.manifest_store)
 <dataset>/manifest/<version>/<column>    1-D column arrays (old stores: manifest/<column>)
 <dataset>/<encoder>/                     attrs: EncoderInfo (+ package version), written once
   parts/<part_id>/                       group attrs: video_id, row_start, n_frames
@@ -29,25 +29,22 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featstore import __version__, layout
+from featstore import __version__, layout, manifest_store
 from featstore.backend import Backend, open_backend
 from featstore.commits import CommitRecord, LayerIndex, Location, sort_commits
 from featstore.encoder_info import EncoderInfo
 from featstore.errors import (
     CorruptStoreError,
     EncoderMismatchError,
-    ManifestError,
     StoreError,
     UnknownDatasetError,
     UnknownEncoderError,
@@ -76,7 +73,6 @@ log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
 SCAN_BLOCK_BYTES = 8 * 2**20  # iter_videos reads consecutive videos in blocks of this size
-_COLUMN_RE_TEXT = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 _LISTING_ATTEMPTS = 5  # listings of _commits/ while records vanish under a reader
 
 
@@ -412,166 +408,39 @@ class FeatureStore:
         ``table`` needs a unique, non-empty string column ``video_id``. List and
         dict cells (e.g. ``fake_segments``) are stored as JSON text and decoded
         on read; columns with missing values in non-float columns likewise.
-
-        The columns go under a new version folder and one small pointer object
-        (``manifest/zarr.json``) is switched to it last, atomically: a crash at
-        any point leaves the old manifest or the new one, never a mix.
+        The switch from the old manifest to the new one is atomic
+        (featstore.manifest_store).
         """
-        import re
-
         self.check_writable()
-        if "video_id" not in table.columns:
-            raise ManifestError(f"manifest of {dataset} has no 'video_id' column")
-        ids = table["video_id"]
-        if ids.isna().any() or not all(isinstance(v, str) and v for v in ids):
-            raise ManifestError(f"manifest of {dataset}: every video_id must be a non-empty string")
-        dupes = ids[ids.duplicated()].unique().tolist()
-        if dupes:
-            raise ManifestError(
-                f"manifest of {dataset}: duplicate video_id values, e.g. {dupes[:3]}"
-            )
-        for col in table.columns:
-            if not isinstance(col, str) or not re.match(_COLUMN_RE_TEXT, col):
-                raise ManifestError(f"manifest of {dataset}: invalid column name {col!r}")
+        manifest_store.validate(dataset, table)
         self._ensure_dataset(dataset)
-        base = layout.manifest_path(dataset)
-        try:
-            previous = self.backend.get_json(f"{base}/zarr.json")
-        except CorruptStoreError:
-            previous = None  # torn by older code: replaced below
-        version = layout.new_part_id()
-        version_base = layout.manifest_version_path(dataset, version)
-        json_columns = []
-        for col in table.columns:
-            values, is_json = _encode_column(table[col])
-            if is_json:
-                json_columns.append(col)
-            self.backend.write_column(f"{version_base}/{col}", values)
-        self.backend.write_group(version_base, {"featstore": {"kind": "manifest-version"}})
-        self.backend.write_group(
-            base,
-            {
-                "featstore": {
-                    "kind": "manifest",
-                    "version": version,
-                    "columns": list(table.columns),
-                    "json_columns": json_columns,
-                    "n_rows": len(table),
-                    "written_ns": time.time_ns(),
-                    "attrs": dict(attrs or {}),
-                }
-            },
-        )
-        # The switch is done. Remove the version it replaced and an old store's
-        # unversioned columns; leave young versions of other writers (in flight).
-        replaced = (previous or {}).get("attributes", {}).get("featstore", {}).get("version")
-        self._prune_manifest(dataset, layout.gc_floor_s(), replaced=replaced)
-
-    def prune_manifest(
-        self, dataset: str, *, older_than_s: float, dry_run: bool = False
-    ) -> list[str]:
-        """Remove manifest objects the manifest's pointer does not name: versions older
-        than ``older_than_s`` that a crashed or concurrent ``write_manifest`` left, and
-        an old store's unversioned columns. Returns the names (under ``manifest/``)."""
-        self.check_writable()
-        return self._prune_manifest(dataset, older_than_s, dry_run=dry_run)
-
-    def _prune_manifest(
-        self,
-        dataset: str,
-        older_than_s: float,
-        *,
-        replaced: str | None = None,
-        dry_run: bool = False,
-    ) -> list[str]:
-        base = layout.manifest_path(dataset)
-        try:
-            pointer = self.backend.get_json(f"{base}/zarr.json")
-        except CorruptStoreError:
-            return []  # cannot tell what it names: the next write_manifest replaces it
-        current = (pointer or {}).get("attributes", {}).get("featstore", {}).get("version")
-        limit_ns = int(older_than_s * 1e9)
-        removed = []
-        for name in self.backend.list_dir(base):
-            if name in ("zarr.json", current):
-                continue
-            if layout.is_part_id(name):
-                young = time.time_ns() - layout.part_created_ns(name) < limit_ns
-                if young and name != replaced:
-                    continue  # another writer's, maybe still in flight
-            elif not current:
-                continue  # an old store's columns, still the manifest (or no pointer yet)
-            removed.append(name)
-            if not dry_run:
-                self.backend.delete_tree(f"{base}/{name}")
-        return removed
+        manifest_store.write(self.backend, dataset, table, attrs)
 
     def manifest(self, dataset: str) -> pd.DataFrame:
         """The dataset's manifest as a DataFrame (one row per video)."""
-        import pandas as pd
-
         self._check_dataset(dataset)
-        for attempt in range(3):
-            meta = self._manifest_meta(dataset)
-            if meta is None:
-                raise ManifestError(
-                    f"dataset {dataset} has no manifest "
-                    "(import one with 'featstore datasets import')"
-                )
-            version = meta.get("version")
-            base = (
-                layout.manifest_version_path(dataset, version)
-                if version
-                else layout.manifest_path(dataset)
-            )
-            try:
-                columns = {}
-                for col in meta["columns"]:
-                    values = self.backend.read_column(f"{base}/{col}")
-                    if col in meta["json_columns"]:
-                        values = np.array([json.loads(v) for v in values] + [None], dtype=object)[
-                            :-1
-                        ]
-                    columns[col] = values
-                frame = pd.DataFrame(columns, columns=meta["columns"])
-            except FileNotFoundError as exc:
-                if attempt < 2:
-                    continue  # replaced while we read it: follow the new pointer
-                raise CorruptStoreError(
-                    f"the manifest of {dataset} is incomplete ({exc}); import it again"
-                ) from exc
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CorruptStoreError(
-                    f"the manifest of {dataset} is unreadable ({exc}); import it again"
-                ) from exc
-            frame.attrs.update(meta.get("attrs", {}))
-            return frame
-        raise AssertionError("unreachable")  # pragma: no cover
+        return manifest_store.read(self.backend, dataset)
 
     def manifest_attrs(self, dataset: str) -> dict[str, Any]:
+        """The attrs stored with the dataset's manifest (format, root, views...)."""
         self._check_dataset(dataset)
-        meta = self._manifest_meta(dataset)
+        meta = manifest_store.pointer(self.backend, dataset)
         return {} if meta is None else dict(meta.get("attrs", {}))
 
     def manifest_rows(self, dataset: str) -> int | None:
         """Rows of the dataset's manifest; None when it has none."""
         self._check_dataset(dataset)
-        meta = self._manifest_meta(dataset)
+        meta = manifest_store.pointer(self.backend, dataset)
         return None if meta is None else int(meta["n_rows"])
 
-    def _manifest_meta(self, dataset: str) -> dict[str, Any] | None:
-        try:
-            group = self.backend.get_json(f"{layout.manifest_path(dataset)}/zarr.json")
-        except CorruptStoreError as exc:
-            raise CorruptStoreError(
-                f"the manifest of {dataset} is unreadable ({exc}); import it again"
-            ) from exc
-        if group is None:
-            return None
-        meta = group.get("attributes", {}).get("featstore")
-        if not isinstance(meta, dict) or "columns" not in meta:
-            raise CorruptStoreError(f"the manifest of {dataset} has no column list")
-        return meta
+    def prune_manifest(
+        self, dataset: str, *, older_than_s: float, dry_run: bool = False
+    ) -> list[str]:
+        """Remove manifest versions the pointer does not name, older than
+        ``older_than_s`` (left by a crashed or concurrent import), and an old store's
+        unversioned columns. Returns the names removed (under ``manifest/``)."""
+        self.check_writable()
+        return manifest_store.prune(self.backend, dataset, older_than_s, dry_run=dry_run)
 
     # --------------------------------------------------------------- writes
 
@@ -831,49 +700,6 @@ class EncoderSnapshot:
                     )
                 idx = self._indexes[key] = LayerIndex(self.commits, layer)
         return idx
-
-
-def _encode_column(column: pd.Series) -> tuple[np.ndarray, bool]:
-    """A manifest column as a storable 1-D array, and whether it is JSON text.
-
-    Numbers and booleans keep their type (floats keep NaN); string columns are
-    stored as strings; anything else (lists, dicts, missing values in a
-    non-float column) becomes JSON text, decoded again on read.
-    """
-    from pandas.api import types
-
-    dtype = column.dtype
-    if types.is_float_dtype(dtype):
-        return column.to_numpy(dtype=np.float64, na_value=np.nan), False
-    if not column.isna().any():
-        if types.is_bool_dtype(dtype):
-            return column.to_numpy(dtype=bool), False
-        if types.is_integer_dtype(dtype):
-            return column.to_numpy(dtype=np.int64), False
-        values = column.to_numpy(dtype=object)
-        if all(isinstance(v, str) for v in values):
-            return values, False
-    values = column.to_numpy(dtype=object)
-    out = np.empty(len(values), dtype=object)
-    for i, v in enumerate(values):
-        out[i] = json.dumps(_jsonable(v), default=str)
-    return out, True
-
-
-def _jsonable(value: Any) -> Any:
-    import pandas as pd
-
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value
 
 
 __all__ = [
