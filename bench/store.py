@@ -186,7 +186,7 @@ def main() -> None:
             if cache == "cold":
                 _drop_cache(zarr_dir)
                 reader._readers.clear()
-                reader.objects.close()
+                reader.backend.close()
 
         results[cache] = {
             "scan_npy": _timed(scan_npy, repeat, drop_npy),

@@ -226,7 +226,8 @@ def gc_command(
         3600.0,
         "--older-than",
         help="Seconds: only remove uncommitted parts older than this (a writer may still be at "
-        "work on younger ones). Use 0 only when no writer is running.",
+        "work on younger ones). Nothing younger than gc's floor (10 minutes) is ever removed, "
+        "whatever this says.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed."),
 ) -> None:
@@ -239,12 +240,23 @@ def gc_command(
             open_store(url, mode="a"), dataset, encoder, older_than_s=older_than, dry_run=dry_run
         )
     verb = "would remove" if dry_run else "removed"
-    for pid in report.removed_uncommitted:
-        typer.echo(f"{verb} uncommitted part {pid}")
-    for pid in report.removed_superseded:
-        typer.echo(f"{verb} superseded part {pid}")
-    for pid in report.removed_broken_commits:
-        typer.echo(f"{verb} unreadable commit record {pid}")
+    for label, items in (
+        ("uncommitted part", report.removed_uncommitted),
+        ("superseded part", report.removed_superseded),
+        ("unreadable commit record", report.removed_broken_commits),
+        ("unreadable failure record", report.removed_broken_failures),
+        ("temporary file", report.removed_temporaries),
+        ("old manifest version", report.removed_manifest_versions),
+    ):
+        for item in items:
+            typer.echo(f"{verb} {label} {item}")
+    for item in report.withdrawn_commits:
+        typer.secho(
+            f"withdrew the commit of {item}: its writer committed while gc removed the part "
+            "(re-run its extraction)",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     typer.echo(
         f"{verb} {len(report.removed_uncommitted)} uncommitted and "
         f"{len(report.removed_superseded)} superseded parts ({_human(report.bytes_freed)})"

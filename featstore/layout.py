@@ -1,8 +1,9 @@
 """Names and paths inside a feature store (DESIGN.md "The store").
 
 ```
-<dataset>/manifest/<column>
-<dataset>/<encoder>/parts/<part_id>/layer_<NN> | video_id | row_start | n_frames
+<dataset>/manifest/zarr.json                       the pointer: attrs name the current version
+<dataset>/manifest/<version_id>/<column>           (old stores: <dataset>/manifest/<column>)
+<dataset>/<encoder>/parts/<part_id>/layer_<NN>
 <dataset>/<encoder>/_commits/<part_id>.json
 <dataset>/<encoder>/_failures/<part_id>.json
 ```
@@ -12,6 +13,7 @@ Pure string work: no I/O, no zarr.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
@@ -32,6 +34,27 @@ DEFAULT_PART_BYTES = 128 * 2**20
 """Target size of one layer of a part (README "Store layout" says why not 64 MiB)."""
 DEFAULT_BUFFER_BYTES = 512 * 2**20
 """Cap on what one writer buffers across all its layers."""
+
+GC_FLOOR_S = 600.0
+"""``gc`` never removes a part, record or temporary file younger than this, whatever
+``--older-than`` says: a writer may still be at work on it. A writer that finds its
+part older than half of this when it commits checks that ``gc`` left it whole."""
+GC_FLOOR_ENV = "FEATSTORE_GC_FLOOR_S"
+
+
+def gc_floor_s() -> float:
+    """:data:`GC_FLOOR_S`, or the ``FEATSTORE_GC_FLOOR_S`` environment variable (tests)."""
+    text = os.environ.get(GC_FLOOR_ENV, "").strip()
+    if not text:
+        return GC_FLOOR_S
+    try:
+        value = float(text)
+    except ValueError:
+        raise StoreError(f"{GC_FLOOR_ENV} must be a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise StoreError(f"{GC_FLOOR_ENV} must be >= 0, got {text!r}")
+    return value
+
 
 MANIFEST = "manifest"
 PARTS = "parts"
@@ -121,6 +144,11 @@ def dataset_path(dataset: str) -> str:
 
 def manifest_path(dataset: str) -> str:
     return f"{dataset_path(dataset)}/{MANIFEST}"
+
+
+def manifest_version_path(dataset: str, version_id: str) -> str:
+    """Where one written version of a manifest keeps its columns."""
+    return f"{manifest_path(dataset)}/{version_id}"
 
 
 def encoder_path(dataset: str, encoder: str) -> str:

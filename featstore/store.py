@@ -1,15 +1,21 @@
 """The Zarr v3 feature store: immutable parts, commit records written last.
 
-This is the only module that imports zarr. Layout (DESIGN.md "The store"):
+All storage I/O goes through the backend (featstore.backend, the only module
+that imports zarr). Layout (DESIGN.md "The store"):
 
 ```
-<dataset>/manifest/<column>              1-D column arrays of the dataset's manifest
-<dataset>/<encoder>/                     attrs: EncoderInfo (+ package version)
+<dataset>/manifest/zarr.json             pointer to the current version (featstore.manifest_store)
+<dataset>/manifest/<version>/<column>    1-D column arrays (old stores: manifest/<column>)
+<dataset>/<encoder>/                     attrs: EncoderInfo (+ package version), written once
   parts/<part_id>/                       group attrs: video_id, row_start, n_frames
   parts/<part_id>/layer_<NN>             [rows, dim] float16, inner chunks of 512 rows, one shard
   _commits/<part_id>.json                written LAST; a part without one does not exist
   _failures/<part_id>.json               videos that failed in that writer task
 ```
+
+Every metadata object is written atomically (see featstore.backend). The
+commit records are the source of truth for which layers exist and their dims;
+the encoder's attributes are written once, by the first writer.
 
 >>> store = open_store("features.zarr", mode="a")  # doctest: +SKIP
 >>> info = EncoderInfo(name="wav2vec2", frame_hz=25.0, layer_dims={"last": 3840})  # doctest: +SKIP
@@ -23,25 +29,22 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featstore import __version__, layout
+from featstore import __version__, layout, manifest_store
+from featstore.backend import Backend, open_backend
 from featstore.commits import CommitRecord, LayerIndex, Location, sort_commits
 from featstore.encoder_info import EncoderInfo
 from featstore.errors import (
     CorruptStoreError,
     EncoderMismatchError,
-    ManifestError,
-    ReadOnlyStoreError,
     StoreError,
     UnknownDatasetError,
     UnknownEncoderError,
@@ -59,8 +62,7 @@ from featstore.layout import (
     layer_sort_key,
     normalize_layer,
 )
-from featstore.objects import FsspecObjects, LocalObjects
-from featstore.shards import ShardBuffer, ShardReader, load_layout
+from featstore.shards import ShardReader, load_layout
 from featstore.writer import StoreWriter
 
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
 SCAN_BLOCK_BYTES = 8 * 2**20  # iter_videos reads consecutive videos in blocks of this size
-_COLUMN_RE_TEXT = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+_LISTING_ATTEMPTS = 5  # listings of _commits/ while records vanish under a reader
 
 
 def open_store(
@@ -80,8 +82,8 @@ def open_store(
     """Open a store at a local path or an fsspec URL (``s3://bucket/features.zarr``).
 
     ``mode="r"`` opens read-only (the store must exist); ``mode="a"`` creates it if missing.
-    On local disk every object is fsynced before its commit record is written,
-    so a power loss cannot leave a commit pointing at unwritten data;
+    On local disk every object is fsynced (and its folder) before its commit record
+    is written, so a power loss cannot leave a commit pointing at unwritten data;
     ``durable=False`` skips that (scratch stores, tests). Object stores are
     durable per PUT either way.
     """
@@ -91,38 +93,31 @@ def open_store(
 
 
 class FeatureStore:
-    """Readers, the manifest and writers of one feature store. Safe to share between threads."""
+    """Readers, the manifest and writers of one feature store. Safe to share between threads.
+
+    ``backend`` (:class:`featstore.backend.Backend`) does the storage I/O.
+    """
 
     def __init__(
         self, url: str, *, mode: str, durable: bool = True, storage_options: Mapping[str, Any]
     ) -> None:
-        import zarr
-
         self.url = url
         self.mode = mode
         self.read_only = mode == "r"
         self.durable = durable
         self._storage_options = dict(storage_options)
-        if "://" in url and not url.startswith("file://"):
-            import fsspec
-
-            fs, root = fsspec.core.url_to_fs(url, **self._storage_options)
-            self.objects: LocalObjects | FsspecObjects = FsspecObjects(
-                fs, root, read_only=self.read_only
-            )
-            self._zstore = zarr.storage.FsspecStore.from_url(
-                url, storage_options=self._storage_options or None, read_only=self.read_only
-            )
-        else:
-            root = url[len("file://") :] if url.startswith("file://") else url
-            if self.read_only and not os.path.isdir(root):
-                raise StoreError(f"no feature store at {url}: directory does not exist")
-            self.objects = LocalObjects(root, read_only=self.read_only, durable=durable)
-            self._zstore = zarr.storage.LocalStore(root, read_only=self.read_only)
+        self.backend: Backend = open_backend(
+            url, read_only=self.read_only, durable=durable, storage_options=self._storage_options
+        )
         self._lock = threading.RLock()
-        self._encoders: dict[tuple[str, str], _EncoderState] = {}
+        self._encoders: dict[tuple[str, str], EncoderSnapshot] = {}
         self._readers: OrderedDict[tuple[str, str, str, str], ShardReader | Any] = OrderedDict()
         self._open_root()
+
+    @property
+    def objects(self) -> Backend:
+        """The storage backend (the name it had before it also wrote zarr nodes)."""
+        return self.backend
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.url!r}, mode={self.mode!r})"
@@ -132,18 +127,27 @@ class FeatureStore:
         return (_reopen, (self.url, self.mode, self.durable, self._storage_options))
 
     def _open_root(self) -> None:
-        raw = self._get_json("zarr.json")
+        attrs = {"featstore": {"format": STORE_FORMAT}}
+        try:
+            raw = self.backend.get_json("zarr.json")
+        except CorruptStoreError as exc:
+            # Torn by a crash of older featstore code (it wrote in place). The root's only
+            # fact is the format, which the rest of the store describes too.
+            log.warning("%s; %s", exc, "rewriting it" if not self.read_only else "ignoring it")
+            if not self.read_only:
+                self.backend.write_group("", attrs)
+            return
         if raw is None:
             if self.read_only:
                 raise StoreError(f"no feature store at {self.url}: zarr.json missing")
-            self._write_group("", {"featstore": {"format": STORE_FORMAT}})
+            self.backend.write_group("", attrs, exclusive=True)
             return
-        attrs = raw.get("attributes", {}).get("featstore")
-        if raw.get("zarr_format") != 3 or not attrs:
+        fs_attrs = raw.get("attributes", {}).get("featstore")
+        if raw.get("zarr_format") != 3 or not fs_attrs:
             raise StoreError(f"{self.url} is a zarr hierarchy but not a featstore store")
-        if int(attrs.get("format", 0)) > STORE_FORMAT:
+        if int(fs_attrs.get("format", 0)) > STORE_FORMAT:
             raise StoreError(
-                f"{self.url} has store format {attrs['format']}, newer than this featstore "
+                f"{self.url} has store format {fs_attrs['format']}, newer than this featstore "
                 f"({__version__}) understands; upgrade featstore"
             )
 
@@ -153,20 +157,20 @@ class FeatureStore:
         """Names of the datasets in the store."""
         return [
             name
-            for name in self.objects.list_dir("")
+            for name in self.backend.list_dir("")
             if not name.startswith((".", "_"))
             and name != "zarr.json"
-            and self.objects.exists(f"{name}/zarr.json")
+            and self.backend.exists(f"{name}/zarr.json")
         ]
 
     def encoders(self, dataset: str) -> list[str]:
         """Encoders with stored features (committed or not) for ``dataset``."""
         self._check_dataset(dataset)
         out = []
-        for name in self.objects.list_dir(layout.dataset_path(dataset)):
+        for name in self.backend.list_dir(layout.dataset_path(dataset)):
             if name in layout.RESERVED or name.startswith((".", "_")) or name == "zarr.json":
                 continue
-            if self.objects.exists(f"{dataset}/{name}/zarr.json"):
+            if self.backend.exists(f"{dataset}/{name}/zarr.json"):
                 out.append(name)
         return out
 
@@ -185,6 +189,14 @@ class FeatureStore:
     def commits(self, dataset: str, encoder: str) -> list[CommitRecord]:
         """Commit records, oldest first."""
         return list(self._state(dataset, encoder).commits)
+
+    def snapshot(self, dataset: str, encoder: str) -> EncoderSnapshot:
+        """The encoder's commits as this store last listed them, with their layer indexes.
+
+        Cached until :meth:`refresh` (or a commit by a writer of this store object), so
+        consecutive reads agree with each other.
+        """
+        return self._state(dataset, encoder)
 
     def refresh(self) -> None:
         """Forget cached commit listings: the next read sees parts committed since."""
@@ -233,16 +245,12 @@ class FeatureStore:
         """A video's features of one layer: ``[T, D]`` in the stored dtype."""
         loc = self.locate(dataset, encoder, video_id, layer)
         try:
-            return self._read_rows(
-                dataset, encoder, loc.part_id, layer, loc.row_start, loc.n_frames
-            )
+            return self.read_rows(dataset, encoder, loc.part_id, layer, loc.row_start, loc.n_frames)
         except FileNotFoundError:
             # The part was compacted away after our listing: the rows live elsewhere now.
             self.refresh()
             loc = self.locate(dataset, encoder, video_id, layer)
-            return self._read_rows(
-                dataset, encoder, loc.part_id, layer, loc.row_start, loc.n_frames
-            )
+            return self.read_rows(dataset, encoder, loc.part_id, layer, loc.row_start, loc.n_frames)
 
     def iter_videos(
         self,
@@ -291,7 +299,7 @@ class FeatureStore:
                 while j < len(ids_l) and starts_l[j] + ns_l[j] - lo <= block_rows:
                     j += 1
                 hi = starts_l[j - 1] + ns_l[j - 1]
-                block = self._read_rows(dataset, encoder, part_id, layer, lo, hi - lo)
+                block = self.read_rows(dataset, encoder, part_id, layer, lo, hi - lo)
                 for k in range(i, j):
                     yield ids_l[k], block[starts_l[k] - lo : starts_l[k] - lo + ns_l[k]]
                 i = j
@@ -360,17 +368,29 @@ class FeatureStore:
         )
 
     def failures(self, dataset: str, encoder: str) -> pd.DataFrame:
-        """Recorded failures: video_id, error_type, message, part_id, time_ns, resolved."""
+        """Recorded failures: video_id, error_type, message, part_id, time_ns, resolved.
+
+        A record that does not parse (torn by a crash of older featstore code) is
+        skipped with a warning; ``featstore store verify`` reports it.
+        """
         import pandas as pd
 
         state = self._state(dataset, encoder)
+        base = layout.failures_path(dataset, encoder)
         rows = []
-        for key in self.objects.list_dir(layout.failures_path(dataset, encoder)):
-            doc = self._get_json(f"{layout.failures_path(dataset, encoder)}/{key}")
-            if doc is None:
+        for name in self.backend.list_dir(base):
+            if not name.endswith(".json"):
                 continue
-            for item in doc.get("failures", []):
-                rows.append({**item, "part_id": doc.get("part_id", key[:-5])})
+            try:
+                doc = self.backend.get_json(f"{base}/{name}")
+                items = [] if doc is None else list(doc.get("failures", []))
+                if not all(isinstance(item, dict) for item in items):
+                    raise CorruptStoreError(f"{self.url}/{base}/{name}: malformed failures")
+            except (CorruptStoreError, TypeError) as exc:
+                log.warning("skipping unreadable failure record %s/%s: %s", base, name, exc)
+                continue
+            for item in items:
+                rows.append({**item, "part_id": doc.get("part_id", name[:-5])})
         frame = pd.DataFrame(
             rows, columns=["video_id", "error_type", "message", "time_ns", "part_id"]
         )
@@ -388,77 +408,39 @@ class FeatureStore:
         ``table`` needs a unique, non-empty string column ``video_id``. List and
         dict cells (e.g. ``fake_segments``) are stored as JSON text and decoded
         on read; columns with missing values in non-float columns likewise.
+        The switch from the old manifest to the new one is atomic
+        (featstore.manifest_store).
         """
-        import re
-
-        self._check_writable()
-        if "video_id" not in table.columns:
-            raise ManifestError(f"manifest of {dataset} has no 'video_id' column")
-        ids = table["video_id"]
-        if ids.isna().any() or not all(isinstance(v, str) and v for v in ids):
-            raise ManifestError(f"manifest of {dataset}: every video_id must be a non-empty string")
-        dupes = ids[ids.duplicated()].unique().tolist()
-        if dupes:
-            raise ManifestError(
-                f"manifest of {dataset}: duplicate video_id values, e.g. {dupes[:3]}"
-            )
-        for col in table.columns:
-            if not isinstance(col, str) or not re.match(_COLUMN_RE_TEXT, col):
-                raise ManifestError(f"manifest of {dataset}: invalid column name {col!r}")
+        self.check_writable()
+        manifest_store.validate(dataset, table)
         self._ensure_dataset(dataset)
-        base = layout.manifest_path(dataset)
-        old = set(self.objects.list_dir(base)) - {"zarr.json"}
-        json_columns = []
-        for col in table.columns:
-            values, is_json = _encode_column(table[col])
-            if is_json:
-                json_columns.append(col)
-            self._write_array(f"{base}/{col}", values, overwrite=True)
-        self._write_group(
-            base,
-            {
-                "featstore": {
-                    "kind": "manifest",
-                    "columns": list(table.columns),
-                    "json_columns": json_columns,
-                    "n_rows": len(table),
-                    "written_ns": time.time_ns(),
-                    "attrs": dict(attrs or {}),
-                }
-            },
-        )
-        for col in old - set(table.columns):
-            self.objects.delete_tree(f"{base}/{col}")
+        manifest_store.write(self.backend, dataset, table, attrs)
 
     def manifest(self, dataset: str) -> pd.DataFrame:
         """The dataset's manifest as a DataFrame (one row per video)."""
-        import pandas as pd
-        import zarr
-
         self._check_dataset(dataset)
-        base = layout.manifest_path(dataset)
-        group = self._get_json(f"{base}/zarr.json")
-        if group is None:
-            raise ManifestError(
-                f"dataset {dataset} has no manifest (import one with 'featstore datasets import')"
-            )
-        meta = group["attributes"]["featstore"]
-        columns = {}
-        for col in meta["columns"]:
-            values = zarr.open_array(self._zstore, path=f"{base}/{col}", mode="r")[...]
-            if values.dtype.kind == "T":
-                values = values.astype(object)
-            if col in meta["json_columns"]:
-                values = np.array([json.loads(v) for v in values] + [None], dtype=object)[:-1]
-            columns[col] = values
-        frame = pd.DataFrame(columns, columns=meta["columns"])
-        frame.attrs.update(meta.get("attrs", {}))
-        return frame
+        return manifest_store.read(self.backend, dataset)
 
     def manifest_attrs(self, dataset: str) -> dict[str, Any]:
+        """The attrs stored with the dataset's manifest (format, root, views...)."""
         self._check_dataset(dataset)
-        group = self._get_json(f"{layout.manifest_path(dataset)}/zarr.json")
-        return {} if group is None else dict(group["attributes"]["featstore"].get("attrs", {}))
+        meta = manifest_store.pointer(self.backend, dataset)
+        return {} if meta is None else dict(meta.get("attrs", {}))
+
+    def manifest_rows(self, dataset: str) -> int | None:
+        """Rows of the dataset's manifest; None when it has none."""
+        self._check_dataset(dataset)
+        meta = manifest_store.pointer(self.backend, dataset)
+        return None if meta is None else int(meta["n_rows"])
+
+    def prune_manifest(
+        self, dataset: str, *, older_than_s: float, dry_run: bool = False
+    ) -> list[str]:
+        """Remove manifest versions the pointer does not name, older than
+        ``older_than_s`` (left by a crashed or concurrent import), and an old store's
+        unversioned columns. Returns the names removed (under ``manifest/``)."""
+        self.check_writable()
+        return manifest_store.prune(self.backend, dataset, older_than_s, dry_run=dry_run)
 
     # --------------------------------------------------------------- writes
 
@@ -470,82 +452,120 @@ class FeatureStore:
         layers: Iterable[Layer] | None = None,
         target_part_bytes: int = DEFAULT_PART_BYTES,
         max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        compacted_from: Sequence[str] = (),
     ) -> StoreWriter:
-        """A writer of ``info``'s features for ``dataset`` (layers default to all declared)."""
-        self._check_writable()
+        """A writer of ``info``'s features for ``dataset`` (layers default to all declared).
+
+        ``compacted_from``: the parts a compaction copies (recorded in its commits).
+        """
+        self.check_writable()
         self._ensure_dataset(dataset)
         self._ensure_encoder(dataset, info)
         chosen = list(info.layer_dims) if layers is None else [normalize_layer(x) for x in layers]
         for x in chosen:
             info.dim(x)
         return StoreWriter(
-            self,
+            self.backend,
             dataset,
             info,
             layers=chosen,
             target_part_bytes=target_part_bytes,
             max_buffer_bytes=max_buffer_bytes,
+            compacted_from=compacted_from,
+            on_commit=lambda _record: self._forget(dataset, info.name),
         )
+
+    def read_rows(
+        self, dataset: str, encoder: str, part_id: str, layer: Layer, start: int, n: int
+    ) -> np.ndarray:
+        """Rows ``[start, start + n)`` of one layer of one part, committed or not
+        (``compact`` and ``verify``; readers want :meth:`video`)."""
+        reader = self._reader(dataset, encoder, part_id, layer)
+        if isinstance(reader, ShardReader):
+            return reader.read(start, start + n)
+        return np.asarray(reader[start : start + n])
+
+    def check_writable(self) -> None:
+        """Raise ``ReadOnlyStoreError`` on a store opened with ``mode="r"``."""
+        self.backend.check_writable()
 
     # ------------------------------------------------------------ internals
 
-    def _check_writable(self) -> None:
-        if self.read_only:
-            raise ReadOnlyStoreError(f"store {self.url} is open read-only (open it with mode='a')")
-
     def _check_dataset(self, dataset: str) -> None:
         layout.check_name("dataset", dataset)
-        if not self.objects.exists(f"{dataset}/zarr.json"):
+        if not self.backend.exists(f"{dataset}/zarr.json"):
             known = ", ".join(self.datasets()) or "none"
             raise UnknownDatasetError(f"no dataset {dataset!r} in {self.url} (datasets: {known})")
 
-    def _state(self, dataset: str, encoder: str) -> _EncoderState:
+    def _state(self, dataset: str, encoder: str) -> EncoderSnapshot:
         with self._lock:
             state = self._encoders.get((dataset, encoder))
         if state is not None:
             return state
         self._check_dataset(dataset)
         layout.check_name("encoder", encoder)
-        if not self.objects.exists(f"{layout.encoder_path(dataset, encoder)}/zarr.json"):
+        key = f"{layout.encoder_path(dataset, encoder)}/zarr.json"
+        if not self.backend.exists(key):
             known = ", ".join(self.encoders(dataset)) or "none"
             raise UnknownEncoderError(
                 f"no encoder {encoder!r} in dataset {dataset} (encoders: {known})"
             )
-        state = _EncoderState(self, dataset, encoder)
+        commits = self._load_commits(dataset, encoder)
+        try:
+            attrs = (self.backend.get_json(key) or {}).get("attributes", {}).get("featstore")
+        except CorruptStoreError as exc:
+            log.warning("%s; describing %s/%s from its commit records", exc, dataset, encoder)
+            attrs = None
+        state = EncoderSnapshot(dataset, encoder, commits, attrs)
         with self._lock:
             return self._encoders.setdefault((dataset, encoder), state)
+
+    def _forget(self, dataset: str, encoder: str) -> None:
+        with self._lock:
+            self._encoders.pop((dataset, encoder), None)
 
     def _index(self, dataset: str, encoder: str, layer: Layer) -> LayerIndex:
         return self._state(dataset, encoder).index(layer)
 
     def _load_commits(self, dataset: str, encoder: str) -> list[CommitRecord]:
+        """Every readable commit record of the encoder.
+
+        A record listed but gone when read was removed by ``compact`` (or ``gc``)
+        meanwhile, and its replacement may have been committed after the listing:
+        then the folder is listed again (records already read are kept), so a reader
+        never sees a gap.
+        """
         base = layout.commits_path(dataset, encoder)
-        names = [n for n in self.objects.list_dir(base) if n.endswith(".json")]
+        loaded: dict[str, CommitRecord | None] = {}
 
-        def load(name: str) -> CommitRecord | None:
+        def load(name: str) -> tuple[str, CommitRecord | None, bool]:
             try:
-                return CommitRecord.from_json(self.objects.get(f"{base}/{name}"))
+                return name, CommitRecord.from_json(self.backend.get(f"{base}/{name}")), False
             except FileNotFoundError:
-                return None  # removed by gc/compact while listing
+                return name, None, True
             except CorruptStoreError:
-                # A commit being written right now (or cut by a crash): not committed yet.
+                # Torn (by older featstore code, which wrote in place): not committed.
                 log.warning("ignoring unreadable commit record %s/%s", base, name)
-                return None
+                return name, None, False
 
-        if len(names) > 32:
-            with concurrent.futures.ThreadPoolExecutor(16) as pool:
-                records = list(pool.map(load, names))
-        else:
-            records = [load(n) for n in names]
-        return sort_commits(r for r in records if r is not None)
-
-    def _read_rows(
-        self, dataset: str, encoder: str, part_id: str, layer: Layer, start: int, n: int
-    ) -> np.ndarray:
-        reader = self._reader(dataset, encoder, part_id, layer)
-        if isinstance(reader, ShardReader):
-            return reader.read(start, start + n)
-        return np.asarray(reader[start : start + n])
+        for _ in range(_LISTING_ATTEMPTS):
+            names = [n for n in self.backend.list_dir(base) if n.endswith(".json")]
+            listed = set(names)
+            loaded = {n: r for n, r in loaded.items() if n in listed}
+            todo = [n for n in names if n not in loaded]
+            if len(todo) > 32:
+                with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                    results = list(pool.map(load, todo))
+            else:
+                results = [load(n) for n in todo]
+            vanished = False
+            for name, record, gone in results:
+                vanished |= gone
+                if not gone:
+                    loaded[name] = record
+            if not vanished:
+                break
+        return sort_commits(r for r in loaded.values() if r is not None)
 
     def _reader(self, dataset: str, encoder: str, part_id: str, layer: Layer) -> ShardReader | Any:
         key = (dataset, encoder, part_id, layer_key(layer))
@@ -555,102 +575,57 @@ class FeatureStore:
                 self._readers.move_to_end(key)
                 return reader
         array_key = f"{layout.part_path(dataset, encoder, part_id)}/{layer_array_name(layer)}"
-        lay = load_layout(self.objects, array_key)
+        lay = load_layout(self.backend, array_key)
         if lay is not None:
-            reader = ShardReader(self.objects, array_key, lay)
+            reader = ShardReader(self.backend, array_key, lay)
         else:
-            import zarr
-
-            try:
-                reader = zarr.open_array(self._zstore, path=array_key, mode="r")
-            except (zarr.errors.ArrayNotFoundError, zarr.errors.NodeTypeValidationError) as exc:
-                raise FileNotFoundError(array_key) from exc
+            reader = self.backend.open_array(array_key)  # FileNotFoundError when gone
         with self._lock:
             self._readers[key] = reader
             while len(self._readers) > 1024:
                 self._readers.popitem(last=False)
         return reader
 
-    def _get_json(self, key: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.objects.get(key))
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            raise CorruptStoreError(f"{self.url}/{key} is not valid JSON: {exc}") from exc
-
-    def _write_group(self, path: str, attributes: Mapping[str, Any]) -> None:
-        doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(attributes)}
-        key = f"{path}/zarr.json" if path else "zarr.json"
-        self.objects.put(key, json.dumps(doc, indent=2).encode())
-
-    def _write_array(self, path: str, values: np.ndarray, *, overwrite: bool = False) -> None:
-        import zarr
-
-        if values.dtype.kind in "OUT":
-            arr = zarr.create_array(
-                self._zstore,
-                name=path,
-                shape=values.shape,
-                dtype=str,
-                chunks=(max(1, min(len(values), 65536)),),
-                overwrite=overwrite,
-            )
-            if len(values):
-                arr[...] = values.astype(object)
-            return
-        zarr.create_array(
-            self._zstore,
-            name=path,
-            data=values,
-            chunks=(max(1, min(len(values), 262144)),),
-            overwrite=overwrite,
-        )
-
-    def _write_layer(self, path: str, buffer: ShardBuffer, n_rows: int) -> str:
-        """Write one layer of a part: zarr writes the metadata, the shard bytes come
-        ready-made from the buffer (zarr's per-chunk encoder runs at ~85 MB/s on this
-        layout). Returns the rows' checksum."""
-        import zarr
-
-        zarr.create_array(
-            self._zstore,
-            name=path,
-            shape=(n_rows, buffer.dim),
-            dtype=buffer.dtype,
-            chunks=(CHUNK_ROWS, buffer.dim),
-            shards=(-(-n_rows // CHUNK_ROWS) * CHUNK_ROWS, buffer.dim),
-            compressors=None,
-            filters=None,
-            fill_value=0,
-            config={"write_empty_chunks": True},
-        )
-        checksum = buffer.checksum(n_rows)
-        self.objects.put(f"{path}/c/0/0", buffer.finish(n_rows))
-        return checksum
-
     def _ensure_dataset(self, dataset: str) -> None:
         layout.check_name("dataset", dataset)
-        if not self.objects.exists(f"{dataset}/zarr.json"):
-            self._write_group(dataset, {"featstore": {"kind": "dataset"}})
+        attrs = {"featstore": {"kind": "dataset"}}
+        try:
+            if self.backend.get_json(f"{dataset}/zarr.json") is not None:
+                return
+        except CorruptStoreError as exc:  # torn by older featstore code
+            log.warning("%s; rewriting it", exc)
+            self.backend.write_group(dataset, attrs)
+            return
+        self.backend.write_group(dataset, attrs, exclusive=True)
 
     def _ensure_encoder(self, dataset: str, info: EncoderInfo) -> None:
+        """Create the encoder's group if missing (once: its attributes are never
+        rewritten, so concurrent writers cannot lose each other's facts) and check
+        ``info`` against the stored facts and every committed layer's dim."""
         path = layout.encoder_path(dataset, info.name)
-        existing = self._get_json(f"{path}/zarr.json")
-        if existing is not None:
-            stored = EncoderInfo.from_attrs(existing["attributes"]["featstore"])
-            problems = info.conflicts(stored)
-            if problems:
-                raise EncoderMismatchError(
-                    f"{dataset}/{info.name} already holds features that differ from this "
-                    f"writer's: {'; '.join(problems)}. Use another encoder name "
-                    "(e.g. 'clip-rand' for a random init) or another store."
-                )
-            if set(info.layer_dims) <= set(stored.layer_dims):
-                return
-            merged = {**stored.layer_dims, **info.layer_dims}
-            info = dataclasses.replace(stored, layer_dims=merged)
-        self._write_group(path, {"featstore": info.to_attrs()})
+        try:
+            existing = self.backend.get_json(f"{path}/zarr.json")
+        except CorruptStoreError as exc:  # torn by older featstore code: repair it
+            commits = self._load_commits(dataset, info.name)
+            attrs = dict(commits[-1].encoder) if commits else info.to_attrs()
+            log.warning("%s; rewriting it from %s", exc, "its commits" if commits else "the writer")
+            self.backend.write_group(path, {"featstore": attrs})
+            self._forget(dataset, info.name)
+        else:
+            if existing is None:
+                self.backend.write_group(layout.parts_path(dataset, info.name), {}, exclusive=True)
+                if not self.backend.write_group(
+                    path, {"featstore": info.to_attrs()}, exclusive=True
+                ):
+                    self._forget(dataset, info.name)  # another writer created it just now
+        stored = self._state(dataset, info.name).info
+        problems = info.conflicts(stored)
+        if problems:
+            raise EncoderMismatchError(
+                f"{dataset}/{info.name} already holds features that differ from this "
+                f"writer's: {'; '.join(problems)}. Use another encoder name "
+                "(e.g. 'clip-rand' for a random init) or another store."
+            )
 
 
 def _reopen(url: str, mode: str, durable: bool, storage_options: Mapping[str, Any]) -> FeatureStore:
@@ -668,38 +643,52 @@ def _load_rows(
 ) -> np.ndarray:
     """Dask task: the winning rows of one part, concatenated in row order."""
     lo, hi = int(starts.min()), int((starts + ns).max())
-    block = store._read_rows(dataset, encoder, part_id, layer, lo, hi - lo)
+    block = store.read_rows(dataset, encoder, part_id, layer, lo, hi - lo)
     if hi - lo == int(ns.sum()):
         return block  # no superseded rows inside: the block is the chunk
     return np.concatenate([block[s - lo : s - lo + n] for s, n in zip(starts, ns, strict=True)])
 
 
-class _EncoderState:
-    """A snapshot of one encoder's commits and its lazily built layer indexes."""
+class EncoderSnapshot:
+    """One encoder's commits as listed at one moment, and its lazily built layer indexes.
 
-    def __init__(self, store: FeatureStore, dataset: str, encoder: str) -> None:
+    ``info`` holds the encoder's declared facts (its group attributes, or the newest
+    commit's copy of them when those are unreadable) with the dim of every committed
+    layer: the commit records, not the attributes, say which layers exist.
+    ``token`` changes whenever the commits do.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        encoder: str,
+        commits: Sequence[CommitRecord],
+        attrs: Mapping[str, Any] | None,
+    ) -> None:
         self.dataset, self.encoder = dataset, encoder
-        self.commits = store._load_commits(dataset, encoder)
+        self.commits: tuple[CommitRecord, ...] = tuple(commits)
         self.token = f"{len(self.commits)}-{self.commits[-1].part_id if self.commits else 0}"
-        attrs = store._get_json(f"{layout.encoder_path(dataset, encoder)}/zarr.json") or {}
-        fs_attrs = attrs.get("attributes", {}).get("featstore")
-        if fs_attrs is None and self.commits:
-            fs_attrs = self.commits[-1].encoder
-        if not fs_attrs:
-            raise CorruptStoreError(f"{dataset}/{encoder} has no encoder metadata")
-        dims: dict[Layer, int] = dict(EncoderInfo.from_attrs(fs_attrs).layer_dims)
+        if not attrs and self.commits:
+            attrs = self.commits[-1].encoder
+        if not attrs:
+            raise CorruptStoreError(f"{dataset}/{encoder} has no readable encoder metadata")
+        declared = EncoderInfo.from_attrs(attrs)
+        dims: dict[Layer, int] = dict(declared.layer_dims)
         for c in self.commits:
             for k, rec in c.layers.items():
                 dims.setdefault(normalize_layer(k), rec.dim)
-        self.info = dataclasses.replace(EncoderInfo.from_attrs(fs_attrs), layer_dims=dims)
+        self.info = dataclasses.replace(declared, layer_dims=dims)
         self._indexes: dict[str, LayerIndex] = {}
         self._lock = threading.Lock()
 
     def layers(self) -> list[Layer]:
+        """Layers with at least one committed video."""
         keys = {k for c in self.commits for k in c.layers}
         return sorted((normalize_layer(k) for k in keys), key=layer_sort_key)
 
     def index(self, layer: Layer) -> LayerIndex:
+        """``video -> (part, row_start, n_frames)`` of one layer (``UnknownLayerError``
+        when nothing of it is committed)."""
         key = layer_key(layer)
         with self._lock:
             idx = self._indexes.get(key)
@@ -713,54 +702,12 @@ class _EncoderState:
         return idx
 
 
-def _encode_column(column: pd.Series) -> tuple[np.ndarray, bool]:
-    """A manifest column as a storable 1-D array, and whether it is JSON text.
-
-    Numbers and booleans keep their type (floats keep NaN); string columns are
-    stored as strings; anything else (lists, dicts, missing values in a
-    non-float column) becomes JSON text, decoded again on read.
-    """
-    from pandas.api import types
-
-    dtype = column.dtype
-    if types.is_float_dtype(dtype):
-        return column.to_numpy(dtype=np.float64, na_value=np.nan), False
-    if not column.isna().any():
-        if types.is_bool_dtype(dtype):
-            return column.to_numpy(dtype=bool), False
-        if types.is_integer_dtype(dtype):
-            return column.to_numpy(dtype=np.int64), False
-        values = column.to_numpy(dtype=object)
-        if all(isinstance(v, str) for v in values):
-            return values, False
-    values = column.to_numpy(dtype=object)
-    out = np.empty(len(values), dtype=object)
-    for i, v in enumerate(values):
-        out[i] = json.dumps(_jsonable(v), default=str)
-    return out, True
-
-
-def _jsonable(value: Any) -> Any:
-    import pandas as pd
-
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value
-
-
 __all__ = [
     "CHUNK_ROWS",
     "DEFAULT_BUFFER_BYTES",
     "DEFAULT_PART_BYTES",
     "EncoderInfo",
+    "EncoderSnapshot",
     "FeatureStore",
     "StoreWriter",
     "open_store",

@@ -1,17 +1,16 @@
 """The store's writer: buffers rows of many videos, writes whole parts, commits last.
 
-Only ``FeatureStore._write_layer`` (in featstore.store) touches zarr; this
-module decides what goes into a part and when it becomes visible.
+All I/O goes through the storage backend (featstore.backend); this module
+decides what goes into a part and when it becomes visible.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from featstore.layout import (
 from featstore.shards import ShardBuffer, nonfinite_rows
 
 if TYPE_CHECKING:
-    from featstore.store import FeatureStore
+    from featstore.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +44,29 @@ class StoreWriter:
     A video is never split across parts. Used as a context manager, the
     writer commits what it holds on exit, also when the block raises (every
     buffered video is complete, so nothing partial is ever committed).
+
+    Made by ``FeatureStore.writer``. ``compacted_from`` names the parts a
+    compaction copies (recorded in each commit); ``on_commit`` is called with
+    every commit record once it is written.
     """
 
     def __init__(
         self,
-        store: FeatureStore,
+        backend: Backend,
         dataset: str,
         info: EncoderInfo,
         *,
         layers: Sequence[Layer],
         target_part_bytes: int,
         max_buffer_bytes: int,
+        compacted_from: Iterable[str] = (),
+        on_commit: Callable[[CommitRecord], None] | None = None,
     ) -> None:
         if not layers:
             raise StoreError("a writer needs at least one layer")
         if len(set(layers)) != len(layers):
             raise StoreError(f"duplicate layers: {list(layers)}")
-        self.store, self.dataset, self.info = store, dataset, info
+        self.backend, self.dataset, self.info = backend, dataset, info
         self.layers = list(layers)
         self.dtype = np.dtype(info.dtype)
         self.dims = {x: info.dim(x) for x in self.layers}
@@ -70,7 +75,7 @@ class StoreWriter:
         by_buffer = max_buffer_bytes // sum(row_bytes.values())
         self.part_rows = max(CHUNK_ROWS, min(by_target, by_buffer) // CHUNK_ROWS * CHUNK_ROWS)
         self._buffers: dict[Layer, ShardBuffer] = {}  # allocated at the first video
-        self._videos: list[tuple[str, int]] = []
+        self._videos: list[tuple[str, int, int | None]] = []  # id, rows, version
         self._ids: set[str] = set()
         self._rows = 0
         self._failures: list[dict[str, Any]] = []
@@ -80,9 +85,9 @@ class StoreWriter:
         self.rows_written = 0
         self.failures_written = 0
         self.committed_parts: list[str] = []
-        self._version_override: dict[str, int] = {}
         self._oversized: dict[Layer, ShardBuffer] | None = None
-        self._compacted_from: tuple[str, ...] = ()
+        self._compacted_from = tuple(compacted_from)
+        self._on_commit = on_commit
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -100,8 +105,15 @@ class StoreWriter:
     def buffered_rows(self) -> int:
         return self._rows
 
-    def add(self, video_id: str, features: Mapping[Layer, np.ndarray]) -> None:
-        """Buffer one video's features: ``{layer: [T, D]}`` for exactly the writer's layers."""
+    def add(
+        self, video_id: str, features: Mapping[Layer, np.ndarray], *, version: int | None = None
+    ) -> None:
+        """Buffer one video's features: ``{layer: [T, D]}`` for exactly the writer's layers.
+
+        ``version`` (ns) is when the rows were produced; by default the commit time.
+        ``compact`` passes the original version of the rows it copies, so a copy never
+        beats a newer extraction of the same video.
+        """
         if self._closed:
             raise StoreError("writer is closed")
         if not isinstance(video_id, str) or not video_id:
@@ -133,7 +145,7 @@ class StoreWriter:
                     f"video {video_id!r} layer {layer_key(x)}: values overflow {self.dtype} "
                     f"(max |x| = {float(np.abs(arrays[x]).max()):.4g}); store as float32"
                 )
-        self._videos.append((video_id, n))
+        self._videos.append((video_id, n, version))
         self._ids.add(video_id)
         self._rows += n
         if self._rows >= self.part_rows:
@@ -215,15 +227,76 @@ class StoreWriter:
         return arr
 
     def _write_part(self) -> str:
-        store = self.store
-        part_id = layout.new_part_id()
-        base = layout.part_path(self.dataset, self.info.name, part_id)
-        ids = [v for v, _ in self._videos]
-        n_frames = np.array([n for _, n in self._videos], dtype=np.int32)
+        ids = [v for v, _, _ in self._videos]
+        n_frames = np.array([n for _, n, _ in self._videos], dtype=np.int32)
         row_start = np.concatenate([[0], np.cumsum(n_frames, dtype=np.int64)[:-1]]).astype(np.int64)
+        buffers = self._oversized if self._oversized is not None else self._buffers
+        for _ in range(_MAX_ATTEMPTS):
+            part_id = layout.new_part_id()
+            try:
+                layer_records = self._write_data(part_id, ids, row_start, n_frames, buffers)
+            except FileNotFoundError as exc:  # gc removed the folder as we wrote into it
+                log.warning(
+                    "part %s vanished while it was written (%s); writing it again", part_id, exc
+                )
+                continue
+            committed_ns = time.time_ns()
+            versions = np.array(
+                [committed_ns if v is None else v for _, _, v in self._videos], dtype=np.int64
+            )
+            record = CommitRecord(
+                part_id=part_id,
+                committed_ns=committed_ns,
+                dtype=self.dtype.name,
+                layers=layer_records,
+                video_ids=tuple(ids),
+                row_start=row_start,
+                n_frames=n_frames,
+                versions=versions,
+                encoder=self.info.to_attrs(),
+                writer={"host": socket.gethostname(), "pid": os.getpid(), "featstore": __version__},
+                compacted_from=self._compacted_from,
+            )
+            _write_commit(self.backend, self.dataset, self.info.name, record)
+            if self._survived_gc(part_id):
+                break
+            # The part outlived gc's floor while it was written and gc took its data:
+            # withdraw the commit and write the rows (still buffered) again.
+            log.warning(
+                "part %s of %s/%s was removed by gc while it was written; writing it again",
+                part_id,
+                self.dataset,
+                self.info.name,
+            )
+            self.backend.delete(layout.commit_key(self.dataset, self.info.name, part_id))
+        else:
+            raise StoreError(
+                f"{self.dataset}/{self.info.name}: a part was removed {_MAX_ATTEMPTS} times while "
+                f"it was written (by gc, whose floor is {layout.gc_floor_s():g} s, or by hand)"
+            )
+        self._oversized = None  # a one-off buffer for a single long video is not kept
+        if self._on_commit is not None:
+            self._on_commit(record)
+        self.parts_written += 1
+        self.videos_written += len(ids)
+        self.rows_written += self._rows
+        self.committed_parts.append(part_id)
+        self._videos, self._ids, self._rows = [], set(), 0
+        return part_id
+
+    def _write_data(
+        self,
+        part_id: str,
+        ids: list[str],
+        row_start: np.ndarray,
+        n_frames: np.ndarray,
+        buffers: Mapping[Layer, ShardBuffer],
+    ) -> dict[str, LayerRecord]:
+        """Write a part's group and layer arrays; returns the layers' records."""
+        base = layout.part_path(self.dataset, self.info.name, part_id)
         # The part's own video index, in its group attributes: one object instead of
         # three arrays (six objects); the commit record repeats it for readers.
-        store._write_group(
+        self.backend.write_group(
             base,
             {
                 "featstore": {
@@ -234,36 +307,29 @@ class StoreWriter:
                 }
             },
         )
-        buffers = self._oversized if self._oversized is not None else self._buffers
-        layer_records = {}
+        records = {}
         for x in self.layers:
-            checksum = store._write_layer(f"{base}/{layer_array_name(x)}", buffers[x], self._rows)
-            layer_records[layer_key(x)] = LayerRecord(dim=self.dims[x], checksum=checksum)
-        self._oversized = None  # a one-off buffer for a single long video is not kept
-        committed_ns = time.time_ns()
-        versions = np.array(
-            [self._version_override.get(v, committed_ns) for v in ids], dtype=np.int64
-        )
-        record = CommitRecord(
-            part_id=part_id,
-            committed_ns=committed_ns,
-            dtype=self.dtype.name,
-            layers=layer_records,
-            video_ids=tuple(ids),
-            row_start=row_start,
-            n_frames=n_frames,
-            versions=versions,
-            encoder=self.info.to_attrs(),
-            writer={"host": socket.gethostname(), "pid": os.getpid(), "featstore": __version__},
-            compacted_from=self._compacted_from,
-        )
-        _write_commit(store, self.dataset, self.info.name, record)
-        self.parts_written += 1
-        self.videos_written += len(ids)
-        self.rows_written += self._rows
-        self.committed_parts.append(part_id)
-        self._videos, self._ids, self._rows = [], set(), 0
-        return part_id
+            path = f"{base}/{layer_array_name(x)}"
+            checksum = self.backend.write_layer(path, buffers[x], self._rows)
+            records[layer_key(x)] = LayerRecord(dim=self.dims[x], checksum=checksum)
+        return records
+
+    def _survived_gc(self, part_id: str) -> bool:
+        """Whether the part's data is still whole now that its commit is written.
+
+        gc removes only parts older than its floor, so a part younger than half of it
+        (a margin for clocks of different machines) cannot have been touched."""
+        age_s = (time.time_ns() - layout.part_created_ns(part_id)) / 1e9
+        if age_s < layout.gc_floor_s() / 2:
+            return True
+        base = layout.part_path(self.dataset, self.info.name, part_id)
+        keys = [f"{base}/zarr.json"]
+        for x in self.layers:
+            keys += [
+                f"{base}/{layer_array_name(x)}/zarr.json",
+                f"{base}/{layer_array_name(x)}/c/0/0",
+            ]
+        return all(self.backend.exists(k) for k in keys)
 
     def _write_failures(self, part_id: str) -> None:
         doc = {
@@ -272,13 +338,15 @@ class StoreWriter:
             "writer": {"host": socket.gethostname(), "pid": os.getpid()},
             "failures": self._failures,
         }
-        key = layout.failure_key(self.dataset, self.info.name, part_id)
-        self.store.objects.put(key, json.dumps(doc).encode())
+        self.backend.put_json(layout.failure_key(self.dataset, self.info.name, part_id), doc)
         self.failures_written += len(self._failures)
         self._failures = []
 
 
-def _write_commit(store: FeatureStore, dataset: str, encoder: str, record: CommitRecord) -> None:
+_MAX_ATTEMPTS = 3
+
+
+def _write_commit(backend: Backend, dataset: str, encoder: str, record: CommitRecord) -> None:
     """Write a commit record: the moment the part becomes visible. Kept separate so
     tests can interrupt a writer exactly between its data and its commit."""
-    store.objects.put(layout.commit_key(dataset, encoder, record.part_id), record.to_json())
+    backend.put(layout.commit_key(dataset, encoder, record.part_id), record.to_json())

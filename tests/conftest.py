@@ -22,6 +22,13 @@ def store(tmp_path) -> FeatureStore:
 
 
 @pytest.fixture
+def no_gc_floor(monkeypatch) -> None:
+    """Let gc remove objects of any age: its floor protects writers at work, and
+    tests that use this fixture have none running."""
+    monkeypatch.setenv("FEATSTORE_GC_FLOOR_S", "0")
+
+
+@pytest.fixture
 def info() -> EncoderInfo:
     """A 2-layer encoder: 32 wide at layer 0, 16 wide at 'last'."""
     return EncoderInfo(name="tiny", frame_hz=25.0, layer_dims={0: 32, "last": 16})

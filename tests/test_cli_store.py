@@ -63,14 +63,14 @@ def test_ls_levels(demo_store):
     assert "28 more" in out
 
 
-def test_verify_gc_compact(demo_store, monkeypatch):
+def test_verify_gc_compact(demo_store, monkeypatch, no_gc_floor):
     result = runner.invoke(app, ["store", "verify", demo_store])
     assert result.exit_code == 0 and "ok" in result.output
     store = open_store(demo_store, mode="a")
-    monkeypatch.setattr(writer_mod, "_write_commit", lambda *a, **k: None)
-    with store.writer("ds", store.encoder_info("ds", "tiny")) as w:
-        w.add("ghost", {0: np.ones((3, 32), np.float16), "last": np.ones((3, 16), np.float16)})
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(writer_mod, "_write_commit", lambda *a, **k: None)
+        with store.writer("ds", store.encoder_info("ds", "tiny")) as w:
+            w.add("ghost", {0: np.ones((3, 32), np.float16), "last": np.ones((3, 16), np.float16)})
     dry = runner.invoke(app, ["store", "gc", demo_store, "--older-than", "0", "--dry-run"])
     assert "would remove uncommitted part ds/tiny/" in dry.output
     result = runner.invoke(app, ["store", "gc", demo_store, "--older-than", "0"])

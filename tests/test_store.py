@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import featstore.store as store_mod
 import featstore.writer as writer_mod
 from featstore import layout
+from featstore.backend import LocalBackend
 from featstore.errors import (
     EncoderMismatchError,
     InvalidFeaturesError,
@@ -121,7 +121,7 @@ def test_video_committed_twice_newest_wins(store, info):
     assert report.removed_superseded == ()  # the first part still holds "other"
 
 
-def test_fully_superseded_part_is_collected(store, info):
+def test_fully_superseded_part_is_collected(store, info, no_gc_floor):
     for value in (0, 1):
         with store.writer("ds", info) as w:
             w.add(
@@ -137,13 +137,13 @@ def test_fully_superseded_part_is_collected(store, info):
     assert store.video("ds", "tiny", "v", 0)[0, 0] == 1
 
 
-def test_uncommitted_part_is_invisible_and_collected(store, info, monkeypatch):
+def test_uncommitted_part_is_invisible_and_collected(store, info, monkeypatch, no_gc_floor):
     with store.writer("ds", info) as w:
         w.add("kept", {0: np.ones((4, 32), np.float16), "last": np.ones((4, 16), np.float16)})
-    monkeypatch.setattr(writer_mod, "_write_commit", lambda *a, **k: None)
-    with store.writer("ds", info) as w:
-        w.add("lost", {0: np.ones((4, 32), np.float16), "last": np.ones((4, 16), np.float16)})
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(writer_mod, "_write_commit", lambda *a, **k: None)
+        with store.writer("ds", info) as w:
+            w.add("lost", {0: np.ones((4, 32), np.float16), "last": np.ones((4, 16), np.float16)})
     reader = open_store(store.url)
     assert reader.video_ids("ds", "tiny", 0) == ["kept"]
     assert not reader.has("ds", "tiny", "lost")
@@ -159,7 +159,7 @@ def test_uncommitted_part_is_invisible_and_collected(store, info, monkeypatch):
     assert verify(store).ok
 
 
-def test_truncated_commit_record_is_ignored_then_collected(store, info):
+def test_truncated_commit_record_is_ignored_then_collected(store, info, no_gc_floor):
     with store.writer("ds", info) as w:
         w.add("v", {0: np.ones((4, 32), np.float16), "last": np.ones((4, 16), np.float16)})
     (commit,) = store.commits("ds", "tiny")
@@ -357,7 +357,15 @@ def test_manifest_round_trip_keeps_types(store):
     store.write_manifest("ds", table[["video_id", "label"]].iloc[:2])
     again = store.manifest("ds")
     assert list(again.columns) == ["video_id", "label"] and len(again) == 2
-    assert "clicks" not in store.objects.list_dir(layout.manifest_path("ds"))
+    # The columns live under the version the pointer names; the replaced one is gone.
+    pointer = store.backend.get_json(f"{layout.manifest_path('ds')}/zarr.json")
+    version = pointer["attributes"]["featstore"]["version"]
+    assert store.backend.list_dir(layout.manifest_path("ds")) == sorted([version, "zarr.json"])
+    assert store.backend.list_dir(layout.manifest_version_path("ds", version)) == [
+        "label",
+        "video_id",
+        "zarr.json",
+    ]
 
 
 def test_manifest_errors(store):
@@ -416,7 +424,7 @@ def test_arrays_in_another_layout_are_read_through_zarr(store, info, monkeypatch
     def compressed_layer(self, path, buffer, n_rows):
         rows = buffer.rows(0, n_rows)
         arr = zarr.create_array(
-            self._zstore,
+            zarr.storage.LocalStore(self.root),
             name=path,
             shape=rows.shape,
             dtype=rows.dtype,
@@ -426,7 +434,7 @@ def test_arrays_in_another_layout_are_read_through_zarr(store, info, monkeypatch
         arr[...] = rows
         return buffer.checksum(n_rows)
 
-    monkeypatch.setattr(store_mod.FeatureStore, "_write_layer", compressed_layer)
+    monkeypatch.setattr(LocalBackend, "write_layer", compressed_layer)
     write_synthetic(store, "ds", info, ["a", "b"], [300, 400])
     monkeypatch.undo()
     reader = open_store(store.url)

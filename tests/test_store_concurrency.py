@@ -59,7 +59,7 @@ _KILLED_WRITER = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    import featstore.store as store_mod
+    import featstore.backend as backend_mod
     import featstore.writer as writer_mod
     from featstore.store import EncoderInfo, open_store
     from featstore.synthetic import synthetic_video
@@ -82,14 +82,14 @@ _KILLED_WRITER = textwrap.dedent(
             real_commit(*args, **kwargs)
         writer_mod._write_commit = commit
     else:  # between two layer arrays of the second part
-        real_layer = store_mod.FeatureStore._write_layer
+        real_layer = backend_mod.Backend.write_layer
         calls = []
         def write_layer(self, path, *args, **kwargs):
             calls.append(path)
             if len(calls) == 4:  # part 2's first layer is on disk, its second is not
                 stall()
             return real_layer(self, path, *args, **kwargs)
-        store_mod.FeatureStore._write_layer = write_layer
+        backend_mod.Backend.write_layer = write_layer
 
     with store.writer("ds", info, target_part_bytes=512 * 64) as w:
         for i in range(6):
@@ -100,7 +100,7 @@ _KILLED_WRITER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("hook", ["before-commit", "mid-layers"])
-def test_writer_killed_mid_part_leaves_a_consistent_store(tmp_path, hook):
+def test_writer_killed_mid_part_leaves_a_consistent_store(tmp_path, hook, no_gc_floor):
     url = str(tmp_path / "features.zarr")
     ready = tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, url, hook, str(ready)])
@@ -221,3 +221,31 @@ def test_verify_detects_corrupted_rows(tmp_path):
         f.write(bytes([byte[0] ^ 0xFF]))
     report = verify(open_store(store.url))
     assert not report.ok and "checksum" in report.problems[0]
+
+
+def test_bug_reader_listing_commits_during_compaction_saw_a_gap(tmp_path, monkeypatch):
+    """A reader listed _commits/, compaction then committed the merged part and removed
+    the originals, and the reader, finding the listed records gone, lost those videos."""
+    from featstore.backend import LocalBackend
+
+    url = str(tmp_path / "features.zarr")
+    ids = [f"v{i}" for i in range(12)]
+    lengths = [100 + 7 * i for i in range(12)]
+    write_synthetic(open_store(url, mode="a"), "ds", INFO, ids, lengths, target_part_bytes=1)
+    reader, compactor = open_store(url), open_store(url, mode="a")
+    assert len(reader.commits("ds", "tiny")) > 2
+    reader.refresh()
+    real_list = LocalBackend.list_dir
+    fired = []
+
+    def list_dir(self, prefix):
+        names = real_list(self, prefix)
+        if self is reader.backend and prefix.endswith("_commits") and not fired:
+            fired.append(compact(compactor, "ds", "tiny"))  # right after the listing
+        return names
+
+    monkeypatch.setattr(LocalBackend, "list_dir", list_dir)
+    assert sorted(reader.video_ids("ds", "tiny", 0)) == sorted(ids)
+    assert fired and fired[0].parts_after == 1
+    for vid, n in zip(ids, lengths, strict=True):
+        assert np.array_equal(reader.video("ds", "tiny", vid, 0), synthetic_video(vid, n, 32))
