@@ -12,6 +12,7 @@ from featstore.errors import StoreError, UnknownLayerError
 from featstore.layout import Layer, format_layers, layer_key, normalize_layer
 
 DTYPES = ("float16", "float32")
+_IDENTITY_EXTRAS = ("pooling", "fsfm_layout")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,16 @@ class EncoderInfo:
             out.append(
                 f"checkpoint_sha256: {other.checkpoint_sha256} stored, {self.checkpoint_sha256} given"
             )
+        if self.random_init and other.random_init:
+            # Random features of two initialisation schemes (or seeds) are different models;
+            # features stored before schemes were recorded were made with the BERT-style one.
+            for key, missing in (("random_init_scheme", "bert"), ("random_init_seed", None)):
+                mine, theirs = self.extra.get(key, missing), other.extra.get(key, missing)
+                if mine is not None and theirs is not None and mine != theirs:
+                    out.append(f"{key}: {theirs!r} stored, {mine!r} given")
+        for key in _IDENTITY_EXTRAS:  # options that change what a row means, when both record them
+            if key in self.extra and key in other.extra and self.extra[key] != other.extra[key]:
+                out.append(f"{key}: {other.extra[key]!r} stored, {self.extra[key]!r} given")
         for layer in set(self.layer_dims) & set(other.layer_dims):
             if self.layer_dims[layer] != other.layer_dims[layer]:
                 out.append(
