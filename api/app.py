@@ -34,7 +34,7 @@ from api.models import (
     ScoreResponse,
     StoredScoreResponse,
 )
-from api.scoring import NotReadyError, ScoringService, UnknownRunError, UploadNotSupportedError
+from api.scoring import NotReadyError, ScoringService, UnknownRunError
 from api.settings import Settings
 from api.uploads import (
     BadUploadError,
@@ -80,7 +80,6 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (UnknownVideoError, 404),
     (UnknownEncoderError, 404),
     (UnknownLayerError, 404),
-    (UploadNotSupportedError, 400),
     (NotReadyError, 503),
     (BatcherClosedError, 503),
     (FeatstoreError, 422),
@@ -166,8 +165,7 @@ _UPLOAD_BODY = {
                         "file": {"type": "string", "format": "binary"},
                         "runs": {
                             "type": "string",
-                            "description": "comma-separated run names (default: every run "
-                            "that scores uploads)",
+                            "description": "comma-separated run names (default: every loaded run)",
                         },
                     },
                 }
@@ -201,7 +199,7 @@ async def score_upload(
             metrics.upload_bytes.inc(upload.size_bytes)
             raw = upload.fields.get("runs", "")
             runs = [r.strip() for r in raw.split(",") if r.strip()] or None
-            service.upload_runs(runs)  # unknown / stored-only runs fail before decoding
+            service.upload_runs(runs)  # unknown runs fail before decoding
             await asyncio.to_thread(check_duration, upload.path, settings.max_duration_s)
             return await service.score_upload(str(upload.path), runs, filename=upload.filename)
     except TimeoutError:

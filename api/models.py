@@ -11,6 +11,8 @@ __all__ = [
     "DatasetInfo",
     "DatasetsResponse",
     "Detail",
+    "FeatureInfo",
+    "InputInfo",
     "ModelInfo",
     "ModelsResponse",
     "ReadyResponse",
@@ -30,25 +32,46 @@ class Detail(BaseModel):
 
 
 class Timings(BaseModel):
-    decode_ms: float = Field(description="probe + decode (+ crop) of the upload")
-    encode_ms: float = Field(description="waiting for and running the encoder's batch")
-    score_ms: float = Field(description="the run's head on the encoder's rows")
+    decode_ms: float = Field(description="probe + decode (+ crop) of the upload, once for all runs")
+    encode_ms: float = Field(
+        description="waiting for and running the encoders' batches (shared by the runs)"
+    )
+    score_ms: float = Field(description="the run's detector on the encoders' rows")
+
+
+SCORE_HELP = (
+    "video score s: a logit, higher = more fake, every kind's decision boundary at 0 "
+    "(the threshold)"
+)
+PROBABILITY_HELP = (
+    "P(fake) = sigmoid(2 s), for kinds trained to give probabilities (probe; fusions of "
+    "probes); null for the others (ntp and sync anomaly scores, training-free syncfree scores), "
+    "whose sigmoid(2 s) is only rank_score"
+)
+RANK_HELP = (
+    "sigmoid(2 s) for every kind: in [0, 1], monotone in the score, 0.5 at the threshold; "
+    "equal to probability when the run is calibrated, a ranking otherwise"
+)
 
 
 class RunScore(BaseModel):
     """One run's verdict on one video."""
 
     run: str
-    kind: str
-    encoder: str
-    layer: str
-    checkpoint_sha256: str | None = None
-    score: float = Field(description="video logit s; P(fake) = sigmoid(2 s)")
-    probability: float
-    threshold: float = Field(description="score threshold of the label (0 = P 0.5)")
+    kind: str = Field(description="the run kind (probe, ntp, sync, syncfree, fusion, ...)")
+    features: list[str] = Field(
+        description="the stored features the run reads, ENCODER:LAYER (sets and pairs in full)"
+    )
+    score: float = Field(description=SCORE_HELP)
+    calibrated: bool = Field(description="whether probability is given (see probability)")
+    probability: float | None = Field(description=PROBABILITY_HELP)
+    rank_score: float = Field(description=RANK_HELP)
+    threshold: float = Field(description="score threshold of the label (0: rank_score 0.5)")
     label: Literal["real", "fake"]
     frame_hz: float
-    frame_scores: list[float] = Field(description="per-row logits; row t covers [t/hz, (t+1)/hz)")
+    frame_scores: list[float] = Field(
+        description="per-row scores on the score's scale; row t covers [t/hz, (t+1)/hz)"
+    )
     segments: SegmentList = Field(
         description="fake segments [start_s, end_s, score] where frame scores pass the threshold"
     )
@@ -94,17 +117,35 @@ class DatasetsResponse(BaseModel):
     datasets: list[DatasetInfo]
 
 
-class ModelInfo(BaseModel):
-    name: str
-    kind: str
-    encoder: str | None
-    layer: str | None
-    frame_hz: float | None
+class FeatureInfo(BaseModel):
+    """One stored feature a run reads, as recorded when it was trained."""
+
+    encoder: str = Field(description="the encoder's name in the store")
+    layer: str
+    frame_hz: float
+    dim: int | None
+    dtype: str | None = Field(description="how the store rounds rows (uploads are rounded alike)")
+    source_encoder: str = Field(description="the registered encoder run on uploads")
     checkpoint: str | None
     checkpoint_sha256: str | None
     random_init: bool
+
+
+class InputInfo(BaseModel):
+    """One input of a run: a role and its features, concatenated per frame at frame_hz."""
+
+    role: str = Field(description="features, audio or visual")
+    frame_hz: float
+    features: list[FeatureInfo]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    kind: str
+    calibrated: bool = Field(description="whether its scores give a probability (see RunScore)")
+    frame_hz: float = Field(description="rate of its per-frame scores")
+    inputs: list[InputInfo]
     threshold: float
-    uploads: bool = Field(description="whether the run can score uploads (else stored-only)")
     metrics: dict[str, dict[str, float]] = Field(
         description="numeric entries of metrics.json, by selection"
     )

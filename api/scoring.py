@@ -1,12 +1,19 @@
 """The loaded runs and encoders behind the API, and the scoring of uploads and stored videos.
 
 :class:`ScoringService` is built in the app's lifespan: it opens the store
-read-only, loads every run, loads each distinct (encoder, checkpoint,
-random_init) once, warms it up with one dummy forward, and puts a
-:class:`~api.batching.MicroBatcher` in front of it. Upload scoring decodes in a
-worker thread, encodes through the batcher and applies the run's head with the
-trainers' own functions, so an uploaded clip scores exactly as its stored
-features would (the rows are rounded to the stored dtype first).
+read-only, loads every run through the run-kind registry
+(``trainers.kinds.load``: any kind, any run format it can read), loads each
+distinct (encoder, checkpoint, random_init) that the runs' features need
+once, warms it up with one dummy forward, and puts a
+:class:`~api.batching.MicroBatcher` in front of it.
+
+An upload is decoded once (:mod:`api.clips`: the streams and crops every
+needed encoder takes), each needed encoder runs once on it (shared by all
+the requested runs, micro-batched with other requests), its rows are rounded
+to the dtype the store held at training time, and each run's detector scores
+them with ``score_rows``: the same code that scores stored features, so an
+uploaded clip scores as its stored features would. Nothing here knows what a
+run kind is.
 """
 
 from __future__ import annotations
@@ -16,8 +23,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +34,8 @@ from api.models import (
     DatasetEncoder,
     DatasetInfo,
     DatasetsResponse,
+    FeatureInfo,
+    InputInfo,
     ModelInfo,
     ModelsResponse,
     RunScore,
@@ -36,26 +45,24 @@ from api.models import (
     UploadRunScore,
 )
 from api.settings import Settings
+from featstore import timebase
 from featstore.encoders.base import CheckpointError, Clip, Encoder
 from featstore.errors import FeatstoreError, UnknownDatasetError, UnknownVideoError
-from featstore.layout import Layer, layer_key, normalize_layer
-from trainers.runs import Run, RunError, load_run, parse_segments
+from featstore.layout import Layer, layer_key
+from trainers.data import FeatureKey
+from trainers.kinds import Detector, load, probability
+from trainers.runs import RunError, parse_segments
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
-    from trainers.probe import ProbeParams
+    from trainers.inputs import StoredFeature
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "LoadedRun",
-    "NotReadyError",
-    "ScoringService",
-    "UnknownRunError",
-    "UploadNotSupportedError",
-]
+__all__ = ["EncoderKey", "LoadedRun", "NotReadyError", "ScoringService", "UnknownRunError"]
 
-UPLOAD_KINDS = ("probe",)
+EncoderKey = tuple[str, str | None, bool]
+"""A loaded encoder: registered name, checkpoint, random_init."""
 
 
 class NotReadyError(FeatstoreError):
@@ -69,88 +76,72 @@ class UnknownRunError(FeatstoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class UploadNotSupportedError(FeatstoreError):
-    """The run's kind can score stored features only, not uploads."""
-
-
 @dataclass(frozen=True)
 class LoadedRun:
-    """A run as the service uses it; ``params`` is set for kinds that score uploads."""
+    """A run as the service uses it: its detector, and for each stored feature it reads,
+    the encoder that computes it from media and the dtype the store rounded it to."""
 
     name: str
-    run: Run
-    encoder: str | None
-    layer: Layer | None
-    frame_hz: float | None
-    threshold: float
-    checkpoint: str | None
-    checkpoint_sha256: str | None
-    random_init: bool
-    params: ProbeParams | None = None
-    feature_dtype: str = "float16"
+    detector: Detector
+    encoders: Mapping[FeatureKey, EncoderKey] = field(repr=False)
+    dtypes: Mapping[FeatureKey, str] = field(repr=False)
 
     @property
     def kind(self) -> str:
-        return self.run.kind
-
-    @property
-    def encoder_key(self) -> tuple[str, str | None, bool] | None:
-        if self.encoder is None:
-            return None
-        return (self.encoder, self.checkpoint, self.random_init)
-
-    @property
-    def uploads(self) -> bool:
-        return self.params is not None
+        return self.detector.kind
 
     def info(self) -> ModelInfo:
+        d = self.detector
         return ModelInfo(
             name=self.name,
             kind=self.kind,
-            encoder=self.encoder,
-            layer=None if self.layer is None else layer_key(self.layer),
-            frame_hz=self.frame_hz,
-            checkpoint=self.checkpoint,
-            checkpoint_sha256=self.checkpoint_sha256,
-            random_init=self.random_init,
-            threshold=self.threshold,
-            uploads=self.uploads,
-            metrics=_metric_summary(self.run.metrics()),
+            calibrated=d.calibrated,
+            frame_hz=d.frame_hz,
+            inputs=[
+                InputInfo(
+                    role=i.role,
+                    frame_hz=i.frame_hz,
+                    features=[_feature_info(f, self.dtypes[f.key]) for f in i.features],
+                )
+                for i in d.required_features
+            ],
+            threshold=d.threshold,
+            metrics=_metric_summary(d.run.metrics() if d.run is not None else {}),
         )
 
-    def verdict(self, x: np.ndarray) -> RunScore:
-        """Score features ``x [T, D]`` with a probe run's head (as the trainers score them)."""
-        from trainers.probe import frame_logits, probability, video_logit
-
-        if self.params is None or self.layer is None or self.frame_hz is None:
-            raise UploadNotSupportedError(f"run {self.name} ({self.kind}) cannot score features")
-        x = np.asarray(x).astype(self.feature_dtype)  # [T, D] as the store holds it
-        frames = np.asarray(frame_logits(self.params, x), dtype=np.float32)  # [T]
-        s = float(video_logit(self.params, x))
-        return self.result(s, float(probability(s)), frames)
-
-    def result(
+    def verdict(
         self,
-        score: float,
-        probability: float,
-        frames: np.ndarray,
+        rows: Mapping[FeatureKey, np.ndarray],
         *,
-        frame_hz: float | None = None,
+        leading_silence_s: float | None = None,
     ) -> RunScore:
+        """Score an upload's encoder rows ``{key: [T, D]}``, rounded as the store rounds them."""
+        stored = {k: np.asarray(rows[k]).astype(self.dtypes[k]) for k in self.encoders}
+        result = self.detector.score_rows(stored, leading_silence_s=leading_silence_s)
+        frames = (
+            np.zeros(0, dtype=np.float32)
+            if result.frame_scores is None
+            else np.asarray(result.frame_scores, dtype=np.float32)
+        )
+        return self.result(result.score, frames)
+
+    def result(self, score: float, frames: np.ndarray) -> RunScore:
         from trainers.temporal import scores_to_segments
 
-        hz = float(frame_hz or self.frame_hz or 0.0)
-        segments = scores_to_segments(frames, hz, threshold=self.threshold) if hz else []
+        d = self.detector
+        hz = float(d.frame_hz)
+        segments = scores_to_segments(frames, hz, threshold=d.threshold) if len(frames) else []
+        rank = float(probability(score))
         return RunScore(
             run=self.name,
             kind=self.kind,
-            encoder=self.encoder or "",
-            layer="" if self.layer is None else layer_key(self.layer),
-            checkpoint_sha256=self.checkpoint_sha256,
-            score=score,
-            probability=probability,
-            threshold=self.threshold,
-            label="fake" if score > self.threshold else "real",
+            features=[str(f.key) for f in d.features],
+            score=float(score),
+            calibrated=d.calibrated,
+            probability=rank if d.calibrated else None,
+            rank_score=rank,
+            threshold=d.threshold,
+            label="fake" if score > d.threshold else "real",
             frame_hz=hz,
             frame_scores=[float(v) for v in frames],
             segments=[s.to_list() for s in segments],
@@ -179,7 +170,7 @@ class ScoringService:
         self.on_batch = on_batch
         self.store: FeatureStore | None = None
         self.runs: dict[str, LoadedRun] = {}
-        self.encoders: dict[tuple[str, str | None, bool], EncoderSlot] = {}
+        self.encoders: dict[EncoderKey, EncoderSlot] = {}
         self.ready = False
         self.error: str | None = None
         self._manifests: dict[str, Any] = {}
@@ -193,17 +184,16 @@ class ScoringService:
 
         self.store = open_store(self.settings.store_url, mode="r")
         for spec in self.settings.runs:
-            self.runs[spec.name] = self._load_run(spec.name, load_run(spec.path))
+            self.runs[spec.name] = self._load_run(spec.name, load(spec.path))
         for loaded in self.runs.values():
-            key = loaded.encoder_key
-            if not loaded.uploads or key is None:
-                continue
-            if key not in self.encoders:
-                self.encoders[key] = self._load_encoder(key)
-            slot = self.encoders[key]
-            self._check_fits(loaded, slot.encoder)
-            if loaded.layer not in slot.layers:
-                slot.layers = (*slot.layers, loaded.layer)
+            for feature in loaded.detector.features:
+                key = loaded.encoders[feature.key]
+                if key not in self.encoders:
+                    self.encoders[key] = self._load_encoder(key)
+                slot = self.encoders[key]
+                self._check_fits(loaded, feature, slot.encoder)
+                if feature.layer not in slot.layers:
+                    slot.layers = (*slot.layers, feature.layer)
         if self.settings.warmup:
             for key, slot in self.encoders.items():
                 t0 = time.perf_counter()
@@ -213,49 +203,28 @@ class ScoringService:
                 log.info("warmed up %s in %.0f ms", key[0], 1e3 * (time.perf_counter() - t0))
         self.ready = True
 
-    def _load_run(self, name: str, run: Run) -> LoadedRun:
-        cfg = run.config
-        ei = cfg.get("encoder_info") or {}
-        encoder = cfg.get("encoder")
-        threshold = float(cfg.get("threshold", 0.0))
-        common: dict[str, Any] = {
-            "name": name,
-            "run": run,
-            "threshold": threshold,
-            "random_init": bool(ei.get("random_init", False)),
-            "checkpoint_sha256": ei.get("checkpoint_sha256"),
-        }
-        if run.kind not in UPLOAD_KINDS or not isinstance(encoder, str):
-            return LoadedRun(
-                encoder=encoder if isinstance(encoder, str) else None,
-                layer=normalize_layer(cfg["layer"]) if "layer" in cfg else None,
-                frame_hz=float(cfg["frame_hz"]) if "frame_hz" in cfg else None,
-                checkpoint=ei.get("checkpoint"),
-                **common,
+    def _load_run(self, name: str, detector: Detector) -> LoadedRun:
+        encoders, dtypes = {}, {}
+        for f in detector.features:
+            checkpoint = self.settings.checkpoints.get(
+                f.encoder, self.settings.checkpoints.get(f.encoder_name, f.checkpoint)
             )
-        from trainers.probe import ProbeParams
+            encoders[f.key] = (f.encoder_name, checkpoint, bool(f.random_init))
+            dtypes[f.key] = f.dtype or self._stored_dtype(detector, f)
+        return LoadedRun(name=name, detector=detector, encoders=encoders, dtypes=dtypes)
 
-        return LoadedRun(
-            encoder=encoder,
-            layer=normalize_layer(cfg["layer"]),
-            frame_hz=float(cfg["frame_hz"]),
-            checkpoint=self.settings.checkpoints.get(encoder, ei.get("checkpoint")),
-            params=ProbeParams.from_state(run.tensors()),
-            feature_dtype=self._stored_dtype(cfg, encoder),
-            **common,
-        )
-
-    def _stored_dtype(self, cfg: dict[str, Any] | Any, encoder: str) -> str:
-        """The dtype the run was trained on (its training dataset's), float16 by default."""
-        dataset = (cfg.get("train") or {}).get("dataset")
+    def _stored_dtype(self, detector: Detector, feature: StoredFeature) -> str:
+        """Runs written before dtypes were recorded: their training dataset's, else float16."""
+        config = detector.run.config if detector.run is not None else {}
+        dataset = (config.get("train") or {}).get("dataset")
         if self.store is not None and dataset:
             try:
-                return self.store.encoder_info(dataset, encoder).dtype
+                return self.store.encoder_info(dataset, feature.encoder).dtype
             except FeatstoreError:
                 pass  # the run was trained on another store: assume the default
         return "float16"
 
-    def _load_encoder(self, key: tuple[str, str | None, bool]) -> EncoderSlot:
+    def _load_encoder(self, key: EncoderKey) -> EncoderSlot:
         from featstore.encoders import load_encoder
 
         name, checkpoint, random_init = key
@@ -272,26 +241,30 @@ class ScoringService:
         )
         return EncoderSlot(encoder=encoder, batcher=batcher, layers=())
 
-    def _check_fits(self, run: LoadedRun, encoder: Encoder) -> None:
-        recorded, loaded = run.checkpoint_sha256, encoder.checkpoint_sha256
+    def _check_fits(self, run: LoadedRun, feature: StoredFeature, encoder: Encoder) -> None:
+        """The loaded encoder computes the feature the run was trained on."""
+        recorded, loaded = feature.checkpoint_sha256, encoder.checkpoint_sha256
         if recorded and loaded and recorded != loaded:
             raise CheckpointError(
-                f"run {run.name} was trained on {run.encoder} features of checkpoint sha256 "
+                f"run {run.name} was trained on {feature.key} features of checkpoint sha256 "
                 f"{recorded[:12]}..., but {encoder.checkpoint} has sha256 {loaded[:12]}...; "
-                f"pass --checkpoint {run.encoder}=PATH to the checkpoint it was trained with"
+                f"pass --checkpoint {feature.encoder_name}=PATH to the checkpoint it was "
+                "trained with"
             )
-        assert run.params is not None and run.layer is not None
-        if run.layer not in encoder.layer_dims:
-            raise RunError(f"run {run.name} reads layer {run.layer} that {encoder.name} lacks")
-        if encoder.layer_dims[run.layer] != run.params.dim:
+        if feature.layer not in encoder.layer_dims:
             raise RunError(
-                f"run {run.name} expects {run.params.dim}-wide features; {encoder.name} layer "
-                f"{layer_key(run.layer)} gives {encoder.layer_dims[run.layer]}"
+                f"run {run.name} reads layer {layer_key(feature.layer)} that {encoder.name} lacks"
             )
-        if abs(encoder.spec.frame_hz - (run.frame_hz or 0.0)) > 1e-9:
+        dim = encoder.layer_dims[feature.layer]
+        if feature.dim is not None and dim != feature.dim:
             raise RunError(
-                f"run {run.name} was trained at {run.frame_hz} Hz; {encoder.name} gives "
-                f"{encoder.spec.frame_hz} Hz"
+                f"run {run.name} expects {feature.dim}-wide {feature.key} features; "
+                f"{encoder.name} layer {layer_key(feature.layer)} gives {dim}"
+            )
+        if not math.isclose(encoder.spec.frame_hz, feature.frame_hz, rel_tol=1e-9):
+            raise RunError(
+                f"run {run.name} was trained on {feature.key} at {feature.frame_hz:g} Hz; "
+                f"{encoder.name} gives {encoder.spec.frame_hz:g} Hz"
             )
 
     async def close(self) -> None:
@@ -316,136 +289,90 @@ class ScoringService:
             ) from None
 
     def upload_runs(self, names: Sequence[str] | None) -> list[LoadedRun]:
-        """The runs an upload is scored with: ``names``, or every run that scores uploads."""
+        """The runs an upload is scored with: ``names``, or every loaded run."""
         self.check_ready()
         if not names:
-            runs = [r for r in self.runs.values() if r.uploads]
-            if not runs:
-                raise UploadNotSupportedError("no loaded run can score uploads (all stored-only)")
-            return runs
-        runs = [self.run(n) for n in dict.fromkeys(names)]
-        for r in runs:
-            if not r.uploads:
-                raise UploadNotSupportedError(
-                    f"run {r.name} is a {r.kind!r} run: it scores stored videos only "
-                    f"(uploads: {', '.join(UPLOAD_KINDS)} runs)"
-                )
-        return runs
+            return list(self.runs.values())
+        return [self.run(n) for n in dict.fromkeys(names)]
 
     # ------------------------------------------------------------------ scoring
 
     async def score_upload(
         self, path: str, runs: Sequence[str] | None = None, *, filename: str | None = None
     ) -> ScoreResponse:
-        """Score the media file at ``path`` with ``runs`` (default: every upload run)."""
+        """Score the media file at ``path`` with ``runs`` (default: every loaded run)."""
         import os
 
-        from featstore.decode_limits import DecodeLimits
-        from featstore.extract.decode import prepare_clip
+        from api.clips import prepare_upload
 
         chosen = self.upload_runs(runs)
-        by_key: dict[Any, list[LoadedRun]] = {}
+        layers: dict[EncoderKey, list[Layer]] = {}
         for r in chosen:
-            by_key.setdefault(r.encoder_key, []).append(r)
-
-        async def one(key: Any, group: list[LoadedRun]) -> tuple[float, list[UploadRunScore]]:
-            slot = self.encoders[key]
-            t0 = time.perf_counter()
-            prepared = await asyncio.to_thread(
-                prepare_clip,
-                "upload",
-                path,
-                spec=slot.encoder.spec,
-                n_rows=slot.encoder.n_rows,
-                # decoding stops at the limit even when the header lies about the duration
-                limits=DecodeLimits(max_duration_s=self.settings.max_duration_s),
+            for f in r.detector.features:
+                wanted = layers.setdefault(r.encoders[f.key], [])
+                if f.layer not in wanted:
+                    wanted.append(f.layer)
+        slots = {k: self.encoders[k] for k in layers}
+        t0 = time.perf_counter()
+        prepared = await asyncio.to_thread(
+            prepare_upload,
+            path,
+            {k: (s.encoder.spec, s.encoder.n_rows) for k, s in slots.items()},
+            silence=any(r.detector.needs_silence for r in chosen),
+            max_duration_s=self.settings.max_duration_s,
+        )
+        t1 = time.perf_counter()
+        encoded = await asyncio.gather(
+            *(slots[k].batcher.encode(prepared.clips[k], layers[k]) for k in slots)
+        )
+        rows_by_slot = dict(zip(slots, encoded, strict=True))
+        t2 = time.perf_counter()
+        results = []
+        for r in chosen:
+            rows = {key: rows_by_slot[r.encoders[key]][key.layer] for key in r.encoders}
+            t3 = time.perf_counter()
+            verdict = await asyncio.to_thread(
+                r.verdict, rows, leading_silence_s=prepared.leading_silence_s
             )
-            t1 = time.perf_counter()
-            limit_s = self.settings.max_duration_s
-            if prepared.n_frames / 25.0 > limit_s + 1 / 25.0:  # containers that declare none
-                from api.uploads import MediaTooLongError
-
-                raise MediaTooLongError(
-                    f"media lasts {prepared.n_frames / 25.0:.1f} s, above the limit of "
-                    f"{limit_s:g} s (--max-duration-s)"
-                )
-            layers = tuple(dict.fromkeys(r.layer for r in group if r.layer is not None))
-            rows = await slot.batcher.encode(prepared.clip, layers)
-            t2 = time.perf_counter()
-            out = []
-            for r in group:
-                t3 = time.perf_counter()
-                verdict = await asyncio.to_thread(r.verdict, rows[r.layer])
-                timings = Timings(
-                    decode_ms=1e3 * (t1 - t0),
-                    encode_ms=1e3 * (t2 - t1),
-                    score_ms=1e3 * (time.perf_counter() - t3),
-                )
-                out.append(UploadRunScore(**verdict.model_dump(), timings=timings))
-            return prepared.n_frames / 25.0, out
-
-        done = await asyncio.gather(*(one(k, g) for k, g in by_key.items()))
-        order = {r.name: i for i, r in enumerate(chosen)}
-        results = sorted((x for _, xs in done for x in xs), key=lambda x: order[x.run])
+            timings = Timings(
+                decode_ms=1e3 * (t1 - t0),
+                encode_ms=1e3 * (t2 - t1),
+                score_ms=1e3 * (time.perf_counter() - t3),
+            )
+            results.append(UploadRunScore(**verdict.model_dump(), timings=timings))
         return ScoreResponse(
             filename=filename,
             size_bytes=os.path.getsize(path),
-            duration_s=max(d for d, _ in done),
+            duration_s=prepared.duration_s,
             results=results,
         )
 
     def score_stored(self, dataset: str, video_id: str, run_name: str) -> StoredScoreResponse:
-        """A stored video's verdict from its stored features (no encoder runs).
-
-        Probe runs score the video's rows directly; every other kind (fusion, ntp,
-        sync, syncfree) goes through its registered scorer on a one-video selection.
-        """
-        from trainers.probe import probability
+        """A stored video's verdict from its stored features (no encoder runs), any run kind."""
+        from trainers.data import Selection, SelectionError
 
         loaded = self.run(run_name)
         store = self._store()
         if dataset not in store.datasets():
             raise UnknownDatasetError(f"no dataset {dataset!r} in the store")
-        hz = loaded.frame_hz
-        if loaded.kind == "probe":
-            from trainers.probe_run import score_video
-
-            score, frames = score_video(loaded.run, store, dataset, video_id)
-            verdict = loaded.result(score, float(probability(score)), frames)
-        else:
-            from trainers.data import Selection, SelectionError
-            from trainers.runs import RunError, scorer
-            from trainers.runs import score as score_selection
-
-            try:
-                scorer(loaded.kind)
-            except RunError:
-                raise UploadNotSupportedError(
-                    f"run {loaded.name} is a {loaded.kind!r} run, for which no scorer is "
-                    "registered: it cannot score stored videos"
-                ) from None
-
-            try:
-                scored = score_selection(
-                    loaded.run, store, Selection.of_videos(dataset, [video_id])
-                )
-            except SelectionError as exc:  # not in the manifest, or no features for this run
-                raise UnknownVideoError(str(exc)) from None
-            frames = (
-                np.asarray(scored.frame_scores[0], dtype=np.float32)
-                if scored.frame_scores is not None
-                else np.zeros(0, dtype=np.float32)
+        try:
+            scored = loaded.detector.score_selection(
+                store, Selection.of_videos(dataset, [video_id])
             )
-            hz = scored.frame_hz or hz
-            verdict = loaded.result(
-                float(scored.scores[0]), float(scored.probabilities[0]), frames, frame_hz=hz
-            )
+        except SelectionError as exc:  # not in the manifest, or no features for this run
+            raise UnknownVideoError(str(exc)) from None
+        frames = (
+            np.asarray(scored.frame_scores[0], dtype=np.float32)
+            if scored.frame_scores is not None
+            else np.zeros(0, dtype=np.float32)
+        )
+        verdict = loaded.result(float(scored.scores[0]), frames)
         label, segments = self._annotation(dataset, video_id)
         return StoredScoreResponse(
             **verdict.model_dump(),
             dataset=dataset,
             video_id=video_id,
-            duration_s=len(frames) / float(hz or 1.0),
+            duration_s=float(timebase.frames_to_seconds(len(frames), verdict.frame_hz)),
             annotated_label=label,
             annotated_segments=segments,
         )
@@ -513,13 +440,14 @@ class ScoringService:
 def _dummy_clip(encoder: Encoder) -> Clip:
     """Two seconds of noise in the shape the encoder's decode stage produces."""
     rng = np.random.default_rng(0)
-    spec, n = encoder.spec, 50
+    spec = encoder.spec
+    n = int(timebase.seconds_to_frames(2.0))
     frames = audio = None
     if spec.needs_video:
         shape = (n, 96, 96) if spec.crop == "mouth" else (n, 224, 224, 3)
         frames = rng.integers(0, 256, size=shape, dtype=np.uint8)
     if spec.needs_audio:
-        audio = (0.1 * rng.standard_normal(n * 640)).astype(np.float32)
+        audio = (0.1 * rng.standard_normal(timebase.frames_to_samples(n))).astype(np.float32)
     return Clip(video_id="warmup", frames=frames, audio=audio)
 
 
@@ -539,3 +467,17 @@ def _metric_summary(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
+
+
+def _feature_info(f: StoredFeature, dtype: str) -> FeatureInfo:
+    return FeatureInfo(
+        encoder=f.encoder,
+        layer=layer_key(f.layer),
+        frame_hz=f.frame_hz,
+        dim=f.dim,
+        dtype=dtype,
+        source_encoder=f.encoder_name,
+        checkpoint=f.checkpoint,
+        checkpoint_sha256=f.checkpoint_sha256,
+        random_init=f.random_init,
+    )

@@ -52,8 +52,8 @@ def _prepare(root: Path) -> tuple[Settings, Path]:
     from featstore.encoder_info import EncoderInfo
     from featstore.sample import make_sample
     from featstore.store import open_store
+    from trainers.kinds.probe import train as train_probe
     from trainers.probe import ProbeConfig
-    from trainers.probe_run import train_probe
 
     store = open_store(root / "features.zarr", mode="a", durable=False)
     rng = np.random.default_rng(0)
@@ -66,7 +66,7 @@ def _prepare(root: Path) -> tuple[Settings, Path]:
             writer.add(row["video_id"], {"last": x.astype(np.float16)})
     train_probe(
         store,
-        feature="logfbank:last",
+        features="logfbank:last",
         train="planted:train",
         val=None,
         out=root / "run",

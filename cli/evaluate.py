@@ -51,9 +51,11 @@ open_run_store = _open  # for the other command groups that score runs
 
 
 def _member_store(run: Any) -> str | None:
+    """The store a fusion run's first member recorded (a fusion written without one)."""
+    from trainers.kinds import current_config
     from trainers.runs import load_run
 
-    for member in run.config.get("members") or []:
+    for member in current_config(run).get("config", {}).get("members") or []:
         found = load_run(run.path / member["path"]).config.get("store")
         if found:
             return found
@@ -257,9 +259,7 @@ def grid_command(
 
 @explain_app.command("temporal")
 def explain_temporal_command(
-    run_dir: Path = typer.Argument(
-        ..., help="Run directory (probe, fusion, ntp, sync or syncscore)."
-    ),
+    run_dir: Path = typer.Argument(..., help="Run directory of any kind."),
     store: str | None = STORE,
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset of the stored video."),
     video: str = typer.Option(..., "--video", help="video_id in the dataset's manifest."),

@@ -55,7 +55,7 @@ def serve_command(
         from api.settings import Settings, parse_checkpoints, parse_run
         from featstore.encoders import get_spec
         from featstore.store import open_store
-        from trainers.runs import load_run
+        from trainers.kinds import load
 
         specs = tuple(parse_run(r) for r in run)
         settings = Settings(
@@ -76,10 +76,8 @@ def serve_command(
         settings.api_key()
         open_store(store, mode="r")
         for spec in specs:  # cheap checks first: a typo must not wait for model loading
-            loaded = load_run(spec.path)
-            encoder = loaded.config.get("encoder")
-            if isinstance(encoder, str):
-                get_spec(encoder)
+            for feature in load(spec.path).features:  # any kind, any readable run format
+                get_spec(feature.encoder_name)
         import uvicorn
 
         from api.app import create_app

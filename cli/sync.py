@@ -16,9 +16,17 @@ from cli.errors import user_errors
 from cli.evaluate import SEGMENT_METRICS, localization_rows
 
 STORE = typer.Option(..., "--store", "-s", help="Store location (path or URL).")
-AUDIO = typer.Option(..., "--audio", help="Audio feature ENCODER[:LAYER] (e.g. avhubert-a:last).")
+AUDIO = typer.Option(
+    ...,
+    "--audio",
+    help="Audio features ENCODER[:LAYER] (e.g. avhubert-a:last); several joined by '+' (or the "
+    "option repeated) are concatenated per frame.",
+)
 VISUAL = typer.Option(
-    ..., "--visual", help="Visual feature ENCODER[:LAYER] (e.g. avhubert-v:last)."
+    ...,
+    "--visual",
+    help="Visual features ENCODER[:LAYER] (e.g. avhubert-v:last); several joined by '+' (or the "
+    "option repeated) are concatenated per frame.",
 )
 ON = typer.Option(
     ..., "--on", help="Videos to score: NAME[@VIEW][:SPLIT] (bare NAME = its test split)."
@@ -56,8 +64,8 @@ def _pct(value: Any) -> str:
 
 def syncscore_command(
     store: str = STORE,
-    audio: str = AUDIO,
-    visual: str = VISUAL,
+    audio: list[str] = AUDIO,
+    visual: list[str] = VISUAL,
     on: str = ON,
     preset: str | None = PRESET,
     shift: int | None = SHIFT,
@@ -87,17 +95,23 @@ def syncscore_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
-    """Score videos by audio-visual feature agreement (no training); AUC / AP / EER."""
+    """Score videos by audio-visual feature agreement (no training); AUC / AP / EER.
+
+    With --out the run is a ``syncfree`` run: ``eval``, ``fuse``, ``explain`` and
+    ``serve`` (uploads included) take it like any trained run.
+    """
     with user_errors():
         from featstore import open_store
+        from trainers.inputs import parse_feature_set
+        from trainers.kinds.syncfree import run_syncscore
         from trainers.segments import check_semantics
-        from trainers.syncfree import run_syncscore
 
+        audio_set, visual_set = parse_feature_set(audio), parse_feature_set(visual)
         metrics = run_syncscore(
             open_store(store),
             on,
-            audio,
-            visual,
+            audio_set,
+            visual_set,
             config=_config(preset, shift, pool, padding),
             out=out,
             ci=ci,
@@ -117,7 +131,8 @@ def syncscore_command(
 
     b, sync = metrics["binary"], metrics["sync"]
     table = Table(
-        title=f"{audio} vs {visual} on {metrics['selection']} "
+        title=f"{'+'.join(map(str, audio_set))} vs {'+'.join(map(str, visual_set))} "
+        f"on {metrics['selection']} "
         f"(shift {sync['shift']}, pool {sync['pool']}, padding {sync['padding']})"
     )
     table.add_column("metric")

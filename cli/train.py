@@ -2,7 +2,9 @@
 
 ``probe`` is the paper's linear probe (real and fake videos); ``ntp`` (next-token
 prediction) and ``sync`` (AVH-Align) are trained on real videos only. Each prints
-one line per epoch and writes a run directory that ``featstore eval`` reads.
+one line per epoch and writes a run directory that ``featstore eval`` reads. The
+commands call the run kinds' ``train`` (``trainers.kinds``). Features may be
+feature sets: ``--encoder avhubert-a+avhubert-v`` or a repeated ``--encoder``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,32 @@ ALLOW_MISSING = typer.Option(
     False, "--allow-missing", help="Skip videos without stored features (warn) instead of failing."
 )
 NO_L2 = typer.Option(False, "--no-l2", help="Do not L2-normalise frames.")
+FEATURES_HELP = (
+    "ENCODER[:LAYER]; several joined by '+' (or the option repeated) are read together, "
+    "concatenated per frame (a feature set)"
+)
+FRAME_HZ = typer.Option(
+    None,
+    "--frame-hz",
+    help="Read the features at this rate (needed when a feature set mixes rates; slower rows "
+    "are repeated).",
+)
+
+
+def _fit_line(cfg: Any, reals: bool) -> str:
+    """``best epoch B of E (stopped early); trained on ..., validated on ...``."""
+    fit = cfg["fit"]
+    val_text = cfg["val"]["selection"] if cfg.get("val") else "none"
+    trained = (
+        f"{cfg['train']['n_real']} real videos of {cfg['train']['selection']}"
+        if reals
+        else f"{cfg['train']['selection']} ({cfg['train']['n']} videos)"
+    )
+    return (
+        f"best epoch {fit['best_epoch']} of {fit['epochs']}"
+        + (" (stopped early)" if fit["stopped_early"] else "")
+        + f"; trained on {trained}, validated on {val_text}"
+    )
 
 
 def format_epoch(stats: Any) -> str:
@@ -61,11 +89,11 @@ def _validation(val: str | None, no_val: bool) -> Any:
 @app.command("probe")
 def probe(
     store: str = STORE,
-    encoder: str = typer.Option(
-        ..., "--encoder", "-e", help="Encoder whose features to use (ENCODER or ENCODER:LAYER)."
+    encoder: list[str] = typer.Option(
+        ..., "--encoder", "-e", help=f"Features to use: {FEATURES_HELP}."
     ),
     layer: str | None = typer.Option(
-        None, "--layer", "-l", help="Stored layer: an index or 'last' (default: last)."
+        None, "--layer", "-l", help="Stored layer of encoders named without one (default: last)."
     ),
     train: str = typer.Option(
         ..., "--train", help="Training videos: NAME[@VIEW][:SPLIT] (bare NAME = its train split)."
@@ -81,6 +109,7 @@ def probe(
     lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3)."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
     batch_videos: int | None = typer.Option(None, "--batch-videos", help="Videos per batch."),
+    frame_hz: float | None = FRAME_HZ,
     no_l2: bool = NO_L2,
     seed: int | None = SEED,
     device: str | None = DEVICE,
@@ -90,9 +119,9 @@ def probe(
     """Linear probe (paper Eq. 1): per-frame logits, logsumexp over time, early stopping."""
     with user_errors():
         from featstore import open_store
-        from trainers.data import FeatureKey
+        from trainers.inputs import parse_feature_set
+        from trainers.kinds import probe as probe_kind
         from trainers.probe import ProbeConfig
-        from trainers.probe_run import train_probe
 
         config = _config(
             ProbeConfig(),
@@ -104,33 +133,30 @@ def probe(
             device=device,
             l2_normalize=False if no_l2 else None,
         )
-        run = train_probe(
+        run = probe_kind.train(
             open_store(store),
-            feature=FeatureKey.parse(encoder, layer),
+            features=parse_feature_set(encoder, layer=layer),
             train=train,
             val=_validation(val, no_val),
             out=out,
             config=config,
+            frame_hz=frame_hz,
             on_epoch=lambda stats: typer.echo(format_epoch(stats)),
             overwrite=overwrite,
             allow_missing=allow_missing,
         )
-    cfg = run.config
-    val_text = cfg["val"]["selection"] if cfg.get("val") else "none"
-    typer.echo(
-        f"best epoch {cfg['best_epoch']} of {cfg['epochs']}"
-        + (" (stopped early)" if cfg["stopped_early"] else "")
-        + f"; trained on {cfg['train']['selection']} ({cfg['train']['n']} videos), "
-        f"validated on {val_text}"
-    )
+    typer.echo(_fit_line(run.config, reals=False))
     typer.echo(f"run written to {run.path}")
 
 
 @app.command("ntp")
 def ntp(
     store: str = STORE,
-    encoder: str = typer.Option(
-        ..., "--encoder", "-e", help="Encoder whose features to use (ENCODER or ENCODER:LAYER)."
+    encoder: list[str] = typer.Option(
+        ..., "--encoder", "-e", help=f"Features to use: {FEATURES_HELP}."
+    ),
+    layer: str | None = typer.Option(
+        None, "--layer", "-l", help="Stored layer of encoders named without one (default: last)."
     ),
     train: str = typer.Option(
         ...,
@@ -151,6 +177,7 @@ def ntp(
     max_context: int | None = typer.Option(
         None, "--max-context", help="Frames per window (default 256); longer videos are windowed."
     ),
+    frame_hz: float | None = FRAME_HZ,
     no_l2: bool = NO_L2,
     seed: int | None = SEED,
     device: str | None = DEVICE,
@@ -160,9 +187,9 @@ def ntp(
     """Next-token prediction anomaly detector (paper Sec. 3.2), trained on real videos only."""
     with user_errors():
         from featstore import open_store
-        from trainers.data import FeatureKey
+        from trainers.inputs import parse_feature_set
+        from trainers.kinds import ntp as ntp_kind
         from trainers.ntp import NTPConfig
-        from trainers.ntp_run import train_ntp
 
         config = _config(
             NTPConfig(),
@@ -175,26 +202,21 @@ def ntp(
             device=device,
             l2_normalize=False if no_l2 else None,
         )
-        run = train_ntp(
+        run = ntp_kind.train(
             open_store(store),
-            feature=FeatureKey.parse(encoder),
+            features=parse_feature_set(encoder, layer=layer),
             train=train,
             val=_validation(val, no_val),
             out=out,
             config=config,
+            frame_hz=frame_hz,
             on_epoch=lambda stats: typer.echo(format_epoch(stats)),
             overwrite=overwrite,
             allow_missing=allow_missing,
         )
     cfg = run.config
-    val_text = cfg["val"]["selection"] if cfg.get("val") else "none"
-    th = cfg["thresholds"]
-    typer.echo(
-        f"best epoch {cfg['best_epoch']} of {cfg['epochs']}"
-        + (" (stopped early)" if cfg["stopped_early"] else "")
-        + f"; trained on {cfg['train']['n_real']} real videos of {cfg['train']['selection']}, "
-        f"validated on {val_text}"
-    )
+    th = cfg["learnt"]["thresholds"]
+    typer.echo(_fit_line(cfg, reals=True))
     typer.echo(
         f"thresholds ({th['quantile']:.0%} of real, on {th['learnt_on']}): "
         f"frame MSE {th['frame']:.4g}, video MSE {th['video']:.4g}"
@@ -205,11 +227,11 @@ def ntp(
 @app.command("sync")
 def sync(
     store: str = STORE,
-    audio: str = typer.Option(
-        ..., "--audio", help="Audio features: ENCODER or ENCODER:LAYER (e.g. avhubert-a)."
+    audio: list[str] = typer.Option(
+        ..., "--audio", help=f"Audio features (e.g. avhubert-a): {FEATURES_HELP}."
     ),
-    visual: str = typer.Option(
-        ..., "--visual", help="Visual features: ENCODER or ENCODER:LAYER (e.g. avhubert-v)."
+    visual: list[str] = typer.Option(
+        ..., "--visual", help=f"Visual features (e.g. avhubert-v): {FEATURES_HELP}."
     ),
     train: str = typer.Option(
         ...,
@@ -231,6 +253,7 @@ def sync(
     batch_frames: int | None = typer.Option(
         None, "--batch-frames", help="Frames per step (default 1024)."
     ),
+    frame_hz: float | None = FRAME_HZ,
     seed: int | None = SEED,
     device: str | None = DEVICE,
     trim_silence: bool = typer.Option(
@@ -244,8 +267,9 @@ def sync(
     """Audio-visual synchronisation (AVH-Align, paper Sec. 3.2), trained on real videos only."""
     with user_errors():
         from featstore import open_store
+        from trainers.inputs import parse_feature_set
+        from trainers.kinds import sync as sync_kind
         from trainers.sync import SyncConfig
-        from trainers.sync_run import train_sync
 
         config = _config(
             SyncConfig(),
@@ -265,28 +289,23 @@ def sync(
                 f"lr {stats.lr:.1e}  {stats.seconds:.1f}s"
             )
 
-        run = train_sync(
+        run = sync_kind.train(
             open_store(store),
-            audio=audio,
-            visual=visual,
+            audio=parse_feature_set(audio),
+            visual=parse_feature_set(visual),
             train=train,
             val=val_selection,
             out=out,
             config=config,
+            frame_hz=frame_hz,
             on_epoch=show,
             overwrite=overwrite,
             allow_missing=allow_missing,
             trim_silence=trim_silence,
         )
     cfg = run.config
-    val_text = cfg["val"]["selection"] if cfg.get("val") else "none"
-    th = cfg["thresholds"]
-    typer.echo(
-        f"best epoch {cfg['best_epoch']} of {cfg['epochs']}"
-        + (" (stopped early)" if cfg["stopped_early"] else "")
-        + f"; trained on {cfg['train']['n_real']} real videos of {cfg['train']['selection']}, "
-        f"validated on {val_text}"
-    )
+    th = cfg["learnt"]["thresholds"]
+    typer.echo(_fit_line(cfg, reals=True))
     typer.echo(
         f"thresholds (-Phi, on {th['learnt_on']} reals): frame {th['frame']:.4g} "
         f"({th['frame_quantile']:.0%}), video {th['video']:.4g} ({th['video_quantile']:.0%})"

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featstore.errors import FeatstoreError
+
 FRAME_HZ = 25.0
 SAMPLE_RATE_HZ = 16_000
 SAMPLES_PER_FRAME = 640  # SAMPLE_RATE_HZ / FRAME_HZ
@@ -34,13 +36,17 @@ __all__ = [
     "FRAME_HZ",
     "SAMPLES_PER_FRAME",
     "SAMPLE_RATE_HZ",
+    "RateError",
     "Reconciled",
+    "common_rate",
+    "concat_aligned",
     "frames_to_samples",
     "frames_to_seconds",
     "mask_to_segments",
     "pair_frames",
     "reconcile",
     "resample_rows",
+    "resampled_length",
     "row_bounds_s",
     "row_times_s",
     "samples_per_frame",
@@ -51,9 +57,13 @@ __all__ = [
 ]
 
 
+class RateError(FeatstoreError, ValueError):
+    """Rates that cannot be converted or brought together as asked."""
+
+
 def _check_rate(name: str, value: float) -> None:
     if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        raise RateError(f"{name} must be a positive finite number, got {value!r}")
 
 
 def samples_per_frame(*, sample_rate_hz: int = SAMPLE_RATE_HZ, frame_hz: float = FRAME_HZ) -> int:
@@ -150,12 +160,82 @@ def resample_rows(
     E.g. VideoMAE's 12.5 Hz rows to 25 Hz repeat each row twice. ``n_rows``
     defaults to the number of output rows that start before the source ends.
     """
+    if n_rows is None:
+        n_rows = resampled_length(x.shape[0], src_hz=src_hz, dst_hz=dst_hz)
     _check_rate("src_hz", src_hz)
     _check_rate("dst_hz", dst_hz)
-    if n_rows is None:
-        n_rows = math.ceil(x.shape[0] * dst_hz / src_hz - 1e-9)
     idx = seconds_to_frames(row_times_s(n_rows, dst_hz), src_hz)  # [n_rows]
     return x[np.minimum(idx, x.shape[0] - 1)] if x.shape[0] else x[:0]
+
+
+def resampled_length(n_rows: int, *, src_hz: float, dst_hz: float) -> int:
+    """Rows at ``dst_hz`` that start before ``n_rows`` rows at ``src_hz`` end.
+
+    >>> resampled_length(5, src_hz=12.5, dst_hz=25.0), resampled_length(5, src_hz=25.0, dst_hz=25.0)
+    (10, 5)
+    """
+    _check_rate("src_hz", src_hz)
+    _check_rate("dst_hz", dst_hz)
+    if src_hz == dst_hz:
+        return int(n_rows)
+    return math.ceil(n_rows * dst_hz / src_hz - 1e-9)
+
+
+def common_rate(rates_hz: Sequence[float], *, frame_hz: float | None = None) -> float:
+    """The rate several streams are read at together: ``frame_hz`` when given, else their
+    shared rate. Different rates without ``frame_hz`` are an error that names a choice
+    (the fastest rate, which repeats rows of the slower streams) rather than a guess.
+
+    >>> common_rate([25.0, 25.0]), common_rate([25.0, 12.5], frame_hz=25.0)
+    (25.0, 25.0)
+    """
+    if frame_hz is not None:
+        _check_rate("frame_hz", frame_hz)
+        return float(frame_hz)
+    rates = [float(r) for r in rates_hz]
+    if not rates:
+        raise RateError("no streams to take a common rate of")
+    for r in rates:
+        _check_rate("frame_hz", r)
+    if any(not math.isclose(r, rates[0], rel_tol=1e-9) for r in rates[1:]):
+        shown = ", ".join(f"{r:g}" for r in rates)
+        raise RateError(
+            f"streams run at different rates ({shown} Hz); read them at a common rate by "
+            f"resampling (frame_hz={max(rates):g} repeats rows of the slower streams)"
+        )
+    return rates[0]
+
+
+def concat_aligned(
+    arrays: Sequence[np.ndarray], rates_hz: Sequence[float], *, frame_hz: float
+) -> np.ndarray:
+    """Several streams of one video as one: each resampled to ``frame_hz`` (when it runs at
+    another rate), all trimmed to the shortest, concatenated per row.
+
+    ``[T_i, D_i]`` each -> ``[min T'_i, sum D_i]``, in the streams' dtype when they
+    share one (float16 rows stay float16), else float32. A single stream at
+    ``frame_hz`` comes back as it is.
+
+    >>> concat_aligned([np.ones((3, 2)), np.zeros((2, 1))], [25.0, 12.5], frame_hz=25.0).shape
+    (3, 3)
+    """
+    if len(arrays) != len(rates_hz) or not arrays:
+        raise RateError(
+            f"need one rate per stream, got {len(arrays)} streams, {len(rates_hz)} rates"
+        )
+    rows = []
+    for x, hz in zip(arrays, rates_hz, strict=True):
+        if x.ndim != 2:
+            raise RateError(f"expected rows [T, D], got shape {x.shape}")
+        if not math.isclose(float(hz), frame_hz, rel_tol=1e-9):
+            x = resample_rows(x, src_hz=float(hz), dst_hz=frame_hz)  # [T', D]
+        rows.append(x)
+    if len(rows) == 1:
+        return rows[0]
+    n = min(x.shape[0] for x in rows)
+    dtypes = {x.dtype for x in rows}
+    dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
+    return np.concatenate([x[:n].astype(dtype, copy=False) for x in rows], axis=1)
 
 
 @dataclass(frozen=True)

@@ -38,30 +38,28 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from featstore.sample import make_sample
     from featstore.store import open_store
     from trainers.evaluate import fuse
+    from trainers.kinds.probe import train as train_probe
     from trainers.probe import ProbeConfig
-    from trainers.probe_run import train_probe
-    from trainers.runs import save_run
 
     root = tmp_path_factory.mktemp("api")
     store = open_store(root / "features.zarr", mode="a", durable=False)
     write_planted_dataset(store, "planted", n_videos=16, dim=104, encoder="logfbank")
     train_probe(
         store,
-        feature="logfbank:last",
+        features="logfbank:last",
         train="planted:train",
         out=root / "runs" / "probe",
         config=ProbeConfig(max_epochs=3),
     )
     train_probe(
         store,
-        feature="logfbank:last",
+        features="logfbank:last",
         train="planted:train",
         out=root / "runs" / "probe2",
         config=ProbeConfig(max_epochs=3, seed=7),
     )
     fuse([root / "runs" / "probe", root / "runs" / "probe2"], store, "planted:test",
          out=root / "runs" / "fused")  # fmt: skip
-    save_run(root / "runs" / "stored", config={"kind": "anomaly", "encoder": "logfbank"})
     make_sample(root / "sample", n_clips=2, size=64, duration_s=(2.0, 3.0), seed=1)
     imported = read_dataset("av1m", root / "sample")
     manifest = imported.manifest
@@ -75,7 +73,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def real_settings(world: dict[str, Any], **kw: Any) -> Settings:
     runs = (
         RunSpec("probe", world["root"] / "runs" / "probe"),
-        RunSpec("stored", world["root"] / "runs" / "stored"),
         RunSpec("fused", world["root"] / "runs" / "fused"),
     )
     return Settings(store_url=world["store"], runs=runs, **kw)
@@ -527,6 +524,7 @@ def test_batcher_isolates_a_failing_clip() -> None:
 def test_upload_scores_equal_direct_scoring(real: TestClient, world: Any) -> None:
     from featstore.encoders import load_encoder
     from featstore.extract.decode import prepare_clip
+    from trainers.fusion import fused_score
     from trainers.probe import ProbeParams, frame_logits, probability, video_logit
     from trainers.runs import load_run
 
@@ -534,20 +532,35 @@ def test_upload_scores_equal_direct_scoring(real: TestClient, world: Any) -> Non
     r = post(real, data)
     assert r.status_code == 200, r.text
     body = r.json()
-    (res,) = body["results"]  # the stored-only run is not used for uploads
-    assert res["run"] == "probe" and res["kind"] == "probe" and res["encoder"] == "logfbank"
+    results = {x["run"]: x for x in body["results"]}
+    assert list(results) == ["probe", "fused"]  # every loaded run, in order
+    res = results["probe"]
+    assert res["kind"] == "probe" and res["features"] == ["logfbank:last"]
 
     enc = load_encoder("logfbank")
     clip = prepare_clip("x", str(world["clips"][video_id]), spec=enc.spec, n_rows=enc.n_rows)
     x = enc.encode([clip.clip], ["last"])[0]["last"].astype(np.float16)  # [T, 104] as stored
-    params = ProbeParams.from_state(load_run(world["root"] / "runs" / "probe").tensors())
-    np.testing.assert_array_equal(np.float32(res["frame_scores"]), frame_logits(params, x))
-    s = video_logit(params, x)
+    probes = [
+        ProbeParams.from_state(load_run(world["root"] / "runs" / name).tensors())
+        for name in ("probe", "probe2")
+    ]
+    np.testing.assert_array_equal(np.float32(res["frame_scores"]), frame_logits(probes[0], x))
+    s = video_logit(probes[0], x)
     assert res["score"] == pytest.approx(s, abs=1e-6)
-    assert res["probability"] == pytest.approx(probability(s), abs=1e-6)
+    assert res["calibrated"] and res["probability"] == pytest.approx(probability(s), abs=1e-6)
+    assert res["rank_score"] == res["probability"]
     assert res["label"] == ("fake" if s > 0 else "real")
     assert res["frame_hz"] == 25.0 and body["duration_s"] == pytest.approx(clip.n_frames / 25)
     assert set(res["timings"]) == {"decode_ms", "encode_ms", "score_ms"}
+
+    # the fused run: the average of both probes' probabilities, back on the logit scale
+    fused = results["fused"]
+    p = np.mean([probability(video_logit(params, x)) for params in probes])
+    assert fused["kind"] == "fusion" and fused["calibrated"]
+    assert fused["score"] == pytest.approx(float(fused_score(np.array([p]))[0]), abs=1e-5)
+    assert fused["probability"] == pytest.approx(p, abs=1e-6)
+    frame_p = np.mean([probability(frame_logits(params, x)) for params in probes], axis=0)
+    np.testing.assert_allclose(fused["frame_scores"], fused_score(frame_p), atol=1e-4)
 
     # the same clip, already extracted into the store, scores the same from stored rows
     stored = real.get(
@@ -560,18 +573,19 @@ def test_upload_scores_equal_direct_scoring(real: TestClient, world: Any) -> Non
     assert doc["annotated_label"] in (0, 1)
 
 
-def test_stored_scores_segments_and_errors(real: TestClient) -> None:
-    from trainers.probe_run import score_video
+def test_stored_scores_segments_and_errors(real: TestClient, world: Any) -> None:
+    from featstore.store import open_store
+    from trainers.probe import ProbeParams, frame_logits, video_logit
+    from trainers.runs import load_run
     from trainers.temporal import scores_to_segments
 
     r = real.get("/v1/datasets/planted/videos/planted/test/v0011/scores", params={"run": "probe"})
     assert r.status_code == 200, r.text
     doc = r.json()
-    app_service = real.app.state.service
-    s, frames = score_video(
-        app_service.runs["probe"].run, app_service.store, "planted", doc["video_id"]
-    )
-    assert doc["score"] == pytest.approx(s)
+    params = ProbeParams.from_state(load_run(world["root"] / "runs" / "probe").tensors())
+    x = open_store(world["store"]).video("planted", "logfbank", doc["video_id"], "last")
+    frames = frame_logits(params, x)
+    assert doc["score"] == pytest.approx(video_logit(params, x), abs=1e-5)
     assert doc["segments"] == [seg.to_list() for seg in scores_to_segments(frames, 25.0)]
     assert doc["annotated_label"] == 1 and doc["annotated_segments"]
     for path, params, needle in [
@@ -581,42 +595,42 @@ def test_stored_scores_segments_and_errors(real: TestClient) -> None:
     ]:
         r = real.get(path, params=params)
         assert r.status_code == 404 and needle in r.json()["detail"], r.text
-    r = real.get("/v1/datasets/planted/videos/planted/test/v0011/scores", params={"run": "stored"})
-    assert r.status_code == 400 and "no scorer" in r.json()["detail"]
 
 
 def test_stored_scores_of_other_run_kinds(real: TestClient, world: Any) -> None:
     # a fusion run scores one stored video through its registered scorer
-    from featstore.store import open_store
-    from trainers.data import Selection
-    from trainers.runs import load_run, score
+    from trainers.runs import read_predictions
 
     url = "/v1/datasets/planted/videos/planted/test/v0011/scores"
     r = real.get(url, params={"run": "fused"})
     assert r.status_code == 200, r.text
     doc = r.json()
-    store = open_store(world["store"])
-    ref = score(load_run(world["root"] / "runs" / "fused"), store, Selection("planted", "test"))
-    i = ref.video_ids.index("planted/test/v0011")
-    assert doc["kind"] == "fusion" and doc["score"] == pytest.approx(ref.scores[i])
-    assert doc["probability"] == pytest.approx(ref.probabilities[i])
+    # what `fuse --out` wrote when it evaluated the fusion on planted:test
+    ref = read_predictions(world["root"] / "runs" / "fused", "planted_test")
+    i = ref["video_id"].tolist().index("planted/test/v0011")
+    assert doc["kind"] == "fusion" and doc["score"] == pytest.approx(ref["score"][i], abs=1e-6)
+    assert doc["probability"] == pytest.approx(ref["probability"][i], abs=1e-6)
     r = real.get(url.replace("v0011", "v9999"), params={"run": "fused"})
     assert r.status_code == 404 and "v9999" in r.json()["detail"], r.text
 
 
 def test_models_and_datasets(real: TestClient, world: Any) -> None:
     models = {m["name"]: m for m in real.get("/v1/models").json()["models"]}
-    assert models["probe"]["uploads"] and not models["stored"]["uploads"]
-    assert models["probe"]["layer"] == "last" and models["stored"]["kind"] == "anomaly"
+    assert set(models) == {"probe", "fused"}
+    probe, fused = models["probe"], models["fused"]
+    assert probe["kind"] == "probe" and probe["calibrated"] and probe["frame_hz"] == 25.0
+    ((feature,),) = [i["features"] for i in probe["inputs"]]
+    assert feature["encoder"] == "logfbank" and feature["layer"] == "last"
+    assert feature["dim"] == 104 and feature["dtype"] == "float16"
+    assert feature["source_encoder"] == "logfbank" and probe["inputs"][0]["role"] == "features"
+    assert fused["kind"] == "fusion" and len(fused["inputs"]) == 1  # both members read the same
     datasets = {d["name"]: d for d in real.get("/v1/datasets").json()["datasets"]}
     assert datasets["planted"]["n_videos"] == 16 and datasets["planted"]["n_fake"] == 8
     assert datasets["planted"]["encoders"][0]["name"] == "logfbank"
     assert datasets["sample"]["encoders"][0]["n_videos"] == 2
     _, data = clip_bytes(world)
-    r = real.post(
-        "/v1/score", files={"file": ("c.mp4", data, "video/mp4")}, data={"runs": "stored"}
-    )
-    assert r.status_code == 400 and "stored videos only" in r.json()["detail"]
+    r = real.post("/v1/score", files={"file": ("c.mp4", data, "video/mp4")}, data={"runs": "fused"})
+    assert r.status_code == 200 and [x["run"] for x in r.json()["results"]] == ["fused"]
     assert "/v1/score" in real.get("/openapi.json").json()["paths"]
     assert real.get("/docs").status_code == 200
 
@@ -738,12 +752,26 @@ def test_serve_cli_user_errors(tmp_path: Path, world: Any) -> None:
     assert r.exit_code == 1 and "run name" in r.output
 
 
-def test_failed_model_load_is_reported_by_readyz(tmp_path: Path, world: Any) -> None:
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        (
+            {"format": 1, "kind": "probe", "encoder": "no-such-encoder", "layer": "last",
+             "frame_hz": 25.0, "dim": 104, "hyperparameters": {}},
+            "no-such-encoder",
+        ),  # a format-1 probe of an encoder nothing registers
+        ({"kind": "anomaly", "encoder": "logfbank"}, "no run kind 'anomaly'"),
+        ({"kind": "probe", "format": 9}, "run format 9"),
+    ],
+)  # fmt: skip
+def test_failed_model_load_is_reported_by_readyz(
+    tmp_path: Path, world: Any, config: dict[str, Any], needle: str
+) -> None:
     from trainers.runs import load_run, save_run
 
     save_run(
         tmp_path / "ghost",
-        config={"kind": "probe", "encoder": "no-such-encoder", "layer": "last", "frame_hz": 25.0},
+        config=config,
         tensors=load_run(world["root"] / "runs" / "probe").tensors(),
     )
     settings = Settings(store_url=world["store"], runs=(RunSpec("ghost", tmp_path / "ghost"),))
@@ -752,5 +780,5 @@ def test_failed_model_load_is_reported_by_readyz(tmp_path: Path, world: Any) -> 
         while client.app.state.service.error is None and time.monotonic() < deadline:
             time.sleep(0.02)
         r = client.get("/readyz")
-        assert r.status_code == 503 and "no-such-encoder" in r.json()["detail"]
+        assert r.status_code == 503 and needle in r.json()["detail"], r.json()
         assert client.get("/v1/models").status_code == 503

@@ -113,8 +113,8 @@ def _write_odd_ids(store: Any, dataset: str) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from featstore.sample import make_sample
     from featstore.store import open_store
+    from trainers.kinds.probe import train as train_probe
     from trainers.probe import ProbeConfig
-    from trainers.probe_run import train_probe
 
     root = tmp_path_factory.mktemp("server")
     store = open_store(root / "features.zarr", mode="a", durable=False)
@@ -122,7 +122,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     _write_odd_ids(store, "odd+ids")
     train_probe(
         store,
-        feature="logfbank:last",
+        features="logfbank:last",
         train="planted:train",
         out=root / "w",
         config=ProbeConfig(max_epochs=2),

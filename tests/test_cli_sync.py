@@ -68,7 +68,7 @@ def test_syncscore_prints_metrics_and_writes_a_run(synced, tmp_path):
     assert "AUC %" in result.output and "temporal AUC %" in result.output
     assert "100.00" in result.output
     run = load_run(out)
-    assert run.config["pool"] == "mean" and run.config["shift"] == 15
+    assert run.config["config"]["sync"] == {"shift": 15, "pool": "mean"}
     assert run.metrics()["syn:test"]["binary"]["auc"] == 1.0
     assert (out / "predictions" / "syn_test.csv").is_file()
     assert (out / "predictions" / "syn_test.frames.npz").is_file()

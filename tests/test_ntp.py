@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from cli.main import app
 from featstore.store import EncoderInfo, open_store
 from trainers.data import SelectionError
+from trainers.kinds import load, score
+from trainers.kinds.ntp import train as train_ntp
 from trainers.metrics import temporal_auc
 from trainers.ntp import (
     NextFrameTransformer,
@@ -30,8 +32,7 @@ from trainers.ntp import (
     video_logits,
     video_scores,
 )
-from trainers.ntp_run import load_model, score_run, train_ntp
-from trainers.runs import RunExistsError, load_run, score
+from trainers.runs import RunExistsError, load_run
 from trainers.sources import ArraySource
 
 DIM = 16
@@ -336,7 +337,7 @@ def smooth_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(smooth_store):
     root, _, store = smooth_store
-    run = train_ntp(store, feature="enc", train="smooth", out=root / "run", config=TINY)
+    run = train_ntp(store, features="enc", train="smooth", out=root / "run", config=TINY)
     return run
 
 
@@ -346,21 +347,32 @@ def test_run_round_trip_and_evaluate(smooth_store, trained_run):
     _, _, store = smooth_store
     run = load_run(trained_run.path)
     cfg = run.config
-    assert cfg["kind"] == "ntp" and cfg["frame_hz"] == HZ and cfg["dim"] == DIM
+    (feature,) = cfg["config"]["features"]["features"]
+    assert cfg["kind"] == "ntp" and feature["frame_hz"] == HZ and feature["dim"] == DIM
     assert cfg["train"]["n"] == cfg["train"]["n_real"] == 25 and cfg["train"]["n_fake"] == 0
     assert cfg["val"]["selection"] == "smooth:val" and cfg["val"]["n_fake"] == 0
-    assert cfg["thresholds"]["learnt_on"] == "val" and cfg["thresholds"]["frame"] > 0
-    assert cfg["architecture"]["d_model"] == 32 and cfg["hyperparameters"]["max_context"] == 32
-    assert len(run.history()) == cfg["epochs"]
-    assert set(run.tensors()) == set(load_model(run)[0].state_dict())
+    thresholds = cfg["learnt"]["thresholds"]
+    assert thresholds["learnt_on"] == "val" and thresholds["frame"] > 0
+    hyper = cfg["config"]["hyperparameters"]
+    assert hyper["d_model"] == 32 and hyper["max_context"] == 32
+    assert len(run.history()) == cfg["fit"]["epochs"]
+    detector = load(run)
+    assert set(run.tensors()) == set(detector.model.state_dict())
+    assert detector.kind == "ntp" and not detector.calibrated
 
-    scored = score(run, store, "smooth:test")  # through the scorer registry
-    direct = score_run(run, store, "smooth:test")
-    np.testing.assert_array_equal(scored.scores, direct.scores)
+    scored = score(run, store, "smooth:test")
+    # the numeric core on the stored rows, mapped by the recorded thresholds
+    rows = [store.video("smooth", "enc", v, "last") for v in scored.video_ids]
+    errors = frame_errors(detector.model, ArraySource(rows, scored.labels))
+    np.testing.assert_allclose(
+        scored.scores,
+        [0.5 * np.log(max(e.max(), 1e-12) / thresholds["video"]) for e in errors],
+        rtol=1e-5, atol=1e-5,
+    )  # fmt: skip
     assert ((scored.probabilities > 0) & (scored.probabilities < 1)).all()
     np.testing.assert_allclose(  # the video logit is the frame logits' max, shifted
         scored.scores,
-        [f.max() + 0.5 * np.log(cfg["thresholds"]["frame"] / cfg["thresholds"]["video"])
+        [f.max() + 0.5 * np.log(thresholds["frame"] / thresholds["video"])
          for f in scored.frame_scores],
         rtol=1e-5, atol=1e-5,
     )  # fmt: skip
@@ -375,14 +387,14 @@ def test_run_round_trip_and_evaluate(smooth_store, trained_run):
 def test_training_needs_real_videos(smooth_store, tmp_path):
     _, _, store = smooth_store
     with pytest.raises(SelectionError, match="real"):
-        train_ntp(store, feature="enc", train="allfake", val=None, out=tmp_path / "r", config=TINY)
+        train_ntp(store, features="enc", train="allfake", val=None, out=tmp_path / "r", config=TINY)
     assert not (tmp_path / "r" / "config.json").exists()
 
 
 def test_existing_run_is_not_overwritten(smooth_store, trained_run):
     _, _, store = smooth_store
     with pytest.raises(RunExistsError):
-        train_ntp(store, feature="enc", train="smooth", out=trained_run.path, config=TINY)
+        train_ntp(store, features="enc", train="smooth", out=trained_run.path, config=TINY)
 
 
 def test_cli_train_ntp_then_eval(smooth_store):
@@ -398,7 +410,8 @@ def test_cli_train_ntp_then_eval(smooth_store):
     )
     assert f"run written to {out}" in result.output
     cfg = load_run(out).config
-    assert cfg["architecture"]["d_model"] == 512 and cfg["architecture"]["n_layers"] == 4
+    hyper = cfg["config"]["hyperparameters"]
+    assert hyper["d_model"] == 512 and hyper["n_layers"] == 4
     evaluated = runner.invoke(app, ["eval", str(out), "--on", "smooth:test", "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     metrics = json.loads(evaluated.output)

@@ -22,8 +22,10 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from featstore.store import EncoderInfo, open_store
+from trainers.kinds import RunFormatError, load, score
+from trainers.kinds.sync import train as train_sync
 from trainers.metrics import auc, temporal_auc
-from trainers.runs import RunError, load_run, scorer
+from trainers.runs import load_run
 from trainers.sync import (
     SyncConfig,
     SyncError,
@@ -37,7 +39,6 @@ from trainers.sync import (
     score_pairs,
     video_loss,
 )
-from trainers.sync_run import load_net, score_run, train_sync
 
 FRAME_HZ = 25.0
 DA, DV = 8, 6
@@ -318,21 +319,24 @@ def test_run_round_trip(run_env):
     _, url, run = run_env
     loaded = load_run(run.path)
     cfg = loaded.config
-    assert cfg["kind"] == "sync" and cfg["frame_hz"] == FRAME_HZ
-    assert (cfg["audio"]["encoder"], cfg["audio"]["layer"]) == ("aud", "last")
-    assert (cfg["visual"]["encoder"], cfg["audio_dim"], cfg["visual_dim"]) == ("vis", DA, DV)
+    audio, visual = cfg["config"]["audio"], cfg["config"]["visual"]
+    assert cfg["kind"] == "sync" and audio["frame_hz"] == visual["frame_hz"] == FRAME_HZ
+    (a,), (v,) = audio["features"], visual["features"]
+    assert (a["encoder"], a["layer"], a["dim"]) == ("aud", "last", DA)
+    assert (v["encoder"], v["layer"], v["dim"]) == ("vis", "last", DV)
     assert cfg["train"]["selection"] == "avs:train" and cfg["train"]["n_real"] == 24
     assert cfg["val"]["selection"] == "avs:val" and len(cfg["train"]["split_hash"]) == 16
-    assert cfg["hyperparameters"]["lr"] == SMALL.lr and cfg["thresholds"]["learnt_on"] == "val"
-    assert len(loaded.history()) == cfg["epochs"]
-    scored = score_run(loaded, open_store(url), "avs:test")
-    again = scorer("sync")(loaded, open_store(url), "avs:test")
-    np.testing.assert_array_equal(scored.scores, again.scores)
+    thresholds = cfg["learnt"]["thresholds"]
+    assert cfg["config"]["hyperparameters"]["lr"] == SMALL.lr and thresholds["learnt_on"] == "val"
+    assert len(loaded.history()) == cfg["fit"]["epochs"]
+    detector = load(loaded)
+    assert detector.kind == "sync" and not detector.calibrated
+    scored = score(detector, open_store(url), "avs:test")
     assert auc(scored.labels, scored.scores) > 0.9
     assert np.all((scored.probabilities > 0) & (scored.probabilities < 1))
     assert np.all(np.diff(scored.probabilities[np.argsort(scored.scores)]) >= 0)  # monotone
-    # the run's logits are the paper's scores shifted by the learnt thresholds
-    net, thresholds = load_net(loaded)
+    # the run's logits are the paper's scores shifted by the recorded thresholds
+    net = net_from_state(loaded.tensors())
     pairs = make_pairs(24, 13, fakes=True)
     raw, frames = score_pairs(
         net, [Pair(p.audio.astype(np.float16), p.visual.astype(np.float16)) for p in pairs]
@@ -343,7 +347,7 @@ def test_run_round_trip(run_env):
 
 def test_val_thresholds_flag_few_real_frames(run_env):
     _, url, run = run_env
-    scored = score_run(run, open_store(url), "avs:val")
+    scored = score(run, open_store(url), "avs:val")
     flat = np.concatenate(scored.frame_scores)
     assert (flat > 0).mean() == pytest.approx(0.01, abs=0.005)  # the 99 % quantile
 
@@ -361,7 +365,7 @@ def test_cli_train_and_eval(run_env):
         "thresholds (-Phi, on val reals)" in result.output
         and f"run written to {out}" in result.output
     )
-    assert load_run(out).config["architecture"]["hidden"] == [512, 256, 128]
+    assert load_run(out).config["config"]["hyperparameters"]["hidden"] == [512, 256, 128]
     again = runner.invoke(app, args)
     assert again.exit_code == 1 and "complete run" in again.output
     result = runner.invoke(app, ["eval", str(root / "run"), "--on", "avs:test", "--json"])
@@ -378,9 +382,9 @@ def test_trim_silence(tmp_path):
     config = dataclasses.replace(SMALL, max_epochs=2)
     run = train_sync(open_store(url), audio="aud", visual="vis", train="avs", out=tmp_path / "r",
                      config=config, trim_silence=True)  # fmt: skip
-    assert run.config["trim_silence"] is True
+    assert run.config["config"]["trim_silence"] is True
     assert run.config["train"]["n_frames"] == sum(p.audio.shape[0] - 4 for p in make_pairs(24, 11))
-    scored = score_run(run, open_store(url), "avs:test")
+    scored = score(run, open_store(url), "avs:test")
     lengths = [p.audio.shape[0] for p in make_pairs(24, 13, fakes=True)]
     assert [f.shape[0] for f in scored.frame_scores] == lengths  # back on the stored timeline
     assert all(f[0] == f[1] == f.min() for f in scored.frame_scores)  # the 2 trimmed rows
@@ -390,16 +394,16 @@ def test_trim_silence(tmp_path):
                    config=config, trim_silence=True)  # fmt: skip
 
 
-def test_wrong_kind_and_reals_only(run_env, tmp_path):
+def test_unreadable_run_and_reals_only(run_env, tmp_path):
     from trainers.runs import save_run
 
     _, url, _ = run_env
     store = open_store(url)
-    other = save_run(tmp_path / "other", config={"kind": "probe"})
-    with pytest.raises(RunError, match="not a 'sync' run"):
-        score_run(other, store, "avs:test")
+    other = save_run(tmp_path / "other", config={"kind": "sync", "format": 1})
+    with pytest.raises(RunFormatError, match="re-run `featstore train sync"):
+        score(other, store, "avs:test")
     config = dataclasses.replace(SMALL, max_epochs=1)
     run = train_sync(store, audio="aud", visual="vis", train="avs:test", val=None,
                      out=tmp_path / "reals", config=config)  # fmt: skip
     assert (run.config["train"]["n_real"], run.config["train"]["n_fake"]) == (12, 0)
-    assert run.config["val"] is None and run.config["thresholds"]["learnt_on"] == "train"
+    assert run.config["val"] is None and run.config["learnt"]["thresholds"]["learnt_on"] == "train"

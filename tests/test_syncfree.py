@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from featstore.store import EncoderInfo
+from trainers.kinds import score
+from trainers.kinds.syncfree import run_syncscore
 from trainers.metrics import auc, temporal_auc
 from trainers.pairs import PairedVideo
 from trainers.runs import load_run, read_frame_scores, read_predictions
@@ -18,8 +20,6 @@ from trainers.syncfree import (
     SyncConfig,
     SyncError,
     pool_frames,
-    run_syncscore,
-    score_run,
     shifted_cosines,
     sync_config,
     sync_video,
@@ -266,12 +266,12 @@ def test_run_syncscore_writes_a_scorable_run(store, tmp_path):
     assert metrics["temporal"]["mean"] > 0.9
     assert sum(metrics["best_shift_counts"].values()) == 20
     run = load_run(tmp_path / "run")
-    assert run.kind == "syncfree" and run.config["shift"] == 15
+    assert run.kind == "syncfree" and run.config["config"]["sync"]["shift"] == 15
     assert run.metrics()["syn:test"]["binary"]["auc"] == metrics["binary"]["auc"]
     preds = read_predictions(run, "syn_test")
     direct = syncscore(pairs, config=PRESETS["speechforensics"])
     np.testing.assert_allclose(preds["score"], direct.scores, atol=1e-6)
     frames = read_frame_scores(run, "syn_test")
     np.testing.assert_allclose(frames["v001"], direct.frame_scores[1], atol=1e-6)
-    rescored = score_run(run, store, "syn:test")
+    rescored = score(run, store, "syn:test")
     np.testing.assert_allclose(rescored.scores, direct.scores, atol=1e-6)

@@ -147,8 +147,9 @@ def test_fuse_and_fusion_run(env):
     assert result.exit_code == 0, result.output
     assert "run-enc" in result.output and "run-wide" in result.output and "fused" in result.output
     fused = load_run(out)
-    assert fused.kind == "fusion" and len(fused.config["members"]) == 2
-    for member in fused.config["members"]:
+    members = fused.config["config"]["members"]
+    assert fused.kind == "fusion" and len(members) == 2
+    for member in members:
         assert load_run(out / member["path"]).kind == "probe"  # self-contained copies
     metrics = fused.metrics()["alpha:test"]
     assert metrics["binary"]["auc"] > 0.95

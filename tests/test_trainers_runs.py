@@ -1,4 +1,4 @@
-"""Run directories and the probe shell end to end through a real store."""
+"""Run directories and the probe kind end to end through a real store."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from featstore.store import open_store
 from trainers.data import SelectionError
 from trainers.evaluate import evaluate
 from trainers.explain import explain_temporal
+from trainers.kinds import UnknownKindError, load, score
+from trainers.kinds.probe import train as train_probe
 from trainers.probe import ProbeConfig
-from trainers.probe_run import score_run, train_probe
 from trainers.runs import (
+    FORMAT,
     IncompleteRunError,
     RunError,
     RunExistsError,
@@ -23,9 +25,7 @@ from trainers.runs import (
     load_run,
     read_frame_scores,
     read_predictions,
-    register_scorer,
     save_run,
-    score,
     write_metrics,
     write_predictions,
 )
@@ -47,7 +47,7 @@ def trained(tmp_path_factory):
     )
     epochs = []
     run = train_probe(
-        store, feature="enc", train="toy", out=root / "run", config=FAST, on_epoch=epochs.append
+        store, features="enc", train="toy", out=root / "run", config=FAST, on_epoch=epochs.append
     )
     return store, run, epochs
 
@@ -82,6 +82,7 @@ def test_run_round_trip(tmp_path):
     loaded = load_run(run.path)
     assert loaded.config == run.config and loaded.kind == "probe"
     assert loaded.config["package_version"] and loaded.config["created"]
+    assert loaded.config["format"] == FORMAT
     np.testing.assert_array_equal(loaded.tensors()["w"], w)
     assert loaded.history()[0]["train_loss"] == 0.5
     assert not list(tmp_path.glob("run/*.pkl")) and (run.path / "model.safetensors").is_file()
@@ -130,35 +131,34 @@ def test_predictions_files(tmp_path):
     assert scored.fake_segments()[1] == [(0.1, 0.3)] and scored.fake_segments()[0] == []
 
 
-def test_scorer_registry(tmp_path, store):
+def test_unknown_kinds_are_named(tmp_path, store):
     run = save_run(tmp_path / "run", config={"kind": "constant"})
-    with pytest.raises(RunError, match="no scorer for runs of kind 'constant'"):
+    with pytest.raises(UnknownKindError, match=r"no run kind 'constant'.*probe"):
         score(run, store, "d:test")
-    calls = []
-
-    def constant(run, store, selection, *, allow_missing=False):
-        calls.append(str(selection))
-        return _scored(frames=False)
-
-    register_scorer("constant", constant)
-    assert score(run, store, "d:test").selection == "d:test" and calls == ["d:test"]
 
 
-# ------------------------------------------------------------- probe shell
+# ------------------------------------------------------------- probe kind
 
 
 def test_train_probe_writes_a_complete_run(trained):
     _, run, epochs = trained
     cfg = load_run(run.path).config
-    assert cfg["kind"] == "probe" and cfg["encoder"] == "enc" and cfg["layer"] == "last"
-    assert cfg["frame_hz"] == 25.0 and cfg["dim"] == 16
+    assert cfg["kind"] == "probe" and cfg["format"] == FORMAT
+    (feature,) = cfg["config"]["features"]["features"]
+    assert (feature["encoder"], feature["layer"], feature["dim"]) == ("enc", "last", 16)
+    assert feature["frame_hz"] == 25.0 and feature["dtype"] == "float16"
+    assert cfg["config"]["features"]["frame_hz"] == 25.0
     assert cfg["train"]["selection"] == "toy:train" and cfg["val"]["selection"] == "toy:val"
     assert cfg["train"]["n"] == 30 and cfg["train"]["n_real"] + cfg["train"]["n_fake"] == 30
     assert len(cfg["train"]["split_hash"]) == 16
-    assert cfg["hyperparameters"]["batch_videos"] == 4 and cfg["hyperparameters"]["seed"] == 43
-    assert len(epochs) == cfg["epochs"] == len(run.history())
-    assert 1 <= cfg["best_epoch"] <= cfg["epochs"]
+    hyper = cfg["config"]["hyperparameters"]
+    assert hyper["batch_videos"] == 4 and hyper["seed"] == 43
+    assert len(epochs) == cfg["fit"]["epochs"] == len(run.history())
+    assert 1 <= cfg["fit"]["best_epoch"] <= cfg["fit"]["epochs"]
     assert set(run.tensors()) == {"w", "b", "l2_normalize"}
+    detector = load(run.path)
+    assert detector.kind == "probe" and detector.calibrated and detector.frame_hz == 25.0
+    assert [i.label for i in detector.required_features] == ["enc:last"]
 
 
 def test_probe_detects_and_localizes_planted_fakes(trained):
@@ -180,7 +180,7 @@ def test_probe_detects_and_localizes_planted_fakes(trained):
 
 def test_score_run_matches_single_video_scores(trained):
     store, run, _ = trained
-    scored = score_run(run, store, "toy:test")
+    scored = score(run, store, "toy:test")
     vid = scored.video_ids[1]
     e = explain_temporal(run.path, store, "toy", vid)
     assert e.score == pytest.approx(float(scored.scores[1]), abs=1e-4)
@@ -209,16 +209,16 @@ def test_explain_localizes_a_fake(trained, tmp_path):
 def test_train_probe_refuses_a_complete_run(trained):
     store, run, _ = trained
     with pytest.raises(RunExistsError, match="complete run"):
-        train_probe(store, feature="enc", train="toy", out=run.path, config=FAST)
+        train_probe(store, features="enc", train="toy", out=run.path, config=FAST)
 
 
 def test_train_probe_selection_errors(trained, tmp_path):
     store, _, _ = trained
     with pytest.raises(SelectionError, match="no split 'dev'"):
-        train_probe(store, feature="enc", train="toy:dev", out=tmp_path / "r", config=FAST)
+        train_probe(store, features="enc", train="toy:dev", out=tmp_path / "r", config=FAST)
     with pytest.raises(SelectionError, match="is the training selection"):
         train_probe(
-            store, feature="enc", train="toy", val="toy:train", out=tmp_path / "r", config=FAST
+            store, features="enc", train="toy", val="toy:train", out=tmp_path / "r", config=FAST
         )
     assert not (tmp_path / "r").exists()
 
@@ -227,4 +227,4 @@ def test_score_run_rejects_other_widths(trained, tmp_path):
     store, run, _ = trained
     write_planted_dataset(store, "wide", n_videos=4, dim=8, encoder="enc", seed=0)
     with pytest.raises(RunError, match="16-wide"):
-        score_run(run, store, "wide:test")
+        score(run, store, "wide:test")

@@ -11,13 +11,15 @@
   that holds copies of its members and scores like any other run.
 - ``correlate``: Pearson correlation of the runs' probabilities and the
   relative improvement of each pair's fusion over each model (paper Fig. 5).
+
+Runs of every kind are scored through ``trainers.kinds`` (``load(run)``, then
+the detector's ``score_selection``): nothing here knows what a kind is.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,35 +27,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainers.data import Selection, evaluation_mask, split_hash
-from trainers.runs import (
-    CONFIG,
-    MEMBERS,
-    MODEL,
-    Run,
-    RunError,
-    Scored,
-    check_writable,
-    load_run,
-    save_run,
-    score,
-    write_metrics,
-    write_predictions,
-)
+from trainers.kinds import Detector, load
+from trainers.runs import Run, RunError, Scored, write_metrics, write_predictions
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
-FUSION_KIND = "fusion"
+__all__ = ["correlate", "evaluate", "fuse", "scored_metrics"]
 
-__all__ = ["FUSION_KIND", "correlate", "evaluate", "fuse", "score_fusion", "scored_metrics"]
-
-RunLike = Run | str | os.PathLike[str]
+RunLike = Detector | Run | str | os.PathLike[str]
 
 
-def _run(run: RunLike) -> Run:
-    return run if isinstance(run, Run) else load_run(run)
+def _detector(run: RunLike) -> Detector:
+    return run if isinstance(run, Detector) else load(run)
 
 
 def _mask(scored: Scored) -> np.ndarray:
@@ -189,97 +177,48 @@ def evaluate(
     AV-Deepfake1M's AP/AR use ``segment_metrics`` semantics: ``"official"``
     (the official tool's, the default) or ``"corrected"``.
 
-    Writes ``metrics.json`` (under the key ``NAME:SPLIT``) and
-    ``predictions/NAME_SPLIT.*`` into the run unless ``write=False``; returns
+    ``run_dir`` is a run directory of any kind or a loaded detector. Writes
+    ``metrics.json`` (under the key ``NAME:SPLIT``) and
+    ``predictions/NAME_SPLIT.*`` into the run unless ``write=False`` (or the
+    detector has no run directory); returns
     the metrics dict: ``binary`` (AUC, AP, EER, optional 95 % CIs),
     ``temporal`` and ``localization`` (``None`` when the dataset has no
     segments or the run no per-frame scores).
     """
-    run = _run(run_dir)
+    detector = _detector(run_dir)
     sel = Selection.parse(on, default_split="test")
-    scored = score(run, store, sel, allow_missing=allow_missing)
+    scored = detector.score_selection(store, sel, allow_missing=allow_missing)
     metrics, mask, segments = scored_metrics(
         scored,
-        kind=run.kind,
+        kind=detector.kind,
         ci=ci,
         n_resamples=n_resamples,
         threshold=threshold,
         all_fakes=all_fakes,
         segment_metrics=segment_metrics,
     )
-    if write:
-        write_metrics(run, str(sel), metrics)
-        write_predictions(
-            run,
-            scored,
-            evaluated=mask,
-            segments=segments,
-            slug=sel.slug,
-        )
+    if write and detector.run is not None:
+        write_metrics(detector.run, str(sel), metrics)
+        write_predictions(detector.run, scored, evaluated=mask, segments=segments, slug=sel.slug)
     return metrics
 
 
 # ------------------------------------------------------------------ fusion
 
 
-def _names(runs: Sequence[Run]) -> list[str]:
-    """Unique, readable model names: the run directories' names (parent added on a clash)."""
-    names = [r.name for r in runs]
-    if len(set(names)) < len(names):
-        names = [f"{r.path.parent.name}/{r.name}" for r in runs]
-    if len(set(names)) < len(names):
-        names = [f"{i}:{r.name}" for i, r in enumerate(runs)]
-    return names
+def _fusion(
+    run_dirs: Sequence[RunLike],
+    what: str,
+    how: str = "intersect",
+    weights: Sequence[float] | None = None,
+) -> Any:
+    """The runs as one in-memory fusion (``trainers.kinds.fusion``)."""
+    from trainers.kinds.fusion import in_memory
 
-
-def _aligned(scored: Sequence[Scored], names: Sequence[str], how: str) -> tuple[Scored, np.ndarray]:
-    """The members' probabilities on common video ids ``[M, N]`` and a Scored shell of those rows."""
-    from trainers.fusion import align_predictions
-
-    preds = [dict(zip(s.video_ids, s.probabilities.tolist(), strict=True)) for s in scored]
-    ids, probs = align_predictions(preds, names=names, how=how)  # [M, N]
-    manifest = scored[0].manifest.set_index("video_id", drop=False).loc[ids].reset_index(drop=True)
-    manifest.attrs = dict(scored[0].manifest.attrs)
-    base = Scored(
-        selection=scored[0].selection,
-        manifest=manifest,
-        scores=np.zeros(len(ids)),
-        probabilities=np.zeros(len(ids)),
-    )
-    return base, probs
-
-
-def _fused(base: Scored, probs: np.ndarray, weights: Sequence[float] | None) -> Scored:
-    from trainers.fusion import fused_score, late_fusion
-
-    p = late_fusion(probs, weights=weights)  # [N]
-    return Scored(
-        selection=base.selection, manifest=base.manifest, scores=fused_score(p), probabilities=p
-    )
-
-
-def score_fusion(
-    run: RunLike, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
-) -> Scored:
-    """Scorer of ``fusion`` runs: score every stored member, fuse their probabilities."""
-    run = _run(run)
-    members = run.config.get("members") or []
-    if not members:
-        raise RunError(f"fusion run {run.path} lists no members")
-    runs = [load_run(run.path / m["path"]) for m in members]
-    scored = [score(r, store, selection, allow_missing=allow_missing) for r in runs]
-    base, probs = _aligned(scored, [m["name"] for m in members], run.config.get("how", "intersect"))
-    return _fused(base, probs, run.config.get("weights"))
-
-
-def _copy_member(src: Run, dst: Path) -> None:
-    """A member's config, model and (for nested fusions) its own members; not its outputs."""
-    dst.mkdir(parents=True)
-    for name in (MODEL, CONFIG):
-        if (src.path / name).is_file():
-            shutil.copy2(src.path / name, dst / name)
-    if (src.path / MEMBERS).is_dir():
-        shutil.copytree(src.path / MEMBERS, dst / MEMBERS)
+    detectors = [_detector(r) for r in run_dirs]
+    if len(detectors) < 2:
+        raise RunError(f"{what} needs at least two runs")
+    return in_memory(detectors, how=how, weights=weights)
 
 
 def fuse(
@@ -300,16 +239,15 @@ def fuse(
     With ``out``, writes a ``fusion`` run holding copies of its members (so
     it stays valid when the originals move), its metrics and predictions.
     """
-    runs = [_run(r) for r in run_dirs]
-    if len(runs) < 2:
-        raise RunError("fusion needs at least two runs")
+    from trainers.kinds import fusion as fusion_kind
+    from trainers.runs import check_writable
+
+    fusion = _fusion(run_dirs, "fusion", how, weights)
     if out is not None:
         check_writable(out, overwrite=overwrite)
     sel = Selection.parse(on, default_split="test")
-    names = _names(runs)
-    scored = [score(r, store, sel, allow_missing=allow_missing) for r in runs]
-    base, probs = _aligned(scored, names, how)
-    fused = _fused(base, probs, weights)
+    result_scores = fusion.score_members(store, sel, allow_missing=allow_missing)
+    fused, probs = result_scores.fused, result_scores.probabilities  # [N], [M, N]
     mask = _mask(fused)
     labels = fused.labels[mask]
     result: dict[str, Any] = {
@@ -319,49 +257,18 @@ def fuse(
         "split_hash": split_hash(fused.video_ids),
         "members": {
             name: _binary(labels, probs[i][mask], ci=ci, n_resamples=n_resamples)
-            for i, name in enumerate(names)
+            for i, name in enumerate(result_scores.names)
         },
         "fused": _binary(labels, fused.scores[mask], ci=ci, n_resamples=n_resamples),
     }
     if out is not None:
-        member_dirs = [f"{MEMBERS}/{i:02d}-{r.name}" for i, r in enumerate(runs)]
-
-        def copy_members(path: Path) -> None:
-            for r, rel in zip(runs, member_dirs, strict=True):
-                _copy_member(r, path / rel)
-
-        config = {
-            "kind": FUSION_KIND,
-            "members": [
-                {"name": n, "path": rel, "kind": r.kind, "source": str(r.path.resolve())}
-                for n, rel, r in zip(names, member_dirs, runs, strict=True)
-            ],
-            "how": how,
-            "weights": None if weights is None else [float(w) for w in weights],
-            "fused_on": str(sel),
-            "store": store.url if "://" in store.url else os.path.abspath(store.url),
-        }
-        w = np.full(len(runs), 1.0 / len(runs)) if weights is None else np.asarray(weights, float)
-        fused_run = save_run(
-            out,
-            config=config,
-            tensors={"weights": w.astype(np.float64)},
-            files=copy_members,
-            overwrite=True,
+        run = fusion_kind.train(fusion, out=out, store=store, fused_on=sel, overwrite=True)
+        metrics, mask, segments = scored_metrics(
+            fused, kind=fusion_kind.KIND, ci=ci, n_resamples=n_resamples
         )
-        fused_metrics = {
-            "selection": str(sel),
-            "kind": FUSION_KIND,
-            "n_scored": result["n_scored"],
-            "n_evaluated": result["n_evaluated"],
-            "split_hash": result["split_hash"],
-            "binary": result["fused"],
-            "temporal": None,
-            "localization": None,
-        }
-        write_metrics(fused_run, str(sel), fused_metrics)
-        write_predictions(fused_run, fused, evaluated=mask, slug=sel.slug)
-        result["out"] = str(fused_run.path)
+        write_metrics(run, str(sel), metrics)
+        write_predictions(run, fused, evaluated=mask, segments=segments, slug=sel.slug)
+        result["out"] = str(run.path)
     return result
 
 
@@ -398,15 +305,12 @@ def correlate(
     from trainers.correlation import pearson_matrix, relative_improvement
     from trainers.plots import heatmap_png
 
-    runs = [_run(r) for r in run_dirs]
-    if len(runs) < 2:
-        raise RunError("correlation needs at least two runs")
+    fusion = _fusion(run_dirs, "correlation")
     sel = Selection.parse(on, default_split="test")
-    names = _names(runs)
-    scored = [score(r, store, sel, allow_missing=allow_missing) for r in runs]
-    base, probs = _aligned(scored, names, "intersect")
-    mask = _mask(base)
-    probs, labels = probs[:, mask], base.labels[mask]  # [M, N], [N]
+    scores = fusion.score_members(store, sel, allow_missing=allow_missing)
+    names = list(scores.names)
+    mask = _mask(scores.fused)
+    probs, labels = scores.probabilities[:, mask], scores.fused.labels[mask]  # [M, N], [N]
     pearson = pearson_matrix(probs)  # [M, M]
     improvement = relative_improvement(labels, probs, metric=metric)  # [M, M], percent
     out = Path(out_dir)

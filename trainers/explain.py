@@ -1,9 +1,9 @@
 """Temporal explanations of a stored video (paper Fig. 3): where does a detector see a fake?
 
-The per-frame scores ``s_t`` of a run (a probe's logits, or the ntp / sync /
-syncfree runs' frame scores, all with 0 as their frame threshold) and the fake
-segments they imply (rows with ``s_t > threshold``, in seconds), beside the
-annotated segments.
+The per-frame scores ``s_t`` of a run of any kind (a probe's logits, the ntp
+/ sync / syncfree runs' frame scores, a fusion's fused frame scores, all with 0
+as their frame threshold) and the fake segments they imply (rows with
+``s_t > threshold``, in seconds), beside the annotated segments.
 
 >>> e = explain_temporal("runs/w2v", store, "av1m", "id00/clip", out_png="clip.png")  # doctest: +SKIP
 >>> e.predicted_segments  # doctest: +SKIP
@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainers.data import Selection
-from trainers.runs import Run, RunError, load_run, score
+from trainers.kinds import Detector, load
+from trainers.runs import Run, RunError
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
@@ -37,7 +38,7 @@ class TemporalExplanation:
     video_id: str
     label: int
     score: float  # video logit
-    probability: float  # the run's P(fake): sigmoid(2 * score) (uncalibrated for ntp/sync)
+    probability: float  # sigmoid(2 * score): P(fake) for calibrated kinds, else a rank score
     frame_hz: float
     threshold: float
     times_s: np.ndarray = field(repr=False)  # [T] start time of each row
@@ -64,7 +65,7 @@ class TemporalExplanation:
 
 
 def explain_temporal(
-    run_dir: Run | str | os.PathLike[str],
+    run_dir: Detector | Run | str | os.PathLike[str],
     store: FeatureStore,
     dataset: str,
     video_id: str,
@@ -72,16 +73,15 @@ def explain_temporal(
     out_png: str | os.PathLike[str] | None = None,
     threshold: float = 0.0,
 ) -> TemporalExplanation:
-    """Explain one stored video with a run of any kind that has per-frame scores (probe,
-    fusion of probes, ntp, sync, syncfree); draw it to ``out_png`` when given."""
+    """Explain one stored video with a run of any kind that has per-frame scores (every
+    registered kind has them); draw it to ``out_png`` when given."""
     from trainers.temporal import scores_to_segments
 
-    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
-    scored = score(run, store, Selection.of_videos(dataset, [video_id]))
+    detector = run_dir if isinstance(run_dir, Detector) else load(run_dir)
+    scored = detector.score_selection(store, Selection.of_videos(dataset, [video_id]))
     if scored.frame_scores is None or not scored.frame_hz:
         raise RunError(
-            f"temporal explanations need per-frame scores; {run.kind!r} runs such as "
-            f"{run.path} have none"
+            f"temporal explanations need per-frame scores, and {detector.where()} has none"
         )
     rows = scored.manifest
     frames = np.asarray(scored.frame_scores[0], dtype=np.float32)  # [T]

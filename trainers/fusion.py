@@ -9,6 +9,11 @@ Late fusion is the average of the models' *probabilities* (paper Tab. 3/5:
 probability back onto the score scale with ``logit(p) / 2``, so a fused run is
 thresholded and scored exactly like a single run: score 0 <=> probability 0.5.
 
+``late_fusion_frames`` applies the same rule per frame, on a common timeline
+(the members' per-frame probabilities resampled to one rate and trimmed to the
+shortest): the paper fuses videos only, so fused frame scores serve
+explanations and localization, not the paper's numbers.
+
 Pure numpy; reading predictions from run directories is the caller's job.
 
 >>> ids, p = align_predictions([{"a": 0.2, "b": 0.9}, {"b": 0.7, "a": 0.4}], names=["x", "y"])
@@ -27,6 +32,7 @@ import numpy as np
 from scipy.special import expit, logit
 
 from featstore.errors import FeatstoreError
+from featstore.timebase import resample_rows
 
 __all__ = [
     "PROBABILITY_EPS",
@@ -34,6 +40,7 @@ __all__ = [
     "align_predictions",
     "fused_score",
     "late_fusion",
+    "late_fusion_frames",
     "probabilities_from_scores",
 ]
 
@@ -177,3 +184,37 @@ def probabilities_from_scores(scores: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(s)):
         raise FusionError("scores must be finite (got NaN or inf)")
     return expit(2.0 * s)
+
+
+def late_fusion_frames(
+    frame_scores: Sequence[np.ndarray],
+    rates_hz: Sequence[float],
+    *,
+    frame_hz: float,
+    weights: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Fused per-frame scores ``[T]`` of one video from each model's frame logits ``[T_m]``.
+
+    Each model's frame probabilities ``sigmoid(2 z_t)`` are resampled from its
+    rate to ``frame_hz`` (``featstore.timebase.resample_rows``), trimmed to the
+    shortest, averaged as ``late_fusion`` averages video probabilities, and
+    mapped back with ``fused_score``.
+
+    >>> late_fusion_frames([np.zeros(4), np.zeros(2)], [25.0, 12.5], frame_hz=25.0).tolist()
+    [0.0, 0.0, 0.0, 0.0]
+    """
+    if len(frame_scores) != len(rates_hz) or not frame_scores:
+        raise FusionError(
+            f"need one rate per model: {len(frame_scores)} frame score arrays, {len(rates_hz)} rates"
+        )
+    columns = []
+    for z, hz in zip(frame_scores, rates_hz, strict=True):
+        p = probabilities_from_scores(np.asarray(z, dtype=np.float64).ravel())[:, None]  # [T, 1]
+        if not math.isclose(float(hz), frame_hz, rel_tol=1e-9):
+            p = resample_rows(p, src_hz=float(hz), dst_hz=frame_hz)  # [T', 1]
+        columns.append(p[:, 0])
+    n = min(c.shape[0] for c in columns)
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    probs = np.stack([c[:n] for c in columns])  # [M, T]
+    return fused_score(late_fusion(probs, weights=weights)).astype(np.float32)  # [T]

@@ -291,15 +291,22 @@ def _has_split(store: FeatureStore, dataset: GridDataset, split: str | None) -> 
 def _check_reused(
     run: Run, feature: GridFeature, train_hash: str, hyper: Mapping[str, Any]
 ) -> None:
-    cfg = run.config
+    """A complete run found where the grid would train one must be that very probe."""
+    from trainers.kinds import load
+    from trainers.kinds.probe import ProbeDetector
+
     problems = []
-    if run.kind != "probe" or cfg.get("encoder") != feature.key.encoder:
-        problems.append(f"encoder {cfg.get('encoder')!r}")
-    if str(cfg.get("layer")) != str(feature.key.layer):
-        problems.append(f"layer {cfg.get('layer')!r}")
-    if (cfg.get("train") or {}).get("split_hash") != train_hash:
+    detector = load(run)
+    if not isinstance(detector, ProbeDetector):
+        raise GridError(
+            f"run {run.path} is a {detector.kind} run, not a probe; remove it or choose another 'out'"
+        )
+    if detector.config.features.keys != (feature.key,):
+        problems.append(f"features {detector.config.features.label}")
+    if (run.config.get("train") or {}).get("split_hash") != train_hash:
         problems.append("training videos")
-    stored = {k: v for k, v in (cfg.get("hyperparameters") or {}).items() if k not in _RUNTIME}
+    recorded = detector.config.hyperparameters.to_dict()
+    stored = {k: v for k, v in recorded.items() if k not in _RUNTIME}
     if stored != {k: v for k, v in hyper.items() if k not in _RUNTIME}:
         problems.append("hyperparameters")
     if problems:
@@ -327,7 +334,7 @@ def run_grid(
     """Train what is missing, evaluate what is not yet evaluated, write the tables."""
     from featstore import open_store
     from trainers.evaluate import evaluate
-    from trainers.probe_run import train_probe
+    from trainers.kinds import probe
     from trainers.report import GridResult, grid_table, write_paper_grids
 
     store = store or open_store(config.store)
@@ -359,9 +366,9 @@ def run_grid(
                 def on_epoch(stats: EpochStats, _f: str = label, _d: str = d.name) -> None:
                     emit(GridEvent("epoch", _f, _d, epoch=stats))
 
-                run = train_probe(
+                run = probe.train(
                     store,
-                    feature=feature.key,
+                    features=feature.key,
                     train=train_sel,
                     val=val,
                     out=run_dir,

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 from featstore.layout import Layer, layer_key
 from trainers.data import FeatureKey, Selection, SelectionError
 from trainers.metrics import binary_metrics
-from trainers.pairs import read_pairs, select_pairs
-from trainers.syncfree import SyncConfig, syncscore
+from trainers.pairs import select_pairs
+from trainers.syncfree import SyncConfig
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
@@ -123,19 +123,23 @@ def sweep_layers(
 ) -> LayerSweep:
     """Eq. 3's AUC / AP / EER for every layer pair; with ``out``, CSV, JSON and a Fig. 7 PNG.
 
-    Each layer pair streams its videos (one in memory at a time).
+    Each layer pair is a ``syncfree`` detector (``trainers.kinds.syncfree``)
+    scoring the evaluation subset, one video in memory at a time.
     """
+    from trainers.kinds import syncfree
+
     sel = Selection.parse(on, default_split="test")
     swept, pairs = layer_pairs(store, sel.dataset, audio, visual)
     a_enc, v_enc = _split(audio)[0], _split(visual)[0]
     results = []
     for a_layer, v_layer in pairs:
         a_key, v_key = FeatureKey(a_enc, a_layer), FeatureKey(v_enc, v_layer)
-        rows = select_pairs(store, sel, a_key, v_key, evaluation=True, allow_missing=allow_missing)
-        scores = syncscore(
-            read_pairs(store, sel.dataset, rows, a_key, v_key, frame_hz=frame_hz), config=config
+        detector = syncfree.detector(
+            store, sel.dataset, a_key, v_key, config=config, frame_hz=frame_hz
         )
-        m = binary_metrics(scores.labels, scores.scores)
+        rows = select_pairs(store, sel, a_key, v_key, evaluation=True, allow_missing=allow_missing)
+        scored = detector.score_selection(store, Selection.of_videos(sel.dataset, rows["video_id"]))
+        m = binary_metrics(scored.labels, scored.scores)
         result = LayerResult(
             audio_layer=layer_key(a_layer),
             visual_layer=layer_key(v_layer),

@@ -63,6 +63,7 @@ from torch import nn
 
 from featstore.errors import FeatstoreError
 from trainers.sources import FeatureCache, VideoSource, batch_order, prefetch_batches
+from trainers.training import EarlyStopping, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -334,13 +335,6 @@ def _check_source(source: VideoSource, what: str, dim: int | None = None) -> Non
         raise NTPError(f"{what} features are {source.dim}-wide, expected {dim}")
 
 
-def _device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NTPError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -422,7 +416,7 @@ def fit_ntp(
         raise NTPError("every training video has a single frame: there is no next frame to predict")
     if val is not None:
         _check_source(val, "validation", train.dim)
-    device = _device(config.device)
+    device = resolve_device(config.device, error=NTPError)
     train_cached = int(train.nbytes) <= config.cache_bytes
     val_cached = val is not None and (
         int(train.nbytes) * train_cached + int(val.nbytes) <= config.cache_bytes
@@ -441,8 +435,7 @@ def fit_ntp(
         )
         rng = np.random.default_rng(config.seed)
         history: list[NTPEpochStats] = []
-        best = (math.inf, 0, _snapshot(model))
-        bad_epochs, stopped = 0, False
+        stop = EarlyStopping(config.patience, snapshot=lambda: _snapshot(model))
         for epoch in range(1, config.max_epochs + 1):
             start = time.perf_counter()
             model.train()
@@ -481,20 +474,11 @@ def fit_ntp(
             history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
-            if val_loss is None:
-                best = (train_loss, epoch, _snapshot(model))
-                continue
-            if val_loss < best[0]:
-                best, bad_epochs = (val_loss, epoch, _snapshot(model)), 0
-            else:
-                bad_epochs += 1
-                if bad_epochs >= config.patience:
-                    stopped = True
-                    break
-    _, best_epoch, state = best
+            if stop.update(epoch, val_loss):
+                break
     model = model.cpu()
-    model.load_state_dict(state)
-    return NTPFitResult(model.eval(), history, best_epoch, stopped, planned)
+    model.load_state_dict(stop.best)
+    return NTPFitResult(model.eval(), history, stop.best_epoch, stop.stopped, planned)
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -522,7 +506,7 @@ def frame_errors(
     _check_source(source, "scoring", model.dim)
     if batch_videos < 1:
         raise NTPError(f"batch_videos must be >= 1, got {batch_videos}")
-    dev = _device(device)
+    dev = resolve_device(device, error=NTPError)
     model = model.to(dev).eval()
     cfg = model.config
     n = len(source)

@@ -2,7 +2,8 @@
 
 Synchronisation detectors (training-free Eq. 3, AVH-Align) compare an audio
 feature ``a_t`` with a visual feature ``v_t`` of the same video. This module
-selects the videos that have both features, checks that both encoders run at
+selects the videos that have both features (each side a stored feature or a
+feature set, ``trainers.inputs``), checks that all of them run at
 the same ``frame_hz`` (or resamples to a common one on request) and trims both
 streams to the shorter with ``featstore.timebase.reconcile``, keeping both
 original lengths.
@@ -20,15 +21,24 @@ raises a ``PairingError`` rather than guessing.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from featstore.timebase import reconcile, resample_rows, silence_trim_counts
-from trainers.data import FeatureKey, Selection, SelectionError, select
+from featstore import timebase
+from featstore.timebase import Reconciled, reconcile, silence_trim_counts
+from trainers.data import FeatureKey, Selection, SelectionError
+from trainers.inputs import (
+    AUDIO,
+    SET_SEPARATOR,
+    VISUAL,
+    FeatureInput,
+    parse_feature_set,
+    read_video,
+    select_videos,
+)
 from trainers.runs import parse_segments
 
 if TYPE_CHECKING:
@@ -44,9 +54,11 @@ __all__ = [
     "PairingError",
     "iter_pairs",
     "load_pairs",
-    "pair_rates",
+    "pair_inputs",
+    "pair_rows",
     "read_pairs",
     "select_pairs",
+    "silences",
     "stack_rows",
 ]
 
@@ -81,35 +93,39 @@ class PairedVideo:
         return int(self.audio.shape[0])
 
 
-def pair_rates(
+def pair_inputs(
     store: FeatureStore,
     dataset: str,
-    audio: FeatureKey,
-    visual: FeatureKey,
+    audio: FeatureKey | str | Sequence[FeatureKey | str],
+    visual: FeatureKey | str | Sequence[FeatureKey | str],
     *,
     frame_hz: float | None = None,
-) -> tuple[float, float, float]:
-    """``(audio_hz, visual_hz, common_hz)``; different rates need an explicit ``frame_hz``."""
-    audio_hz = float(store.encoder_info(dataset, audio.encoder).frame_hz)
-    visual_hz = float(store.encoder_info(dataset, visual.encoder).frame_hz)
-    if frame_hz is not None:
-        if not (frame_hz > 0 and math.isfinite(frame_hz)):
-            raise PairingError(f"frame_hz must be a positive finite number, got {frame_hz!r}")
-        return audio_hz, visual_hz, float(frame_hz)
-    if not math.isclose(audio_hz, visual_hz, rel_tol=1e-9):
-        raise PairingError(
-            f"{audio} runs at {audio_hz:g} Hz but {visual} at {visual_hz:g} Hz; pair them at a "
-            f"common rate by resampling (frame_hz={max(audio_hz, visual_hz):g}, which repeats "
-            "rows of the slower stream via featstore.timebase.resample_rows)"
-        )
-    return audio_hz, visual_hz, audio_hz
+) -> tuple[FeatureInput, FeatureInput]:
+    """The ``audio`` and ``visual`` inputs (each a feature or a feature set) at one rate.
+
+    Both are read at the features' shared rate, or at ``frame_hz`` when given
+    (needed when the rates differ: the slower rows are repeated,
+    ``featstore.timebase.resample_rows``).
+    """
+    a_keys, v_keys = parse_feature_set(audio), parse_feature_set(visual)
+    rates = [float(store.encoder_info(dataset, k.encoder).frame_hz) for k in (*a_keys, *v_keys)]
+    try:
+        rate = timebase.common_rate(rates, frame_hz=frame_hz)
+    except timebase.RateError as exc:
+        audio_label = SET_SEPARATOR.join(map(str, a_keys))
+        visual_label = SET_SEPARATOR.join(map(str, v_keys))
+        raise PairingError(f"{audio_label} and {visual_label}: {exc}") from None
+    return (
+        FeatureInput.of_store(store, dataset, AUDIO, a_keys, frame_hz=rate),
+        FeatureInput.of_store(store, dataset, VISUAL, v_keys, frame_hz=rate),
+    )
 
 
 def select_pairs(
     store: FeatureStore,
     selection: Selection | str,
-    audio: FeatureKey | str,
-    visual: FeatureKey | str,
+    audio: FeatureKey | str | FeatureInput,
+    visual: FeatureKey | str | FeatureInput,
     *,
     evaluation: bool = False,
     real_only: bool = False,
@@ -121,21 +137,23 @@ def select_pairs(
     unless ``allow_missing``, which keeps the videos that have both. Manifest
     order and attrs are kept.
     """
-    selection = Selection.parse(selection)
-    audio, visual = FeatureKey.parse(audio), FeatureKey.parse(visual)
-    kwargs = {"evaluation": evaluation, "real_only": real_only, "allow_missing": allow_missing}
-    rows = select(store, selection, audio, **kwargs)
-    visual_ids = set(select(store, selection, visual, **kwargs)["video_id"])
-    both = rows["video_id"].isin(visual_ids).to_numpy()
-    if not both.any():
-        raise SelectionError(f"no video of {selection} has both {audio} and {visual} features")
-    attrs = dict(rows.attrs)
-    out = rows[both].reset_index(drop=True)
-    out.attrs = attrs
-    return out
+    keys = [*_keys(audio), *_keys(visual)]
+    return select_videos(
+        store,
+        selection,
+        list(dict.fromkeys(keys)),
+        evaluation=evaluation,
+        real_only=real_only,
+        allow_missing=allow_missing,
+    )
 
 
-def _silences(rows: pd.DataFrame) -> np.ndarray:
+def _keys(side: FeatureKey | str | FeatureInput) -> tuple[FeatureKey, ...]:
+    return side.keys if isinstance(side, FeatureInput) else parse_feature_set(side)
+
+
+def silences(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's leading silence in seconds (manifest column ``leading_silence_s``), checked."""
     if SILENCE_COLUMN not in rows.columns:
         raise PairingError(
             f"trim_silence needs each video's leading silence in a manifest column "
@@ -153,47 +171,72 @@ def _silences(rows: pd.DataFrame) -> np.ndarray:
     return values
 
 
+def pair_rows(
+    audio: FeatureInput,
+    visual: FeatureInput,
+    rows: Mapping[FeatureKey, np.ndarray],
+    *,
+    leading_silence_s: float | None = None,
+    video_id: str = "video",
+) -> tuple[Reconciled, int]:
+    """One video's audio and visual rows on one timebase, and the leading rows dropped.
+
+    Each side is assembled at its input's rate (float32), ``leading_silence_s``
+    (when given) drops AVH-Align's silent rows from the start of both, and
+    both are trimmed to the shorter (``featstore.timebase.reconcile``).
+    """
+    a = np.asarray(audio.assemble(rows), dtype=np.float32)  # [Ta, Da]
+    v = np.asarray(visual.assemble(rows), dtype=np.float32)  # [Tv, Dv]
+    skip = 0
+    if leading_silence_s is not None:
+        skip, _ = silence_trim_counts(float(leading_silence_s), frame_hz=audio.frame_hz)
+        a, v = a[skip:], v[skip:]
+    pair = reconcile(a, v)  # both [T, D*], T = min of the two
+    if pair.n_rows == 0:
+        raise PairingError(
+            f"{video_id}: no rows left to pair (audio {pair.n_audio_rows}, visual "
+            f"{pair.n_visual_rows} rows{f' after skipping {skip} silent rows' if skip else ''})"
+        )
+    return pair, skip
+
+
 def read_pairs(
     store: FeatureStore,
     dataset: str,
     rows: pd.DataFrame,
-    audio: FeatureKey | str,
-    visual: FeatureKey | str,
+    audio: FeatureKey | str | FeatureInput,
+    visual: FeatureKey | str | FeatureInput,
     *,
     trim_silence: bool = False,
     frame_hz: float | None = None,
 ) -> Iterator[PairedVideo]:
-    """Yield the ``PairedVideo`` of each manifest row, in order, reading one video at a time."""
-    audio, visual = FeatureKey.parse(audio), FeatureKey.parse(visual)
-    audio_hz, visual_hz, common_hz = pair_rates(store, dataset, audio, visual, frame_hz=frame_hz)
-    silences = _silences(rows) if trim_silence else None
+    """Yield the ``PairedVideo`` of each manifest row, in order, reading one video at a time.
+
+    ``audio`` / ``visual`` are feature keys or sets (read at a common rate,
+    ``frame_hz`` when given) or ready ``FeatureInput`` objects.
+    """
+    if not isinstance(audio, FeatureInput) or not isinstance(visual, FeatureInput):
+        audio, visual = pair_inputs(store, dataset, _keys(audio), _keys(visual), frame_hz=frame_hz)
+    keys = list(dict.fromkeys([*audio.keys, *visual.keys]))
+    silence = silences(rows) if trim_silence else None
     segments = rows["fake_segments"] if "fake_segments" in rows.columns else None
     for i, (video_id, label) in enumerate(
         zip(rows["video_id"].astype(str), rows["label"].to_numpy(), strict=True)
     ):
-        a = store.video(dataset, audio.encoder, video_id, audio.layer).astype(np.float32)
-        v = store.video(dataset, visual.encoder, video_id, visual.layer).astype(np.float32)
-        if audio_hz != common_hz:
-            a = resample_rows(a, src_hz=audio_hz, dst_hz=common_hz)  # [T'a, Da]
-        if visual_hz != common_hz:
-            v = resample_rows(v, src_hz=visual_hz, dst_hz=common_hz)  # [T'v, Dv]
-        skip = 0
-        if silences is not None:
-            skip, _ = silence_trim_counts(float(silences[i]), frame_hz=common_hz)
-            a, v = a[skip:], v[skip:]
-        pair = reconcile(a, v)  # both [T, D*], T = min of the two
-        if pair.n_rows == 0:
-            raise PairingError(
-                f"{video_id}: no rows left to pair (audio {pair.n_audio_rows}, visual "
-                f"{pair.n_visual_rows} rows{f' after skipping {skip} silent rows' if skip else ''})"
-            )
+        pair, skip = pair_rows(
+            audio,
+            visual,
+            read_video(store, dataset, video_id, keys),
+            leading_silence_s=None if silence is None else float(silence[i]),
+            video_id=video_id,
+        )
         yield PairedVideo(
             video_id=video_id,
             label=int(label),
             audio=np.ascontiguousarray(pair.audio),
             visual=np.ascontiguousarray(pair.visual),
             fake_segments=tuple(parse_segments(segments.iat[i])) if segments is not None else (),
-            frame_hz=common_hz,
+            frame_hz=audio.frame_hz,
             n_audio=pair.n_audio_rows,
             n_visual=pair.n_visual_rows,
             silence_skip_rows=skip,
@@ -217,7 +260,6 @@ def iter_pairs(
     Selection errors and rate mismatches are raised before the first video is read.
     """
     selection = Selection.parse(selection)
-    audio, visual = FeatureKey.parse(audio), FeatureKey.parse(visual)
     rows = select_pairs(
         store,
         selection,
@@ -227,17 +269,11 @@ def iter_pairs(
         real_only=real_only,
         allow_missing=allow_missing,
     )
-    pair_rates(store, selection.dataset, audio, visual, frame_hz=frame_hz)
+    audio_in, visual_in = pair_inputs(store, selection.dataset, audio, visual, frame_hz=frame_hz)
     if trim_silence:
-        _silences(rows)
+        silences(rows)
     return read_pairs(
-        store,
-        selection.dataset,
-        rows,
-        audio,
-        visual,
-        trim_silence=trim_silence,
-        frame_hz=frame_hz,
+        store, selection.dataset, rows, audio_in, visual_in, trim_silence=trim_silence
     )
 
 

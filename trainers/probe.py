@@ -45,6 +45,7 @@ from trainers.sources import (
     prefetch_batches,
     row_norms,
 )
+from trainers.training import EarlyStopping, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,14 @@ class ProbeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> ProbeConfig:
+        """The config recorded in a run (unknown keys are an error, missing ones take defaults)."""
+        unknown = set(doc) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ProbeError(f"unknown probe hyperparameters {sorted(unknown)}")
+        return cls(**doc)
 
 
 @dataclass(frozen=True)
@@ -335,13 +344,6 @@ def _check_source(source: VideoSource, what: str) -> None:
         raise ProbeError(f"the {what} source needs one 0/1 label per video")
 
 
-def _device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ProbeError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
 def _init_params(dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.nn.Linear(dim, 1)``'s default init: w and b ~ U(-1/sqrt(dim), 1/sqrt(dim))."""
     gen = torch.Generator().manual_seed(seed)
@@ -382,7 +384,7 @@ def fit_probe(
             raise ProbeError(
                 f"validation features are {val.dim}-wide, training features {train.dim}-wide"
             )
-    device = _device(config.device)
+    device = resolve_device(config.device, error=ProbeError)
     bsz = config.batch_videos or auto_batch_videos(len(train))
 
     train_cached = int(train.nbytes) <= config.cache_bytes
@@ -412,8 +414,7 @@ def fit_probe(
     val_labels = None if val is None else np.asarray(val.labels)
 
     history: list[EpochStats] = []
-    best = (math.inf, 0, w.detach().clone(), b.detach().clone())
-    bad_epochs, stopped = 0, False
+    stop = EarlyStopping(config.patience, snapshot=lambda: (w.detach().clone(), b.detach().clone()))
     for epoch in range(1, config.max_epochs + 1):
         start = time.perf_counter()
         total = torch.zeros((), dtype=torch.float64, device=device)
@@ -445,21 +446,13 @@ def fit_probe(
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
-        if val_loss is None:
-            best = (train_loss, epoch, w.detach().clone(), b.detach().clone())
-            continue
-        if val_loss < best[0]:
-            best, bad_epochs = (val_loss, epoch, w.detach().clone(), b.detach().clone()), 0
-        else:
-            bad_epochs += 1
-            if bad_epochs >= config.patience:
-                stopped = True
-                break
-    _, best_epoch, w_best, b_best = best
+        if stop.update(epoch, val_loss):
+            break
+    w_best, b_best = stop.best
     params = ProbeParams(
         w=w_best.cpu().numpy(), b=float(b_best.cpu()[0]), l2_normalize=config.l2_normalize
     )
-    return FitResult(params, history, best_epoch, stopped, bsz, lr)
+    return FitResult(params, history, stop.best_epoch, stop.stopped, bsz, lr)
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -3,7 +3,8 @@
 ```
 <run>/
   model.safetensors            tensors of the model (safetensors.numpy; never pickle)
-  config.json                  kind, features, datasets + split hashes, hyperparameters,
+  config.json                  format, kind, the kind's typed config (features, hyperparameters),
+                               learnt values, training record, datasets + split hashes,
                                package version, created time -- written LAST
   history.csv                  one row per epoch (when the kind trains by epochs)
   metrics.json                 {"<dataset>:<split>": {...}} for every evaluated selection
@@ -14,11 +15,14 @@
 ```
 
 A directory without ``config.json`` is an incomplete run (a crash or a run
-still training): ``load_run`` refuses it. Scores follow one convention for
-every kind: a video score ``s`` is a logit, ``P(fake) = sigmoid(2 s)``.
-
-Scorers are registered by kind (``register_scorer``), so evaluation, fusion,
-the grid and the API score any run the same way.
+still training): ``load_run`` refuses it. ``config.json`` carries
+``"format": FORMAT``; configs without it were written before formats were
+numbered (format 1) and are read through their kind's upgrade
+(``trainers.kinds``). What a run's config means, and how a run scores, is
+its kind's business: ``trainers.kinds.load(path)`` gives the detector.
+Scores follow one convention for every kind: a video score ``s`` is a logit,
+``P(fake) = sigmoid(2 s)`` (a calibrated probability only for the kinds that
+say so).
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
-import importlib
 import json
 import math
 import os
@@ -45,34 +48,29 @@ from featstore.errors import FeatstoreError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from featstore.store import FeatureStore
-    from trainers.data import FeatureKey, Selection
-
 CONFIG = "config.json"
 MODEL = "model.safetensors"
 METRICS = "metrics.json"
 HISTORY = "history.csv"
 PREDICTIONS = "predictions"
 MEMBERS = "members"
+FORMAT = 2
+"""The run config format this version writes (1: configs without a ``format`` key)."""
 
 __all__ = [
     "CONFIG",
+    "FORMAT",
     "MODEL",
     "IncompleteRunError",
     "Run",
     "RunError",
     "RunExistsError",
     "Scored",
-    "Scorer",
-    "check_compatible",
     "is_complete",
     "load_run",
     "parse_segments",
     "read_predictions",
-    "register_scorer",
     "save_run",
-    "score",
-    "scorer",
     "write_metrics",
     "write_predictions",
 ]
@@ -169,46 +167,6 @@ def parse_segments(value: Any) -> list[tuple[float, float]]:
     return [(float(s), float(e)) for s, e in value]
 
 
-# ------------------------------------------------------------------ scorers
-
-Scorer = Callable[..., Scored]
-"""``scorer(run, store, selection, *, allow_missing=False) -> Scored``."""
-
-_SCORERS: dict[str, Scorer | str] = {
-    "probe": "trainers.probe_run:score_run",
-    "fusion": "trainers.evaluate:score_fusion",
-    "ntp": "trainers.ntp_run:score_run",
-    "sync": "trainers.sync_run:score_run",
-    "syncfree": "trainers.syncfree:score_run",
-}
-
-
-def register_scorer(kind: str, fn: Scorer | str) -> None:
-    """Register how runs of ``kind`` are scored: a callable or ``"module:function"``."""
-    _SCORERS[kind] = fn
-
-
-def scorer(kind: str) -> Scorer:
-    """The scorer registered for ``kind``."""
-    entry = _SCORERS.get(kind)
-    if entry is None:
-        raise RunError(
-            f"no scorer for runs of kind {kind!r} (known: {', '.join(sorted(_SCORERS))})"
-        )
-    if isinstance(entry, str):
-        module, _, name = entry.partition(":")
-        entry = getattr(importlib.import_module(module), name)
-        _SCORERS[kind] = entry
-    return entry
-
-
-def score(
-    run: Run, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
-) -> Scored:
-    """Score ``selection`` with ``run``, whatever its kind."""
-    return scorer(run.kind)(run, store, selection, allow_missing=allow_missing)
-
-
 # ------------------------------------------------------------- read / write
 
 
@@ -244,7 +202,8 @@ def save_run(
 ) -> Run:
     """Write a run directory; ``config.json`` goes last, so a crash leaves an incomplete run.
 
-    ``config`` needs ``kind``; ``created`` and ``package_version`` are added.
+    ``config`` needs ``kind``; ``format`` (unless given), ``created`` and
+    ``package_version`` are added.
     ``files(path)`` may write extra artifacts (e.g. member copies) before the
     config. An existing complete run is replaced only with ``overwrite``.
     """
@@ -270,6 +229,7 @@ def save_run(
     if files is not None:
         files(path)
     full = {
+        "format": FORMAT,
         **config,
         "package_version": __version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -419,19 +379,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def check_compatible(run: Run, store: FeatureStore, dataset: str, feature: FeatureKey) -> None:
-    """A run can score ``dataset``'s ``feature`` rows: same width and frame rate as it was trained on."""
-    info = store.encoder_info(dataset, feature.encoder)
-    dim, hz = int(info.dim(feature.layer)), float(info.frame_hz)
-    if dim != int(run.config["dim"]):
-        raise RunError(
-            f"run {run.path} expects {run.config['dim']}-wide {feature} features; "
-            f"{dataset} stores {dim}-wide ones"
-        )
-    if abs(hz - float(run.config["frame_hz"])) > 1e-9:
-        raise RunError(
-            f"run {run.path} was trained on {feature} at {run.config['frame_hz']} Hz; "
-            f"{dataset} stores them at {hz} Hz"
-        )

@@ -46,6 +46,7 @@ from torch import nn
 
 from featstore.errors import FeatstoreError
 from featstore.timebase import reconcile
+from trainers.training import EarlyStopping, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,14 @@ class SyncConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "hidden": list(self.hidden)}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> SyncConfig:
+        """The config recorded in a run (unknown keys are an error, missing ones take defaults)."""
+        unknown = set(doc) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise SyncError(f"unknown sync hyperparameters {sorted(unknown)}")
+        return cls(**{**doc, **({"hidden": tuple(doc["hidden"])} if "hidden" in doc else {})})
 
 
 @dataclass(frozen=True)
@@ -373,13 +382,6 @@ def _epoch_rows(offsets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # ----------------------------------------------------------------------------- training
 
 
-def _device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SyncError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
 def _init_net(audio_dim: int, visual_dim: int, config: SyncConfig) -> SyncNet:
     """torch's default init drawn from ``seed``, leaving the global RNG as it was."""
     with torch.random.fork_rng(devices=[]):
@@ -405,7 +407,7 @@ def fit_sync(
     """
     train_videos = _reconciled(train, "training")
     da, dv = train_videos[0][0].shape[1], train_videos[0][1].shape[1]
-    device = _device(config.device)
+    device = resolve_device(config.device, error=SyncError)
     packed = _to(_pack(train_videos, config.tau), device)
     val_packed = None
     if val is not None:
@@ -425,8 +427,7 @@ def fit_sync(
     log.info("sync: %d videos, %d frames, %s", len(train_videos), packed.n_frames, device)
 
     history: list[EpochStats] = []
-    best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(net.state_dict())
-    bad_epochs, stopped = 0, False
+    stop = EarlyStopping(config.patience, snapshot=lambda: copy.deepcopy(net.state_dict()))
     for epoch in range(1, config.max_epochs + 1):
         start = time.perf_counter()
         lr = float(opt.param_groups[0]["lr"])
@@ -454,20 +455,10 @@ def fit_sync(
             on_epoch(stats)
         monitored = train_loss if val_loss is None else val_loss
         plateau.step(monitored)
-        if val_loss is None:
-            best_epoch = epoch
-            continue
-        if val_loss < best_loss:
-            best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
-            best_state = copy.deepcopy(net.state_dict())
-        else:
-            bad_epochs += 1
-            if bad_epochs >= config.patience:
-                stopped = True
-                break
-    if val_packed is not None:
-        net.load_state_dict(best_state)
-    return FitResult(net.cpu().eval(), history, best_epoch, stopped)
+        if stop.update(epoch, val_loss):
+            break
+    net.load_state_dict(stop.best)
+    return FitResult(net.cpu().eval(), history, stop.best_epoch, stop.stopped)
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -46,35 +46,24 @@ chosen shift ``delta*``; rows that shift leaves without a pair get 0 with
 ``"zero"`` padding and the lowest score at that shift ("least fake", as rows
 dropped as leading silence) with ``"exclude"``. Video scores are used as logits, ``P(fake) =
 sigmoid(2 s)`` (``trainers.runs``), which is a ranking, not a calibrated probability.
+
+This is the numeric core; the run kind (run directories, ``featstore
+syncscore``) is :mod:`trainers.kinds.syncfree`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from featstore.errors import FeatstoreError
-from trainers.data import FeatureKey, Selection
-from trainers.pairs import PairedVideo, read_pairs, select_pairs
-from trainers.runs import (
-    Run,
-    RunError,
-    Scored,
-    check_writable,
-    save_run,
-    write_metrics,
-    write_predictions,
-)
-
-if TYPE_CHECKING:
-    from featstore.store import FeatureStore
+from trainers.pairs import PairedVideo
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +73,6 @@ _PERCENTILES = {"p3": 3.0, "p97": 97.0}
 _EPS = 1e-12  # as torch.nn.functional.normalize: a zero row stays zero
 
 __all__ = [
-    "KIND",
     "PADDINGS",
     "POOLS",
     "PRESETS",
@@ -94,11 +82,8 @@ __all__ = [
     "VideoSync",
     "best_shift",
     "default_padding",
+    "pad_skipped",
     "pool_frames",
-    "run_syncscore",
-    "score_run",
-    "score_selection",
-    "scored_metrics",
     "shift_mask",
     "shifted_cosines",
     "sync_config",
@@ -390,7 +375,7 @@ def syncscore(
         labels.append(pair.label)
         scores.append(result.score)
         shifts.append(result.best_shift)
-        frames.append(_pad_skipped(result.frame_scores, pair.silence_skip_rows))
+        frames.append(pad_skipped(result.frame_scores, pair.silence_skip_rows))
         rates.add(float(pair.frame_hz))
     if not ids:
         raise SyncError("no paired videos to score")
@@ -407,7 +392,7 @@ def syncscore(
     )
 
 
-def _pad_skipped(frame_scores: np.ndarray, skip_rows: int) -> np.ndarray:
+def pad_skipped(frame_scores: np.ndarray, skip_rows: int) -> np.ndarray:
     """Frame scores on the video's own timebase after ``skip_rows`` leading rows were dropped.
 
     The dropped (silent) rows get the video's lowest score ("least fake"), so
@@ -419,164 +404,3 @@ def _pad_skipped(frame_scores: np.ndarray, skip_rows: int) -> np.ndarray:
     if not math.isfinite(fill):
         raise SyncError("frame scores are not finite")
     return np.concatenate([np.full(skip_rows, fill, dtype=frame_scores.dtype), frame_scores])
-
-
-# ------------------------------------------------------------------ shell
-
-KIND = "syncfree"
-
-
-def score_selection(
-    store: FeatureStore,
-    on: Selection | str,
-    audio: FeatureKey | str,
-    visual: FeatureKey | str,
-    *,
-    config: SyncConfig,
-    allow_missing: bool = False,
-    trim_silence: bool = False,
-    frame_hz: float | None = None,
-) -> tuple[Scored, SyncScores]:
-    """Score every video of ``on`` with both features (streamed, one video in memory at a time).
-
-    Returns the ``Scored`` (row-aligned with the selected manifest rows, as
-    every run kind's scorer does) and the raw ``SyncScores`` (best shifts).
-    """
-    sel = Selection.parse(on, default_split="test")
-    audio, visual = FeatureKey.parse(audio), FeatureKey.parse(visual)
-    rows = select_pairs(store, sel, audio, visual, allow_missing=allow_missing)
-    pairs = read_pairs(
-        store, sel.dataset, rows, audio, visual, trim_silence=trim_silence, frame_hz=frame_hz
-    )
-    result = syncscore(pairs, config=config)
-    scored = Scored(
-        selection=str(sel),
-        manifest=rows,
-        scores=result.scores,
-        probabilities=result.probabilities,
-        frame_scores=list(result.frame_scores),
-        frame_hz=result.frame_hz,
-    )
-    return scored, result
-
-
-def _run_config(run: Run) -> tuple[FeatureKey, FeatureKey, SyncConfig, dict[str, Any]]:
-    cfg = run.config
-    try:
-        audio, visual = FeatureKey.parse(cfg["audio"]), FeatureKey.parse(cfg["visual"])
-        # Runs written before the padding rule was recorded were computed with zeros.
-        padding = str(cfg.get("padding", "zero"))
-        config = SyncConfig(shift=int(cfg["shift"]), pool=str(cfg["pool"]), padding=padding)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RunError(f"{run.path}: not a valid {KIND} run config ({exc})") from None
-    options = {"trim_silence": bool(cfg.get("trim_silence")), "frame_hz": cfg.get("frame_hz")}
-    return audio, visual, config, options
-
-
-def score_run(
-    run: Run, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
-) -> Scored:
-    """The ``syncfree`` run kind's scorer (``trainers.runs.register_scorer``)."""
-    audio, visual, config, options = _run_config(run)
-    scored, _ = score_selection(
-        store, selection, audio, visual, config=config, allow_missing=allow_missing, **options
-    )
-    return scored
-
-
-def scored_metrics(
-    scored: Scored,
-    *,
-    ci: bool = False,
-    n_resamples: int = 1000,
-    threshold: float = 0.0,
-    all_fakes: bool = False,
-    segment_metrics: str = "official",
-) -> tuple[dict[str, Any], np.ndarray, list[list[list[float]]] | None]:
-    """``(metrics, evaluated mask, implied segments)`` exactly as ``featstore eval`` computes them."""
-    from trainers.evaluate import scored_metrics as evaluate_scored
-
-    return evaluate_scored(
-        scored,
-        kind=KIND,
-        ci=ci,
-        n_resamples=n_resamples,
-        threshold=threshold,
-        all_fakes=all_fakes,
-        segment_metrics=segment_metrics,
-    )
-
-
-def run_syncscore(
-    store: FeatureStore,
-    on: Selection | str,
-    audio: FeatureKey | str,
-    visual: FeatureKey | str,
-    *,
-    config: SyncConfig,
-    out: str | os.PathLike[str] | None = None,
-    ci: bool = False,
-    threshold: float = 0.0,
-    allow_missing: bool = False,
-    all_fakes: bool = False,
-    segment_metrics: str = "official",
-    trim_silence: bool = False,
-    frame_hz: float | None = None,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Score ``on`` training-free and compute eval's metrics (plus the best-shift histogram).
-
-    ``all_fakes`` counts every fake in AUC/AP and the temporal AUC instead of
-    the evaluation filter; ``segment_metrics`` picks AV-Deepfake1M's AP/AR
-    semantics (``"official"`` or ``"corrected"``).
-
-    With ``out`` the result is a run directory of kind ``syncfree``
-    (``config.json``, ``metrics.json``, ``predictions/NAME_SPLIT.*``) that can
-    be fused or correlated like any trained run.
-    """
-    sel = Selection.parse(on, default_split="test")
-    audio, visual = FeatureKey.parse(audio), FeatureKey.parse(visual)
-    if out is not None:
-        check_writable(out, overwrite=overwrite)
-    scored, result = score_selection(
-        store,
-        sel,
-        audio,
-        visual,
-        config=config,
-        allow_missing=allow_missing,
-        trim_silence=trim_silence,
-        frame_hz=frame_hz,
-    )
-    metrics, mask, segments = scored_metrics(
-        scored,
-        ci=ci,
-        threshold=threshold,
-        all_fakes=all_fakes,
-        segment_metrics=segment_metrics,
-    )
-    values, counts = np.unique(result.best_shifts, return_counts=True)
-    metrics["best_shift_counts"] = {
-        str(int(v)): int(c) for v, c in zip(values, counts, strict=True)
-    }
-    metrics["sync"] = config.to_dict()
-    if out is not None:
-        run = save_run(
-            out,
-            config={
-                "kind": KIND,
-                "store": store.url,
-                "audio": str(audio),
-                "visual": str(visual),
-                "shift": config.shift,
-                "pool": config.pool,
-                "padding": config.padding,
-                "trim_silence": trim_silence,
-                "frame_hz": frame_hz,
-            },
-            overwrite=overwrite,
-        )
-        write_metrics(run, str(sel), metrics)
-        write_predictions(run, scored, evaluated=mask, segments=segments, slug=sel.slug)
-        metrics["out"] = str(run.path)
-    return metrics

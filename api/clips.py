@@ -1,0 +1,127 @@
+"""An upload decoded once into the clip each encoder takes.
+
+The runs an upload is scored with may need several encoders (an audio and a
+visual one for a sync run, different ones for the members of a fusion).
+:func:`prepare_upload` decodes the file once, with the streams any of them
+needs, tracks faces once when any needs a mouth or face crop, and builds each
+encoder's :class:`~featstore.encoders.base.Clip` from that, exactly as the
+extraction worker's decode stage would (same decoder, same crops, same
+too-short check), so an upload's rows equal the stored rows of the same file.
+The leading silence (for silence-trimming runs) is measured on the same audio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from featstore import timebase
+from featstore.encoders.base import Clip, EncoderSpec
+
+__all__ = ["PreparedUpload", "prepare_upload"]
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedUpload:
+    """Each encoder's clip (by the caller's key), the length, and the leading silence."""
+
+    clips: Mapping[Hashable, Clip] = field(repr=False)
+    n_frames: int  # decoded video frames (or whole audio frames when no video was decoded)
+    leading_silence_s: float | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return float(timebase.frames_to_seconds(self.n_frames))
+
+
+def prepare_upload(
+    path: str,
+    encoders: Mapping[Hashable, tuple[EncoderSpec, Callable[[int], int]]],
+    *,
+    silence: bool = False,
+    max_duration_s: float | None = None,
+) -> PreparedUpload:
+    """Decode ``path`` once and build the clip of every encoder in ``encoders``.
+
+    ``encoders`` maps a key to the encoder's spec and its ``n_rows`` function.
+    ``silence`` measures the leading silence (decoding audio if no encoder
+    needs it). Raises the decode stage's typed errors (``MediaError``,
+    ``NoFaceError``, ``ClipTooShortError``) and ``MediaTooLongError`` past
+    ``max_duration_s``.
+    """
+    from featstore.decode_limits import DecodeLimits, memory_guard
+    from featstore.extract.decode import ClipTooShortError
+    from featstore.media import decode, leading_silence_s
+
+    specs = {k: spec for k, (spec, _) in encoders.items()}
+    need_video = any(s.needs_video for s in specs.values())
+    need_audio = silence or any(s.needs_audio for s in specs.values())
+    # decoding stops at the limit even when the header lies about the duration
+    limits = (
+        DecodeLimits() if max_duration_s is None else DecodeLimits(max_duration_s=max_duration_s)
+    )
+    media = decode(path, video=need_video, audio=need_audio, limits=limits)
+    audio_frames = (
+        None if media.audio is None else timebase.samples_to_frames(int(media.audio.shape[0]))
+    )
+    n_frames = int(media.frames.shape[0]) if media.frames is not None else int(audio_frames or 0)
+    if max_duration_s is not None:
+        _check_duration(n_frames, max_duration_s)
+    crop_kinds = {s.crop for s in specs.values() if s.needs_video}
+    with memory_guard(
+        path, "while cropping the frames" if crop_kinds - {"none"} else "after decoding"
+    ):
+        crops = _crops(media.frames, crop_kinds)
+    clips: dict[Hashable, Clip] = {}
+    for key, (spec, n_rows) in encoders.items():
+        clip = Clip(
+            video_id="upload",
+            frames=crops[spec.crop] if spec.needs_video else None,
+            audio=media.audio if spec.needs_audio else None,
+        )
+        usable = clip.duration_frames
+        if spec.needs_audio and audio_frames is not None:
+            usable = min(usable, audio_frames)
+        if usable < 1 or n_rows(usable) < 1:
+            raise ClipTooShortError(
+                f"the upload's {usable} frames ({timebase.frames_to_seconds(usable):.2f} s) give "
+                f"no rows for {spec.name} at {spec.frame_hz:g} Hz"
+            )
+        clips[key] = clip
+    silence_s = None
+    if silence and media.audio is not None:
+        silence_s = float(leading_silence_s(media.audio))
+    return PreparedUpload(clips=clips, n_frames=n_frames, leading_silence_s=silence_s)
+
+
+def _check_duration(n_frames: int, max_duration_s: float) -> None:
+    """Media whose container declared no duration are measured once decoded."""
+    from api.uploads import MediaTooLongError
+
+    seconds = float(timebase.frames_to_seconds(n_frames))
+    if seconds > max_duration_s + float(timebase.frames_to_seconds(1)):
+        raise MediaTooLongError(
+            f"media lasts {seconds:.1f} s, above the limit of {max_duration_s:g} s "
+            "(--max-duration-s)"
+        )
+
+
+def _crops(frames: np.ndarray | None, kinds: set[str]) -> dict[str, np.ndarray | None]:
+    """The frames each crop kind feeds (faces tracked once for mouth and face crops)."""
+    out: dict[str, np.ndarray | None] = {}
+    if frames is None:
+        return out
+    if "none" in kinds:
+        out["none"] = frames
+    if kinds & {"mouth", "face"}:
+        from featstore.crops import crop_face, crop_mouth
+        from featstore.landmarks import track_faces
+
+        tracks = track_faces(np.asarray(frames))
+        if "mouth" in kinds:
+            out["mouth"] = crop_mouth(frames, tracks)
+        if "face" in kinds:
+            out["face"] = crop_face(frames, tracks)
+    return out

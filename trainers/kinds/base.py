@@ -1,0 +1,331 @@
+"""The interface every run kind implements (DESIGN.md "Run kinds").
+
+A run kind is one module under ``trainers/kinds/`` holding:
+
+- a frozen, typed run config (``<Kind>RunConfig``): the features the detector
+  reads (:class:`~trainers.inputs.FeatureInput`, each possibly a feature set)
+  and every hyperparameter and option, serialised whole into ``config.json``;
+- ``train(store, ...) -> Run``: fit (or, for training-free kinds, just
+  describe) the detector and write its run directory;
+- a :class:`Detector` subclass, registered by its ``kind`` name: what
+  ``trainers.kinds.load(run_dir)`` returns. Callers use only this:
+  ``required_features`` (which stored features at which rate, in which
+  role), ``score_rows(rows) -> VideoScore`` (one video from its stored rows,
+  e.g. an upload's encoder output), ``score_selection(store, selection)``
+  (many stored videos at once, the fast path; equal to ``score_rows`` video
+  by video), ``frame_hz`` and ``calibrated``;
+- ``upgrade_v1(doc)``: how to read the kind's run configs written before the
+  config format had a version (format 1), or a :class:`RunFormatError` that
+  names the command to re-run.
+
+Scores follow one convention for every kind: the video score ``s`` is a
+logit, higher = more fake, the label threshold is 0 and ``sigmoid(2 s)`` is
+the kind's P(fake) when ``calibrated`` (the probe's loss makes it one; fused
+runs of calibrated members), else only a monotone map into [0, 1] that ranks
+videos (anomaly detectors and training-free scores). Per-frame scores are on
+the same scale, one per row at ``frame_hz`` from the start of the video.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from scipy.special import expit
+
+from trainers.data import Auto, FeatureKey, Selection, SelectionError, default_val
+from trainers.inputs import (
+    FeatureInput,
+    InputError,
+    StoredFeature,
+    parse_feature_set,
+    read_video,
+    select_videos,
+    unique_features,
+)
+from trainers.runs import Run, RunError, Scored
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from featstore.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Detector",
+    "RunFormatError",
+    "VideoScore",
+    "feature_input",
+    "probability",
+    "store_location",
+    "strict_fields",
+    "training_selections",
+]
+
+
+class RunFormatError(RunError):
+    """A run directory's config is of a format this version cannot read."""
+
+
+@dataclass(frozen=True)
+class VideoScore:
+    """One video's verdict: the video logit and per-frame logits ``[T]`` (None: the kind has none)."""
+
+    score: float
+    frame_scores: np.ndarray | None = field(default=None, repr=False)
+
+
+def probability(score: float | np.ndarray) -> float | np.ndarray:
+    """``sigmoid(2 s)``: P(fake) of a calibrated kind, a rank score in [0, 1] of the others."""
+    p = expit(2.0 * np.asarray(score, dtype=np.float64))
+    return float(p) if np.ndim(p) == 0 else p
+
+
+def strict_fields(cls: type, doc: Mapping[str, Any], where: str) -> None:
+    """Unknown keys in a recorded config are an error (a typo must not become a default)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(doc) - names
+    if unknown:
+        raise RunError(f"unknown keys {sorted(unknown)} in {where}")
+
+
+class Detector(ABC):
+    """A loaded detector of some run kind, scoring videos from stored (or freshly encoded) rows.
+
+    Subclasses set ``kind``, ``config_type``, ``calibrated`` and implement
+    ``from_run``, ``inputs`` and ``score_rows``; they override
+    ``score_selection`` when a batched path is faster.
+    """
+
+    kind: ClassVar[str]
+    config_type: ClassVar[type]
+    calibrated: ClassVar[bool] = False
+    rerun: ClassVar[str] = ""  # the command that writes a run of this kind (for error messages)
+    threshold: float = 0.0  # the label threshold on scores: every kind's logit is 0 at its own
+
+    def __init__(self, config: Any, *, run: Run | None = None, device: str = "cpu") -> None:
+        self.config = config
+        self.run = run
+        self.device = device
+
+    # ------------------------------------------------------------ loading
+
+    @classmethod
+    @abstractmethod
+    def from_run(cls, run: Run, doc: Mapping[str, Any], *, device: str = "cpu") -> Detector:
+        """The detector of a run directory whose config (current format) is ``doc``."""
+
+    @staticmethod
+    def upgrade_v1(doc: Mapping[str, Any]) -> dict[str, Any]:
+        """A format-1 config (no ``format`` key) in the current format."""
+        raise RunFormatError("this kind has no format-1 runs")
+
+    # ------------------------------------------------------------ what it reads
+
+    @property
+    @abstractmethod
+    def inputs(self) -> tuple[FeatureInput, ...]:
+        """The detector's inputs, in the order its maths reads them."""
+
+    @property
+    def required_features(self) -> tuple[FeatureInput, ...]:
+        """Every input: role, feature set (encoder, layer, rate of each stored feature), rate."""
+        return self.inputs
+
+    @property
+    def features(self) -> tuple[StoredFeature, ...]:
+        """Every stored feature the detector reads, once each."""
+        return unique_features(self.inputs)
+
+    @property
+    def frame_hz(self) -> float:
+        """The rate of the per-frame scores (the rate the inputs are read at)."""
+        return self.inputs[0].frame_hz
+
+    @property
+    def needs_silence(self) -> bool:
+        """Whether ``score_rows`` needs the video's leading silence (silence-trimming runs)."""
+        return False
+
+    @property
+    def name(self) -> str:
+        return self.run.name if self.run is not None else self.kind
+
+    def where(self) -> str:
+        return f"run {self.run.path}" if self.run is not None else f"the {self.kind} detector"
+
+    # ------------------------------------------------------------ scoring
+
+    @abstractmethod
+    def score_rows(
+        self, rows: Mapping[FeatureKey, np.ndarray], *, leading_silence_s: float | None = None
+    ) -> VideoScore:
+        """One video's score from its rows ``{key: [T_k, D_k]}`` of every required feature.
+
+        Rows are as a store holds them (the encoder's rate and width, the
+        stored dtype); the detector assembles its inputs itself.
+        """
+
+    def check_store(self, store: FeatureStore, dataset: str) -> None:
+        """``dataset`` holds the features this detector reads as it was trained on them."""
+        for inp in self.inputs:
+            try:
+                inp.check_store(store, dataset)
+            except InputError as exc:
+                raise RunError(f"{self.where()} cannot score {dataset}: {exc}") from None
+
+    def select(
+        self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
+    ) -> tuple[Selection, pd.DataFrame]:
+        """The selection (bare name = its test split) and its rows with every feature."""
+        sel = Selection.parse(selection, default_split="test")
+        rows = select_videos(
+            store, sel, [f.key for f in self.features], allow_missing=allow_missing
+        )
+        self.check_store(store, sel.dataset)
+        return sel, rows
+
+    def score_selection(
+        self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
+    ) -> Scored:
+        """Scores of every video of ``selection`` (no evaluation filter; reals and fakes alike).
+
+        This default reads one video at a time and calls ``score_rows``;
+        kinds override it with batched paths that give the same numbers.
+        """
+        sel, rows = self.select(store, selection, allow_missing=allow_missing)
+        silences = silence_column(rows) if self.needs_silence else None
+        keys = [f.key for f in self.features]
+        scores = np.empty(len(rows), dtype=np.float64)  # [N]
+        frames: list[np.ndarray] = []
+        has_frames = True
+        for i, video_id in enumerate(rows["video_id"].astype(str)):
+            result = self.score_rows(
+                read_video(store, sel.dataset, video_id, keys),
+                leading_silence_s=None if silences is None else float(silences[i]),
+            )
+            scores[i] = result.score
+            if result.frame_scores is None:
+                has_frames = False
+            else:
+                frames.append(np.asarray(result.frame_scores, dtype=np.float32))
+        return self.scored(sel, rows, scores, frames if has_frames else None)
+
+    def scored(
+        self,
+        selection: Selection,
+        rows: pd.DataFrame,
+        scores: np.ndarray,
+        frames: list[np.ndarray] | None,
+    ) -> Scored:
+        """A :class:`Scored` of these rows in the shared convention."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if not np.all(np.isfinite(scores)):
+            bad = rows["video_id"].to_numpy()[~np.isfinite(scores)][0]
+            raise RunError(f"{self.where()} gave a non-finite score for {bad!r}")
+        return Scored(
+            selection=str(selection),
+            manifest=rows,
+            scores=scores,
+            probabilities=np.asarray(probability(scores), dtype=np.float64),
+            frame_scores=frames,
+            frame_hz=self.frame_hz if frames is not None else None,
+        )
+
+
+def silence_column(rows: pd.DataFrame) -> np.ndarray:
+    """The manifest's ``leading_silence_s`` of every row, checked (``trainers.pairs``)."""
+    from trainers.pairs import silences
+
+    return silences(rows)
+
+
+def finite(value: float, what: str) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise RunError(f"{what} is not a finite number: {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------ what train() shares
+
+
+def training_selections(
+    store: FeatureStore, train: Selection | str, val: Selection | str | Auto | None
+) -> tuple[Selection, Selection | None]:
+    """``train`` (bare name = its train split) and ``val`` (``AUTO``: the training
+    dataset's val split when it has one; ``None``: no validation)."""
+    train_sel = Selection.parse(train, default_split="train")
+    if isinstance(val, Auto):
+        val_sel = default_val(store, train_sel)
+    else:
+        val_sel = None if val is None else Selection.parse(val, default_split="val")
+    if val_sel == train_sel:
+        raise SelectionError(f"validation selection {val_sel} is the training selection")
+    return train_sel, val_sel
+
+
+def store_location(store: FeatureStore) -> str:
+    """What a run records as its store: the URL, or the absolute path of a local store."""
+    return store.url if "://" in store.url else os.path.abspath(store.url)
+
+
+def feature_input(
+    store: FeatureStore,
+    dataset: str,
+    role: str,
+    features: str | FeatureKey | Sequence[str | FeatureKey],
+    *,
+    frame_hz: float | None = None,
+) -> FeatureInput:
+    """A detector input from a user's feature set, resolved against ``dataset``."""
+    return FeatureInput.of_store(
+        store, dataset, role, parse_feature_set(features), frame_hz=frame_hz
+    )
+
+
+def upgraded(
+    doc: Mapping[str, Any],
+    *,
+    config: Mapping[str, Any],
+    fit: Mapping[str, Any] | None = None,
+    learnt: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A format-1 config rebuilt in the current layout (what every kind's ``upgrade_v1`` ends with)."""
+    from trainers.runs import FORMAT
+
+    out: dict[str, Any] = {"format": FORMAT, "kind": doc["kind"], "config": dict(config)}
+    if learnt is not None:
+        out["learnt"] = dict(learnt)
+    if fit is not None:
+        out["fit"] = dict(fit)
+    for key in ("store", "train", "val", "package_version", "created"):
+        if key in doc:
+            out[key] = doc[key]
+    out["upgraded_from"] = 1
+    return out
+
+
+def v1_feature(doc: Mapping[str, Any], *, encoder: str, layer: Any, dim: Any) -> StoredFeature:
+    """A stored feature of a format-1 probe / ntp / sync config (which did not record the dtype)."""
+    info = doc.get("encoder_info") or doc
+    return StoredFeature(
+        encoder=encoder,
+        layer=layer,
+        frame_hz=float(doc["frame_hz"]),
+        dim=int(dim),
+        dtype=None,
+        checkpoint=info.get("checkpoint"),
+        checkpoint_sha256=info.get("checkpoint_sha256"),
+        random_init=bool(info.get("random_init", False)),
+        preprocessing_version=info.get("preprocessing_version"),
+    )

@@ -1,0 +1,217 @@
+"""Run kind ``probe``: the paper's linear probe (Eq. 1) on one feature set.
+
+The numeric core is :mod:`trainers.probe`; this module reads the store,
+fits, writes the run and scores. A probe reads one input (role ``features``):
+a stored layer, or a feature set of several concatenated per frame
+(``wav2vec2:last+clip:last``). Its video logit is ``s = logsumexp_t z_t``
+and, as its loss is cross-entropy over ``[-s, s]``, ``sigmoid(2 s)`` is its
+P(fake) (``calibrated``).
+
+>>> run = train(store, features="wav2vec2:last", train="av1m:train", out="runs/w2v")  # doctest: +SKIP
+>>> load(run).score_selection(store, "av1m:test").scores.shape  # doctest: +SKIP
+(10000,)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, selection_summary
+from trainers.inputs import FEATURES, FeatureInput, InputSource, select_videos
+from trainers.kinds import register
+from trainers.kinds.base import (
+    Detector,
+    VideoScore,
+    feature_input,
+    store_location,
+    strict_fields,
+    training_selections,
+    upgraded,
+    v1_feature,
+)
+from trainers.runs import Run, RunError, Scored, check_writable, save_run
+
+if TYPE_CHECKING:
+    from featstore.store import FeatureStore
+    from trainers.probe import EpochStats, ProbeConfig, ProbeParams
+
+log = logging.getLogger(__name__)
+
+KIND = "probe"
+
+__all__ = ["KIND", "ProbeDetector", "ProbeRunConfig", "train"]
+
+
+@dataclass(frozen=True)
+class ProbeRunConfig:
+    """What a probe run is: the features it reads and its hyperparameters."""
+
+    features: FeatureInput
+    hyperparameters: ProbeConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": self.features.to_dict(),
+            "hyperparameters": self.hyperparameters.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ProbeRunConfig:
+        from trainers.probe import ProbeConfig
+
+        strict_fields(cls, doc, "a probe run config")
+        return cls(
+            features=FeatureInput.from_dict(doc["features"]),
+            hyperparameters=ProbeConfig.from_dict(dict(doc["hyperparameters"])),
+        )
+
+
+@register
+class ProbeDetector(Detector):
+    """A trained probe: per-frame logits ``w . phi_t + b``, video logit ``logsumexp_t``."""
+
+    kind = KIND
+    config_type = ProbeRunConfig
+    calibrated = True
+    rerun = "`featstore train probe --store URL --encoder FEATURES --train NAME:SPLIT`"
+    config: ProbeRunConfig
+
+    def __init__(
+        self,
+        config: ProbeRunConfig,
+        params: ProbeParams,
+        *,
+        run: Run | None = None,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__(config, run=run, device=device)
+        if params.dim != config.features.dim:
+            raise RunError(
+                f"{self.where()}: the probe is {params.dim}-wide but its features "
+                f"{config.features.label} are {config.features.dim}-wide"
+            )
+        self.params = params
+
+    @classmethod
+    def from_run(cls, run: Run, doc: Mapping[str, Any], *, device: str = "cpu") -> ProbeDetector:
+        from trainers.probe import ProbeParams
+
+        config = ProbeRunConfig.from_dict(doc["config"])
+        return cls(config, ProbeParams.from_state(run.tensors()), run=run, device=device)
+
+    @staticmethod
+    def upgrade_v1(doc: Mapping[str, Any]) -> dict[str, Any]:
+        """Format 1: ``encoder``, ``layer``, ``frame_hz``, ``dim``, ``encoder_info`` at the top."""
+        feature = v1_feature(doc, encoder=doc["encoder"], layer=doc["layer"], dim=doc["dim"])
+        config = {
+            "features": FeatureInput(FEATURES, (feature,), feature.frame_hz).to_dict(),
+            "hyperparameters": dict(doc["hyperparameters"]),
+        }
+        fit = {k: doc[k] for k in ("best_epoch", "epochs", "stopped_early") if k in doc}
+        return upgraded(doc, config=config, fit=fit)
+
+    @property
+    def inputs(self) -> tuple[FeatureInput, ...]:
+        return (self.config.features,)
+
+    def score_rows(
+        self, rows: Mapping[FeatureKey, np.ndarray], *, leading_silence_s: float | None = None
+    ) -> VideoScore:
+        import torch
+
+        from trainers.probe import frame_logits
+
+        x = self.config.features.assemble(rows)  # [T, D]
+        frames = np.asarray(frame_logits(self.params, x), dtype=np.float32)  # [T]
+        return VideoScore(float(torch.logsumexp(torch.from_numpy(frames), dim=0)), frames)
+
+    def score_selection(
+        self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
+    ) -> Scored:
+        """Batched: videos concatenated without padding (``trainers.probe.score_source``)."""
+        from trainers.probe import score_source
+
+        sel, rows = self.select(store, selection, allow_missing=allow_missing)
+        source = InputSource(store, sel.dataset, self.config.features, rows)
+        scores, frames = score_source(self.params, source, batch_videos=64)
+        return self.scored(sel, rows, scores, [np.asarray(f, dtype=np.float32) for f in frames])
+
+
+def train(
+    store: FeatureStore,
+    *,
+    features: str | FeatureKey | Sequence[str | FeatureKey],
+    train: Selection | str,
+    out: str | os.PathLike[str],
+    val: Selection | str | Auto | None = AUTO,
+    config: ProbeConfig | None = None,
+    frame_hz: float | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    overwrite: bool = False,
+    allow_missing: bool = False,
+) -> Run:
+    """Fit a linear probe on stored features and write its run directory at ``out``.
+
+    ``features`` is ``ENCODER[:LAYER]`` or a feature set (``A+B``, or a list);
+    members at different rates need ``frame_hz``. ``train`` / ``val`` are
+    ``NAME[@VIEW][:SPLIT]`` selections (a bare name means the ``train`` / ``val``
+    split); ``val=AUTO`` uses the training dataset's ``val`` split when it
+    has one, ``val=None`` trains without validation (no early stopping). An
+    existing complete run at ``out`` is an error unless ``overwrite``.
+    """
+    from trainers.probe import ProbeConfig, fit_probe
+
+    hyper = config or ProbeConfig()
+    train_sel, val_sel = training_selections(store, train, val)
+    check_writable(out, overwrite=overwrite)  # fail before a long fit
+    inp = feature_input(store, train_sel.dataset, FEATURES, features, frame_hz=frame_hz)
+    train_rows = select_videos(store, train_sel, inp.keys, allow_missing=allow_missing)
+    if train_rows["label"].nunique() < 2:
+        raise SelectionError(f"{train_sel} needs both real and fake videos to train a probe")
+    train_src = InputSource(store, train_sel.dataset, inp, train_rows)
+    val_rows = val_src = None
+    if val_sel is not None:
+        inp.check_store(store, val_sel.dataset)
+        val_rows = select_videos(store, val_sel, inp.keys, allow_missing=allow_missing)
+        val_src = InputSource(store, val_sel.dataset, inp, val_rows)
+    log.info(
+        "training a probe on %s %s (%d videos, %.1f MB)",
+        train_sel,
+        inp.label,
+        len(train_src),
+        train_src.nbytes / 2**20,
+    )
+    result = fit_probe(train_src, val_src, hyper, on_epoch=on_epoch)
+    doc = {
+        "kind": KIND,
+        "config": ProbeRunConfig(inp, hyper).to_dict(),
+        "fit": {
+            "best_epoch": int(result.best_epoch),
+            "epochs": len(result.history),
+            "stopped_early": bool(result.stopped_early),
+            "batch_videos": int(result.batch_videos),
+            "lr": float(result.lr),
+        },
+        "store": store_location(store),
+        "train": selection_summary(train_sel, train_rows),
+        "val": None if val_rows is None else selection_summary(val_sel, val_rows),
+    }
+    history = [
+        {
+            "epoch": h.epoch,
+            "train_loss": h.train_loss,
+            "val_loss": h.val_loss,
+            "val_auc": h.val_auc,
+            "seconds": h.seconds,
+        }
+        for h in result.history
+    ]
+    return save_run(
+        out, config=doc, tensors=result.params.to_state(), history=history, overwrite=True
+    )

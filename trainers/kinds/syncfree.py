@@ -1,0 +1,329 @@
+"""Run kind ``syncfree``: the training-free synchronisation score (paper Eq. 3).
+
+The numeric core is :mod:`trainers.syncfree`:
+``s = min over delta in [-D, D] of pool_t(-cos(a_t, v_{t+delta}))``, higher
+= more fake, frame scores ``-cos(a_t, v_{t+delta*})``. Nothing is fitted: a
+run records what it reads (an ``audio`` and a ``visual`` input, each a stored
+layer or a feature set, both at one rate, recorded with the rates of their
+features, so that uploads and stored videos are read alike) and the shift
+window and pool. ``featstore syncscore`` scores a selection with it and, with
+``--out``, writes the run (:func:`run_syncscore`). ``sigmoid(2 s)`` ranks
+videos; it is not calibrated.
+
+>>> metrics = run_syncscore(store, "av1m:test", "avhubert-a", "avhubert-v",
+...                         config=PRESETS["speechforensics"], out="runs/sf")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainers.data import FeatureKey, Selection
+from trainers.inputs import AUDIO, VISUAL, FeatureInput, StoredFeature, read_video
+from trainers.kinds import register
+from trainers.kinds.base import (
+    Detector,
+    RunFormatError,
+    VideoScore,
+    silence_column,
+    store_location,
+    strict_fields,
+    upgraded,
+)
+from trainers.pairs import PairingError, pair_inputs, pair_rows
+from trainers.runs import Run, RunError, Scored, check_writable, save_run
+from trainers.syncfree import SyncConfig, SyncError, VideoSync, pad_skipped, sync_video
+
+if TYPE_CHECKING:
+    from featstore.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+KIND = "syncfree"
+
+__all__ = ["KIND", "SyncFreeDetector", "SyncFreeRunConfig", "run_syncscore", "train"]
+
+
+@dataclass(frozen=True)
+class SyncFreeRunConfig:
+    """What a syncfree run is: its two inputs (one rate), Eq. 3's settings, silence trimming."""
+
+    audio: FeatureInput
+    visual: FeatureInput
+    sync: SyncConfig
+    trim_silence: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.audio.role, self.visual.role) != (AUDIO, VISUAL):
+            raise RunError(f"a syncfree run reads an audio and a visual input, got "
+                           f"{self.audio.role} and {self.visual.role}")  # fmt: skip
+        if not math.isclose(self.audio.frame_hz, self.visual.frame_hz, rel_tol=1e-9):
+            raise RunError(
+                f"audio ({self.audio.frame_hz:g} Hz) and visual ({self.visual.frame_hz:g} Hz) "
+                "inputs must be read at one rate"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "audio": self.audio.to_dict(),
+            "visual": self.visual.to_dict(),
+            "sync": self.sync.to_dict(),
+            "trim_silence": self.trim_silence,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> SyncFreeRunConfig:
+        strict_fields(cls, doc, "a syncfree run config")
+        sync = dict(doc["sync"])
+        if not {"shift", "pool"} <= set(sync) <= {"shift", "pool", "padding"}:
+            raise RunError(
+                f"a syncfree run's sync settings are shift, pool and padding, got {sorted(sync)}"
+            )
+        return cls(
+            audio=FeatureInput.from_dict(doc["audio"]),
+            visual=FeatureInput.from_dict(doc["visual"]),
+            # computed with zero padding before the rule was recorded
+            sync=SyncConfig(
+                shift=int(sync["shift"]),
+                pool=str(sync["pool"]),
+                padding=str(sync.get("padding", "zero")),
+            ),
+            trim_silence=bool(doc.get("trim_silence", False)),
+        )
+
+
+def _v1_side(doc: Mapping[str, Any], role: str) -> StoredFeature:
+    """A format-1 syncfree feature (``"ENCODER:LAYER"``, no rate or width recorded).
+
+    Its rate is the encoder's declared rate (the registry's), which the store
+    holds it at; features stored under another name cannot be upgraded.
+    """
+    from featstore.encoders import UnknownEncoderNameError, get_spec
+
+    key = FeatureKey.parse(doc[role])
+    try:
+        rate = float(get_spec(key.encoder).frame_hz)
+    except UnknownEncoderNameError:
+        raise RunFormatError(
+            f"it is a syncfree run of featstore {doc.get('package_version', '0.1')} that did not "
+            f"record the rate of its {role} features {key}, and {key.encoder!r} is not a "
+            f"registered encoder to take it from; re-run {SyncFreeDetector.rerun} --out PATH "
+            "--overwrite to record it"
+        ) from None
+    return StoredFeature(encoder=key.encoder, layer=key.layer, frame_hz=rate, dim=None, dtype=None)
+
+
+@register
+class SyncFreeDetector(Detector):
+    """Eq. 3 on one video's paired audio and visual rows."""
+
+    kind = KIND
+    config_type = SyncFreeRunConfig
+    calibrated = False
+    rerun = (
+        "`featstore syncscore --store URL --audio FEATURES --visual FEATURES --on NAME:SPLIT "
+        "(--preset P | --shift D --pool POOL)`"
+    )
+    config: SyncFreeRunConfig
+
+    @classmethod
+    def from_run(cls, run: Run, doc: Mapping[str, Any], *, device: str = "cpu") -> SyncFreeDetector:
+        return cls(SyncFreeRunConfig.from_dict(doc["config"]), run=run, device=device)
+
+    @staticmethod
+    def upgrade_v1(doc: Mapping[str, Any]) -> dict[str, Any]:
+        """Format 1: ``"audio": "ENC:LAYER"``, ``shift``, ``pool``, ``padding`` (absent:
+        zeros, the only rule then), and ``frame_hz`` = the resampling rate asked for
+        (``null``: none, the features' own rate)."""
+        from featstore import timebase
+
+        audio, visual = _v1_side(doc, AUDIO), _v1_side(doc, VISUAL)
+        resample = doc.get("frame_hz")
+        rate = timebase.common_rate(
+            [audio.frame_hz, visual.frame_hz],
+            frame_hz=None if resample is None else float(resample),
+        )
+        config = {
+            "audio": FeatureInput(AUDIO, (audio,), rate).to_dict(),
+            "visual": FeatureInput(VISUAL, (visual,), rate).to_dict(),
+            "sync": {
+                "shift": int(doc["shift"]),
+                "pool": str(doc["pool"]),
+                "padding": str(doc.get("padding", "zero")),
+            },
+            "trim_silence": bool(doc.get("trim_silence", False)),
+        }
+        return upgraded(doc, config=config)
+
+    @property
+    def inputs(self) -> tuple[FeatureInput, ...]:
+        return (self.config.audio, self.config.visual)
+
+    @property
+    def needs_silence(self) -> bool:
+        return self.config.trim_silence
+
+    def sync_rows(
+        self, rows: Mapping[FeatureKey, np.ndarray], *, leading_silence_s: float | None = None
+    ) -> tuple[VideoSync, int]:
+        """Eq. 3 on one video (with the chosen shift) and the leading rows it dropped."""
+        if self.needs_silence and leading_silence_s is None:
+            raise PairingError(
+                f"{self.where()} trims each video's leading silence, which was not given"
+            )
+        pair, skip = pair_rows(
+            self.config.audio,
+            self.config.visual,
+            rows,
+            leading_silence_s=leading_silence_s if self.needs_silence else None,
+        )
+        try:
+            return sync_video(pair.audio, pair.visual, self.config.sync), skip
+        except SyncError as exc:
+            raise RunError(f"{self.where()}: {exc}") from None
+
+    def score_rows(
+        self, rows: Mapping[FeatureKey, np.ndarray], *, leading_silence_s: float | None = None
+    ) -> VideoScore:
+        result, skip = self.sync_rows(rows, leading_silence_s=leading_silence_s)
+        return VideoScore(result.score, pad_skipped(result.frame_scores, skip))
+
+    def sync_selection(
+        self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
+    ) -> tuple[Scored, np.ndarray]:
+        """Every video of ``selection`` (one in memory at a time) and its best shift ``[N]``."""
+        sel, rows = self.select(store, selection, allow_missing=allow_missing)
+        silences = silence_column(rows) if self.needs_silence else None
+        keys = [f.key for f in self.features]
+        scores = np.empty(len(rows), dtype=np.float64)  # [N]
+        shifts = np.empty(len(rows), dtype=np.int64)  # [N]
+        frames = []
+        for i, video_id in enumerate(rows["video_id"].astype(str)):
+            try:
+                result, skip = self.sync_rows(
+                    read_video(store, sel.dataset, video_id, keys),
+                    leading_silence_s=None if silences is None else float(silences[i]),
+                )
+            except (RunError, PairingError) as exc:
+                raise type(exc)(f"{video_id}: {exc}") from None
+            scores[i], shifts[i] = result.score, result.best_shift
+            frames.append(pad_skipped(result.frame_scores, skip))
+        return self.scored(sel, rows, scores, frames), shifts
+
+    def score_selection(
+        self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
+    ) -> Scored:
+        return self.sync_selection(store, selection, allow_missing=allow_missing)[0]
+
+
+def detector(
+    store: FeatureStore,
+    dataset: str,
+    audio: str | FeatureKey | Sequence[str | FeatureKey],
+    visual: str | FeatureKey | Sequence[str | FeatureKey],
+    *,
+    config: SyncConfig,
+    frame_hz: float | None = None,
+    trim_silence: bool = False,
+) -> SyncFreeDetector:
+    """The detector for these features as ``dataset`` stores them (no run directory)."""
+    a_in, v_in = pair_inputs(store, dataset, audio, visual, frame_hz=frame_hz)
+    return SyncFreeDetector(SyncFreeRunConfig(a_in, v_in, config, trim_silence=trim_silence))
+
+
+def train(
+    store: FeatureStore,
+    *,
+    audio: str | FeatureKey | Sequence[str | FeatureKey],
+    visual: str | FeatureKey | Sequence[str | FeatureKey],
+    on: Selection | str,
+    out: str | os.PathLike[str],
+    config: SyncConfig,
+    frame_hz: float | None = None,
+    trim_silence: bool = False,
+    overwrite: bool = False,
+) -> Run:
+    """Write a syncfree run at ``out``; nothing is fitted.
+
+    The features are resolved (rates, widths, checkpoints) as the dataset of
+    ``on`` stores them; ``frame_hz`` is needed when their rates differ.
+    """
+    sel = Selection.parse(on, default_split="test")
+    check_writable(out, overwrite=overwrite)
+    det = detector(
+        store, sel.dataset, audio, visual, config=config, frame_hz=frame_hz,
+        trim_silence=trim_silence,
+    )  # fmt: skip
+    return _save(det, store, out, overwrite=overwrite)
+
+
+def _save(
+    det: SyncFreeDetector, store: FeatureStore, out: str | os.PathLike[str], *, overwrite: bool
+) -> Run:
+    doc = {"kind": KIND, "config": det.config.to_dict(), "store": store_location(store)}
+    return save_run(out, config=doc, overwrite=overwrite)
+
+
+def run_syncscore(
+    store: FeatureStore,
+    on: Selection | str,
+    audio: str | FeatureKey | Sequence[str | FeatureKey],
+    visual: str | FeatureKey | Sequence[str | FeatureKey],
+    *,
+    config: SyncConfig,
+    out: str | os.PathLike[str] | None = None,
+    ci: bool = False,
+    threshold: float = 0.0,
+    allow_missing: bool = False,
+    all_fakes: bool = False,
+    segment_metrics: str = "official",
+    trim_silence: bool = False,
+    frame_hz: float | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Score ``on`` training-free and compute eval's metrics (plus the best-shift histogram).
+
+    ``all_fakes`` counts every fake in AUC/AP and the temporal AUC instead of
+    the evaluation filter; ``segment_metrics`` picks AV-Deepfake1M's AP/AR
+    semantics (``"official"`` or ``"corrected"``).
+    With ``out`` the result is also a run directory of kind ``syncfree``
+    (``config.json``, ``metrics.json``, ``predictions/NAME_SPLIT.*``) that
+    ``eval``, ``fuse``, ``correlate``, ``explain`` and ``serve`` take like any run.
+    """
+    from trainers.evaluate import scored_metrics
+    from trainers.runs import write_metrics, write_predictions
+
+    sel = Selection.parse(on, default_split="test")
+    if out is not None:
+        check_writable(out, overwrite=overwrite)
+    det = detector(
+        store, sel.dataset, audio, visual, config=config, frame_hz=frame_hz,
+        trim_silence=trim_silence,
+    )  # fmt: skip
+    scored, best_shifts = det.sync_selection(store, sel, allow_missing=allow_missing)
+    metrics, mask, segments = scored_metrics(
+        scored,
+        kind=KIND,
+        ci=ci,
+        threshold=threshold,
+        all_fakes=all_fakes,
+        segment_metrics=segment_metrics,
+    )
+    values, counts = np.unique(best_shifts, return_counts=True)
+    metrics["best_shift_counts"] = {
+        str(int(v)): int(c) for v, c in zip(values, counts, strict=True)
+    }
+    metrics["sync"] = config.to_dict()
+    if out is not None:
+        run = _save(det, store, out, overwrite=overwrite)
+        write_metrics(run, str(sel), metrics)
+        write_predictions(run, scored, evaluated=mask, segments=segments, slug=sel.slug)
+        metrics["out"] = str(run.path)
+    return metrics
