@@ -131,11 +131,11 @@ def load(run: Run | str | os.PathLike[str], *, device: str = "cpu") -> Detector:
     kind = get(run.kind)
     try:
         return kind.from_run(run, doc, device=device)
-    except RunFormatError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, RunError):
+    except RunError as exc:
+        if str(run.path) in str(exc):
             raise
+        raise type(exc)(f"{run.path}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
         raise RunError(
             f"{run.path}: malformed {run.kind} run config ({type(exc).__name__}: {exc}); "
             f"re-run {kind.rerun} --out {run.path} --overwrite"

@@ -112,7 +112,7 @@ def _v1_side(doc: Mapping[str, Any], role: str) -> StoredFeature:
         rate = float(get_spec(key.encoder).frame_hz)
     except UnknownEncoderNameError:
         raise RunFormatError(
-            f"it is a syncfree run of featstore {doc.get('package_version', '0.1')} that did not "
+            f"a syncfree run of featstore {doc.get('package_version', '0.1')}, which did not "
             f"record the rate of its {role} features {key}, and {key.encoder!r} is not a "
             f"registered encoder to take it from; re-run {SyncFreeDetector.rerun} --out PATH "
             "--overwrite to record it"
