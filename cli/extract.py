@@ -237,12 +237,13 @@ def _print_plan(plan: Any) -> None:
     from rich.table import Table
 
     from featstore.layout import layer_key
+    from featstore.timebase import frames_to_seconds
 
     console = Console()
     console.print(
         f"dry run: {_label(plan.encoder, plan.store_as)} on {plan.dataset}: {plan.videos_to_run} videos to extract "
         f"({plan.videos_selected} selected, {plan.videos_skipped} already in the store), "
-        f"about {plan.frames} frames ({plan.frames / 25 / 3600:.2f} h) at {plan.frame_hz:g} Hz, "
+        f"about {plan.frames} frames ({frames_to_seconds(plan.frames) / 3600:.2f} h) at {plan.frame_hz:g} Hz, "
         f"stored as {plan.dtype}"
     )
     table = Table("layer", "dim", "rows", "size")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featstore import timebase
 from featstore.landmarks import (
     MEAN_FACE_68,
     MOUTH_POINTS,
@@ -226,7 +227,7 @@ def tracks_encoder_info() -> EncoderInfo:
 
     return EncoderInfo(
         name=TRACKS_ENCODER,
-        frame_hz=25.0,
+        frame_hz=timebase.FRAME_HZ,
         layer_dims={"landmarks": 136, "boxes": 5},
         dtype="float32",
         preprocessing_version="1",

@@ -35,13 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore import timebase
 from featstore.errors import FeatstoreError
 
 log = logging.getLogger(__name__)
 
-FRAME_HZ = 25
-SAMPLE_RATE_HZ = 16_000
-SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // FRAME_HZ  # 640
+FRAME_HZ = int(timebase.FRAME_HZ)  # an int: the container's frame rate
+SAMPLE_RATE_HZ = timebase.SAMPLE_RATE_HZ
+SAMPLES_PER_FRAME = timebase.samples_per_frame()
 # Clip lengths are multiples of 8 frames (0.32 s = 5120 samples = 5 AAC frames of 1024),
 # so the decoded AAC stream has exactly ``audio_frames`` samples.
 FRAME_QUANTUM = 8

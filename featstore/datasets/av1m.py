@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from featstore import timebase
 from featstore.datasets.manifest import (
     MAX_SAMPLES,
     DatasetFormatError,
@@ -30,7 +31,7 @@ from featstore.datasets.manifest import (
 from featstore.datasets.validation import finalize
 
 NAME = "av1m"
-FRAME_HZ = 25.0
+FRAME_HZ = timebase.FRAME_HZ
 METADATA_SUFFIX = "_metadata.json"
 MODIFY_TYPES = ("real", "visual_modified", "audio_modified", "both_modified")
 EXTRA_DTYPES = {"video_frames": "Int64", "audio_frames": "Int64"}

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featstore import timebase
 from featstore.encoder_info import EncoderInfo
 from featstore.encoders.random_init import SEED, InitScheme
 from featstore.errors import FeatstoreError
@@ -118,7 +119,7 @@ class Clip:
         if self.frames is not None:
             return int(self.frames.shape[0])
         if self.audio is not None:
-            return int(self.audio.shape[0]) // 640
+            return timebase.samples_to_frames(int(self.audio.shape[0]))
         return 0
 
 
@@ -207,7 +208,7 @@ class Encoder(ABC):
 
     def n_rows(self, n_frames: int) -> int:
         """Rows this encoder outputs for a clip of ``n_frames`` 25 fps frames."""
-        return int(n_frames * self.spec.frame_hz / 25.0)
+        return int(n_frames * self.spec.frame_hz / timebase.FRAME_HZ)
 
     @abstractmethod
     def encode(

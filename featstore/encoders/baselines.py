@@ -38,7 +38,7 @@ from featstore.encoders.base import (
 )
 from featstore.encoders.fbank import layer_norm_rows, logfbank, stack_frames
 from featstore.layout import LAST, Layer
-from featstore.timebase import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
+from featstore.timebase import FRAME_HZ, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ LOGFBANK = EncoderSpec(
     family="baselines",
     modality="audio",
     crop="none",
-    frame_hz=25.0,
+    frame_hz=FRAME_HZ,
     dim=STACK * N_FILTERS,
     n_layers=0,  # no blocks: the only layer is "last"
     default_checkpoint=None,
@@ -78,7 +78,7 @@ MOUTH_PIXELS = EncoderSpec(
     family="baselines",
     modality="visual",
     crop="mouth",
-    frame_hz=25.0,
+    frame_hz=FRAME_HZ,
     dim=(MOUTH_CROP // POOL) ** 2,
     n_layers=0,
     default_checkpoint=None,

@@ -40,6 +40,7 @@ from featstore.encoders.hf import (
 from featstore.encoders.random_init import OPTION as INIT_OPTION
 from featstore.encoders.random_init import InitScheme, resolve_scheme
 from featstore.layout import LAST, Layer
+from featstore.timebase import FRAME_HZ
 
 INIT_SCHEME = InitScheme(
     name="clip-hf",
@@ -61,7 +62,7 @@ SPEC = EncoderSpec(
     family="clip",
     modality="visual",
     crop="none",
-    frame_hz=25.0,
+    frame_hz=FRAME_HZ,
     dim=768,
     n_layers=24,
     default_checkpoint="openai/clip-vit-large-patch14",

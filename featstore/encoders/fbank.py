@@ -24,6 +24,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
+from featstore.timebase import SAMPLE_RATE_HZ
+
 __all__ = ["layer_norm_rows", "logfbank", "mel_filterbank", "mfcc", "stack_frames"]
 
 _EPS = np.finfo(np.float64).eps  # the floor for zero energies before the log
@@ -65,7 +67,7 @@ def _filterbank(
 def mel_filterbank(
     n_filters: int = 26,
     n_fft: int = 512,
-    sample_rate_hz: int = 16000,
+    sample_rate_hz: int = SAMPLE_RATE_HZ,
     *,
     low_hz: float = 0.0,
     high_hz: float | None = None,
@@ -131,7 +133,7 @@ def _fbank(
 
 def mfcc(
     signal: np.ndarray,
-    sample_rate_hz: int = 16000,
+    sample_rate_hz: int = SAMPLE_RATE_HZ,
     *,
     n_ceps: int = 13,
     win_s: float = 0.025,
@@ -175,7 +177,7 @@ def mfcc(
 
 def logfbank(
     signal: np.ndarray,
-    sample_rate_hz: int = 16000,
+    sample_rate_hz: int = SAMPLE_RATE_HZ,
     *,
     win_s: float = 0.025,
     step_s: float = 0.01,

@@ -71,6 +71,7 @@ from featstore.encoders.convert import register_converter
 from featstore.encoders.random_init import OPTION as INIT_OPTION
 from featstore.encoders.random_init import InitScheme, resolve_scheme
 from featstore.layout import LAST, Layer
+from featstore.timebase import FRAME_HZ
 
 if TYPE_CHECKING:
     import torch
@@ -105,7 +106,7 @@ SPEC = EncoderSpec(
     family=FAMILY,
     modality="visual",
     crop="face",
-    frame_hz=25.0,
+    frame_hz=FRAME_HZ,
     dim=768,
     n_layers=12,
     default_checkpoint=DEFAULT_CHECKPOINT,

@@ -19,6 +19,7 @@ from typing import Any
 
 from featstore.encoders.base import EncoderError
 from featstore.encoders.hf import quiet_transformers
+from featstore.timebase import SAMPLE_RATE_HZ
 
 TINY_FAMILIES = ("wav2vec2", "clip", "videomae")
 VARIANTS = {
@@ -93,7 +94,7 @@ def _wav2vec2(variant: str) -> tuple[Any, Any]:
     )
     extractor = Wav2Vec2FeatureExtractor(
         feature_size=1,
-        sampling_rate=16_000,
+        sampling_rate=SAMPLE_RATE_HZ,
         padding_value=0.0,
         do_normalize=True,
         return_attention_mask=layer,

@@ -46,6 +46,9 @@ from featstore.encoders.hf import (
 from featstore.encoders.random_init import OPTION as INIT_OPTION
 from featstore.encoders.random_init import InitScheme, resolve_scheme
 from featstore.layout import LAST, Layer
+from featstore.timebase import FRAME_HZ
+
+TUBELET_FRAMES = 2  # the default checkpoint's tubelet_size: one row per two 25 fps frames
 
 INIT_SCHEME = InitScheme(
     name="videomae-hf",
@@ -62,7 +65,7 @@ SPEC = EncoderSpec(
     family="videomae",
     modality="visual",
     crop="none",
-    frame_hz=12.5,
+    frame_hz=FRAME_HZ / TUBELET_FRAMES,
     dim=1024,
     n_layers=24,
     default_checkpoint="MCG-NJU/videomae-large",

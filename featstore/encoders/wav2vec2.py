@@ -60,7 +60,7 @@ from featstore.encoders.hf import (
 from featstore.encoders.random_init import OPTION as INIT_OPTION
 from featstore.encoders.random_init import InitScheme, resolve_scheme
 from featstore.layout import LAST, Layer
-from featstore.timebase import SAMPLE_RATE_HZ, pair_frames
+from featstore.timebase import FRAME_HZ, SAMPLE_RATE_HZ, pair_frames, samples_per_frame
 
 INIT_SCHEME = InitScheme(
     name="wav2vec2-hf",
@@ -91,7 +91,7 @@ SPEC = EncoderSpec(
     family="wav2vec2",
     modality="audio",
     crop="none",
-    frame_hz=25.0,
+    frame_hz=FRAME_HZ,
     dim=3840,
     n_layers=48,
     default_checkpoint="facebook/wav2vec2-xls-r-2b",
@@ -243,7 +243,7 @@ class Wav2Vec2Encoder(HFEncoder):
         if self.frames_50hz(audio.shape[0]) < 1 or clip.duration_frames < 1:
             raise ClipError(
                 f"{clip.video_id}: {audio.shape[0]} samples is shorter than one 25 fps frame "
-                f"({SAMPLE_RATE_HZ // 25} samples at {SAMPLE_RATE_HZ} Hz)"
+                f"({samples_per_frame()} samples at {SAMPLE_RATE_HZ} Hz)"
             )
         return normalize_waveform(audio) if self.normalize else audio
 

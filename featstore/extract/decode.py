@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from featstore import timebase
 from featstore.decode_limits import EXTRACT_LIMITS, DecodeLimits, memory_guard
 from featstore.encoders.base import Clip, ClipError, EncoderSpec
 from featstore.landmarks import FaceTracks, NoFaceError
@@ -68,11 +69,11 @@ def prepare_clip(
         clip = Clip(video_id=video_id, frames=frames, audio=media.audio)
     n_frames = clip.duration_frames
     if spec.needs_audio and media.audio is not None:
-        n_frames = min(n_frames, int(media.audio.shape[0]) // 640)
+        n_frames = min(n_frames, timebase.samples_to_frames(int(media.audio.shape[0])))
     if n_frames < 1 or n_rows(n_frames) < 1:
         raise ClipTooShortError(
-            f"{path}: {n_frames} frames ({n_frames / 25:.2f} s) give no rows for "
-            f"{spec.name} at {spec.frame_hz:g} Hz"
+            f"{path}: {n_frames} frames ({timebase.frames_to_seconds(n_frames):.2f} s) give no "
+            f"rows for {spec.name} at {spec.frame_hz:g} Hz"
         )
     return PreparedClip(clip=clip, n_frames=clip.duration_frames, new_tracks=new_tracks)
 

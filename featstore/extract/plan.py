@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featstore import layout
+from featstore import layout, timebase
 from featstore.decode_limits import EXTRACT_LIMITS, DecodeLimits
 from featstore.errors import EncoderMismatchError, FeatstoreError, StoreError, UnknownEncoderError
 from featstore.layout import Layer, layer_key
@@ -352,7 +352,7 @@ def estimate_plan(
         if max_s is not None and seconds > max_s:
             too_long += 1
             continue
-        n = round(seconds * 25.0)
+        n = round(seconds * timebase.FRAME_HZ)
         frames += n
         rows += encoder.n_rows(n)
     itemsize = 2 if dtype == "float16" else 4

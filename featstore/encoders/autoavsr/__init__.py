@@ -46,6 +46,7 @@ from featstore.encoders.base import CheckpointError, Encoder, EncoderError, Enco
 from featstore.encoders.convert import register_converter
 from featstore.encoders.random_init import OPTION as INIT_OPTION
 from featstore.encoders.random_init import InitScheme, resolve_scheme
+from featstore.timebase import FRAME_HZ
 
 if TYPE_CHECKING:
     from featstore.encoders.autoavsr.encoder import AutoAVSREncoder
@@ -71,7 +72,7 @@ INIT_SCHEME = InitScheme(
     ),
 )
 _COMMON = dict(
-    family=FAMILY, crop="mouth", frame_hz=25.0, dim=768, n_layers=12, init_scheme=INIT_SCHEME
+    family=FAMILY, crop="mouth", frame_hz=FRAME_HZ, dim=768, n_layers=12, init_scheme=INIT_SCHEME
 )
 
 SPECS = (

@@ -35,6 +35,7 @@ from featstore.encoders.base import EncoderError, EncoderSpec
 from featstore.encoders.convert import register_converter
 from featstore.encoders.random_init import OPTION as INIT_OPTION
 from featstore.encoders.random_init import InitScheme, resolve_scheme
+from featstore.timebase import FRAME_HZ
 
 if TYPE_CHECKING:
     import torch
@@ -87,7 +88,7 @@ INIT_SCHEME = InitScheme(
 _COMMON: dict[str, Any] = dict(
     family=FAMILY,
     crop="mouth",
-    frame_hz=25.0,
+    frame_hz=FRAME_HZ,
     dim=1024,
     n_layers=24,
     default_checkpoint=DEFAULT_CHECKPOINT,
