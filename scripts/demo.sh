@@ -102,14 +102,15 @@ step "12. Detectors trained on real clips only: AVH-Align sync and next-token pr
 # The sample's fakes break audio-visual agreement, which is what these detectors look for.
 featstore train sync --store "$STORE" --audio logfbank --visual mouth-pixels --train sample:train \
   --no-val --epochs 20 --lr 1e-3 --out "$OUT/runs/sync" | tail -3
-featstore train ntp --store "$STORE" --encoder logfbank --train sample:train --no-val --epochs 20 \
-  --out "$OUT/runs/ntp" | tail -2
+# next-token prediction on a feature set: both streams concatenated per frame (paper Tab. 3/5)
+featstore train ntp --store "$STORE" --encoder logfbank+mouth-pixels --train sample:train --no-val \
+  --epochs 20 --out "$OUT/runs/ntp" | tail -2
 for run in logfbank sync ntp; do
   featstore eval "$OUT/runs/$run" --on sample:val --all-fakes --json \
     | python -c "import json, sys; m = json.load(sys.stdin); b = m['binary']; t = m['temporal'] or {}; print(f\"  {'$run':9s} ({m['kind']:5s}) AUC {100 * b['auc']:5.1f}  AP {100 * b['ap']:5.1f}  temporal AUC {100 * t.get('mean', float('nan')):5.1f}\")"
 done
 featstore syncscore --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val \
-  --preset speechforensics --all-fakes
+  --preset speechforensics --all-fakes --out "$OUT/runs/syncscore"   # a run like any other
 featstore layers --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val --out "$OUT/layers"
 # The paper's Tab. 6 (Eq. 3: shifts x pools), Fig. 2 (localization vs classification of the grid's
 # probes) and Fig. 3 (one clip's scores over its spectrogram and frames), one command each.
@@ -119,11 +120,12 @@ featstore report fig2 "$RUNS"/*/sample --on sample:val --out "$OUT/fig2.pdf" | g
 featstore report fig3 "$OUT/runs/logfbank" --dataset sample --video "$FAKE" --out "$OUT/fig3.png" \
   | grep '^figure:'
 
-step "13. Score a clip over HTTP (featstore serve; the same with curl is in the README)"
+step "13. Score a clip over HTTP with runs of every kind (featstore serve; curl in the README)"
 # a free port unless DEMO_PORT says which
 PORT=${DEMO_PORT:-$(python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")}
-featstore serve --store "$STORE" --run "$OUT/runs/logfbank" --port "$PORT" --log-level warning \
-  > "$OUT/serve.log" 2>&1 &
+featstore serve --store "$STORE" --run probe="$OUT/runs/logfbank" --run sync="$OUT/runs/sync" \
+  --run syncscore="$OUT/runs/syncscore" --run ntp="$OUT/runs/ntp" --run fusion="$OUT/runs/fusion" \
+  --port "$PORT" --log-level warning > "$OUT/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 CLIP=$(python -c "import featstore; m = featstore.open_store('$STORE').manifest('sample'); r = m[m.video_id == '$FAKE'].iloc[0]; print(r.path)")

@@ -2,9 +2,11 @@
 
     python scripts/demo_http.py http://127.0.0.1:8765 CLIP.mp4 DATASET VIDEO_ID
 
-Waits for /readyz, uploads the clip to POST /v1/score, asks for the stored
-video's scores, and prints both JSON answers (per-frame score lists cut to
-their first values to keep the output short). Standard library only.
+Waits for /readyz, lists the loaded runs, uploads the clip to POST /v1/score
+(every loaded run scores it, whatever its kind), prints one line per run and
+the full answer of a synchronisation run, then asks for the stored video's
+scores under that run (per-frame score lists cut to their first values to keep
+the output short). Standard library only.
 """
 
 from __future__ import annotations
@@ -71,14 +73,33 @@ def shorten(doc: Any) -> Any:
     return doc
 
 
+def _line(result: dict[str, Any]) -> str:
+    p = result["probability"]
+    probability = "-" if p is None else f"{p:.3f}"
+    return (
+        f"  {result['run']:10s} {result['kind']:9s} score {result['score']:+8.3f}  "
+        f"P(fake) {probability:>5s}  rank {result['rank_score']:.3f}  {result['label']:4s}  "
+        f"{len(result['frame_scores'])} frames, {len(result['segments'])} fake segments  "
+        f"[{', '.join(result['features'])}]"
+    )
+
+
 def main(base: str, clip: str, dataset: str, video_id: str) -> None:
     wait_ready(base)
-    print(f"POST {base}/v1/score  ({clip})")
-    print(json.dumps(shorten(upload(base, Path(clip))), indent=2))
     models = get(base, "/v1/models")["models"]
-    run = models[0]["name"]
-    path = f"/v1/datasets/{dataset}/videos/{urllib.parse.quote(video_id)}/scores?run={run}"
-    print(f"GET {base}{path}")
+    print("loaded runs: " + ", ".join(f"{m['name']} ({m['kind']})" for m in models))
+    print(f"POST {base}/v1/score  ({clip})")
+    doc = upload(base, Path(clip))
+    print(
+        f"  {doc['duration_s']:.2f} s; P(fake) only for calibrated kinds, rank = sigmoid(2 score)"
+    )
+    for result in doc["results"]:
+        print(_line(result))
+    sync = next((r for r in doc["results"] if r["kind"] in ("sync", "syncfree")), doc["results"][0])
+    print(f"the {sync['run']} run's answer in full:")
+    print(json.dumps(shorten(sync), indent=2))
+    path = f"/v1/datasets/{dataset}/videos/{urllib.parse.quote(video_id)}/scores?run={sync['run']}"
+    print(f"GET {base}{path}  (the same clip from its stored features)")
     print(json.dumps(shorten(get(base, path)), indent=2))
 
 

@@ -6,9 +6,9 @@ of its view ``av1m-real`` (``featstore.datasets.views``: one import, many
 protocols), ``NAME@official:SPLIT`` the dataset's own ``split`` column and
 ``NAME:*`` every video of the view. A *feature* is ``ENCODER[:LAYER]``
 (``wav2vec2:last``, ``avhubert-a:12``). ``select`` turns both into the
-manifest rows that have committed features, and ``StoreSource`` serves those
-rows' features to the numeric cores through the ``VideoSource`` protocol
-(``trainers.sources``).
+manifest rows that have committed features; ``trainers.inputs`` builds
+detectors' inputs (feature sets) on top and serves them to the numeric cores
+(``InputSource``, a ``trainers.sources.VideoSource``).
 
 >>> Selection.parse("av1m:test"), Selection.parse("favc", default_split="train")
 (Selection(dataset='av1m', split='test', videos=None, view=None), Selection(dataset='favc', split='train', videos=None, view=None))
@@ -20,7 +20,6 @@ FeatureKey(encoder='avhubert-a', layer=12)
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -51,7 +50,6 @@ __all__ = [
     "FeatureKey",
     "Selection",
     "SelectionError",
-    "StoreSource",
     "default_val",
     "evaluation_mask",
     "has_split",
@@ -310,66 +308,7 @@ def split_hash(video_ids: Iterable[str]) -> str:
     return ids_hash(video_ids)
 
 
-class StoreSource:
-    """The ``VideoSource`` protocol over selected manifest rows of one stored layer.
-
-    Nothing is read up front: lengths come from the commit index, so
-    ``nbytes`` (rows x dim x itemsize) is known before any feature is read.
-    ``read`` fetches videos with a small pool of reader threads, so one
-    video's I/O overlaps the next one's decode.
-    """
-
-    def __init__(
-        self,
-        store: FeatureStore,
-        dataset: str,
-        feature: FeatureKey | str,
-        rows: pd.DataFrame,
-        *,
-        threads: int = 2,
-    ) -> None:
-        feature = FeatureKey.parse(feature)
-        self.store, self.dataset, self.feature = store, dataset, feature
-        self.video_ids: list[str] = rows["video_id"].astype(str).tolist()
-        self.labels = rows["label"].to_numpy().astype(np.int8)  # [N], 1 = fake
-        info = store.encoder_info(dataset, feature.encoder)
-        self.frame_hz = float(info.frame_hz)
-        self.dim = int(info.dim(feature.layer))
-        self.dtype = np.dtype(info.dtype)
-        self.lengths = np.array(
-            [
-                store.locate(dataset, feature.encoder, v, feature.layer).n_frames
-                for v in self.video_ids
-            ],
-            dtype=np.int64,
-        )  # [N]
-        self._threads = max(1, int(threads))
-
-    def __len__(self) -> int:
-        return len(self.video_ids)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.lengths.sum()) * self.dim * self.dtype.itemsize
-
-    def _read_one(self, index: int) -> np.ndarray:
-        return self.store.video(
-            self.dataset, self.feature.encoder, self.video_ids[index], self.feature.layer
-        )  # [T, D]
-
-    def read(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
-        """Features of the videos at ``indices``, in that order: ``[T_i, D]`` each."""
-        idx = [int(i) for i in np.asarray(indices, dtype=np.int64).ravel()]
-        for i in idx:
-            if not 0 <= i < len(self.video_ids):
-                raise IndexError(f"video index {i} out of range for {len(self.video_ids)} videos")
-        if len(idx) <= 1 or self._threads == 1:
-            return [self._read_one(i) for i in idx]
-        with concurrent.futures.ThreadPoolExecutor(self._threads) as pool:
-            return list(pool.map(self._read_one, idx))
-
-
-# ------------------------------------------------------- what run shells share
+# ------------------------------------------------------- what run kinds' train() share
 
 
 class Auto:

@@ -212,21 +212,15 @@ def _real_pairs(
     *,
     allow_missing: bool,
     trim_silence: bool,
-) -> list[PairedVideo]:
+) -> tuple[list[PairedVideo], dict[str, Any]]:
+    """The real videos of ``sel`` paired, and what the run config records about them."""
     try:
         rows = select_pairs(store, sel, audio, visual, real_only=True, allow_missing=allow_missing)
     except SelectionError as exc:
         raise SelectionError(f"{exc}; the sync network trains on real videos only") from None
-    return list(read_pairs(store, sel.dataset, rows, audio, visual, trim_silence=trim_silence))
-
-
-def _summary(sel: Selection, pairs: Sequence[PairedVideo]) -> dict[str, Any]:
-    import pandas as pd
-
-    frame = pd.DataFrame(
-        {"video_id": [p.video_id for p in pairs], "label": [p.label for p in pairs]}
-    )
-    return {**selection_summary(sel, frame), "n_frames": int(sum(p.n_rows for p in pairs))}
+    pairs = list(read_pairs(store, sel.dataset, rows, audio, visual, trim_silence=trim_silence))
+    summary = {**selection_summary(sel, rows), "n_frames": int(sum(p.n_rows for p in pairs))}
+    return pairs, summary
 
 
 def _thresholds(net: SyncNet, pairs: Sequence[PairedVideo]) -> dict[str, float]:
@@ -276,12 +270,12 @@ def train(
     check_writable(out, overwrite=overwrite)  # fail before a long fit
     a_in, v_in = pair_inputs(store, train_sel.dataset, audio, visual, frame_hz=frame_hz)
     kwargs = {"allow_missing": allow_missing, "trim_silence": trim_silence}
-    train_pairs = _real_pairs(store, train_sel, a_in, v_in, **kwargs)
-    val_pairs = None
+    train_pairs, train_summary = _real_pairs(store, train_sel, a_in, v_in, **kwargs)
+    val_pairs = val_summary = None
     if val_sel is not None:
         a_in.check_store(store, val_sel.dataset)
         v_in.check_store(store, val_sel.dataset)
-        val_pairs = _real_pairs(store, val_sel, a_in, v_in, **kwargs)
+        val_pairs, val_summary = _real_pairs(store, val_sel, a_in, v_in, **kwargs)
     log.info(
         "training a sync network on %s %s + %s (%d real videos)",
         train_sel,
@@ -315,8 +309,8 @@ def train(
             "stopped_early": bool(result.stopped_early),
         },
         "store": store_location(store),
-        "train": _summary(train_sel, train_pairs),
-        "val": None if val_pairs is None else _summary(val_sel, val_pairs),
+        "train": train_summary,
+        "val": val_summary,
     }
     history = [
         {
