@@ -11,11 +11,11 @@ from trainers.data import (
     FeatureKey,
     Selection,
     SelectionError,
-    StoreSource,
     evaluation_mask,
     select,
     split_hash,
 )
+from trainers.inputs import FEATURES, FeatureInput, InputSource
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
 
@@ -148,7 +148,9 @@ def test_evaluation_mask_policies():
 def test_store_source(planted):
     store, _ = planted
     rows = select(store, "toy:train", "enc")
-    src = StoreSource(store, "toy", "enc", rows)
+    src = InputSource(
+        store, "toy", FeatureInput.of_store(store, "toy", FEATURES, [FeatureKey("enc")]), rows
+    )
     assert len(src) == len(rows) and src.dim == 8 and src.dtype == np.float16
     assert src.labels.dtype == np.int8 and src.labels.tolist() == rows["label"].tolist()
     assert src.nbytes == int(src.lengths.sum()) * 8 * 2
