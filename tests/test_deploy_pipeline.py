@@ -230,7 +230,7 @@ def _score_over_http(base: str, tmp_path: Path, key: str) -> None:
         )
     assert reply.status_code == 200, reply.text
     (upload,) = reply.json()["results"]
-    assert upload["run"] == "probe" and upload["encoder"] == "logfbank"
+    assert upload["run"] == "probe" and upload["features"] == ["logfbank:last"]
     # the upload's fresh features and the cluster's stored ones (float16, in S3) agree
     stored = httpx.get(
         f"{base}/v1/datasets/sample/videos/{row['video_id']}/scores",
