@@ -205,7 +205,8 @@ def late_fusion_frames(
     """
     if len(frame_scores) != len(rates_hz) or not frame_scores:
         raise FusionError(
-            f"need one rate per model: {len(frame_scores)} frame score arrays, {len(rates_hz)} rates"
+            f"need one rate per model: {len(frame_scores)} frame score arrays, "
+            f"{len(rates_hz)} rates"
         )
     columns = []
     for z, hz in zip(frame_scores, rates_hz, strict=True):

@@ -299,7 +299,8 @@ def _check_reused(
     detector = load(run)
     if not isinstance(detector, ProbeDetector):
         raise GridError(
-            f"run {run.path} is a {detector.kind} run, not a probe; remove it or choose another 'out'"
+            f"run {run.path} is a {detector.kind} run, not a probe; remove it or choose "
+            "another 'out'"
         )
     if detector.config.features.keys != (feature.key,):
         problems.append(f"features {detector.config.features.label}")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featstore.errors import ManifestError
+from featstore.timebase import FRAME_HZ
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,7 +61,7 @@ VIDEO_SUFFIXES: frozenset[str] = frozenset(
 SEGMENT_COLUMNS: tuple[str, ...] = ("fake_segments", "audio_fake_segments", "visual_fake_segments")
 MAX_FRAMES = 2**31 - 1  # the store counts a video's rows in int32
 MAX_SAMPLES = 2**53  # audio sample counts: the largest integer a float64 holds exactly
-MAX_DURATION_S = MAX_FRAMES / 25.0  # the longest video the store can hold at 25 fps
+MAX_DURATION_S = MAX_FRAMES / FRAME_HZ  # the longest video the store can hold at 25 fps
 
 
 class ProblemKind(enum.StrEnum):

@@ -48,6 +48,7 @@ import numpy as np
 from featstore.datasets.manifest import CORE_COLUMNS
 from featstore.errors import ManifestError, ReadOnlyStoreError
 from featstore.segments import DropReason
+from featstore.timebase import frames_to_seconds
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -172,7 +173,7 @@ def _rows_for(source: Mapping[str, Any], analysis: VideoAnalysis, asd: str) -> S
         vid,
         rows,
         tracks,
-        duration_s=analysis.n_frames / 25.0,
+        duration_s=float(frames_to_seconds(analysis.n_frames)),
         dropped_s=analysis.result.dropped_s(),
         dropped_spans={k: len(v) for k, v in spans.items()},
     )

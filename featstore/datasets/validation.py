@@ -30,12 +30,13 @@ from featstore.datasets.manifest import (
     ProblemKind,
     empty_manifest,
 )
+from featstore.timebase import FRAME_HZ
 
 log = logging.getLogger(__name__)
 
 # A segment may end up to one 25 fps frame after ``duration_s`` (rounding of the
 # frame count); anything later lies outside the video.
-END_TOLERANCE_S = 1 / 25
+END_TOLERANCE_S = 1 / FRAME_HZ
 
 
 def label_problem(record: Mapping[str, Any]) -> str | None:

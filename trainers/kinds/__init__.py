@@ -1,12 +1,14 @@
 """Run kinds: one module per detector, registered by name (DESIGN.md "Run kinds").
 
-| kind | module | trained on | reads | scores |
-|---|---|---|---|---|
-| ``probe`` | ``trainers.kinds.probe`` | real + fake | one feature set | linear probe logits (paper Eq. 1), calibrated |
-| ``ntp`` | ``trainers.kinds.ntp`` | real only | one feature set | next-frame prediction error (Sec. 3.2) |
-| ``sync`` | ``trainers.kinds.sync`` | real only | audio + visual sets | AVH-Align ``-Phi(a_t, v_t)`` |
-| ``syncfree`` | ``trainers.kinds.syncfree`` | nothing | audio + visual sets | training-free Eq. 3 (``featstore syncscore``) |
-| ``fusion`` | ``trainers.kinds.fusion`` | its members | its members' | late fusion of probabilities |
+- ``probe`` (``trainers.kinds.probe``): the linear probe (paper Eq. 1) on one
+  feature set, trained on real and fake videos; calibrated.
+- ``ntp`` (``trainers.kinds.ntp``): next-frame prediction error (Sec. 3.2) on
+  one feature set, trained on real videos only.
+- ``sync`` (``trainers.kinds.sync``): AVH-Align's ``-Phi(a_t, v_t)`` on an
+  audio and a visual feature set, trained on real videos only.
+- ``syncfree`` (``trainers.kinds.syncfree``): the training-free Eq. 3 on an
+  audio and a visual feature set (``featstore syncscore``).
+- ``fusion`` (``trainers.kinds.fusion``): late fusion of other runs.
 
 Every caller (``featstore eval``, ``fuse``, ``correlate``, ``explain``,
 ``grid``, ``layers``, the API) goes through :func:`load` and the

@@ -76,7 +76,7 @@ class RunFormatError(RunError):
 
 @dataclass(frozen=True)
 class VideoScore:
-    """One video's verdict: the video logit and per-frame logits ``[T]`` (None: the kind has none)."""
+    """One video's verdict: the video logit, and per-frame logits ``[T]`` (None: it has none)."""
 
     score: float
     frame_scores: np.ndarray | None = field(default=None, repr=False)
@@ -300,7 +300,7 @@ def upgraded(
     fit: Mapping[str, Any] | None = None,
     learnt: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A format-1 config rebuilt in the current layout (what every kind's ``upgrade_v1`` ends with)."""
+    """A format-1 config in the current layout (what each kind's ``upgrade_v1`` ends with)."""
     from trainers.runs import FORMAT
 
     out: dict[str, Any] = {"format": FORMAT, "kind": doc["kind"], "config": dict(config)}

@@ -9,7 +9,8 @@ convention: frame ``log(e_t / tau_f) / 2``, video ``log(max_t e_t / tau_v) / 2``
 so threshold 0 is the learnt frame threshold and ``sigmoid(2 s)`` ranks
 videos but is not calibrated.
 
->>> run = train(store, features="avhubert-a+avhubert-v", train="av1m:train", out="runs/ntp")  # doctest: +SKIP
+>>> run = train(store, features="avhubert-a+avhubert-v", train="av1m:train",
+...             out="runs/ntp")  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ a stored layer, or a feature set of several concatenated per frame
 and, as its loss is cross-entropy over ``[-s, s]``, ``sigmoid(2 s)`` is its
 P(fake) (``calibrated``).
 
->>> run = train(store, features="wav2vec2:last", train="av1m:train", out="runs/w2v")  # doctest: +SKIP
+>>> run = train(store, features="wav2vec2:last", train="av1m:train",
+...             out="runs/w2v")  # doctest: +SKIP
 >>> load(run).score_selection(store, "av1m:test").scores.shape  # doctest: +SKIP
 (10000,)
 """
