@@ -76,8 +76,8 @@ def prepare(root: Path) -> Served:
     from featstore.encoder_info import EncoderInfo
     from featstore.sample import make_sample
     from featstore.store import open_store
+    from trainers.kinds.probe import train as train_probe
     from trainers.probe import ProbeConfig
-    from trainers.probe_run import train_probe
 
     store = open_store(root / "features.zarr", mode="a", durable=False)
     rng = np.random.default_rng(0)
@@ -93,7 +93,7 @@ def prepare(root: Path) -> Served:
             writer.add(video_id, {"last": x.astype(np.float16)})
     train_probe(
         store,
-        feature="logfbank:last",
+        features="logfbank:last",
         train=f"{DATASET}:train",
         val=None,
         out=root / "run",
