@@ -68,7 +68,7 @@ def test_syncscore_prints_metrics_and_writes_a_run(synced, tmp_path):
     assert "AUC %" in result.output and "temporal AUC %" in result.output
     assert "100.00" in result.output
     run = load_run(out)
-    assert run.config["config"]["sync"] == {"shift": 15, "pool": "mean"}
+    assert run.config["config"]["sync"] == {"shift": 15, "pool": "mean", "padding": "zero"}
     assert run.metrics()["syn:test"]["binary"]["auc"] == 1.0
     assert (out / "predictions" / "syn_test.csv").is_file()
     assert (out / "predictions" / "syn_test.frames.npz").is_file()
@@ -185,7 +185,7 @@ def test_syncscore_padding_and_segment_metrics_options(synced, tmp_path):
     result = runner.invoke(app, ["syncscore", *_args(synced, *extra, "--out", str(out))])
     assert result.exit_code == 0, result.output
     assert "padding zero" in result.output and "AP@0.5 % (corrected)" in result.output
-    assert load_run(out).config["padding"] == "zero"
+    assert load_run(out).config["config"]["sync"]["padding"] == "zero"
     stored = load_run(out).metrics()["syn:test"]
     assert stored["sync"]["padding"] == "zero"
     assert stored["localization"]["semantics"] == "corrected"

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from cli.main import app
 from featstore.store import EncoderInfo, open_store
 from trainers.figures import FigureError, localization_bars, localization_figure, run_modality
+from trainers.kinds.syncfree import run_syncscore
 from trainers.runs import load_run
 from trainers.sync_table import POOL_NAMES, TABLE6_POOLS, sync_table
-from trainers.syncfree import SyncConfig, run_syncscore, shifted_cosines
+from trainers.syncfree import SyncConfig, shifted_cosines
 from trainers.video_figure import score_figure, video_figure_data
 
 runner = CliRunner()

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 
 from featstore.store import EncoderInfo
+from trainers.kinds import score
+from trainers.kinds.syncfree import run_syncscore
 from trainers.runs import load_run
 from trainers.syncfree import (
     PADDINGS,
@@ -20,8 +22,6 @@ from trainers.syncfree import (
     SyncError,
     default_padding,
     pool_frames,
-    run_syncscore,
-    score_run,
     shift_mask,
     shifted_cosines,
     sync_config,
@@ -197,14 +197,14 @@ def test_runs_record_the_padding_and_old_runs_read_as_zero(store, tmp_path):
     config = SyncConfig(shift=15, pool="max")
     metrics = run_syncscore(store, "syn", "aud", "vis", config=config, out=tmp_path / "run")
     assert metrics["sync"] == {"shift": 15, "pool": "max", "padding": "exclude"}
-    assert load_run(tmp_path / "run").config["padding"] == "exclude"
+    assert load_run(tmp_path / "run").config["config"]["sync"]["padding"] == "exclude"
     # The real videos lag by 11 frames: found only because zeros do not win.
     assert metrics["best_shift_counts"].get("11", 0) >= 6
     # A run written before the rule was recorded was computed with zeros: it still is.
     doc = json.loads((tmp_path / "run" / "config.json").read_text())
-    del doc["padding"]
+    del doc["config"]["sync"]["padding"]
     (tmp_path / "run" / "config.json").write_text(json.dumps(doc))
-    rescored = score_run(load_run(tmp_path / "run"), store, "syn:test")
+    rescored = score(load_run(tmp_path / "run"), store, "syn:test")
     zero = SyncConfig(15, "max", padding="zero")
     expected = [sync_video(*feats[v], zero).score for v in rescored.video_ids]
     np.testing.assert_allclose(rescored.scores, expected, atol=1e-6)
