@@ -116,10 +116,17 @@ def crop_mouth(
     *,
     size: int = MOUTH_SIZE,
     smooth_window: int = MOUTH_SMOOTH_WINDOW,
+    indices: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Grey mouth ROIs ``uint8 [T, size, size]`` (bilinear; black outside the image)."""
+    """Grey mouth ROIs ``uint8 [T, size, size]`` (bilinear; black outside the image).
+
+    ``indices``: ``frames`` are only the video's frames at these indices (the tracks
+    still cover the whole video, whose smoothing they need).
+    """
     cv2 = load_cv2()
     mats = mouth_transforms(tracks.landmarks, size=size, smooth_window=smooth_window)
+    if indices is not None:
+        mats = mats[np.asarray(indices, dtype=np.int64)]
     if len(frames) != len(mats):
         raise ValueError(f"tracks cover {len(mats)} frames, got {len(frames)} frames")
     out = np.empty((len(mats), size, size), dtype=np.uint8)
@@ -169,16 +176,20 @@ def crop_face(
     size: int = FACE_SIZE,
     enlarge: float = FACE_ENLARGE,
     smooth_window: int = FACE_SMOOTH_WINDOW,
+    indices: Sequence[int] | None = None,
 ) -> np.ndarray:
     """RGB face crops ``uint8 [T, size, size, 3]`` for FSFM.
 
     Bicubic, with the same pixel-centre convention as ``cv2.resize``; parts of the square box
     outside the image are black (the face stays centred and undistorted). Faces over twice
     the output size are first shrunk by an integer factor with area averaging, so large
-    faces do not alias.
+    faces do not alias. ``indices``: ``frames`` are only the video's frames at these
+    indices (the tracks cover the whole video).
     """
     cv2 = load_cv2()
     boxes = face_boxes(tracks, enlarge=enlarge, smooth_window=smooth_window)
+    if indices is not None:
+        boxes = boxes[np.asarray(indices, dtype=np.int64)]
     if len(frames) != len(boxes):
         raise ValueError(f"tracks cover {len(boxes)} frames, got {len(frames)} frames")
     out = np.empty((len(boxes), size, size, 3), dtype=np.uint8)

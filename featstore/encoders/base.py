@@ -33,6 +33,8 @@ from featstore.layout import Layer, format_layers, normalize_layer
 if TYPE_CHECKING:
     import torch
 
+    from featstore.spatial.base import SpatialExplainer
+
 log = logging.getLogger(__name__)
 
 MODALITIES = ("audio", "visual", "audiovisual")
@@ -216,6 +218,16 @@ class Encoder(ABC):
     ) -> list[dict[Layer, np.ndarray]]:
         """One dict ``{layer: [T, D] float32}`` per clip, in order. Padding-safe:
         the rows of a clip do not depend on the other clips in the batch."""
+
+    def spatial(self, layer: Layer) -> SpatialExplainer:
+        """The spatial explainer of ``layer`` (:mod:`featstore.spatial`); families that
+        support one override this. Raises ``SpatialUnsupportedError`` otherwise."""
+        from featstore.spatial.base import SpatialUnsupportedError
+
+        raise SpatialUnsupportedError(
+            f"encoder {self.name} has no spatial explanations (visual encoders only: "
+            "clip, fsfm, videomae, mouth-pixels, avhubert-v/-av, autoavsr-vsr/-avsr)"
+        )
 
 
 Loader = Callable[..., Encoder]

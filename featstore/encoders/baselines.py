@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from featstore.encoders.base import (
 from featstore.encoders.fbank import layer_norm_rows, logfbank, stack_frames
 from featstore.layout import LAST, Layer
 from featstore.timebase import FRAME_HZ, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
+
+if TYPE_CHECKING:
+    from featstore.spatial.base import SpatialExplainer
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +195,13 @@ class MouthPixelsEncoder(_WeightFreeEncoder):
                 f"{clip.video_id}: encoder {self.name} needs mouth crops; the clip has no frames"
             )
         return mouth_pixel_rows(clip.frames, video_id=clip.video_id)
+
+    def spatial(self, layer: Layer) -> SpatialExplainer:
+        """The exact decomposition into the 22x22 blocks (:mod:`featstore.encoders.mouth_spatial`)."""
+        from featstore.encoders.mouth_spatial import MouthPixelsLinear
+
+        self.resolve_layers([layer])  # only "last"
+        return MouthPixelsLinear(self)
 
 
 def _loader(cls: type[_WeightFreeEncoder]) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from featstore.encoders.random_init import OPTION as INIT_OPTION
 from featstore.encoders.random_init import InitScheme, resolve_scheme
 from featstore.layout import LAST, Layer
 from featstore.timebase import FRAME_HZ
+
+if TYPE_CHECKING:
+    from featstore.spatial.base import SpatialExplainer
 
 INIT_SCHEME = InitScheme(
     name="clip-hf",
@@ -156,6 +159,13 @@ class ClipEncoder(HFEncoder):
         self.preprocess = preprocess
         self.frames_per_batch = frames_per_batch
         self.preprocess_threads = preprocess_threads
+
+    def spatial(self, layer: Layer) -> SpatialExplainer:
+        """Grad-CAM on the last LayerNorm that sees every token
+        (:mod:`featstore.encoders.clip_spatial`)."""
+        from featstore.encoders.clip_spatial import ClipGradCam
+
+        return ClipGradCam(self, self.resolve_layers([layer])[0])
 
     def encode(
         self, clips: Sequence[Clip], layers: Sequence[Layer]

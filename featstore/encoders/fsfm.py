@@ -77,6 +77,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from featstore.spatial.base import SpatialExplainer
+
 log = logging.getLogger(__name__)
 
 FAMILY = "fsfm"
@@ -324,6 +326,13 @@ class FSFMEncoder(Encoder):
 
     def info_extra(self) -> dict[str, Any]:
         return {"fsfm_layout": self.layout, "pooling": self.pooling}
+
+    def spatial(self, layer: Layer) -> SpatialExplainer:
+        """Exact patch contributions (mean pooling) or Grad-CAM (CLS pooling):
+        :mod:`featstore.encoders.fsfm_spatial`."""
+        from featstore.encoders.fsfm_spatial import explainer
+
+        return explainer(self, self.resolve_layers([layer])[0])
 
     def _frames(self, clip: Clip) -> np.ndarray:
         f = clip.frames

@@ -23,7 +23,7 @@ Windows are independent, so batching is padding-free.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from featstore.layout import LAST, Layer
 from featstore.timebase import FRAME_HZ
 
 TUBELET_FRAMES = 2  # the default checkpoint's tubelet_size: one row per two 25 fps frames
+
+if TYPE_CHECKING:
+    from featstore.spatial.base import SpatialExplainer
 
 INIT_SCHEME = InitScheme(
     name="videomae-hf",
@@ -137,6 +140,13 @@ class VideoMAEEncoder(HFEncoder):
     def n_rows(self, n_frames: int) -> int:
         """Whole windows only: ``(n_frames // 16) * 8`` rows."""
         return (n_frames // self.window) * self.steps
+
+    def spatial(self, layer: Layer) -> SpatialExplainer:
+        """The exact decomposition of a tubelet step's mean patch token
+        (:mod:`featstore.encoders.videomae_spatial`)."""
+        from featstore.encoders.videomae_spatial import VideoMAELinear
+
+        return VideoMAELinear(self, self.resolve_layers([layer])[0])
 
     def encode(
         self, clips: Sequence[Clip], layers: Sequence[Layer]
