@@ -255,3 +255,51 @@ def test_unsupported_layers_and_encoders(tiny_clip) -> None:
         tiny_clip.spatial(0)
     with pytest.raises(SpatialUnsupportedError, match="no spatial"):
         load_encoder("logfbank").spatial(LAST)
+
+
+@pytest.fixture(scope="module")
+def mouth_encoders(tmp_path_factory: pytest.TempPathFactory):
+    from featstore.encoders.autoavsr.tiny import save_tiny_checkpoint as save_autoavsr
+    from featstore.encoders.avhubert.tiny import save_tiny_checkpoint as save_avhubert
+
+    d = tmp_path_factory.mktemp("mouth")
+    avhubert = save_avhubert(d / "avhubert.pt", seed=1)
+    return {
+        "avhubert-v": load_encoder("avhubert-v", str(avhubert)),
+        "avhubert-av": load_encoder("avhubert-av", str(avhubert)),
+        "autoavsr-vsr": load_encoder(
+            "autoavsr-vsr", str(save_autoavsr("autoavsr-vsr", d / "v.pth"))
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["avhubert-v", "avhubert-av", "autoavsr-vsr"])
+def test_mouth_gradcam_equals_captum_per_frame(mouth_encoders, video: VideoFrames, name) -> None:
+    """Frame t's map: Grad-CAM of z_t on frame t's own trunk activations (the clip runs whole)."""
+    pytest.importorskip("captum")
+    from featstore.crops import crop_mouth
+
+    enc = mouth_encoders[name]
+    rng = np.random.default_rng(5)
+    audio = (0.1 * rng.standard_normal(T * 640)).astype(np.float32)
+    full = VideoFrames(
+        indices=video.indices, frames=video.frames, n_frames=T, tracks=video.tracks, audio=audio
+    )
+    explainer = enc.spatial(LAST)
+    assert explainer.context([3], T) == list(range(T))
+    head = random_head(enc.layer_dims[LAST], scale=20.0)
+    frames = [2, 9]
+    maps = explainer.explain(full, frames, head)
+    assert maps.grid_hw == (3, 3) and explainer.target.endswith("trunk.layer4")
+    # the reference: captum on the clip's differentiable forward, one target frame at a time
+    clip = Clip("v", frames=crop_mouth(video.frames, video.tracks), audio=audio)
+    rows = enc.encode([clip], [LAST])[0][LAST]
+    np.testing.assert_allclose(maps.logits, head.logits_np(rows[frames]), atol=1e-4)
+    for i, t in enumerate(frames):
+
+        def z_t(_unused: torch.Tensor, t: int = t) -> torch.Tensor:
+            return head.logits(explainer.forward(clip)[t : t + 1])  # [1]
+
+        want = captum_cam(z_t, explainer.module, torch.zeros(1, 1))[t]  # [h, w] of frame t
+        assert want.max() > 1e-3
+        np.testing.assert_allclose(maps.maps[i], want, rtol=0, atol=1e-5 * max(1.0, want.max()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from featstore.encoders.base import (
 from featstore.encoders.random_init import BERT, InitScheme, bert_init_, seeded
 from featstore.encoders.resnet import AUDIO_SAMPLES_PER_STEP
 from featstore.layout import LAST, Layer
+
+if TYPE_CHECKING:
+    from featstore.spatial.base import SpatialExplainer
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,12 @@ class AutoAVSREncoder(Encoder):
         self.model = model
         self.config = config
         self.unused_keys = list(unused_keys)  # checkpoint keys outside the encoder
+
+    def spatial(self, layer: Layer) -> SpatialExplainer:
+        """Grad-CAM on the video front end (:mod:`featstore.encoders.autoavsr.spatial`)."""
+        from featstore.encoders.autoavsr.spatial import AutoAVSRGradCam
+
+        return AutoAVSRGradCam(self, self.resolve_layers([layer])[0])
 
     # ------------------------------------------------------------------ inputs
 

@@ -28,6 +28,7 @@ attention keys, as fairseq does; the other stages work frame by frame.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,6 +46,9 @@ from featstore.encoders.base import (
 )
 from featstore.encoders.baselines import MOUTH_CROP, MOUTH_MEAN, MOUTH_ROI, MOUTH_STD, logfbank_rows
 from featstore.layout import LAST, Layer
+
+if TYPE_CHECKING:
+    from featstore.spatial.base import SpatialExplainer
 
 __all__ = ["DEFAULT_MAX_BATCH_FRAMES", "AVHubertEncoder", "mouth_input"]
 
@@ -98,6 +102,12 @@ class AVHubertEncoder(Encoder):
         self.finetuned = loaded.finetuned
         self.unused_keys: list[str] = list(loaded.unused_keys)
         self.max_batch_frames = max_batch_frames
+
+    def spatial(self, layer: Layer) -> SpatialExplainer:
+        """Grad-CAM on the video front end (:mod:`featstore.encoders.avhubert.spatial`)."""
+        from featstore.encoders.avhubert.spatial import AVHubertGradCam
+
+        return AVHubertGradCam(self, self.resolve_layers([layer])[0])
 
     def _inputs(self, clip: Clip) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(audio rows ``[T, 104]`` or None, video ``[T, 88, 88]`` or None), trimmed to one ``T``."""
