@@ -30,12 +30,15 @@ from typing import Any
 import numpy as np
 
 from featstore import timebase
+from featstore.decode_limits import DecodeLimits
 from featstore.media import (
+    DEFAULT_LIMITS,
     EmptyMediaError,
     MediaError,
     NoVideoStreamError,
     _decode_error,
     _frame_time,
+    _limit_decoder,
     _open,
     _video_stream,
     iter_frames,
@@ -58,10 +61,13 @@ def read_frames(
     *,
     fps: float = timebase.FRAME_HZ,
     max_gap_s: float = DEFAULT_MAX_GAP_S,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> np.ndarray:
     """``uint8 [len(indices), H, W, 3]`` RGB frames at the given constant-rate indices.
 
     ``indices`` may be in any order and repeat; the output follows their order.
+    ``limits``: the frame size bound of a full decode (the frames kept are only
+    the ones asked for).
     """
     wanted = [int(i) for i in indices]
     if not wanted:
@@ -73,10 +79,13 @@ def read_frames(
         vs = _video_stream(container)
         if vs is None:
             raise NoVideoStreamError(path, "no video stream")
+        _limit_decoder(str(path), vs, limits)
         vs.thread_type, vs.thread_count = "SLICE", 1
-        found = _seek_frames(str(path), container, vs, targets, fps=fps, max_gap_s=max_gap_s)
+        found = _seek_frames(
+            str(path), container, vs, targets, fps=fps, max_gap_s=max_gap_s, limits=limits
+        )
     if found is None:  # no timestamps: decode from the start
-        found = _scan_frames(path, targets, fps=fps)
+        found = _scan_frames(path, targets, fps=fps, limits=limits)
     missing = [k for k in targets if k not in found]
     if missing:
         n = max(found) + 1 if found else 0
@@ -94,6 +103,7 @@ def _seek_frames(
     *,
     fps: float,
     max_gap_s: float,
+    limits: DecodeLimits,
 ) -> dict[int, np.ndarray] | None:
     """Frames for sorted ``targets`` by seek + decode; None when the stream has no timestamps."""
     import av
@@ -120,6 +130,7 @@ def _seek_frames(
         held_t = Fraction(0)
         try:
             for frame in _frames_from(path, container, vs, when(targets[i]), t0):
+                limits.check_frame_size(path, frame.width, frame.height, where="a decoded frame")
                 t = _frame_time(frame, vs)
                 if t is None:
                     return None
@@ -146,7 +157,7 @@ def _seek_frames(
                     i += 1
                 return out
         except av.error.FFmpegError as exc:
-            raise _decode_error(path, "video", float(when(targets[i]) - t0), exc) from exc
+            raise _decode_error(path, "video", float(when(targets[i]) - t0), exc, limits) from exc
     return out
 
 
@@ -192,13 +203,14 @@ def _rgb(frame: Any, size: tuple[int, int]) -> np.ndarray:
 
 
 def _scan_frames(
-    path: str | os.PathLike[str], targets: list[int], *, fps: float
+    path: str | os.PathLike[str], targets: list[int], *, fps: float, limits: DecodeLimits
 ) -> dict[int, np.ndarray]:
     """Decode from the start (no timestamps to seek by), keeping the targets."""
     out: dict[int, np.ndarray] = {}
     start, last = 0, targets[-1]
     wanted = set(targets)
-    for chunk in iter_frames(path, fps=fps, chunk_frames=64, max_duration_s=(last + 1) / fps):
+    chunks = iter_frames(path, fps=fps, chunk_frames=64, until_s=(last + 1) / fps, limits=limits)
+    for chunk in chunks:
         for j in range(len(chunk)):
             if start + j in wanted:
                 out[start + j] = chunk[j].copy()
