@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from featstore import timebase
 from featstore.errors import FeatstoreError
 from featstore.layout import Layer, layer_key
 from featstore.spatial import geometry
@@ -185,9 +186,8 @@ class SpatialExplainer(ABC):
 
     def rows(self, frames: Sequence[int]) -> np.ndarray:
         """The encoder row each 25 fps frame belongs to."""
-        return (np.asarray(frames, dtype=np.int64) * self.encoder.spec.frame_hz / 25.0).astype(
-            np.int64
-        )
+        hz = self.encoder.spec.frame_hz / timebase.FRAME_HZ
+        return (np.asarray(frames, dtype=np.int64) * hz).astype(np.int64)
 
     def context(self, frames: Sequence[int], n_frames: int) -> list[int]:
         """The 25 fps frames to decode to explain ``frames`` (default: just those)."""
