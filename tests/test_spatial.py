@@ -303,3 +303,20 @@ def test_mouth_gradcam_equals_captum_per_frame(mouth_encoders, video: VideoFrame
         want = captum_cam(z_t, explainer.module, torch.zeros(1, 1))[t]  # [h, w] of frame t
         assert want.max() > 1e-3
         np.testing.assert_allclose(maps.maps[i], want, rtol=0, atol=1e-5 * max(1.0, want.max()))
+
+
+def test_capture_ignores_other_threads() -> None:
+    """A service scores with the same module in other threads while one explains."""
+    import threading
+
+    from featstore.spatial.attribution import capture
+
+    lin = torch.nn.Linear(3, 2)
+    with capture(lin) as box:
+        mine = lin(torch.ones(1, 3))
+        t = threading.Thread(target=lambda: lin(torch.zeros(5, 3)))
+        t.start()
+        t.join()
+    assert box.output is mine
+    lin(torch.ones(4, 3))  # the hook is gone
+    assert box.output is mine

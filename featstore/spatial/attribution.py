@@ -127,11 +127,19 @@ class Captured:
 
 @contextmanager
 def capture(module: nn.Module) -> Iterator[Captured]:
-    """Keep ``module``'s forward output while the context is open (the Grad-CAM target)."""
+    """Keep ``module``'s forward output while the context is open (the Grad-CAM target).
+
+    Only forwards run by this thread are kept: a service may run the same module
+    for scoring in another thread meanwhile.
+    """
+    import threading
+
     box = Captured()
+    owner = threading.get_ident()
 
     def hook(_module: Any, _inputs: Any, output: Any) -> None:
-        box.output = output
+        if threading.get_ident() == owner:
+            box.output = output
 
     handle = module.register_forward_hook(hook)
     try:
