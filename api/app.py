@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -36,6 +37,8 @@ from api.models import (
 )
 from api.scoring import NotReadyError, ScoringService, UnknownRunError
 from api.settings import Settings
+from api.spatial import DEFAULT_FRAMES as SPATIAL_DEFAULT_FRAMES
+from api.spatial import MAX_FRAMES as SPATIAL_MAX_FRAMES
 from api.uploads import (
     BadUploadError,
     MalformedUploadError,
@@ -177,11 +180,33 @@ _UPLOAD_BODY = {
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
 
 
+ExplainQuery = Annotated[
+    Literal["spatial"] | None,
+    Query(
+        description="spatial: add each run's spatial explanation (probe runs on visual encoders)"
+    ),
+]
+ExplainFramesQuery = Annotated[
+    int,
+    Query(
+        ge=1,
+        le=SPATIAL_MAX_FRAMES,
+        description="frames explained per run: the highest-scoring rows (16 x 16 cells each)",
+    ),
+]
+
+
 @v1.post("/score", response_model=ScoreResponse, openapi_extra=_UPLOAD_BODY)
 async def score_upload(
-    request: Request, service: ServiceDep, settings: SettingsDep, metrics: MetricsDep
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    explain: ExplainQuery = None,
+    explain_frames: ExplainFramesQuery = SPATIAL_DEFAULT_FRAMES,
 ) -> ScoreResponse:
-    """Score an uploaded video (multipart ``file``) with the loaded runs, or those in ``runs``."""
+    """Score an uploaded video (multipart ``file``) with the loaded runs, or those in ``runs``;
+    ``?explain=spatial`` adds spatial explanations."""
     service.check_ready()
     received_at: float | None = None
     try:
@@ -201,7 +226,10 @@ async def score_upload(
             runs = [r.strip() for r in raw.split(",") if r.strip()] or None
             service.upload_runs(runs)  # unknown runs fail before decoding
             await asyncio.to_thread(check_duration, upload.path, settings.max_duration_s)
-            return await service.score_upload(str(upload.path), runs, filename=upload.filename)
+            extra = {"explain_frames": explain_frames} if explain else {}
+            return await service.score_upload(
+                str(upload.path), runs, filename=upload.filename, **extra
+            )
     except TimeoutError:
         when = deadline.when()
         if received_at is not None and when is not None and received_at < when:
@@ -244,12 +272,18 @@ async def stored_scores(
     run: Annotated[str, Query(description="run name (see /v1/models)")],
     service: ServiceDep,
     settings: SettingsDep,
+    explain: ExplainQuery = None,
+    explain_frames: ExplainFramesQuery = SPATIAL_DEFAULT_FRAMES,
 ) -> StoredScoreResponse:
-    """Scores and fake segments of a stored video, from its stored features (no encoder)."""
+    """Scores and fake segments of a stored video, from its stored features (no encoder);
+    ``?explain=spatial`` adds spatial explanations from its media."""
     _check_dataset(dataset)
     _check_video_id(video_id)
+    extra = {"explain_frames": explain_frames} if explain else {}
     async with _timeout(settings):
-        return await asyncio.to_thread(service.score_stored, dataset, video_id, run)
+        return await asyncio.to_thread(
+            functools.partial(service.score_stored, dataset, video_id, run, **extra)
+        )
 
 
 @v1.get("/models", response_model=ModelsResponse)

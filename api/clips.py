@@ -14,11 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from featstore import timebase
 from featstore.encoders.base import Clip, EncoderSpec
+
+if TYPE_CHECKING:
+    from featstore.landmarks import FaceTracks
 
 __all__ = ["PreparedUpload", "prepare_upload"]
 
@@ -30,6 +34,7 @@ class PreparedUpload:
     clips: Mapping[Hashable, Clip] = field(repr=False)
     n_frames: int  # decoded video frames (or whole audio frames when no video was decoded)
     leading_silence_s: float | None = None
+    tracks: FaceTracks | None = field(default=None, repr=False)  # when a crop needed them
 
     @property
     def duration_s(self) -> float:
@@ -73,7 +78,7 @@ def prepare_upload(
     with memory_guard(
         path, "while cropping the frames" if crop_kinds - {"none"} else "after decoding"
     ):
-        crops = _crops(media.frames, crop_kinds)
+        crops, tracks = _crops(media.frames, crop_kinds)
     clips: dict[Hashable, Clip] = {}
     for key, (spec, n_rows) in encoders.items():
         clip = Clip(
@@ -93,7 +98,9 @@ def prepare_upload(
     silence_s = None
     if silence and media.audio is not None:
         silence_s = float(leading_silence_s(media.audio))
-    return PreparedUpload(clips=clips, n_frames=n_frames, leading_silence_s=silence_s)
+    return PreparedUpload(
+        clips=clips, n_frames=n_frames, leading_silence_s=silence_s, tracks=tracks
+    )
 
 
 def _check_duration(n_frames: int, max_duration_s: float) -> None:
@@ -108,11 +115,15 @@ def _check_duration(n_frames: int, max_duration_s: float) -> None:
         )
 
 
-def _crops(frames: np.ndarray | None, kinds: set[str]) -> dict[str, np.ndarray | None]:
-    """The frames each crop kind feeds (faces tracked once for mouth and face crops)."""
+def _crops(
+    frames: np.ndarray | None, kinds: set[str]
+) -> tuple[dict[str, np.ndarray | None], FaceTracks | None]:
+    """The frames each crop kind feeds (faces tracked once for mouth and face crops), and
+    the tracks when faces were tracked."""
     out: dict[str, np.ndarray | None] = {}
+    tracks = None
     if frames is None:
-        return out
+        return out, tracks
     if "none" in kinds:
         out["none"] = frames
     if kinds & {"mouth", "face"}:
@@ -124,4 +135,4 @@ def _crops(frames: np.ndarray | None, kinds: set[str]) -> dict[str, np.ndarray |
             out["mouth"] = crop_mouth(frames, tracks)
         if "face" in kinds:
             out["face"] = crop_face(frames, tracks)
-    return out
+    return out, tracks

@@ -18,6 +18,8 @@ __all__ = [
     "ReadyResponse",
     "RunScore",
     "ScoreResponse",
+    "SpatialFrame",
+    "SpatialResult",
     "StoredScoreResponse",
     "Timings",
 ]
@@ -54,6 +56,36 @@ RANK_HELP = (
 )
 
 
+class SpatialFrame(BaseModel):
+    """One explained frame (``?explain=spatial``)."""
+
+    frame: int = Field(description="25 fps frame index in the video")
+    time_s: float
+    row: int = Field(description="the row of frame_scores this frame belongs to")
+    score: float = Field(description="that row's score")
+    peak: tuple[float, float] = Field(
+        description="(x, y) of the map's maximum, relative to the frame (x / width, y / height)"
+    )
+    map: list[list[float | None]] = Field(
+        description="the map over the frame, map_hw cells, top row first; null where the "
+        "encoder saw nothing (outside its crop)"
+    )
+
+
+class SpatialResult(BaseModel):
+    """A run's spatial explanation of its highest-scoring rows (``?explain=spatial``)."""
+
+    encoder: str
+    layer: str
+    method: Literal["linear", "gradcam"] = Field(
+        description="linear: exact patch contributions to the frame logit; gradcam: Grad-CAM"
+    )
+    target: str = Field(description="what was decomposed, or the module Grad-CAM hooked")
+    exact: bool
+    map_hw: tuple[int, int] = Field(description="rows, columns of every map (long side 16)")
+    frames: list[SpatialFrame]
+
+
 class RunScore(BaseModel):
     """One run's verdict on one video."""
 
@@ -74,6 +106,12 @@ class RunScore(BaseModel):
     )
     segments: SegmentList = Field(
         description="fake segments [start_s, end_s, score] where frame scores pass the threshold"
+    )
+    spatial: SpatialResult | None = Field(
+        None, description="with ?explain=spatial, for runs whose encoder supports it"
+    )
+    spatial_note: str | None = Field(
+        None, description="with ?explain=spatial, why this run has no spatial explanation"
     )
 
 

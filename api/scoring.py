@@ -298,9 +298,15 @@ class ScoringService:
     # ------------------------------------------------------------------ scoring
 
     async def score_upload(
-        self, path: str, runs: Sequence[str] | None = None, *, filename: str | None = None
+        self,
+        path: str,
+        runs: Sequence[str] | None = None,
+        *,
+        filename: str | None = None,
+        explain_frames: int | None = None,
     ) -> ScoreResponse:
-        """Score the media file at ``path`` with ``runs`` (default: every loaded run)."""
+        """Score the media file at ``path`` with ``runs`` (default: every loaded run);
+        ``explain_frames``: add spatial explanations of that many frames (:mod:`api.spatial`)."""
         import os
 
         from api.clips import prepare_upload
@@ -339,6 +345,12 @@ class ScoringService:
                 encode_ms=1e3 * (t2 - t1),
                 score_ms=1e3 * (time.perf_counter() - t3),
             )
+            if explain_frames:
+                from api.spatial import explain_upload
+
+                verdict = await asyncio.to_thread(
+                    explain_upload, r, self.encoders, path, prepared, verdict, explain_frames
+                )
             results.append(UploadRunScore(**verdict.model_dump(), timings=timings))
         return ScoreResponse(
             filename=filename,
@@ -347,8 +359,11 @@ class ScoringService:
             results=results,
         )
 
-    def score_stored(self, dataset: str, video_id: str, run_name: str) -> StoredScoreResponse:
-        """A stored video's verdict from its stored features (no encoder runs), any run kind."""
+    def score_stored(
+        self, dataset: str, video_id: str, run_name: str, *, explain_frames: int | None = None
+    ) -> StoredScoreResponse:
+        """A stored video's verdict from its stored features (no encoder runs), any run kind;
+        ``explain_frames``: add spatial explanations from its media (:mod:`api.spatial`)."""
         from trainers.data import Selection, SelectionError
 
         loaded = self.run(run_name)
@@ -367,6 +382,12 @@ class ScoringService:
             else np.zeros(0, dtype=np.float32)
         )
         verdict = loaded.result(float(scored.scores[0]), frames)
+        if explain_frames:
+            from api.spatial import explain_stored
+
+            verdict = explain_stored(
+                loaded, self.encoders, store, dataset, video_id, verdict, explain_frames
+            )
         label, segments = self._annotation(dataset, video_id)
         return StoredScoreResponse(
             **verdict.model_dump(),

@@ -16,6 +16,7 @@ from cli import evaluate as evaluate_cmd
 from cli import media as media_cmd
 from cli import report as report_cmd
 from cli import sample as sample_cmd
+from cli import spatial as spatial_cmd
 from cli import store as store_cmd
 from cli import sync as sync_cmd
 from cli import train as train_cmd
@@ -39,6 +40,7 @@ app.add_typer(train_cmd.app, name="train")
 app.add_typer(asd_cmd.app, name="asd")
 app.add_typer(report_cmd.app, name="report")
 evaluate_cmd.register(app)
+spatial_cmd.register(evaluate_cmd.explain_app)
 sync_cmd.register(app)
 app.command("extract")(extract_command)
 app.command("serve")(serve_command)

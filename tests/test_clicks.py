@@ -97,3 +97,18 @@ def test_video_errors_and_the_curve_by_hand() -> None:
     assert math.isnan(exp.loc[0.95, "mean"])
     cen = got[got["method"] == "centre"].set_index("threshold")
     np.testing.assert_allclose(cen.loc[0.5, "mean"], 0.15)
+
+
+def test_choose_frames() -> None:
+    from featstore.spatial import SpatialError
+    from trainers.spatial import choose_frames
+
+    z = np.array([0.1, 3.0, -1.0, 3.0, 2.0])
+    assert choose_frames("top", frame_scores=z, frame_hz=25.0, last_frame=5, top_k=3) == [1, 3, 4]
+    # 12.5 Hz rows (VideoMAE): a row's first frame; rows past the last whole window dropped
+    assert choose_frames("top", frame_scores=z, frame_hz=12.5, last_frame=8, top_k=2) == [2, 6]
+    assert choose_frames("top", frame_scores=z, frame_hz=12.5, last_frame=4, top_k=2) == [2]
+    assert choose_frames("all", frame_scores=z, frame_hz=25.0, last_frame=3) == [0, 1, 2]
+    assert choose_frames([4, 0, 4], frame_scores=z, frame_hz=25.0, last_frame=5) == [4, 0]
+    with pytest.raises(SpatialError):
+        choose_frames("best", frame_scores=z, frame_hz=25.0, last_frame=5)

@@ -38,6 +38,12 @@ class Panel:
     caption: str = ""
 
 
+def _aspect(panels: Sequence[Panel]) -> float:
+    """Height over width of the first panel's frame (figures are laid out by it)."""
+    h, w = np.asarray(panels[0].frame).shape[:2]
+    return h / w
+
+
 def _normalised(heat: np.ndarray) -> np.ndarray:
     v = np.asarray(heat, dtype=np.float64)
     finite = np.isfinite(v)
@@ -87,7 +93,8 @@ def contact_sheet_png(
     if not rows or not any(panels for _, panels in rows):
         raise PlotError("a contact sheet needs at least one panel")
     n_cols = max(len(p) for _, p in rows)
-    fig = _new_figure(2.2 * n_cols + 0.6, 2.0 * len(rows) + 0.5)
+    aspect = _aspect(next(p for _, p in rows if p))
+    fig = _new_figure(2.2 * n_cols + 0.6, (2.2 * aspect + 0.35) * len(rows) + 0.5)
     grid = fig.add_gridspec(len(rows), n_cols)
     for r, (label, panels) in enumerate(rows):
         for c in range(n_cols):
@@ -108,7 +115,7 @@ def clicks_grid_png(path: str | Path, panels: Sequence[Panel], *, title: str = "
     frame with the explanation and its maximum (green, bottom)."""
     if not panels:
         raise PlotError("the click grid needs at least one sample")
-    fig = _new_figure(2.2 * len(panels) + 0.4, 4.6)
+    fig = _new_figure(2.2 * len(panels) + 0.4, 2 * (2.2 * _aspect(panels) + 0.35) + 0.6)
     grid = fig.add_gridspec(2, len(panels))
     for c, p in enumerate(panels):
         _draw(

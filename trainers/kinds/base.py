@@ -54,6 +54,7 @@ from trainers.runs import Run, RunError, Scored
 if TYPE_CHECKING:
     import pandas as pd
 
+    from featstore.spatial import FrameHead
     from featstore.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,14 @@ class Detector(ABC):
         Rows are as a store holds them (the encoder's rate and width, the
         stored dtype); the detector assembles its inputs itself.
         """
+
+    def spatial_head(self) -> tuple[StoredFeature, FrameHead]:
+        """The stored feature and the linear per-frame head on it that spatial explanations
+        decompose (:mod:`trainers.spatial`); kinds without one raise :class:`RunError`."""
+        raise RunError(
+            f"{self.where()}: {self.kind} runs have no linear per-frame head on one feature "
+            "to explain spatially (probe runs do)"
+        )
 
     def check_store(self, store: FeatureStore, dataset: str) -> None:
         """``dataset`` holds the features this detector reads as it was trained on them."""

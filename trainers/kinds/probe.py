@@ -39,7 +39,9 @@ from trainers.kinds.base import (
 from trainers.runs import Run, RunError, Scored, check_writable, save_run
 
 if TYPE_CHECKING:
+    from featstore.spatial import FrameHead
     from featstore.store import FeatureStore
+    from trainers.inputs import StoredFeature
     from trainers.probe import EpochStats, ProbeConfig, ProbeParams
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,19 @@ class ProbeDetector(Detector):
         x = self.config.features.assemble(rows)  # [T, D]
         frames = np.asarray(frame_logits(self.params, x), dtype=np.float32)  # [T]
         return VideoScore(float(torch.logsumexp(torch.from_numpy(frames), dim=0)), frames)
+
+    def spatial_head(self) -> tuple[StoredFeature, FrameHead]:
+        """``w . phi(f) + b`` on the probe's feature (one feature at its own rate)."""
+        from featstore.spatial import FrameHead
+
+        inp = self.config.features
+        if len(inp.features) != 1 or inp.resampled:
+            raise RunError(
+                f"{self.where()} reads {inp.label}: spatial explanations need a probe on one "
+                "feature at its own rate"
+            )
+        p = self.params
+        return inp.features[0], FrameHead(weight=p.w, bias=p.b, l2_normalize=p.l2_normalize)
 
     def score_selection(
         self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
