@@ -89,7 +89,7 @@ TOML
 featstore grid "$OUT/grid.toml" --epoch-every 50
 cat "$OUT/grid/grid.md"
 
-step "11. Late fusion, correlation and a temporal explanation"
+step "11. Late fusion, correlation, a temporal and two spatial explanations"
 RUNS="$OUT/grid/runs"
 featstore fuse "$RUNS/logfbank-last/sample" "$RUNS/mouth-pixels-last/sample" --on sample:val \
   --out "$OUT/runs/fusion"
@@ -97,6 +97,11 @@ featstore correlate "$RUNS"/*/sample --on sample:val --out "$OUT/correlation"
 FAKE=$(python -c "import featstore; m = featstore.open_store('$STORE').manifest('sample'); print(m[(m.split == 'val') & (m.label == 1)].video_id.iloc[0])")
 featstore explain temporal "$OUT/runs/logfbank" --dataset sample --video "$FAKE" \
   --out "$OUT/explain-logfbank.png"
+# spatial: Grad-CAM of the CLIP probe (centre crop), the exact decomposition of mouth-pixels (mouth ROI)
+featstore explain spatial "$RUNS/clip-last/sample" --dataset sample --video "$FAKE" --top-k 3 \
+  --out "$OUT/explain-spatial-clip"
+featstore explain spatial "$RUNS/mouth-pixels-last/sample" --dataset sample --video "$FAKE" --top-k 3 \
+  --out "$OUT/explain-spatial-mouth"
 
 step "12. Detectors trained on real clips only: AVH-Align sync and next-token prediction"
 # The sample's fakes break audio-visual agreement, which is what these detectors look for.

@@ -178,3 +178,19 @@ def test_http_explain_spatial(setup: SpatialSetup, tmp_path: Path) -> None:
     np.testing.assert_allclose(
         [f["peak"] for f in spatial["frames"]], np.load(out / f"{vid}.npz")["peaks"], atol=1e-9
     )
+
+
+def test_an_encoder_that_does_not_compute_the_stored_rows_is_refused(tmp_path: Path) -> None:
+    """FSFM loaded with CLS pooling cannot explain rows extracted with mean pooling."""
+    from featstore.encoders import load_encoder
+    from featstore.encoders.fsfm_tiny import save_tiny_checkpoint
+    from featstore.spatial import SpatialError
+    from trainers.inputs import StoredFeature
+    from trainers.spatial import _check_encoder
+
+    ckpt = str(save_tiny_checkpoint(tmp_path / "fsfm" / "checkpoint.pth"))
+    stored = load_encoder("fsfm", ckpt).info(layers=["last"])  # what extraction recorded
+    feature = StoredFeature(encoder="fsfm", layer="last", frame_hz=25.0, dim=16)
+    _check_encoder(load_encoder("fsfm", ckpt), feature, stored, "ds")  # the same: fine
+    with pytest.raises(SpatialError, match="pooling"):
+        _check_encoder(load_encoder("fsfm", ckpt, pooling="cls"), feature, stored, "ds")
