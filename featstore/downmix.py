@@ -60,12 +60,19 @@ class MonoResampler:
     >>> r = MonoResampler(16_000)  # doctest: +SKIP
     >>> pieces = [p for f in container.decode(audio=0) for p in r.resample(f)]  # doctest: +SKIP
     >>> pieces += r.resample(None)  # flush  # doctest: +SKIP
+
+    ``skip_input_samples``: drop that many samples of the input before resampling (a
+    span decode puts the resampler's first input on the whole decode's output grid:
+    :mod:`featstore.seeking`).
     """
 
-    def __init__(self, sample_rate_hz: int) -> None:
+    def __init__(self, sample_rate_hz: int, *, skip_input_samples: int = 0) -> None:
         if sample_rate_hz < 1:
             raise ValueError(f"sample_rate_hz must be positive, got {sample_rate_hz}")
+        if skip_input_samples < 0:
+            raise ValueError(f"skip_input_samples must be >= 0, got {skip_input_samples}")
         self.sample_rate_hz = int(sample_rate_hz)
+        self._skip = int(skip_input_samples)  # input samples still to drop before resampling
         self._key: tuple[str, str, int] | None = None
         self._source: Any = None  # abuffer context
         self._sink: Any = None  # abuffersink context
@@ -79,7 +86,10 @@ class MonoResampler:
         out: list[np.ndarray] = []
         if self._is_target(frame):  # already float mono at the rate (AAC at 16 kHz): no graph
             out += self._flush()
-            out.append(frame.to_ndarray()[0])  # [n]: one plane, a copy
+            mono = frame.to_ndarray()[0]  # [n]: one plane, a copy
+            cut = min(self._skip, mono.shape[0])
+            self._skip -= cut
+            out.append(mono[cut:])
             return out
         if key != self._key:
             out += self._flush()  # parameters changed mid-stream: finish the old graph
@@ -110,6 +120,11 @@ class MonoResampler:
                 channel_layout=layout,
                 time_base=str(time_base),
             ),
+        ]
+        if self._skip:  # in C, on the source's own samples (no array of its channels)
+            chain.append(graph.add("atrim", start_sample=str(self._skip)))
+            self._skip = 0
+        chain += [
             graph.add("aformat", sample_fmts="fltp"),  # mix in float, whatever the source
         ]
         if n_channels > 1:

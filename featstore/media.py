@@ -43,6 +43,7 @@ and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -56,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featstore import timebase
+from featstore import seeking, timebase
 from featstore.decode_limits import DecodeLimits, format_pixels, memory_guard
 from featstore.media_errors import (
     CorruptMediaError,
@@ -359,15 +360,17 @@ def _check_headers(
     whole: bool,
     fps: float,
     sample_rate_hz: int,
+    start_s: float = 0.0,
     until_s: float | None,
 ) -> None:
     """``limits.check_declared`` on what ``info`` says of the streams to decode.
 
     The frame size counts whenever the file has video (aligning audio decodes a frame).
+    Durations are those of the span ``[start_s, until_s)``.
     """
     v, a = info.video, info.audio
     durations = {
-        kind: d if until_s is None else min(d, until_s)
+        kind: max(0.0, (d if until_s is None else min(d, until_s)) - start_s)
         for kind, stream, wanted in (("video", v, video), ("audio", a, audio))
         if wanted and stream is not None and (d := stream.duration_s) is not None
     }
@@ -398,11 +401,20 @@ def _frame_time(frame: Any, stream: Any) -> Fraction | None:
     return frame.pts * (frame.time_base or stream.time_base)
 
 
+def _configure_video(path: str, vs: Any, limits: DecodeLimits, threads: int) -> None:
+    _limit_decoder(path, vs, limits)
+    if threads == 1:
+        vs.thread_type, vs.thread_count = "SLICE", 1
+    else:
+        vs.thread_type, vs.thread_count = "AUTO", threads
+
+
 def _constant_rate_frames(
     path: str,
     container: av.container.InputContainer,
     *,
     fps: float,
+    start_s: float = 0.0,
     until_s: float | None,
     allow_truncated: bool,
     threads: int,
@@ -410,23 +422,19 @@ def _constant_rate_frames(
 ) -> Iterator[np.ndarray]:
     """Yield ``[H, W, 3]`` RGB frames at constant ``fps`` (the same array may repeat).
 
-    Stops with a :class:`MediaLimitError` before the first frame past ``limits``
-    (``limits.max_decoded_bytes`` bounds the frames yielded in all).
+    Output frames ``ceil(start_s * fps)`` onwards: a seek (:func:`seeking.seek_video`)
+    when ``start_s > 0``, the same frames as a decode from the start. Stops with a
+    :class:`MediaLimitError` before the first frame past ``limits`` (counted from the
+    span's start; ``limits.max_decoded_bytes`` bounds the frames yielded in all).
     """
     import av
 
     vs = _video_stream(container)
     if vs is None:
         raise NoVideoStreamError(path, "no video stream")
-    _limit_decoder(path, vs, limits)
-    if threads == 1:
-        vs.thread_type, vs.thread_count = "SLICE", 1
-    else:
-        vs.thread_type, vs.thread_count = "AUTO", threads
+    _configure_video(path, vs, limits, threads)
     rate = Fraction(fps).limit_denominator(1_000_000)
-    src_rate = vs.average_rate or vs.guessed_rate
-    default_dur = Fraction(1) / (Fraction(src_rate) if src_rate else rate)
-    declared = _declared_duration_s(vs)
+    k0 = seeking.first_index(start_s, fps)
     n_max = _max_outputs(until_s, fps)
     n_limit: int | None = None  # output frames the limits allow, known from the first frame
     bound = ""  # which limit sets n_limit
@@ -435,18 +443,19 @@ def _constant_rate_frames(
     held: Any = None  # the source frame shown now, converted lazily
     held_rgb: np.ndarray | None = None
     held_rel = held_dur = Fraction(0)
-    k = 0
+    k = k0
+    prefix = 0  # frames decoded before the span without a seek (when it has to)
 
     def rgb() -> np.ndarray:
         nonlocal held_rgb
-        if n_limit is not None and k >= n_limit:
+        if n_limit is not None and k - k0 >= n_limit:
             if bound == "duration":
                 raise limits.duration_error(
-                    path, "video", stopped_s=k / fps, declared_s=_declared_end_s(vs)
+                    path, "video", stopped_s=(k - k0) / fps, declared_s=_declared_end_s(vs)
                 )
-            n_bytes = (k + 1) * 3 * size[0] * size[1]
+            n_bytes = (k - k0 + 1) * 3 * size[0] * size[1]
             raise limits.bytes_error(
-                path, f"decoded frames ({k + 1} of {size[0]}x{size[1]})", n_bytes
+                path, f"decoded frames ({k - k0 + 1} of {size[0]}x{size[1]})", n_bytes
             )
         if held_rgb is None:
             if (held.width, held.height) != size:
@@ -460,41 +469,104 @@ def _constant_rate_frames(
             held_rgb = held.to_ndarray(format="rgb24", width=size[0], height=size[1])  # [H, W, 3]
         return held_rgb
 
-    try:
-        for frame in container.decode(vs):
-            limits.check_frame_size(path, frame.width, frame.height, where="a decoded frame")
-            t = _frame_time(frame, vs)
-            if t is None:
-                t = (t0 or 0) + held_rel + held_dur if held is not None else Fraction(0)
-            if t0 is None:
-                t0, size = t, (frame.width, frame.height)
-                n_limit, bound = limits.max_frames(fps=fps, frame_bytes=3 * size[0] * size[1])
-            rel = t - t0
-            if declared is not None and rel > declared + _MAX_TIMESTAMP_OVERRUN_S:
-                raise CorruptMediaError(
-                    path,
-                    f"video timestamp {float(t):.1f} s far past the declared "
-                    f"duration {declared:.1f} s",
+    def start(frame: Any, t: Fraction) -> None:
+        nonlocal t0, size, n_limit, bound
+        t0, size = t, (frame.width, frame.height)
+        n_limit, bound = limits.max_frames(fps=fps, frame_bytes=3 * size[0] * size[1])
+
+    with contextlib.ExitStack() as stack:
+        frames: Iterator[Any] = container.decode(vs)
+        try:
+            if k0:
+                frames, vs, seeked = _video_from(
+                    path, stack, container, vs, k0 / rate, start, limits=limits, threads=threads
                 )
-            if held is not None:
-                while k < rel * rate:  # output time k / fps is before this frame: show the held one
-                    yield rgb()
-                    k += 1
-                    if n_max is not None and k >= n_max:
-                        return
-            dur = frame.duration
-            held, held_rgb, held_rel = frame, None, rel
-            held_dur = dur * (frame.time_base or vs.time_base) if dur else default_dur
-    except av.error.FFmpegError as exc:
-        raise _decode_error(path, "video", float(held_rel), exc, limits) from exc
+                # decoding from the start costs the frames before the span: count them
+                prefix = 0 if seeked else k0
+            src_rate = vs.average_rate or vs.guessed_rate
+            default_dur = Fraction(1) / (Fraction(src_rate) if src_rate else rate)
+            declared = _declared_duration_s(vs)
+            for frame in frames:
+                limits.check_frame_size(path, frame.width, frame.height, where="a decoded frame")
+                t = _frame_time(frame, vs)
+                if t is None:
+                    t = (t0 or 0) + held_rel + held_dur if held is not None else Fraction(0)
+                if t0 is None:
+                    start(frame, t)
+                rel = t - t0
+                if declared is not None and rel > declared + _MAX_TIMESTAMP_OVERRUN_S:
+                    raise CorruptMediaError(
+                        path,
+                        f"video timestamp {float(t):.1f} s far past the declared "
+                        f"duration {declared:.1f} s",
+                    )
+                if prefix and bound == "duration" and rel * rate > n_limit:
+                    raise limits.duration_error(
+                        path,
+                        "video decoded before the span (the file could not be seeked)",
+                        stopped_s=float(rel),
+                        declared_s=_declared_end_s(vs),
+                    )
+                if held is not None:
+                    while k < rel * rate:  # output time k / fps is before this frame: show held
+                        yield rgb()
+                        k += 1
+                        if n_max is not None and k >= n_max:
+                            return
+                dur = frame.duration
+                held, held_rgb, held_rel = frame, None, rel
+                held_dur = dur * (frame.time_base or vs.time_base) if dur else default_dur
+        except av.error.FFmpegError as exc:
+            raise _decode_error(path, "video", float(held_rel), exc, limits) from exc
     if held is None:
         raise EmptyMediaError(path, "no decodable video frames")
     end = held_rel + held_dur
     while k < end * rate and (n_max is None or k < n_max):
         yield rgb()
         k += 1
+    if k == k0:
+        raise EmptyMediaError(
+            path, f"no video frames from {start_s:.2f} s: the video ends at {float(end):.2f} s"
+        )
     if n_max is None or k < n_max:
         _check_truncated(path, "video", vs, float(t0 + end), allow=allow_truncated)
+
+
+def _video_from(
+    path: str,
+    stack: contextlib.ExitStack,
+    container: av.container.InputContainer,
+    vs: Any,
+    at: Fraction,
+    start: Callable[[Any, Fraction], None],
+    *,
+    limits: DecodeLimits,
+    threads: int,
+) -> tuple[Iterator[Any], Any, bool]:
+    """Frames to decode for output times from ``at`` on (relative to the first frame).
+
+    Decodes the file's first frame (``start(frame, t)`` records time zero and the output
+    size from it), then seeks (:func:`seeking.seek_video`). Returns the frames, their
+    stream and whether the seek worked; if not, the frames come from the start of a
+    fresh container that ``stack`` closes.
+    """
+    frames = container.decode(vs)
+    first = next(frames, None)
+    if first is None:
+        return iter(()), vs, False
+    limits.check_frame_size(path, first.width, first.height, where="a decoded frame")
+    t = _frame_time(first, vs)
+    if t is None:  # no timestamps to seek by: decode from the start, here
+        return seeking.chain(first, frames), vs, False
+    start(first, t)
+    after = seeking.seek_video(container, vs, t0=t, at=at)
+    if after is not None:
+        return after, vs, True
+    logger.debug("%s: cannot seek to %.2f s; decoding from the start", path, float(at))
+    fresh = stack.enter_context(_open(path))
+    vs = _video_stream(fresh)
+    _configure_video(path, vs, limits, threads)
+    return fresh.decode(vs), vs, False
 
 
 def iter_frames(
@@ -502,6 +574,7 @@ def iter_frames(
     *,
     fps: float = timebase.FRAME_HZ,
     chunk_frames: int = 250,
+    start_s: float = 0.0,
     until_s: float | None = None,
     allow_truncated: bool = False,
     threads: int = 0,
@@ -510,13 +583,15 @@ def iter_frames(
     """Yield ``[n, H, W, 3]`` uint8 RGB chunks at constant ``fps``, ``n <= chunk_frames``.
 
     Memory is bounded by one chunk plus one decoded frame (``limits.max_decoded_bytes``
-    bounds the chunk; the duration is bounded, not the frames in all). ``until_s``:
-    stop after that many seconds (no error). ``threads``: FFmpeg decoder threads
+    bounds the chunk; the duration is bounded, not the frames in all). ``start_s``,
+    ``until_s``: only the span ``[start_s, until_s)`` (as :func:`decode`; no error when
+    the file ends first). ``threads``: FFmpeg decoder threads
     (0 = one per core, 1 = single-threaded). Errors (including truncation and
     limits) can surface after some chunks were yielded: discard them then.
     """
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    seeking.check_span(start_s, until_s)
     path_s = str(path)
     streaming = dataclasses.replace(limits, max_decoded_bytes=None)
     with (
@@ -531,6 +606,7 @@ def iter_frames(
             whole=False,
             fps=fps,
             sample_rate_hz=timebase.SAMPLE_RATE_HZ,
+            start_s=start_s,
             until_s=until_s,
         )
         buf: np.ndarray | None = None
@@ -539,6 +615,7 @@ def iter_frames(
             path_s,
             container,
             fps=fps,
+            start_s=start_s,
             until_s=until_s,
             allow_truncated=allow_truncated,
             threads=threads,
@@ -586,6 +663,7 @@ def _mono_16k(
     container: av.container.InputContainer,
     *,
     sample_rate_hz: int,
+    start_s: float = 0.0,
     until_s: float | None,
     allow_truncated: bool,
     limits: DecodeLimits,
@@ -593,8 +671,11 @@ def _mono_16k(
 ) -> Iterator[np.ndarray]:
     """Yield float32 mono pieces (of varying size) aligned to the video start.
 
-    Stops with a :class:`MediaLimitError` before yielding samples past ``limits``
-    (``used_bytes``: what the caller already holds of ``limits.max_decoded_bytes``).
+    Samples ``ceil(start_s * sample_rate_hz)`` onwards: a seek
+    (:func:`seeking.seek_audio`) when the span starts late enough, the same samples as a
+    decode from the start. Stops with a :class:`MediaLimitError` before yielding samples
+    past ``limits`` (counted from the span's start; ``used_bytes``: what the caller
+    already holds of ``limits.max_decoded_bytes``).
     """
     import av
 
@@ -604,10 +685,11 @@ def _mono_16k(
     if as_ is None:
         raise NoAudioStreamError(path, "no audio stream")
     ref = _first_video_time_s(path, limits) if _video_stream(container) is not None else None
+    i0 = seeking.first_index(start_s, sample_rate_hz)
     n_max = _max_outputs(until_s, sample_rate_hz)
     n_limit, bound = limits.max_samples(sample_rate_hz=sample_rate_hz, used_bytes=used_bytes)
-    resampler = MonoResampler(sample_rate_hz)
     produced = 0  # samples yielded
+    at = 0  # index (on the output grid, from the video start) of the next sample made
     to_drop = 0  # samples before the video start still to drop
 
     def check(n_more: int) -> None:
@@ -625,55 +707,94 @@ def _mono_16k(
         )
 
     def emit(mono: np.ndarray) -> Iterator[np.ndarray]:  # mono: [n] float32
-        nonlocal produced, to_drop
+        nonlocal produced, to_drop, at
         if to_drop:
             cut = min(to_drop, mono.shape[0])
             mono, to_drop = mono[cut:], to_drop - cut
+        if at < i0:  # before the span
+            cut = min(i0 - at, mono.shape[0])
+            mono, at = mono[cut:], at + cut
         if n_max is not None:
-            mono = mono[: n_max - produced]
+            mono = mono[: n_max - at]
         if mono.shape[0]:
             check(mono.shape[0])
             produced += mono.shape[0]
+            at += mono.shape[0]
             yield mono
 
-    started = False
-    try:
-        for frame in container.decode(as_):
-            if not started:
-                started = True
-                t = _frame_time(frame, as_)
-                if ref is None:  # no video: the audio's own start is time zero
-                    ref = 0.0 if t is None else float(t)
-                offset = 0.0 if t is None else float(t) - ref
-                if offset > 0:  # audio starts after the first video frame: pad with silence
-                    pad = round(offset * sample_rate_hz)
+    with contextlib.ExitStack() as stack:
+        try:
+            frames = container.decode(as_)
+            first = next(frames, None)
+            if first is None:
+                raise EmptyMediaError(path, "no decodable audio samples")
+            t = _frame_time(first, as_)
+            if ref is None:  # no video: the audio's own start is time zero
+                ref = 0.0 if t is None else float(t)
+            offset = 0.0 if t is None else float(t) - ref
+            pad = round(offset * sample_rate_hz) if offset > 0 else 0
+            to_drop = 0 if offset > 0 else round(-offset * sample_rate_hz)
+            wanted = i0 + to_drop - pad  # the span's first sample, counted from `first`
+            landed = None
+            frames = seeking.chain(first, frames)
+            if i0 and t is not None and seeking.worth_seeking(wanted, sample_rate_hz):
+                landed = seeking.seek_audio(
+                    container,
+                    as_,
+                    t_first=t,
+                    first_rate=int(first.sample_rate),
+                    first_format=(first.format.name, first.layout.name),
+                    first_samples=int(first.samples),
+                    wanted=wanted,
+                    sample_rate_hz=sample_rate_hz,
+                )
+                if landed is None:  # the container has moved: start again in a fresh one
+                    logger.debug("%s: cannot seek the audio; decoding from the start", path)
+                    fresh = stack.enter_context(_open(path))
+                    frames = fresh.decode(_audio_stream(fresh))
+            if landed is not None:
+                resampler = MonoResampler(sample_rate_hz, skip_input_samples=landed.skip_input)
+                frames = landed.frames
+                at, to_drop = landed.first_output - to_drop + pad, 0
+            else:
+                # decoding from the start costs the samples before the span: bound them
+                if i0 and n_limit is not None and bound == "duration" and i0 > n_limit:
+                    raise limits.duration_error(
+                        path,
+                        "audio decoded before the span (the file could not be seeked)",
+                        stopped_s=i0 / sample_rate_hz,
+                        declared_s=None,
+                    )
+                resampler = MonoResampler(sample_rate_hz)
+                if pad:
                     if n_max is not None:
                         pad = min(pad, n_max)
-                    check(pad)
+                    check(max(0, pad - i0))
                     yield from emit(np.zeros(pad, np.float32))
-                else:
-                    to_drop = round(-offset * sample_rate_hz)
-                    # dropped samples cost decoding time: bound them like kept ones
-                    if n_limit is not None and bound == "duration" and to_drop > n_limit:
-                        raise limits.duration_error(
-                            path,
-                            "audio before the first video frame",
-                            stopped_s=-offset,
-                            declared_s=None,
-                        )
-            for piece in resampler.resample(frame):
+                # dropped samples cost decoding time: bound them like kept ones
+                if to_drop and n_limit is not None and bound == "duration" and to_drop > n_limit:
+                    raise limits.duration_error(
+                        path,
+                        "audio before the first video frame",
+                        stopped_s=-offset,
+                        declared_s=None,
+                    )
+            for frame in frames:
+                for piece in resampler.resample(frame):
+                    yield from emit(piece)
+                if n_max is not None and at >= n_max:
+                    return
+            for piece in resampler.resample(None):
                 yield from emit(piece)
-            if n_max is not None and produced >= n_max:
-                return
-        for piece in resampler.resample(None):
-            yield from emit(piece)
-    except av.error.FFmpegError as exc:
-        raise _decode_error(path, "audio", produced / sample_rate_hz, exc) from exc
+        except av.error.FFmpegError as exc:
+            raise _decode_error(path, "audio", at / sample_rate_hz, exc) from exc
     if produced == 0:
+        if i0:
+            raise EmptyMediaError(path, f"no audio samples from {start_s:.2f} s")
         raise EmptyMediaError(path, "no decodable audio samples")
-    if n_max is None or produced < n_max:
+    if n_max is None or at < n_max:
         _check_truncated(
-            path, "audio", as_, (ref or 0.0) + produced / sample_rate_hz, allow=allow_truncated
+            path, "audio", as_, (ref or 0.0) + at / sample_rate_hz, allow=allow_truncated
         )
 
 
@@ -682,6 +803,7 @@ def iter_audio(
     *,
     sample_rate_hz: int = timebase.SAMPLE_RATE_HZ,
     chunk_samples: int = 250 * timebase.SAMPLES_PER_FRAME,
+    start_s: float = 0.0,
     until_s: float | None = None,
     allow_truncated: bool = False,
     limits: DecodeLimits = DEFAULT_LIMITS,
@@ -690,10 +812,11 @@ def iter_audio(
 
     The default chunk (160,000 samples) spans the same 10 s as ``iter_frames``'
     default 250-frame chunk, so chunk ``i`` of both covers the same time.
-    ``until_s`` and ``limits`` as in :func:`iter_frames`.
+    ``start_s``, ``until_s`` and ``limits`` as in :func:`iter_frames`.
     """
     if chunk_samples < 1:
         raise ValueError(f"chunk_samples must be >= 1, got {chunk_samples}")
+    seeking.check_span(start_s, until_s)
     path_s = str(path)
     if limits.max_decoded_bytes is not None and 4 * chunk_samples > limits.max_decoded_bytes:
         raise limits.bytes_error(path_s, f"chunks of {chunk_samples} samples", 4 * chunk_samples)
@@ -707,6 +830,7 @@ def iter_audio(
             whole=False,
             fps=timebase.FRAME_HZ,
             sample_rate_hz=sample_rate_hz,
+            start_s=start_s,
             until_s=until_s,
         )
         pending: list[np.ndarray] = []
@@ -715,6 +839,7 @@ def iter_audio(
             path_s,
             container,
             sample_rate_hz=sample_rate_hz,
+            start_s=start_s,
             until_s=until_s,
             allow_truncated=allow_truncated,
             limits=streaming,
@@ -747,6 +872,7 @@ def iter_chunks(
     chunk_frames: int = 250,
     fps: float = timebase.FRAME_HZ,
     sample_rate_hz: int = timebase.SAMPLE_RATE_HZ,
+    start_s: float = 0.0,
     until_s: float | None = None,
     allow_truncated: bool = False,
     threads: int = 0,
@@ -754,9 +880,10 @@ def iter_chunks(
 ) -> Iterator[MediaChunk]:
     """Time-aligned frame and audio chunks (``iter_frames`` and ``iter_audio`` side by side).
 
-    Chunk ``i`` holds frames ``[i * chunk_frames, (i + 1) * chunk_frames)`` and the
-    audio samples of the same interval. When one stream ends first, its field is
-    None in the remaining chunks; reconcile lengths with ``featstore.timebase``.
+    Chunk ``i`` holds frames ``[k0 + i * chunk_frames, k0 + (i + 1) * chunk_frames)``
+    (``k0 = ceil(start_s * fps)``, 0 by default) and the audio samples of the same
+    interval. When one stream ends first, its field is None in the remaining chunks;
+    reconcile lengths with ``featstore.timebase``.
     """
     import itertools
 
@@ -765,6 +892,7 @@ def iter_chunks(
         path,
         fps=fps,
         chunk_frames=chunk_frames,
+        start_s=start_s,
         until_s=until_s,
         allow_truncated=allow_truncated,
         threads=threads,
@@ -774,12 +902,14 @@ def iter_chunks(
         path,
         sample_rate_hz=sample_rate_hz,
         chunk_samples=chunk_frames * spf,
+        start_s=start_s,
         until_s=until_s,
         allow_truncated=allow_truncated,
         limits=limits,
     )
+    k0 = seeking.first_index(start_s, fps)
     for i, (f, a) in enumerate(itertools.zip_longest(frames, audio)):
-        yield MediaChunk(start_frame=i * chunk_frames, frames=f, audio=a)
+        yield MediaChunk(start_frame=k0 + i * chunk_frames, frames=f, audio=a)
 
 
 # -- whole clips -----------------------------------------------------------------------------
@@ -792,6 +922,7 @@ def decode(
     audio: bool = True,
     fps: float = timebase.FRAME_HZ,
     sample_rate_hz: int = timebase.SAMPLE_RATE_HZ,
+    start_s: float = 0.0,
     until_s: float | None = None,
     allow_truncated: bool = False,
     threads: int = 0,
@@ -800,16 +931,24 @@ def decode(
     """Decode a clip to constant-rate RGB frames and mono float32 audio (see module docs).
 
     Visual-only encoders pass ``audio=False`` so that files without audio work.
-    ``until_s``: keep only the first seconds (no error). ``limits``: media past them
-    raise a :class:`MediaLimitError` (checked on the headers, then while decoding);
-    ``limits.max_decoded_bytes`` bounds the frames and audio returned, together.
+    ``start_s``, ``until_s``: decode only the span ``[start_s, until_s)`` of the file
+    (seconds from its first video frame; no error when the file ends first): frames
+    ``ceil(start_s * fps)`` to ``ceil(until_s * fps)`` and the samples of the same
+    interval, exactly those of a whole decode, found by seeking rather than decoding
+    from the start (:mod:`featstore.seeking`). ``limits``: media past them raise a
+    :class:`MediaLimitError` (checked on the headers, then while decoding; the duration
+    counts from ``start_s``); ``limits.max_decoded_bytes`` bounds the frames and audio
+    returned, together.
 
     >>> m = decode("clip.mp4", audio=False)  # doctest: +SKIP
     >>> m.frames.dtype, m.audio  # doctest: +SKIP
     (dtype('uint8'), None)
+    >>> decode("long.mp4", start_s=590.0, until_s=600.0).n_frames  # doctest: +SKIP
+    250
     """
     if not (video or audio):
         raise ValueError("decode needs video=True or audio=True")
+    seeking.check_span(start_s, until_s)
     path_s = str(path)
     info = probe(path)
     if video and info.video is None:
@@ -824,6 +963,7 @@ def decode(
         whole=True,
         fps=fps,
         sample_rate_hz=sample_rate_hz,
+        start_s=start_s,
         until_s=until_s,
     )
     frames = samples = None
@@ -836,13 +976,14 @@ def decode(
                         path_s,
                         container,
                         fps=fps,
+                        start_s=start_s,
                         until_s=until_s,
                         allow_truncated=allow_truncated,
                         threads=threads,
                         limits=limits,
                     )
                 ),
-                expected=_expected_outputs(info.video.duration_s, info, fps, until_s),
+                expected=_expected_outputs(info.video.duration_s, info, fps, start_s, until_s),
                 limit=lambda item_bytes: limits.max_frames(fps=fps, frame_bytes=item_bytes)[0],
             )  # [T, H, W, 3]
     if audio:
@@ -853,12 +994,15 @@ def decode(
                     path_s,
                     container,
                     sample_rate_hz=sample_rate_hz,
+                    start_s=start_s,
                     until_s=until_s,
                     allow_truncated=allow_truncated,
                     limits=limits,
                     used_bytes=used,
                 ),
-                expected=_expected_outputs(info.audio.duration_s, info, sample_rate_hz, until_s),
+                expected=_expected_outputs(
+                    info.audio.duration_s, info, sample_rate_hz, start_s, until_s
+                ),
                 limit=lambda _: limits.max_samples(sample_rate_hz=sample_rate_hz, used_bytes=used)[
                     0
                 ],
@@ -869,13 +1013,13 @@ def decode(
 
 
 def _expected_outputs(
-    stream_s: float | None, info: MediaInfo, rate: float, until_s: float | None
+    stream_s: float | None, info: MediaInfo, rate: float, start_s: float, until_s: float | None
 ) -> int:
-    """Outputs the header promises at ``rate`` (1 when it says nothing)."""
+    """Outputs the header promises at ``rate`` in ``[start_s, until_s)`` (1 when it says nothing)."""
     duration = stream_s or info.duration_s or 0.0
     if until_s is not None:
         duration = min(duration, until_s)
-    return math.ceil(duration * rate) + 1
+    return max(0, math.ceil((duration - start_s) * rate)) + 1
 
 
 def _collect(

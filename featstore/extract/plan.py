@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +42,18 @@ class ExtractError(FeatstoreError):
 
 @dataclass(frozen=True)
 class VideoRef:
-    """One video to extract: its manifest id and the absolute path of its file."""
+    """One video to extract: its manifest id, the absolute path of its file and the span
+    of the file it covers (``[start_s, end_s)`` seconds; the whole file by default).
+
+    A segment dataset's rows (``featstore datasets segment``) are spans of their source
+    videos: only the span is decoded (:func:`featstore.media.decode`'s ``start_s`` /
+    ``until_s``, a seek), and its rows are stored under the segment's id.
+    """
 
     video_id: str
     path: str
+    start_s: float = 0.0
+    end_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -263,8 +272,9 @@ def select_videos(
     (``featstore.datasets.views``); None means every video of the dataset's
     default view, or of the dataset when it has none. ``limit`` counts videos
     of the manifest, not videos left to do, so re-running with the same limit is
-    a no-op and running without it later resumes. Returns the videos and the
-    durations the manifest declares (seconds; absent where it has none).
+    a no-op and running without it later resumes. Rows with ``start_s`` / ``end_s`` (a
+    segment dataset) are spans of their file. Returns the videos and the durations the
+    manifest declares (seconds; absent where it has none).
     """
     from featstore.datasets.views import ViewError, select_split
 
@@ -285,9 +295,10 @@ def select_videos(
             raise ExtractError(f"limit must be at least 1, got {limit}")
         manifest = manifest.head(limit)
     root = Path(str(store.manifest_attrs(dataset).get("root", ".")))
+    starts, ends = _span_columns(manifest)
     refs = [
-        VideoRef(video_id=str(v), path=str(root / str(p)))
-        for v, p in zip(manifest["video_id"], manifest["path"], strict=True)
+        VideoRef(video_id=str(v), path=str(root / str(p)), start_s=a, end_s=b)
+        for v, p, a, b in zip(manifest["video_id"], manifest["path"], starts, ends, strict=True)
     ]
     durations: dict[str, float] = {}
     if "duration_s" in manifest.columns:
@@ -295,6 +306,29 @@ def select_videos(
             if d is not None and isinstance(d, int | float) and math.isfinite(d) and d >= 0:
                 durations[str(v)] = float(d)
     return refs, durations
+
+
+def _span_columns(manifest: Any) -> tuple[list[float], list[float | None]]:
+    """Each row's span: ``start_s`` / ``end_s`` where the manifest has them, else the file."""
+    n = len(manifest)
+    if not {"start_s", "end_s"} <= set(manifest.columns):
+        return [0.0] * n, [None] * n
+    starts: list[float] = []
+    ends: list[float | None] = []
+    for vid, a, b in zip(manifest["video_id"], manifest["start_s"], manifest["end_s"], strict=True):
+        a, b = _finite(a), _finite(b)
+        if (a is not None and a < 0) or (a is not None and b is not None and b <= a):
+            raise ExtractError(f"video {vid}: invalid span start_s={a}, end_s={b}")
+        starts.append(a or 0.0)
+        ends.append(b)
+    return starts, ends
+
+
+def _finite(x: Any) -> float | None:
+    """``x`` as a float, or None when it is missing (None, NaN, NA) or not a number."""
+    if x is None or isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return None
+    return float(x) if math.isfinite(x) else None
 
 
 def pending_videos(
@@ -341,6 +375,8 @@ def estimate_plan(
     frames = rows = unknown = too_long = 0
     for ref in todo:
         seconds = durations.get(ref.video_id)
+        if seconds is None and ref.end_s is not None:
+            seconds = ref.end_s - ref.start_s
         if seconds is None:
             try:
                 seconds = probe(ref.path).duration_s

@@ -138,6 +138,8 @@ class _Pipeline:
             raise
         self.writer = _WriterThread(task.store, task.dataset, store_writer)
         self.cached_tracks = _tracks_lookup(task) if encoder.spec.crop != "none" else None
+        # a segment dataset's rows are cropped from their own stored track, never re-tracked
+        self.require_tracks = _is_segment_dataset(task.store, task.dataset)
 
     def run(self, todo: Sequence[VideoRef]) -> ExtractSummary:
         import torch
@@ -184,6 +186,9 @@ class _Pipeline:
                 n_rows=self.encoder.n_rows,
                 cached_tracks=self.cached_tracks,
                 limits=self.task.limits,
+                start_s=ref.start_s,
+                until_s=ref.end_s,
+                require_tracks=self.require_tracks,
             )
 
         for ref, result in prefetch(prepare, todo, num_workers=workers, max_pending=4 * workers):
@@ -269,6 +274,12 @@ def _free_device_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _is_segment_dataset(store: FeatureStore, dataset: str) -> bool:
+    from featstore.datasets.segments import FORMAT
+
+    return store.manifest_attrs(dataset).get("format") == FORMAT
 
 
 def _tracks_lookup(task: ExtractTask) -> Any:
