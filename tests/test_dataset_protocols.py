@@ -283,7 +283,7 @@ def dfe_manifest() -> pd.DataFrame:
             "video_id": [f"{s}#{i % 3}" for i, s in enumerate(source)],
             "label": label,
             "split": split,
-            "source_video": source,
+            "source_id": source,
         }
     )
 
@@ -299,7 +299,7 @@ def test_dfe2024_keeps_published_split_and_carves_val() -> None:
         n_val = int((splits[train] == "val").sum())
         assert abs(n_val - 0.1 * train.sum()) <= 3 / 2  # groups of 3 segments
         assert n_val > 0
-    groups = pd.DataFrame({"g": df["source_video"], "s": splits})
+    groups = pd.DataFrame({"g": df["source_id"], "s": splits})
     assert (groups.groupby("g")["s"].nunique() == 1).all()  # segments stay together
     shuffled = df.sample(frac=1.0, random_state=2)
     assert by_id(shuffled, dfe2024_splits(shuffled, seed=43)) == by_id(df, splits)

@@ -175,3 +175,90 @@ def test_talknet_path_with_a_tiny_checkpoint(wild: WildVideo, tmp_path: Path) ->
         ],
     )
     assert missing.exit_code == 1 and "not found" in missing.output
+
+
+# ------------------------------------------------------------------ extraction of segments
+
+
+def _write_lossless(path: Path, frames: np.ndarray, audio: np.ndarray) -> None:
+    """25 fps RGB frames (FFV1, RGB planes) and 16 kHz mono float PCM: decodes to exactly
+    these arrays, so a cut file made from a decode from the start is the reference."""
+    import av
+
+    with av.open(str(path), "w", format="matroska") as out:
+        vs = out.add_stream("ffv1", rate=25)
+        vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
+        as_ = out.add_stream("pcm_f32le", rate=16_000, layout="mono")
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+        for s in range(0, len(audio), 4000):
+            frame = av.AudioFrame.from_ndarray(
+                audio[None, s : s + 4000], format="flt", layout="mono"
+            )
+            frame.sample_rate, frame.pts = 16_000, s
+            out.mux(as_.encode(frame))
+        out.mux(as_.encode(None))
+
+
+def test_extracting_segments_equals_extracting_the_spans_cut_to_files(
+    wild: WildVideo, segmented: tuple[str, str], tmp_path: Path
+) -> None:
+    """Segment rows (a seek into the source, the segment's stored face track) equal the rows
+    of the same spans cut to files from a decode of the whole source, cropped with the same
+    tracks: exactly, since the span decode is the whole decode's slice (test_media_spans;
+    the fixture's audio is AAC at 16 kHz, which needs no resampler)."""
+    from featstore import media
+    from featstore.crops import save_tracks
+
+    store, _ = segmented
+    fs = open_store(store, mode="a")
+    seg = fs.manifest("wild-segments")
+    whole = media.decode(wild.path)  # from the start, no seek
+    rows = []
+    for _, row in seg.iterrows():
+        a, b = int(row["start_frame"]), int(row["end_frame"])
+        cut = tmp_path / f"{row['video_id'].replace('@', '_')}.mkv"
+        _write_lossless(cut, whole.frames[a:b], whole.audio[a * 640 : b * 640])
+        rows.append({**row.to_dict(), "path": cut.name})
+    cuts = pd.DataFrame(rows)[[c for c in seg.columns if c not in ("start_s", "end_s")]]
+    cuts.attrs = {"root": str(tmp_path), "format": "csv"}
+    fs.write_manifest("wild-cuts", cuts, attrs=cuts.attrs)
+    for vid in seg["video_id"]:
+        save_tracks(fs, "wild-cuts", vid, load_tracks(fs, "wild-segments", vid))
+
+    for encoder in ("mouth-pixels", "logfbank"):
+        for dataset in ("wild-segments", "wild-cuts"):
+            args = ["--encoder", encoder, "--dataset", dataset, "--store", store]
+            out = runner.invoke(app, ["extract", *args, "--dtype", "float32", "--num-workers", "1"])
+            assert out.exit_code == 0, out.output
+    fs = open_store(store)
+    for _, row in seg.iterrows():
+        vid, n = row["video_id"], int(row["end_frame"] - row["start_frame"])
+        for encoder in ("mouth-pixels", "logfbank"):
+            got = fs.video("wild-segments", encoder, vid, "last")
+            want = fs.video("wild-cuts", encoder, vid, "last")
+            assert got.shape[0] == n
+            np.testing.assert_array_equal(got, want, err_msg=f"{encoder} {vid}")
+    # no new tracks were made for the segments: they were cropped from their own
+    assert len(fs.committed_videos("wild-segments", "tracks-dlib68", ["landmarks"])) == len(seg)
+
+
+def test_a_segment_without_its_track_fails_and_is_not_tracked_again(
+    segmented: tuple[str, str],
+) -> None:
+    store, _ = segmented
+    fs = open_store(store, mode="a")
+    seg = fs.manifest("wild-segments")
+    fs.write_manifest("wild-untracked", seg, attrs=seg.attrs)  # the rows without their tracks
+    out = runner.invoke(
+        app,
+        ["extract", "--encoder", "mouth-pixels", "--dataset", "wild-untracked", "--store", store],
+    )
+    assert out.exit_code == 0, out.output
+    failures = open_store(store).failures("wild-untracked", "mouth-pixels")
+    assert sorted(failures["video_id"]) == sorted(seg["video_id"])
+    assert (failures["error_type"] == "MissingTracksError").all()
+    assert failures["message"].str.contains("no stored face track").all(), failures["message"]

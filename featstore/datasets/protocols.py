@@ -18,7 +18,9 @@ Defaults are what the paper's authors ran (their code's seed is 43):
   test as ``av1m``.
 - ``favc``: categories A (real) vs D (both fake), split by identity 63/7/30.
 - ``dfe2024``: the published train/test split with a seeded validation split
-  carved from train.
+  carved from train; on a segment dataset (``featstore datasets segment``, as the
+  paper evaluates Deepfake-Eval-2024) the segments of one source video
+  (``source_id``) stay in one split.
 """
 
 from __future__ import annotations
@@ -246,10 +248,14 @@ def favc_splits(
 # ------------------------------------------------------------------ Deepfake-Eval-2024
 
 
+SOURCE_COLUMN = "source_id"  # a segment row's source video (featstore.datasets.segments)
+
+
 def _groups(df: pd.DataFrame) -> pd.Series:
     """What must stay in one split: the source video of a segment row, else the video."""
-    if "source_video" in df.columns:
-        return df["source_video"].astype(str)
+    if SOURCE_COLUMN in df.columns:
+        source = df[SOURCE_COLUMN]
+        return source.where(source.notna(), df["video_id"]).astype(str)
     return df["video_id"].astype(str)
 
 
@@ -259,8 +265,8 @@ def dfe2024_splits(
     """Deepfake-Eval-2024: the published train/test split, ``val_fraction`` of train as val.
 
     Validation videos are drawn per label (so both classes are in it) by a
-    seeded hash of their group: rows sharing a ``source_video`` (segments of
-    one video) stay together.
+    seeded hash of their group: rows sharing a ``source_id`` (segments of one
+    video) stay together, and ``val_fraction`` counts rows (segments).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ProtocolError(f"val_fraction must be in [0, 1), got {val_fraction}")

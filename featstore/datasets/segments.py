@@ -24,6 +24,14 @@ The speaking face's track is stored per segment as the ``tracks-dlib68`` pseudo-
 landmark cache that ``featstore extract`` reads for mouth and face crops: extracting a
 segment needs only to decode its span (``start_s``, ``end_s``) and use those tracks.
 
+Splits: the ``split`` column is the source row's own (official) split; the source's
+views (``split.V`` columns) are not inherited, since they were drawn over source videos.
+Protocols are views of the segment dataset itself (``featstore datasets protocol SEGS
+--protocol dfe2024``: the published train split's segments -> train/val, whole source
+videos at a time by ``source_id``; test -> test). A rerun that adds segments recomputes
+the dataset's protocol views with their seed and drops views made from split files (they
+named other rows); one that adds none keeps every view as it was.
+
 Resume: the manifest attr ``segment_sources`` records each source video processed
 (segments found, seconds dropped per reason); a rerun skips them. Results are saved
 every ``save_every_s`` seconds and on interrupt (tracks committed first, then the
@@ -46,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featstore.datasets.manifest import CORE_COLUMNS
+from featstore.datasets.views import DEFAULT_VIEW_ATTR, VIEW_PREFIX, VIEWS_ATTR, views_of
 from featstore.errors import ManifestError, ReadOnlyStoreError
 from featstore.segments import DropReason
 from featstore.timebase import frames_to_seconds
@@ -240,7 +249,8 @@ def build_segment_dataset(
             raise ManifestError(f"manifest of {source} has no {col!r} column")
     root = Path(root if root is not None else manifest.attrs.get("root", "."))
     settings = _settings(detector, cfg)
-    done, existing = _previous(store, name, source, settings)
+    done, existing, previous = _previous(store, name, source, settings)
+    own_views = _OwnViews.of(previous, existing)
     todo = [r for r in manifest.to_dict("records") if str(r["video_id"]) not in done]
     attrs = {
         "format": FORMAT,
@@ -249,6 +259,8 @@ def build_segment_dataset(
         "protocol": manifest.attrs.get("protocol"),
         SETTINGS_ATTR: settings,
     }
+    if _split_is_official(manifest.attrs):  # views of its own, over the official split column
+        attrs.update({VIEWS_ATTR: {}, DEFAULT_VIEW_ATTR: None})
     results: dict[str, SourceResult] = {}
     unsaved: list[SourceResult] = []
     last_save = time.monotonic()
@@ -263,7 +275,10 @@ def build_segment_dataset(
         for r in good:
             done[r.video_id] = r.log_entry()
         existing = _merge(existing, [row for r in good for row in r.rows])
-        store.write_manifest(name, _table(existing, manifest), attrs={**attrs, SOURCES_ATTR: done})
+        table = _table(existing, manifest)
+        table.attrs = {**attrs, SOURCES_ATTR: done}
+        table = own_views.apply(table, name)
+        store.write_manifest(name, table, attrs=table.attrs)
         unsaved, last_save = [], time.monotonic()
 
     try:
@@ -282,14 +297,15 @@ def build_segment_dataset(
 
 def _previous(
     store: FeatureStore, name: str, source: str, settings: Mapping[str, Any]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Sources already done and the segment rows already stored (empty for a new dataset)."""
+) -> tuple[dict[str, Any], list[dict[str, Any]], pd.DataFrame | None]:
+    """Sources already done, the segment rows already stored and their table (None and
+    empty for a new dataset)."""
     if name not in store.datasets():
-        return {}, []
+        return {}, [], None
     try:
         table = store.manifest(name)
     except ManifestError:
-        return {}, []
+        return {}, [], None
     attrs = table.attrs
     if attrs.get("format") != FORMAT or attrs.get("source") != source:
         raise ManifestError(
@@ -300,7 +316,74 @@ def _previous(
             f"segment dataset {name} was made with other settings ({attrs.get(SETTINGS_ATTR)}); "
             "choose another --as to keep both"
         )
-    return dict(attrs.get(SOURCES_ATTR, {})), table.to_dict("records")
+    return dict(attrs.get(SOURCES_ATTR, {})), table.to_dict("records"), table
+
+
+def _split_is_official(attrs: Mapping[str, Any]) -> bool:
+    """Whether the source's ``split`` column is its official split (not a protocol's split
+    assigned at import by a store written before views existed)."""
+    from featstore.datasets.views import has_views
+
+    return has_views(attrs) or attrs.get("protocol") in (None, "official")
+
+
+@dataclass(frozen=True)
+class _OwnViews:
+    """The views a segment dataset had before this run, to carry into the table it writes."""
+
+    views: dict[str, dict[str, Any]]
+    default: str | None
+    splits: dict[str, dict[str, str]]  # view -> video_id -> split
+
+    @classmethod
+    def of(cls, table: pd.DataFrame | None, rows: list[dict[str, Any]]) -> _OwnViews:
+        if table is None:
+            return cls({}, None, {})
+        views = views_of(table.attrs)
+        splits = {
+            v: {str(r["video_id"]): str(r.get(VIEW_PREFIX + v) or "") for r in rows} for v in views
+        }
+        return cls(views, table.attrs.get(DEFAULT_VIEW_ATTR), splits)
+
+    def apply(self, table: pd.DataFrame, name: str) -> pd.DataFrame:
+        """``table`` with these views: carried as they were when the rows are the same,
+        protocols recomputed (same seed) when segments were added, split-file views dropped."""
+        from featstore.datasets.protocols import DEFAULT_SEED, PROTOCOLS, protocol_splits
+        from featstore.datasets.views import ViewError, add_view
+
+        if not self.views:
+            return table
+        ids = table["video_id"].astype(str)
+        same = all(set(ids) == set(s) for s in self.splits.values())
+        attrs = dict(table.attrs)
+        kept: dict[str, dict[str, Any]] = {}
+        for view, info in self.views.items():
+            if same:
+                table[VIEW_PREFIX + view] = ids.map(self.splits[view]).to_numpy(dtype=object)
+                kept[view] = info
+                continue
+            protocol = info.get("protocol")
+            if protocol not in PROTOCOLS:
+                log.warning(
+                    "segment dataset %s: view %r (from %s) dropped, its rows changed; add it again",
+                    name,
+                    view,
+                    protocol,
+                )
+                continue
+            splits = protocol_splits(protocol, table, seed=int(info.get("seed", DEFAULT_SEED)))
+            made = {k: v for k, v in info.items() if k not in ("created_at", "splits")}
+            try:
+                table = add_view(table, view, splits, made)
+            except ViewError as exc:
+                log.warning("segment dataset %s: view %r dropped: %s", name, view, exc)
+                continue
+            kept[view] = views_of(table.attrs)[view]
+            log.info("segment dataset %s: view %r recomputed over the new segments", name, view)
+        attrs[VIEWS_ATTR] = kept
+        attrs[DEFAULT_VIEW_ATTR] = self.default if self.default in kept else None
+        table.attrs = attrs
+        return table
 
 
 def _merge(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -314,7 +397,8 @@ def _table(rows: list[dict[str, Any]], source: pd.DataFrame) -> pd.DataFrame:
 
     from featstore.datasets.manifest import coerce_schema
 
-    extra = [c for c in source.columns if c not in CORE_COLUMNS]
+    # the source's view columns are not inherited (module docs)
+    extra = [c for c in source.columns if c not in CORE_COLUMNS and not c.startswith(VIEW_PREFIX)]
     columns = [
         *CORE_COLUMNS,
         *SEGMENT_COLUMNS,
