@@ -27,7 +27,15 @@ from featstore import media
 from featstore.asd.detectors import ActiveSpeakerDetector
 from featstore.asd.facetracks import FaceTrackConfig, FrameDetector, Track, link_tracks
 from featstore.asd.shots import Shot, ShotConfig, ShotDetector, shots_from_cuts
-from featstore.segments import ScoredTrack, SegmentRules, VideoSegments, find_segments
+from featstore.decode_limits import DecodeLimits
+from featstore.landmarks import FaceTracks
+from featstore.segments import (
+    ScoredTrack,
+    Segment,
+    SegmentRules,
+    VideoSegments,
+    find_segments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +60,38 @@ class VideoAnalysis:
     face_px: list[np.ndarray]  # per track, [T]
     result: VideoSegments
 
+    def _span(self, segment: Segment) -> tuple[Track, int, int]:
+        tr = self.tracks[segment.track]
+        return tr, segment.start_frame - tr.start, segment.end_frame - tr.start
+
+    def segment_tracks(self, segment: Segment) -> FaceTracks:
+        """The speaking face's landmarks and boxes over ``segment``, from its first frame."""
+        tr, a, b = self._span(segment)
+        faces = tr.faces
+        return FaceTracks(faces.landmarks[a:b], faces.boxes[a:b], faces.detected[a:b])
+
+    def segment_face_px(self, segment: Segment) -> float:
+        """Median side of the speaking face's box over ``segment`` (pixels)."""
+        _, a, b = self._span(segment)
+        return float(np.median(self.face_px[segment.track][a:b]))
+
+    def segment_asd_score(self, segment: Segment) -> float:
+        """Mean per-frame speaking score of the speaking face over ``segment``."""
+        _, a, b = self._span(segment)
+        return float(np.mean(self.scores[segment.track][a:b]))
+
 
 def analyse_video(
     path: str | os.PathLike[str],
     detector: ActiveSpeakerDetector,
     config: AnalysisConfig | None = None,
+    *,
+    limits: DecodeLimits = media.DEFAULT_LIMITS,
 ) -> VideoAnalysis:
-    """Shots, tracks, scores and segments of the video at ``path`` (see module docs)."""
+    """Shots, tracks, scores and segments of the video at ``path`` (see module docs).
+
+    ``limits`` bound every decoding pass (the scoring service's upload duration, say).
+    """
     from featstore.asd.talknet.preprocess import smooth_boxes
 
     cfg = config or AnalysisConfig()
@@ -71,7 +104,7 @@ def analyse_video(
     detections = []
     last_cut = 0
     t = 0
-    for chunk in media.iter_frames(path, chunk_frames=cfg.chunk_frames, threads=1):
+    for chunk in media.iter_frames(path, chunk_frames=cfg.chunk_frames, threads=1, limits=limits):
         for frame in chunk:
             if shot_detector.update(frame):
                 cuts.append(t)
@@ -91,9 +124,9 @@ def analyse_video(
     if info.audio is None:
         result = find_segments(n_frames, [], cfg.rules, has_audio=False)
         return VideoAnalysis(n_frames, False, shots, tracks, [], face_px, result)
-    audio = media.decode(path, video=False).audio
+    audio = media.decode(path, video=False, limits=limits).audio
     prepared = detector.prepare(audio, n_frames)
-    crops = _crops(path, tracks, xys, detector.crop, cfg.chunk_frames) if tracks else []
+    crops = _crops(path, tracks, xys, detector.crop, cfg.chunk_frames, limits) if tracks else []
     scores = [detector.score_track(prepared, tr, c) for tr, c in zip(tracks, crops, strict=True)]
     scored = [
         ScoredTrack(tr.start, sc, px) for tr, sc, px in zip(tracks, scores, face_px, strict=True)
@@ -108,6 +141,7 @@ def _crops(
     xys: list[np.ndarray],
     kind: str,
     chunk_frames: int,
+    limits: DecodeLimits,
 ) -> list[np.ndarray]:
     """Per track, ``uint8 [T, 112, 112]`` (``talknet``) or ``[T, 96, 96]`` (``mouth``)."""
     from featstore.asd.talknet.preprocess import FACE_SIZE, crop_faces
@@ -119,7 +153,7 @@ def _crops(
     out = [np.zeros((tr.n_frames, size, size), np.uint8) for tr in tracks]
     mats = [mouth_transforms(tr.faces.landmarks) for tr in tracks] if kind == "mouth" else []
     t = 0
-    for chunk in media.iter_frames(path, chunk_frames=chunk_frames, threads=1):
+    for chunk in media.iter_frames(path, chunk_frames=chunk_frames, threads=1, limits=limits):
         lo, hi = t, t + len(chunk)
         for k, tr in enumerate(tracks):
             s, e = max(lo, tr.start), min(hi, tr.end)

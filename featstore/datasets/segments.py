@@ -51,8 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from featstore.datasets.manifest import CORE_COLUMNS
 from featstore.datasets.views import DEFAULT_VIEW_ATTR, VIEW_PREFIX, VIEWS_ATTR, views_of
 from featstore.errors import ManifestError, ReadOnlyStoreError
@@ -149,13 +147,9 @@ class SegmentSummary:
 
 
 def _rows_for(source: Mapping[str, Any], analysis: VideoAnalysis, asd: str) -> SourceResult:
-    from featstore.landmarks import FaceTracks
-
     vid = str(source["video_id"])
     rows, tracks = [], []
     for seg in analysis.result.segments:
-        tr = analysis.tracks[seg.track]
-        a, b = seg.start_frame - tr.start, seg.end_frame - tr.start
         sid = segment_id(vid, seg.start_frame, seg.end_frame)
         row = dict(source)
         row.update(
@@ -168,15 +162,12 @@ def _rows_for(source: Mapping[str, Any], analysis: VideoAnalysis, asd: str) -> S
             duration_s=seg.duration_s,
             fake_segments=clip_segments(source.get("fake_segments"), seg.start_s, seg.end_s),
             track=seg.track,
-            face_px=float(np.median(analysis.face_px[seg.track][a:b])),
-            asd_score=float(np.mean(analysis.scores[seg.track][a:b])),
+            face_px=analysis.segment_face_px(seg),
+            asd_score=analysis.segment_asd_score(seg),
             asd=asd,
         )
         rows.append(row)
-        faces = tr.faces
-        tracks.append(
-            (sid, FaceTracks(faces.landmarks[a:b], faces.boxes[a:b], faces.detected[a:b]))
-        )
+        tracks.append((sid, analysis.segment_tracks(seg)))
     spans = analysis.result.dropped
     return SourceResult(
         vid,
