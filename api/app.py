@@ -36,6 +36,7 @@ from api.models import (
     StoredScoreResponse,
 )
 from api.scoring import NotReadyError, ScoringService, UnknownRunError
+from api.segments import SegmentationUnavailableError, SegmentOptionsError
 from api.settings import Settings
 from api.spatial import DEFAULT_FRAMES as SPATIAL_DEFAULT_FRAMES
 from api.spatial import MAX_FRAMES as SPATIAL_MAX_FRAMES
@@ -85,6 +86,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (UnknownLayerError, 404),
     (NotReadyError, 503),
     (BatcherClosedError, 503),
+    (SegmentationUnavailableError, 501),
     (FeatstoreError, 422),
 )
 
@@ -204,10 +206,26 @@ async def score_upload(
     metrics: MetricsDep,
     explain: ExplainQuery = None,
     explain_frames: ExplainFramesQuery = SPATIAL_DEFAULT_FRAMES,
+    segment: Annotated[
+        bool,
+        Query(
+            description="cut the upload into single-speaker segments first (as the paper does "
+            "for Deepfake-Eval-2024) and score each; the video's verdict is their maximum; "
+            "422 when it has none"
+        ),
+    ] = False,
 ) -> ScoreResponse:
     """Score an uploaded video (multipart ``file``) with the loaded runs, or those in ``runs``;
-    ``?explain=spatial`` adds spatial explanations."""
+    ``?explain=spatial`` adds spatial explanations; with ``segment=true``, in single-speaker
+    segments."""
     service.check_ready()
+    if segment:
+        if explain:
+            raise SegmentOptionsError(
+                "explain=spatial cannot be combined with segment=true yet: score in segments, "
+                "then explain a segment cut to a file"
+            )
+        service.asd_detector()  # a server that cannot segment says so before the upload
     received_at: float | None = None
     try:
         async with (
@@ -226,7 +244,9 @@ async def score_upload(
             runs = [r.strip() for r in raw.split(",") if r.strip()] or None
             service.upload_runs(runs)  # unknown runs fail before decoding
             await asyncio.to_thread(check_duration, upload.path, settings.max_duration_s)
-            extra = {"explain_frames": explain_frames} if explain else {}
+            extra: dict[str, Any] = {"explain_frames": explain_frames} if explain else {}
+            if segment:
+                extra["segment"] = True
             return await service.score_upload(
                 str(upload.path), runs, filename=upload.filename, **extra
             )

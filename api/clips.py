@@ -8,6 +8,10 @@ encoder's :class:`~featstore.encoders.base.Clip` from that, exactly as the
 extraction worker's decode stage would (same decoder, same crops, same
 too-short check), so an upload's rows equal the stored rows of the same file.
 The leading silence (for silence-trimming runs) is measured on the same audio.
+A segment of an upload (``POST /v1/score?segment=true``, :mod:`api.segments`) is
+prepared the same way from its span (``start_s``/``until_s``: a seek) and its
+speaking face's track (``tracks``: never tracked again), as extraction prepares
+a segment dataset's rows.
 """
 
 from __future__ import annotations
@@ -47,14 +51,20 @@ def prepare_upload(
     *,
     silence: bool = False,
     max_duration_s: float | None = None,
+    start_s: float = 0.0,
+    until_s: float | None = None,
+    tracks: FaceTracks | None = None,
 ) -> PreparedUpload:
     """Decode ``path`` once and build the clip of every encoder in ``encoders``.
 
     ``encoders`` maps a key to the encoder's spec and its ``n_rows`` function.
     ``silence`` measures the leading silence (decoding audio if no encoder
-    needs it). Raises the decode stage's typed errors (``MediaError``,
-    ``NoFaceError``, ``ClipTooShortError``) and ``MediaTooLongError`` past
-    ``max_duration_s``.
+    needs it). ``start_s``, ``until_s``: only that span of the file (as
+    :func:`featstore.media.decode`; ``max_duration_s`` then bounds the span);
+    ``tracks``: crop from these face tracks (one per decoded frame) instead of
+    tracking the faces. Raises the decode stage's typed errors (``MediaError``,
+    ``NoFaceError``, ``ClipTooShortError``, ``MissingTracksError``) and
+    ``MediaTooLongError`` past ``max_duration_s``.
     """
     from featstore.decode_limits import DecodeLimits, memory_guard
     from featstore.extract.decode import ClipTooShortError
@@ -67,7 +77,14 @@ def prepare_upload(
     limits = (
         DecodeLimits() if max_duration_s is None else DecodeLimits(max_duration_s=max_duration_s)
     )
-    media = decode(path, video=need_video, audio=need_audio, limits=limits)
+    media = decode(
+        path,
+        video=need_video,
+        audio=need_audio,
+        start_s=start_s,
+        until_s=until_s,
+        limits=limits,
+    )
     audio_frames = (
         None if media.audio is None else timebase.samples_to_frames(int(media.audio.shape[0]))
     )
@@ -78,7 +95,7 @@ def prepare_upload(
     with memory_guard(
         path, "while cropping the frames" if crop_kinds - {"none"} else "after decoding"
     ):
-        crops, tracks = _crops(media.frames, crop_kinds)
+        crops, tracks = _crops(media.frames, crop_kinds, tracks)
     clips: dict[Hashable, Clip] = {}
     for key, (spec, n_rows) in encoders.items():
         clip = Clip(
@@ -116,23 +133,30 @@ def _check_duration(n_frames: int, max_duration_s: float) -> None:
 
 
 def _crops(
-    frames: np.ndarray | None, kinds: set[str]
+    frames: np.ndarray | None, kinds: set[str], tracks: FaceTracks | None = None
 ) -> tuple[dict[str, np.ndarray | None], FaceTracks | None]:
-    """The frames each crop kind feeds (faces tracked once for mouth and face crops), and
-    the tracks when faces were tracked."""
+    """The frames each crop kind feeds (faces tracked once for mouth and face crops, unless
+    ``tracks`` are given), and the tracks the crops were cut from (None without crops)."""
     out: dict[str, np.ndarray | None] = {}
-    tracks = None
     if frames is None:
-        return out, tracks
+        return out, None
     if "none" in kinds:
         out["none"] = frames
-    if kinds & {"mouth", "face"}:
-        from featstore.crops import crop_face, crop_mouth
-        from featstore.landmarks import track_faces
+    if not kinds & {"mouth", "face"}:
+        return out, None
+    from featstore.crops import crop_face, crop_mouth
+    from featstore.landmarks import track_faces
 
+    if tracks is None:
         tracks = track_faces(np.asarray(frames))
-        if "mouth" in kinds:
-            out["mouth"] = crop_mouth(frames, tracks)
-        if "face" in kinds:
-            out["face"] = crop_face(frames, tracks)
+    elif tracks.n_frames != len(frames):
+        from featstore.extract.decode import MissingTracksError
+
+        raise MissingTracksError(
+            f"the face track covers {tracks.n_frames} frames, {len(frames)} were decoded"
+        )
+    if "mouth" in kinds:
+        out["mouth"] = crop_mouth(frames, tracks)
+    if "face" in kinds:
+        out["face"] = crop_face(frames, tracks)
     return out, tracks

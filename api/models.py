@@ -11,6 +11,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetsResponse",
     "Detail",
+    "DroppedSpan",
     "FeatureInfo",
     "InputInfo",
     "ModelInfo",
@@ -18,10 +19,13 @@ __all__ = [
     "ReadyResponse",
     "RunScore",
     "ScoreResponse",
+    "SegmentScore",
+    "Segmentation",
     "SpatialFrame",
     "SpatialResult",
     "StoredScoreResponse",
     "Timings",
+    "UploadRunScore",
 ]
 
 SegmentList = list[tuple[float, float, float]]
@@ -117,13 +121,55 @@ class RunScore(BaseModel):
 
 class UploadRunScore(RunScore):
     timings: Timings
+    segment: int | None = Field(
+        None,
+        description="with segment=true: the index (in segmentation.segments) of the segment "
+        "whose score is the video's (the maximum); frame_scores are then per segment only",
+    )
+
+
+class SegmentScore(BaseModel):
+    """One single-speaker segment of an upload and every run's verdict on it."""
+
+    start_s: float = Field(description="the segment's span in the upload, seconds")
+    end_s: float
+    face_px: float = Field(description="median side of the speaking face's box (pixels)")
+    asd_score: float = Field(description="mean speaking score of that face (>= 0: speaking)")
+    results: list[UploadRunScore] = Field(
+        description="per run; frame_scores start at start_s, fake segments in upload seconds"
+    )
+
+
+class DroppedSpan(BaseModel):
+    """A span of the upload no segment covers, and why."""
+
+    reason: str = Field(
+        description="no_audio, no_face, several_faces, nobody_speaking, face_too_small, too_short"
+    )
+    start_s: float
+    end_s: float
+
+
+class Segmentation(BaseModel):
+    """How an upload was cut into single-speaker segments (segment=true)."""
+
+    asd: str = Field(description="the active speaker detector (talknet or sync)")
+    segments: list[SegmentScore]
+    dropped: list[DroppedSpan]
+    dropped_s: dict[str, float] = Field(description="seconds dropped per reason")
 
 
 class ScoreResponse(BaseModel):
     filename: str | None
     size_bytes: int
     duration_s: float
-    results: list[UploadRunScore]
+    results: list[UploadRunScore] = Field(
+        description="per run; with segment=true the video's verdict, the maximum over the "
+        "segments (label fake when any segment is), its fake segments those of every segment"
+    )
+    segmentation: Segmentation | None = Field(
+        None, description="with segment=true: the segments, their scores, the dropped spans"
+    )
 
 
 class StoredScoreResponse(RunScore):

@@ -13,7 +13,8 @@ the requested runs, micro-batched with other requests), its rows are rounded
 to the dtype the store held at training time, and each run's detector scores
 them with ``score_rows``: the same code that scores stored features, so an
 uploaded clip scores as its stored features would. Nothing here knows what a
-run kind is.
+run kind is. With ``segment=True`` the upload is first cut into single-speaker
+segments, each scored the same way (:mod:`api.segments`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ from trainers.kinds import Detector, load, probability
 from trainers.runs import RunError, parse_segments
 
 if TYPE_CHECKING:
+    from api.clips import PreparedUpload
+    from featstore.asd.detectors import ActiveSpeakerDetector
+    from featstore.landmarks import FaceTracks
     from featstore.store import FeatureStore
     from trainers.inputs import StoredFeature
 
@@ -175,6 +179,8 @@ class ScoringService:
         self.error: str | None = None
         self._manifests: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self.asd: ActiveSpeakerDetector | None = None  # segments uploads (segment=true)
+        self.asd_error: str | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -194,6 +200,7 @@ class ScoringService:
                 self._check_fits(loaded, feature, slot.encoder)
                 if feature.layer not in slot.layers:
                     slot.layers = (*slot.layers, feature.layer)
+        self._load_asd()
         if self.settings.warmup:
             for key, slot in self.encoders.items():
                 t0 = time.perf_counter()
@@ -202,6 +209,34 @@ class ScoringService:
                     raise RunError(f"warm-up of encoder {key[0]} failed: {out}") from out
                 log.info("warmed up %s in %.0f ms", key[0], 1e3 * (time.perf_counter() - t0))
         self.ready = True
+
+    def _load_asd(self) -> None:
+        """The active speaker detector that segments uploads. One that was asked for by name
+        must load; the default (TalkNet if found, else sync) may be missing (no ``faces``
+        extra): then only ``segment=true`` is refused, with the reason."""
+        from api.segments import load_asd
+
+        try:
+            self.asd = load_asd(self.settings)
+        except (ImportError, FeatstoreError) as exc:
+            if self.settings.asd is not None or self.settings.asd_checkpoint is not None:
+                raise
+            self.asd_error = f"{type(exc).__name__}: {exc}"
+            log.warning("uploads cannot be scored in segments: %s", self.asd_error)
+        else:
+            log.info("segmenting uploads with %s", self.asd.describe())
+
+    def asd_detector(self) -> ActiveSpeakerDetector:
+        """The detector that segments uploads, or :class:`SegmentationUnavailableError`."""
+        from api.segments import SegmentationUnavailableError
+
+        self.check_ready()
+        if self.asd is None:
+            raise SegmentationUnavailableError(
+                f"this server cannot score uploads in segments ({self.asd_error}); install "
+                "the faces extra"
+            )
+        return self.asd
 
     def _load_run(self, name: str, detector: Detector) -> LoadedRun:
         encoders, dtypes = {}, {}
@@ -304,14 +339,64 @@ class ScoringService:
         *,
         filename: str | None = None,
         explain_frames: int | None = None,
+        segment: bool = False,
     ) -> ScoreResponse:
         """Score the media file at ``path`` with ``runs`` (default: every loaded run);
-        ``explain_frames``: add spatial explanations of that many frames (:mod:`api.spatial`)."""
+        ``explain_frames``: add spatial explanations of that many frames (:mod:`api.spatial`);
+        ``segment``: in single-speaker segments, the video's verdict their maximum."""
         import os
 
+        chosen = self.upload_runs(runs)
+        if segment:
+            from api.segments import SegmentOptionsError, score_in_segments
+
+            if explain_frames:
+                raise SegmentOptionsError(
+                    "spatial explanations cannot be combined with scoring in segments yet"
+                )
+            return await score_in_segments(self, path, chosen, filename=filename)
+        results, prepared = await self._score(path, chosen, explain_frames=explain_frames)
+        return ScoreResponse(
+            filename=filename,
+            size_bytes=os.path.getsize(path),
+            duration_s=prepared.duration_s,
+            results=results,
+        )
+
+    async def score_span(
+        self,
+        path: str,
+        chosen: Sequence[LoadedRun],
+        *,
+        start_s: float,
+        until_s: float,
+        tracks: FaceTracks,
+    ) -> list[UploadRunScore]:
+        """Each run's verdict on the span ``[start_s, until_s)`` of the file at ``path``,
+        cropped from ``tracks`` (one per frame of the span). Frame scores start at
+        ``start_s``; fake segments are shifted into the file's seconds."""
+        results, _ = await self._score(
+            path, chosen, start_s=start_s, until_s=until_s, tracks=tracks
+        )
+        return [
+            r.model_copy(
+                update={"segments": [(a + start_s, b + start_s, v) for a, b, v in r.segments]}
+            )
+            for r in results
+        ]
+
+    async def _score(
+        self,
+        path: str,
+        chosen: Sequence[LoadedRun],
+        *,
+        explain_frames: int | None = None,
+        **span: Any,
+    ) -> tuple[list[UploadRunScore], PreparedUpload]:
+        """Decode (``span``: :func:`~api.clips.prepare_upload`'s span and tracks) once,
+        run each needed encoder once, score every run (``explain_frames``: and explain it)."""
         from api.clips import prepare_upload
 
-        chosen = self.upload_runs(runs)
         layers: dict[EncoderKey, list[Layer]] = {}
         for r in chosen:
             for f in r.detector.features:
@@ -326,6 +411,7 @@ class ScoringService:
             {k: (s.encoder.spec, s.encoder.n_rows) for k, s in slots.items()},
             silence=any(r.detector.needs_silence for r in chosen),
             max_duration_s=self.settings.max_duration_s,
+            **span,
         )
         t1 = time.perf_counter()
         encoded = await asyncio.gather(
@@ -352,12 +438,7 @@ class ScoringService:
                     explain_upload, r, self.encoders, path, prepared, verdict, explain_frames
                 )
             results.append(UploadRunScore(**verdict.model_dump(), timings=timings))
-        return ScoreResponse(
-            filename=filename,
-            size_bytes=os.path.getsize(path),
-            duration_s=prepared.duration_s,
-            results=results,
-        )
+        return results, prepared
 
     def score_stored(
         self, dataset: str, video_id: str, run_name: str, *, explain_frames: int | None = None

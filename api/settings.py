@@ -52,6 +52,10 @@ class Settings:
     header_timeout_s: float = 10.0
     limit_concurrency: int = 64  # open connections; requests beyond get 503
     backlog: int = 2048  # connections waiting to be accepted (the listen queue)
+    # Segmenting uploads (POST /v1/score?segment=true, api/segments.py): the active speaker
+    # detector (None: talknet when its checkpoint is found, else sync) and TalkNet's weights.
+    asd: str | None = None
+    asd_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         if not self.runs:
@@ -76,6 +80,13 @@ class Settings:
         ):
             if not value > 0:
                 raise SettingsError(f"{what} must be positive, got {value}")
+        if self.asd is not None:
+            from featstore.asd.detectors import ASD_NAMES
+
+            if self.asd not in ASD_NAMES:
+                raise SettingsError(
+                    f"--asd must be one of {', '.join(ASD_NAMES)}, got {self.asd!r}"
+                )
         if self.max_wait_ms < 0:
             raise SettingsError(f"max wait must be >= 0 ms, got {self.max_wait_ms}")
 

@@ -48,6 +48,17 @@ def serve_command(
     backlog: int = typer.Option(
         2048, "--backlog", help="Connections waiting to be accepted (the listen queue)."
     ),
+    asd: str | None = typer.Option(
+        None,
+        "--asd",
+        help="Active speaker detector that segments uploads (?segment=true): talknet or sync "
+        "(default: talknet when its checkpoint is found, else sync).",
+    ),
+    asd_checkpoint: str | None = typer.Option(
+        None,
+        "--asd-checkpoint",
+        help="TalkNet checkpoint (default: pretrain_TalkSet.model in $FEATSTORE_CHECKPOINTS).",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve scores of uploaded and stored videos over HTTP (docs at /docs)."""
@@ -72,8 +83,14 @@ def serve_command(
             header_timeout_s=header_timeout_s,
             limit_concurrency=limit_concurrency,
             backlog=backlog,
+            asd=asd,
+            asd_checkpoint=asd_checkpoint,
         )
         settings.api_key()
+        if asd == "talknet" or asd_checkpoint is not None:  # a missing checkpoint fails now
+            from featstore.asd.talknet.weights import find_talknet_checkpoint
+
+            find_talknet_checkpoint(asd_checkpoint)
         open_store(store, mode="r")
         for spec in specs:  # cheap checks first: a typo must not wait for model loading
             for feature in load(spec.path).features:  # any kind, any readable run format

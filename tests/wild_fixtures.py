@@ -16,6 +16,10 @@ seconds    picture                                     sound
 ``silent.mp4``: 4 s of speaker A without an audio stream. ``SPEAKING`` lists the spans
 where a visible face speaks its own audio, measured from the audio itself (first and last
 40 ms frame within 30 dB of the clip's loudest), for comparison with the segments found.
+
+``two-speakers.mp4`` (:func:`make_two_speaker_video`, 224x224, 13 s): speaker A speaking
+(0-6 s), a faceless cut-away under a voice-over (6-8 s), speaker B speaking (8-13 s): an
+upload to score in segments.
 """
 
 from __future__ import annotations
@@ -84,6 +88,35 @@ def make_wild_video(root: Path) -> WildVideo:
         ("voiceover", d_video, e_audio),
         ("small", _small(f_video), f_audio),
     ]
+    path = root / "wild" / "wild.mp4"
+    speaking, spans = _assemble(path, parts)
+    silent = root / "wild" / "silent.mp4"
+    write_clip(silent, a_video[: 4 * FPS], None)
+    return WildVideo(path=path, silent_path=silent, speaking=speaking, spans=spans)
+
+
+def make_two_speaker_video(root: Path) -> WildVideo:
+    """Speaker A, a cut-away under a voice-over, speaker B (see the module docs)."""
+    a_video, a_audio = talking_clip(seed=21, duration_s=6.0, speaker_seed=201)
+    _, c_audio = talking_clip(seed=22, duration_s=2.0, speaker_seed=203)
+    b_video, b_audio = talking_clip(seed=23, duration_s=5.0, speaker_seed=202)
+    parts = [
+        ("a", a_video, a_audio),
+        ("cutaway", _cutaway(2 * FPS), c_audio),
+        ("b", b_video, b_audio),
+    ]
+    path = root / "two" / "two-speakers.mp4"
+    speaking, spans = _assemble(path, parts)
+    silent = root / "two" / "silent.mp4"
+    write_clip(silent, a_video[: 2 * FPS], None)
+    return WildVideo(path=path, silent_path=silent, speaking=speaking, spans=spans)
+
+
+def _assemble(
+    path: Path, parts: list[tuple[str, np.ndarray, np.ndarray]]
+) -> tuple[list[tuple[float, float]], dict[str, tuple[float, float]]]:
+    """Write the parts one after the other; the speaking spans of ``a`` and ``b``, and each
+    part's span."""
     spans, speaking, t = {}, [], 0.0
     videos, audios = [], []
     for name, v, a in parts:
@@ -96,8 +129,5 @@ def make_wild_video(root: Path) -> WildVideo:
         videos.append(v)
         audios.append(a)
         t += n / FPS
-    path = root / "wild" / "wild.mp4"
     write_clip(path, np.concatenate(videos), np.concatenate(audios).astype(np.float32))
-    silent = root / "wild" / "silent.mp4"
-    write_clip(silent, a_video[: 4 * FPS], None)
-    return WildVideo(path=path, silent_path=silent, speaking=speaking, spans=spans)
+    return speaking, spans
