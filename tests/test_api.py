@@ -122,9 +122,7 @@ class FakeService:
             raise UnknownRunError("no run named 'nope'")
         return names or ["fake"]
 
-    async def score_upload(
-        self, path: str, runs: Any, *, filename: str | None, segment: bool = False
-    ) -> ScoreResponse:
+    async def score_upload(self, path: str, runs: Any, *, filename: str | None) -> ScoreResponse:
         self.seen.append(
             {"path": path, "exists": os.path.exists(path), "runs": runs, "filename": filename}
         )

@@ -206,3 +206,8 @@ def test_a_server_without_the_faces_extra_refuses_segment_true(
         named._load_asd()
     with pytest.raises(SettingsError, match="--asd must be one of"):
         Settings(store_url=server["store"], runs=settings.runs, asd="nope")
+
+
+def test_segments_and_spatial_explanations_do_not_combine_yet(server: dict[str, Any]) -> None:
+    r = _post(server["base"], server["video"].silent_path, query="?segment=true&explain=spatial")
+    assert r.status_code == 422 and "segment=true" in r.json()["detail"], r.text
