@@ -15,11 +15,12 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
+from cli.options import store_option
 
 app = typer.Typer(help="Train detectors on stored features.", no_args_is_help=True)
 
 # Options every trainer takes, declared once.
-STORE = typer.Option(..., "--store", "-s", help="Store location (path or fsspec URL).")
+STORE = store_option()
 OUT = typer.Option(..., "--out", "-o", help="Run directory to write.")
 NO_VAL = typer.Option(False, "--no-val", help="Train without validation (no early stop).")
 SEED = typer.Option(None, "--seed", help="Random seed (default 43).")
