@@ -36,6 +36,7 @@ PLOT_FORMATS = ("png", "pdf", "svg")
 __all__ = [
     "PLOT_FORMATS",
     "STORE_ENV",
+    "complete_features",
     "env_store",
     "fallback_store",
     "plot_file",
@@ -131,6 +132,21 @@ def shift_store(
         if value is None:
             fail(f"missing argument {name}")
     return store, others
+
+
+# ------------------------------------------------------------------ completion
+
+
+def complete_features(incomplete: str) -> list[str]:
+    """Shell completion of ``ENCODER[:LAYER][+ENCODER...]``: registered encoder names
+    for the member being typed (the registry is cheap: no model is loaded)."""
+    from featstore.encoders import specs
+
+    done, _, member = incomplete.rpartition("+")
+    if ":" in member:
+        return []
+    prefix = f"{done}+" if done else ""
+    return [prefix + name for name in specs() if name.startswith(member)]
 
 
 # ------------------------------------------------------------------ plot format

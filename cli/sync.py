@@ -14,18 +14,20 @@ import typer
 
 from cli.errors import user_errors
 from cli.evaluate import SEGMENT_METRICS, localization_rows
-from cli.options import plot_format_option, plot_suffix, store_option
+from cli.options import complete_features, plot_format_option, plot_suffix, store_option
 
 STORE = store_option()
 AUDIO = typer.Option(
     ...,
     "--audio",
+    autocompletion=complete_features,
     help="Audio features ENCODER[:LAYER] (e.g. avhubert-a:last); several joined by '+' (or the "
     "option repeated) are concatenated per frame.",
 )
 VISUAL = typer.Option(
     ...,
     "--visual",
+    autocompletion=complete_features,
     help="Visual features ENCODER[:LAYER] (e.g. avhubert-v:last); several joined by '+' (or the "
     "option repeated) are concatenated per frame.",
 )
@@ -159,10 +161,16 @@ def syncscore_command(
 def layers_command(
     store: str = STORE,
     audio: str = typer.Option(
-        ..., "--audio", help="Audio ENCODER (sweep its layers) or ENCODER:LAYER (fixed)."
+        ...,
+        "--audio",
+        autocompletion=complete_features,
+        help="Audio ENCODER (sweep its layers) or ENCODER:LAYER (fixed).",
     ),
     visual: str = typer.Option(
-        ..., "--visual", help="Visual ENCODER (sweep its layers) or ENCODER:LAYER (fixed)."
+        ...,
+        "--visual",
+        autocompletion=complete_features,
+        help="Visual ENCODER (sweep its layers) or ENCODER:LAYER (fixed).",
     ),
     on: str = ON,
     preset: str | None = PRESET,

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.options import store_option
+from cli.options import complete_features, store_option
 
 app = typer.Typer(help="Train detectors on stored features.", no_args_is_help=True)
 
@@ -91,7 +91,11 @@ def _validation(val: str | None, no_val: bool) -> Any:
 def probe(
     store: str = STORE,
     encoder: list[str] = typer.Option(
-        ..., "--encoder", "-e", help=f"Features to use: {FEATURES_HELP}."
+        ...,
+        "--encoder",
+        "-e",
+        autocompletion=complete_features,
+        help=f"Features to use: {FEATURES_HELP}.",
     ),
     layer: str | None = typer.Option(
         None, "--layer", "-l", help="Stored layer of encoders named without one (default: last)."
@@ -154,7 +158,11 @@ def probe(
 def ntp(
     store: str = STORE,
     encoder: list[str] = typer.Option(
-        ..., "--encoder", "-e", help=f"Features to use: {FEATURES_HELP}."
+        ...,
+        "--encoder",
+        "-e",
+        autocompletion=complete_features,
+        help=f"Features to use: {FEATURES_HELP}.",
     ),
     layer: str | None = typer.Option(
         None, "--layer", "-l", help="Stored layer of encoders named without one (default: last)."
@@ -229,10 +237,16 @@ def ntp(
 def sync(
     store: str = STORE,
     audio: list[str] = typer.Option(
-        ..., "--audio", help=f"Audio features (e.g. avhubert-a): {FEATURES_HELP}."
+        ...,
+        "--audio",
+        autocompletion=complete_features,
+        help=f"Audio features (e.g. avhubert-a): {FEATURES_HELP}.",
     ),
     visual: list[str] = typer.Option(
-        ..., "--visual", help=f"Visual features (e.g. avhubert-v): {FEATURES_HELP}."
+        ...,
+        "--visual",
+        autocompletion=complete_features,
+        help=f"Visual features (e.g. avhubert-v): {FEATURES_HELP}.",
     ),
     train: str = typer.Option(
         ...,
