@@ -15,7 +15,8 @@ from that file's suffix, and ``--format`` then must agree with it (or adds the
 suffix when the name has none): :func:`plot_file`.
 
 Only typer and the standard library are imported here, so every command
-module can use it without slowing ``featstore --help``.
+module can use it without slowing ``featstore --help``. (Typer carries its own
+copy of click: contexts and parameters are typer's, never the click package's.)
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 
 from cli.errors import fail
@@ -57,10 +57,18 @@ def _no_store(how: str) -> str:
     return f"no store given: pass {how} or set the environment variable {STORE_ENV}"
 
 
-def _require_store(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Click callback: the value (from the command line, else ``$FEATSTORE_STORE``) or an error."""
+def _require_store(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """Click callback: the value (from the command line, else a ``--config`` file, else
+    ``$FEATSTORE_STORE``) or an error."""
     if ctx.resilient_parsing:  # shell completion: never fail
         return value
+    name = param.name or ""
+    from_file = (ctx.default_map or {}).get(name)
+    source = ctx.get_parameter_source(name)
+    if from_file and source is not None and source.name == "ENVIRONMENT":
+        # click ranks the environment above default_map; a config file is the more explicit
+        value = from_file
+        ctx.set_parameter_source(name, type(source).DEFAULT_MAP)
     if value is None or not str(value).strip():
         fail(_no_store("--store URL"))
     return str(value).strip()
