@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -81,19 +78,11 @@ def test_run_store_comes_before_the_environment(url, monkeypatch):
 
 
 def _complete(words: str, cword: int) -> list[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "_FEATSTORE_COMPLETE": "complete_bash",
-        "COMP_WORDS": words,
-        "COMP_CWORD": str(cword),
-    }
-    code = "from cli.main import app; app(prog_name='featstore')"
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.split()
+    """What bash completion offers after ``words`` (click's protocol, run in-process)."""
+    env = {"_FEATSTORE_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+    result = runner.invoke(app, [], env=env, prog_name="featstore")
+    assert result.exit_code == 0, result.output
+    return result.output.split()
 
 
 def test_completion_of_encoders_kinds_and_formats():
