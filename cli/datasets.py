@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from cli.errors import user_errors
+from cli.options import store_option
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,7 +24,7 @@ app = typer.Typer(help="Import and inspect dataset manifests.", no_args_is_help=
 # Kept literal so that `--help` does not import pandas; a test checks it against the registry.
 FORMAT_NAMES = ("av1m", "favc", "avlips", "dfe2024", "exddv", "real", "folder", "csv")
 PROTOCOL_NAMES = ("av1m", "av1m-real", "favc", "avlips", "dfe2024", "all-test", "official")
-STORE = typer.Option(..., "--store", "-s", help="Store location: a local path or fsspec URL.")
+STORE = store_option()
 ROOT = typer.Argument(..., metavar="ROOT", help="Dataset root folder (or its metadata file).")
 NAME = typer.Argument(..., help="Dataset name in the store.")
 SEED = typer.Option(43, "--seed", help="Seed of the protocol's random choices.")

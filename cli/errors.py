@@ -1,13 +1,34 @@
-"""Map library errors to one-line messages and exit codes."""
+"""Map library errors to one-line messages and exit codes.
+
+Exit codes of ``featstore`` (README "Exit codes"):
+
+- 0: done;
+- 1: an error a user can cause (bad input, missing store, unknown dataset, ...),
+  printed as one ``error: ...`` line;
+- 2: the command line itself does not parse (click's usage errors);
+- 3: ``extract --fail-on-error`` finished but some videos failed;
+- 130: interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import NoReturn
 
 import typer
 
 from featstore.errors import FeatstoreError
+
+EXIT_ERROR = 1
+EXIT_VIDEOS_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, *, code: int = EXIT_ERROR) -> NoReturn:
+    """Print ``error: <message>`` on stderr and exit with ``code``."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=code)
 
 
 @contextlib.contextmanager
@@ -17,5 +38,4 @@ def user_errors() -> Iterator[None]:
         yield
     except FeatstoreError as exc:
         message = exc.args[0] if exc.args else type(exc).__name__
-        typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(code=exc.exit_code) from None
+        fail(str(message), code=exc.exit_code)

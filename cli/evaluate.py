@@ -14,11 +14,16 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
+from cli.options import plot_file, plot_format_option, plot_suffix
 
 explain_app = typer.Typer(help="Explain a run's decisions on stored videos.", no_args_is_help=True)
 
 STORE = typer.Option(
-    None, "--store", "-s", help="Store location (default: the store the run was trained from)."
+    None,
+    "--store",
+    "-s",
+    metavar="URL",
+    help="Store location (default: the store the run was trained from, else $FEATSTORE_STORE).",
 )
 ON = typer.Option(
     ..., "--on", help="Videos to evaluate: NAME[@VIEW][:SPLIT] (bare NAME = its test split)."
@@ -36,14 +41,13 @@ def _console() -> Any:
 
 def _open(store: str | None, run_dirs: Sequence[Path]) -> Any:
     """The given store, or the one recorded in the first run's config."""
+    from cli.options import fallback_store
     from featstore import open_store
-    from trainers.runs import RunError, load_run
+    from trainers.runs import load_run
 
     if store is None:
         run = load_run(run_dirs[0])
-        store = run.config.get("store") or _member_store(run)
-        if not store:
-            raise RunError(f"{run.path} does not record its store; pass --store")
+        store = fallback_store(run.config.get("store") or _member_store(run), what=str(run.path))
     return open_store(store)
 
 
@@ -192,14 +196,24 @@ def correlate_command(
     run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories."),
     store: str | None = STORE,
     on: str = ON,
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for the CSV, JSON and PNG files."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Directory for the CSV, JSON and plot files."
+    ),
     metric: str = typer.Option("auc", "--metric", help="auc or ap, for the relative improvement."),
+    plot_format: str | None = plot_format_option(),
 ) -> None:
     """Pearson correlation of the runs' predictions and pairwise-fusion improvement (Fig. 5)."""
     with user_errors():
         from trainers.evaluate import correlate
 
-        result = correlate(run_dirs, _open(store, run_dirs), on, out_dir=out, metric=metric)
+        result = correlate(
+            run_dirs,
+            _open(store, run_dirs),
+            on,
+            out_dir=out,
+            metric=metric,
+            plot_format=plot_suffix(plot_format),
+        )
     from rich.table import Table
 
     names = result["names"]
@@ -215,8 +229,13 @@ def correlate_command(
         table.add_column("")
         for name in names:
             table.add_column(name, justify="right")
-        for name, row in zip(names, result[key], strict=True):
-            table.add_row(name, *(fmt.format(v) for v in row))
+        for i, (name, row) in enumerate(zip(names, result[key], strict=True)):
+            # a model fused with itself gains nothing by definition: no number
+            cells = [
+                "–" if key == "relative_improvement" and i == j else fmt.format(v)
+                for j, v in enumerate(row)
+            ]
+            table.add_row(name, *cells)
         _console().print(table)
     typer.echo(f"written to {out}")
 
@@ -263,11 +282,16 @@ def explain_temporal_command(
     store: str | None = STORE,
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset of the stored video."),
     video: str = typer.Option(..., "--video", help="video_id in the dataset's manifest."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write the plot to this PNG."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Write the plot to this file (.png, .pdf or .svg)."
+    ),
     threshold: float = typer.Option(0.0, "--threshold", help="Frame score threshold for segments."),
+    plot_format: str | None = plot_format_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the explanation as JSON."),
 ) -> None:
     """Per-frame scores of one stored video and the fake segments they imply (paper Fig. 3)."""
+    if out is not None:
+        out = plot_file(out, plot_format)
     with user_errors():
         from trainers.explain import explain_temporal
 

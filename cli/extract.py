@@ -9,7 +9,8 @@ from typing import Any
 
 import typer
 
-from cli.errors import user_errors
+from cli.errors import EXIT_INTERRUPTED, EXIT_VIDEOS_FAILED, user_errors
+from cli.options import store_option
 from featstore.decode_limits import (
     DEFAULT_MAX_DECODED_BYTES,
     DEFAULT_MAX_FRAME_PIXELS,
@@ -86,7 +87,7 @@ def extract_command(
         help="A registered encoder (featstore encoders list).",
     ),
     dataset: str = typer.Option(..., "--dataset", help="Dataset name in the store."),
-    store: str = typer.Option(..., "--store", help="Store URL: a local path or s3://..."),
+    store: str = store_option(),
     checkpoint: str | None = typer.Option(
         None, "--checkpoint", help="Local path or Hugging Face id in the local cache."
     ),
@@ -159,8 +160,20 @@ def extract_command(
         help="A video whose decoded frames + audio take more MiB fails (bounds the memory "
         "per video); 0: no limit.",
     ),
+    fail_on_error: bool = typer.Option(
+        False,
+        "--fail-on-error",
+        help=f"Exit with {EXIT_VIDEOS_FAILED} when any video failed (for pipelines); the "
+        "features of the others are committed all the same.",
+    ),
 ) -> None:
-    """Extract an encoder's per-frame features of a dataset into the store (resumable)."""
+    """Extract an encoder's per-frame features of a dataset into the store (resumable).
+
+    A video that fails is recorded in the store and skipped; the summary gives the
+    most common reasons (`featstore store failures` lists them all).
+    """
+    import time
+
     from featstore.extract import extract, plan_extraction
 
     options = parse_options(option, trust_checkpoint=trust_checkpoint)
@@ -183,6 +196,7 @@ def extract_command(
             )
             _print_plan(plan)
             return
+        started_ns = time.time_ns()
         try:
             with _progress_bar() as on_progress:
                 summary = extract(
@@ -211,7 +225,7 @@ def extract_command(
                 err=True,
                 fg=typer.colors.YELLOW,
             )
-            raise typer.Exit(code=130) from None
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
     typer.echo(
         f"{_label(encoder, store_as)} on {dataset}: {summary.videos_done} videos extracted, "
         f"{summary.videos_skipped} already in the store, {summary.videos_failed} failed; "
@@ -219,12 +233,54 @@ def extract_command(
         f"{format_bytes(summary.bytes_written)} written in {summary.parts_written} parts"
     )
     if summary.videos_failed:
-        typer.secho(
-            f"{summary.videos_failed} videos failed; their errors are in the store "
-            f"(featstore store info {store} --dataset {dataset})",
-            err=True,
-            fg=typer.colors.YELLOW,
+        _print_failures(store, dataset, store_as or encoder, summary.videos_failed, started_ns)
+        if fail_on_error:
+            raise typer.Exit(code=EXIT_VIDEOS_FAILED)
+
+
+# Failure records carry their writer's clock: allow for workers whose clock is behind.
+_CLOCK_SLACK_NS = 60 * 10**9
+_REASONS_SHOWN = 5
+
+
+def _print_failures(store: str, dataset: str, encoder: str, failed: int, started_ns: int) -> None:
+    """The most common reasons of this run's failures, a few videos each, and the
+    command that lists them all (on stderr, after the summary line)."""
+    import shlex
+
+    from featstore.errors import FeatstoreError
+    from featstore.failures import collect_failures
+    from featstore.store import open_store
+
+    def say(text: str) -> None:
+        typer.secho(text, err=True, fg=typer.colors.YELLOW)
+
+    listing = shlex.join(
+        ["featstore", "store", "failures", store, "--dataset", dataset, "--encoder", encoder]
+    )
+    say(f"{failed} videos failed (recorded in the store, retried by the next run):")
+    try:
+        report = collect_failures(
+            open_store(store, mode="r"),
+            dataset=dataset,
+            encoder=encoder,
+            since_ns=started_ns - _CLOCK_SLACK_NS,
         )
+    except (FeatstoreError, OSError) as exc:  # the summary must not hide the result
+        say(f"  (could not read the reasons: {exc})")
+        report = None
+    if report is not None:
+        for g in report.groups[:_REASONS_SHOWN]:
+            message = " ".join(g.message.split())
+            if len(message) > 160:
+                message = message[:159] + "…"
+            more = f" +{g.videos - len(g.examples)} more" if g.videos > len(g.examples) else ""
+            say(f"  {g.videos:>5} {g.error_type}: {message}")
+            say(f"        e.g. {', '.join(g.examples)}{more}")
+        rest = len(report.groups) - _REASONS_SHOWN
+        if rest > 0:
+            say(f"  ... and {rest} other error types")
+    say(f"all of them: {listing}")
 
 
 def _label(encoder: str, store_as: str | None) -> str:

@@ -12,6 +12,7 @@ import typer
 from cli import asd as asd_cmd
 from cli import datasets as datasets_cmd
 from cli import encoders as encoders_cmd
+from cli import env as env_cmd
 from cli import evaluate as evaluate_cmd
 from cli import media as media_cmd
 from cli import report as report_cmd
@@ -28,7 +29,7 @@ app = typer.Typer(
     name="featstore",
     help="Feature store of self-supervised embeddings for audio-visual deepfake detection.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 app.add_typer(store_cmd.app, name="store")
@@ -44,6 +45,7 @@ spatial_cmd.register(evaluate_cmd.explain_app)
 sync_cmd.register(app)
 app.command("extract")(extract_command)
 app.command("serve")(serve_command)
+app.command("env")(env_cmd.env_command)
 
 
 def _version(value: bool) -> None:

@@ -13,12 +13,13 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
+from cli.options import plot_file, plot_format_option, store_option
 
 app = typer.Typer(
     help="The paper's tables and figures: Tab. 6, Fig. 2, Fig. 3.", no_args_is_help=True
 )
 
-STORE = typer.Option(..., "--store", "-s", help="Store location (path or URL).")
+STORE = store_option()
 CAPTION = typer.Option(
     True, "--caption/--no-caption", help="Print the caption (n, filter) under the figure."
 )
@@ -116,10 +117,12 @@ def fig2_command(
         None, "--label", help="Bar label per run, in order (default: the run directory names)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Figure file: .png, .pdf or .svg."),
+    plot_format: str | None = plot_format_option(),
     width: float = WIDTH,
     caption: bool = CAPTION,
 ) -> None:
     """Paper Fig. 2: temporal localization AUC (solid) beside video AUC (hatched) per run."""
+    out = plot_file(out, plot_format)
     with user_errors():
         from dataclasses import asdict
 
@@ -151,7 +154,11 @@ def fig2_command(
 def fig3_command(
     run: Path = typer.Argument(..., help="Run directory with per-frame scores."),
     store: str | None = typer.Option(
-        None, "--store", "-s", help="Store location (default: the store the run records)."
+        None,
+        "--store",
+        "-s",
+        metavar="URL",
+        help="Store location (default: the store the run records, else $FEATSTORE_STORE).",
     ),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset of the stored video."),
     video: str = typer.Option(..., "--video", help="video_id in the dataset's manifest."),
@@ -163,10 +170,12 @@ def fig3_command(
     ),
     threshold: float = typer.Option(0.0, "--threshold", help="Decision threshold on the score."),
     out: Path = typer.Option(..., "--out", "-o", help="Figure file: .png, .pdf or .svg."),
+    plot_format: str | None = plot_format_option(),
     width: float = WIDTH,
     caption: bool = CAPTION,
 ) -> None:
     """Paper Fig. 3: a video's score curve, its Mel spectrogram and frames under it."""
+    out = plot_file(out, plot_format)
     with user_errors():
         from cli.evaluate import open_run_store
         from trainers.figures import FigureError, write_json

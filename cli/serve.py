@@ -5,10 +5,11 @@ from __future__ import annotations
 import typer
 
 from cli.errors import user_errors
+from cli.options import store_option
 
 
 def serve_command(
-    store: str = typer.Option(..., "--store", "-s", help="Store location (opened read-only)."),
+    store: str = store_option("Store location (opened read-only)."),
     run: list[str] = typer.Option(
         ..., "--run", "-r", help="Run directory, or NAME=DIR (repeat for several runs)."
     ),

@@ -16,7 +16,11 @@ import typer
 from cli.errors import user_errors
 
 STORE = typer.Option(
-    None, "--store", "-s", help="Store location (default: the store the run was trained from)."
+    None,
+    "--store",
+    "-s",
+    metavar="URL",
+    help="Store location (default: the store the run was trained from, else $FEATSTORE_STORE).",
 )
 DEVICE = typer.Option("cpu", "--device", help="Where the encoder runs (cpu, cuda, cuda:N).")
 CHECKPOINT = typer.Option(

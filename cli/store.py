@@ -1,4 +1,7 @@
-"""``featstore store info|ls|verify|gc|compact URL``: inspect and maintain a store."""
+"""``featstore store info|ls|failures|verify|gc|compact|rm [URL]``: inspect and maintain a store.
+
+``URL`` may be left out when ``FEATSTORE_STORE`` names the store (``cli.options``).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,17 @@ from typing import Any
 
 import typer
 
-from cli.errors import user_errors
+from cli.errors import fail, user_errors
+from cli.options import STORE_ENV, shift_store
 
 app = typer.Typer(help="Inspect and maintain a feature store.", no_args_is_help=True)
 
-URL = typer.Argument(..., help="Store location: a local path or an fsspec URL (s3://...).")
+URL = typer.Argument(
+    None,
+    metavar="[URL]",
+    show_default=False,
+    help=f"Store location: a local path or an fsspec URL (s3://...); default ${STORE_ENV}.",
+)
 
 
 def _human(n: float) -> str:
@@ -64,6 +73,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Datasets, encoders, layers, videos, rows, bytes and failures."""
+    url, _ = shift_store(url, [], names=[], required=0)
     with user_errors():
         from featstore.maintenance import summarize
         from featstore.store import open_store
@@ -156,6 +166,33 @@ def info(
                 extra.append("random init")
             if extra:
                 console.print(f"  {enc.name}: {', '.join(extra)}")
+    failed = [
+        (ds.name, enc.name, enc.unresolved_failures)
+        for ds in summary.datasets
+        for enc in ds.encoders
+        if enc.unresolved_failures
+    ]
+    if failed:
+        console.print("")
+        for ds_name, enc_name, n in failed:
+            console.print(f"{ds_name}/{enc_name}: {n} videos failed and not extracted since")
+        console.print(
+            "reasons: "
+            + _failures_command(url, *(failed[0][:2] if len(failed) == 1 else (None, None))),
+            soft_wrap=True,
+        )
+
+
+def _failures_command(url: str, dataset: str | None, encoder: str | None) -> str:
+    """The exact ``featstore store failures`` command that lists these failures."""
+    import shlex
+
+    words = ["featstore", "store", "failures", url]
+    if dataset:
+        words += ["--dataset", dataset]
+    if encoder:
+        words += ["--encoder", encoder]
+    return shlex.join(words)
 
 
 @app.command("ls")
@@ -167,6 +204,9 @@ def ls(
     limit: int = typer.Option(50, "--limit", "-n", help="At most this many videos (0 = all)."),
 ) -> None:
     """List datasets, a dataset's encoders, or an encoder's videos."""
+    url, (dataset, encoder) = shift_store(
+        url, [dataset, encoder], names=["DATASET", "ENCODER"], required=0
+    )
     with user_errors():
         from featstore.store import open_store
 
@@ -202,6 +242,7 @@ def verify(
     no_checksums: bool = typer.Option(False, "--no-checksums", help="Check shapes only (fast)."),
 ) -> None:
     """Check every committed part against its commit record; exit 1 on any problem."""
+    url, _ = shift_store(url, [], names=[], required=0)
     with user_errors():
         from featstore.maintenance import verify as run_verify
         from featstore.store import open_store
@@ -232,6 +273,7 @@ def gc_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed."),
 ) -> None:
     """Remove uncommitted parts left by crashed writers and fully superseded parts."""
+    url, _ = shift_store(url, [], names=[], required=0)
     with user_errors():
         from featstore.maintenance import gc
         from featstore.store import open_store
@@ -267,11 +309,14 @@ def gc_command(
 @app.command()
 def compact(
     url: str = URL,
-    dataset: str = typer.Argument(..., help="Dataset to compact."),
-    encoder: str = typer.Argument(..., help="Encoder to compact."),
+    dataset: str = typer.Argument(None, metavar="DATASET", help="Dataset to compact."),
+    encoder: str = typer.Argument(None, metavar="ENCODER", help="Encoder to compact."),
     target_mb: float = typer.Option(128.0, "--target-mb", help="Target part size per layer (MiB)."),
 ) -> None:
     """Merge many small parts into few large ones; readers never see a gap."""
+    url, (dataset, encoder) = shift_store(
+        url, [dataset, encoder], names=["DATASET", "ENCODER"], required=2
+    )
     with user_errors():
         from featstore.maintenance import compact as run_compact
         from featstore.store import open_store
@@ -291,3 +336,132 @@ def compact(
         f"merged {len(report.merged)} parts into {len(report.written)} "
         f"({report.rows} rows); {report.parts_before} -> {report.parts_after} parts"
     )
+
+
+@app.command("failures")
+def failures_command(
+    url: str = URL,
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Only this dataset."),
+    encoder: str | None = typer.Option(None, "--encoder", "-e", help="Only this encoder."),
+    limit: int = typer.Option(
+        50, "--limit", "-n", help="Show at most this many videos (0 = all); counts cover all."
+    ),
+    include_resolved: bool = typer.Option(
+        False, "--resolved", help="Also list videos that failed once and were extracted since."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (every failure, no limit)."),
+) -> None:
+    """Why videos failed to extract: counts by error type, then each video's newest error."""
+    url, _ = shift_store(url, [], names=[], required=0)
+    with user_errors():
+        from featstore.failures import collect_failures
+        from featstore.store import open_store
+
+        report = collect_failures(
+            open_store(url, mode="r"),
+            dataset=dataset,
+            encoder=encoder,
+            include_resolved=include_resolved,
+        )
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    where = "/".join(x for x in (dataset, encoder) if x) or url
+    if not report.failures:
+        resolved = f" ({report.resolved} resolved by a later run)" if report.resolved else ""
+        typer.echo(f"no failed videos in {where}{resolved}")
+        return
+    from rich.table import Table
+
+    console = _console()
+    counts = Table(title=f"failed videos in {where}: {len(report.failures)}", show_edge=False)
+    for col in ("error type", "videos", "e.g.", "message (newest)"):
+        counts.add_column(col, justify="right" if col == "videos" else "left", overflow="fold")
+    for g in report.groups:
+        counts.add_row(g.error_type, str(g.videos), ", ".join(g.examples), _one_line(g.message))
+    console.print(counts)
+    shown = report.failures if limit <= 0 else report.failures[:limit]
+    table = Table(show_edge=False)
+    columns = ("video", "dataset/encoder", "error type", "message", "when (UTC)", "part")
+    for col in (*columns, *(("resolved",) if include_resolved else ())):
+        table.add_column(col, overflow="fold")
+    for f in shown:
+        table.add_row(
+            f.video_id,
+            f"{f.dataset}/{f.encoder}",
+            f.error_type,
+            _one_line(f.message),
+            f.when.replace("+00:00", ""),
+            f.part_id,
+            *(("yes" if f.resolved else "no",) if include_resolved else ()),
+        )
+    console.print(table)
+    if len(shown) < len(report.failures):
+        typer.echo(f"... {len(report.failures) - len(shown)} more (use --limit 0 or --json)")
+    if report.resolved and not include_resolved:
+        typer.echo(f"({report.resolved} more failed once and were extracted since: --resolved)")
+
+
+def _one_line(message: str, width: int = 200) -> str:
+    text = " ".join(message.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command("rm")
+def rm_command(
+    url: str = URL,
+    dataset: str = typer.Argument(None, metavar="DATASET", help="Dataset holding the encoder."),
+    encoder: str = typer.Argument(None, metavar="ENCODER", help="Encoder (stored name) to remove."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Say what would be removed; remove nothing."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print what was (or would be) removed as JSON."
+    ),
+) -> None:
+    """Remove one encoder's stored features from a dataset (e.g. one stored by mistake).
+
+    Readers never see part of it: the encoder is marked as going before any commit
+    record is removed, and readers refuse a marked encoder. Stop extractions writing
+    it first. Without --yes it asks on a terminal and refuses otherwise.
+    """
+    import dataclasses
+
+    url, (dataset, encoder) = shift_store(
+        url, [dataset, encoder], names=["DATASET", "ENCODER"], required=2
+    )
+    with user_errors():
+        from featstore.removal import plan_removal, remove_encoder
+        from featstore.store import open_store
+
+        store = open_store(url, mode="r" if dry_run else "a")
+        plan = plan_removal(store, dataset, encoder)
+        what = (
+            f"{dataset}/{encoder} in {url}: {plan.videos} videos, layers "
+            f"{', '.join(plan.layers) or '-'}; {plan.commits} commit records, {plan.parts} parts, "
+            f"{plan.failure_records} failure records, {plan.files} files, {_human(plan.bytes)}"
+            + (" (finishing an interrupted removal)" if plan.resumed else "")
+        )
+        if dry_run:
+            if as_json:
+                typer.echo(json.dumps({**dataclasses.asdict(plan), "removed": False}, indent=2))
+            else:
+                typer.echo(f"would remove {what}")
+            return
+        if not yes:
+            import sys
+
+            if not sys.stdin.isatty():
+                fail(
+                    f"refusing to remove {dataset}/{encoder} without --yes (not a terminal); "
+                    "see what would go with --dry-run"
+                )
+            typer.echo(f"about to remove {what}")
+            if not typer.confirm("remove it?", default=False):
+                fail("nothing removed")
+        remove_encoder(store, dataset, encoder)
+    if as_json:
+        typer.echo(json.dumps({**dataclasses.asdict(plan), "removed": True}, indent=2))
+    else:
+        typer.echo(f"removed {what}")

@@ -14,17 +14,20 @@ import typer
 
 from cli.errors import user_errors
 from cli.evaluate import SEGMENT_METRICS, localization_rows
+from cli.options import complete_features, plot_format_option, plot_suffix, store_option
 
-STORE = typer.Option(..., "--store", "-s", help="Store location (path or URL).")
+STORE = store_option()
 AUDIO = typer.Option(
     ...,
     "--audio",
+    autocompletion=complete_features,
     help="Audio features ENCODER[:LAYER] (e.g. avhubert-a:last); several joined by '+' (or the "
     "option repeated) are concatenated per frame.",
 )
 VISUAL = typer.Option(
     ...,
     "--visual",
+    autocompletion=complete_features,
     help="Visual features ENCODER[:LAYER] (e.g. avhubert-v:last); several joined by '+' (or the "
     "option repeated) are concatenated per frame.",
 )
@@ -158,17 +161,32 @@ def syncscore_command(
 def layers_command(
     store: str = STORE,
     audio: str = typer.Option(
-        ..., "--audio", help="Audio ENCODER (sweep its layers) or ENCODER:LAYER (fixed)."
+        ...,
+        "--audio",
+        autocompletion=complete_features,
+        help="Audio ENCODER (sweep its layers) or ENCODER:LAYER (fixed).",
     ),
     visual: str = typer.Option(
-        ..., "--visual", help="Visual ENCODER (sweep its layers) or ENCODER:LAYER (fixed)."
+        ...,
+        "--visual",
+        autocompletion=complete_features,
+        help="Visual ENCODER (sweep its layers) or ENCODER:LAYER (fixed).",
     ),
     on: str = ON,
     preset: str | None = PRESET,
     shift: int | None = SHIFT,
     pool: str | None = POOL,
     padding: str | None = PADDING,
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for layers.csv/.json/.png."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Directory for layers.csv, layers.json and the plot."
+    ),
+    all_fakes: bool = typer.Option(
+        False,
+        "--all-fakes",
+        help="Count every fake (default: the paper's filter, both modalities faked), as "
+        "syncscore --all-fakes does.",
+    ),
+    plot_format: str | None = plot_format_option(),
     frame_hz: float | None = FRAME_HZ,
     allow_missing: bool = ALLOW_MISSING,
 ) -> None:
@@ -199,6 +217,8 @@ def layers_command(
             allow_missing=allow_missing,
             frame_hz=frame_hz,
             on_layer=show,
+            all_fakes=all_fakes,
+            plot_format=plot_suffix(plot_format),
         )
     best = sweep.best
     typer.echo(f"best: audio {best.audio_layer} / visual {best.visual_layer}, AUC {_pct(best.auc)}")

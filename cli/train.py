@@ -5,21 +5,28 @@ prediction) and ``sync`` (AVH-Align) are trained on real videos only. Each print
 one line per epoch and writes a run directory that ``featstore eval`` reads. The
 commands call the run kinds' ``train`` (``trainers.kinds``). Features may be
 feature sets: ``--encoder avhubert-a+avhubert-v`` or a repeated ``--encoder``.
+Options may come from a TOML/YAML file (``--config``, ``cli.config_file``); where
+each came from is recorded in the run's ``config.json`` (``invocation``), with the
+TensorBoard folder when ``--tensorboard`` logs the training curves.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from cli.config_file import config_option, invocation
 from cli.errors import user_errors
+from cli.options import complete_features, store_option
 
 app = typer.Typer(help="Train detectors on stored features.", no_args_is_help=True)
 
 # Options every trainer takes, declared once.
-STORE = typer.Option(..., "--store", "-s", help="Store location (path or fsspec URL).")
+STORE = store_option()
 OUT = typer.Option(..., "--out", "-o", help="Run directory to write.")
 NO_VAL = typer.Option(False, "--no-val", help="Train without validation (no early stop).")
 SEED = typer.Option(None, "--seed", help="Random seed (default 43).")
@@ -29,6 +36,14 @@ ALLOW_MISSING = typer.Option(
     False, "--allow-missing", help="Skip videos without stored features (warn) instead of failing."
 )
 NO_L2 = typer.Option(False, "--no-l2", help="Do not L2-normalise frames.")
+CONFIG = config_option()
+TENSORBOARD = typer.Option(
+    None,
+    "--tensorboard",
+    metavar="DIR",
+    help="Also log the training curves (loss, validation loss/AUC, lr) for TensorBoard in "
+    "DIR (needs the tensorboard package: the 'tensorboard' extra).",
+)
 FEATURES_HELP = (
     "ENCODER[:LAYER]; several joined by '+' (or the option repeated) are read together, "
     "concatenated per frame (a feature set)"
@@ -77,6 +92,39 @@ def _config(default: Any, **overrides: Any) -> Any:
     return dataclasses.replace(default, **{k: v for k, v in overrides.items() if v is not None})
 
 
+@contextlib.contextmanager
+def _recording(
+    ctx: typer.Context, tensorboard: Path | None, show: Callable[[Any], None]
+) -> Iterator[Callable[[Any], None]]:
+    """The epoch callback (``show``, and TensorBoard with ``--tensorboard``) and the record
+    of where the options came from, written into the run's config (``invocation``)."""
+    from trainers.runs import recorded_invocation
+
+    doc = invocation(ctx)
+    curves = None
+    if tensorboard is not None:
+        from trainers.curves import open_curves
+
+        curves = open_curves(tensorboard)  # before training: a missing package fails now
+        doc["tensorboard"] = str(tensorboard)
+
+    def on_epoch(stats: Any) -> None:
+        show(stats)
+        if curves is not None:
+            curves.log(stats)
+
+    try:
+        with recorded_invocation(doc):
+            yield on_epoch
+    finally:
+        if curves is not None:
+            curves.close()
+
+
+def _print_epoch(stats: Any) -> None:
+    typer.echo(format_epoch(stats))
+
+
 def _validation(val: str | None, no_val: bool) -> Any:
     """``--val`` / ``--no-val`` as the trainers take it: a selection, ``None`` or ``AUTO``."""
     from trainers.data import AUTO
@@ -88,9 +136,15 @@ def _validation(val: str | None, no_val: bool) -> Any:
 
 @app.command("probe")
 def probe(
+    ctx: typer.Context,
+    config_file: Path | None = CONFIG,
     store: str = STORE,
     encoder: list[str] = typer.Option(
-        ..., "--encoder", "-e", help=f"Features to use: {FEATURES_HELP}."
+        ...,
+        "--encoder",
+        "-e",
+        autocompletion=complete_features,
+        help=f"Features to use: {FEATURES_HELP}.",
     ),
     layer: str | None = typer.Option(
         None, "--layer", "-l", help="Stored layer of encoders named without one (default: last)."
@@ -115,6 +169,7 @@ def probe(
     device: str | None = DEVICE,
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
+    tensorboard: Path | None = TENSORBOARD,
 ) -> None:
     """Linear probe (paper Eq. 1): per-frame logits, logsumexp over time, early stopping."""
     with user_errors():
@@ -133,27 +188,34 @@ def probe(
             device=device,
             l2_normalize=False if no_l2 else None,
         )
-        run = probe_kind.train(
-            open_store(store),
-            features=parse_feature_set(encoder, layer=layer),
-            train=train,
-            val=_validation(val, no_val),
-            out=out,
-            config=config,
-            frame_hz=frame_hz,
-            on_epoch=lambda stats: typer.echo(format_epoch(stats)),
-            overwrite=overwrite,
-            allow_missing=allow_missing,
-        )
+        with _recording(ctx, tensorboard, _print_epoch) as on_epoch:
+            run = probe_kind.train(
+                open_store(store),
+                features=parse_feature_set(encoder, layer=layer),
+                train=train,
+                val=_validation(val, no_val),
+                out=out,
+                config=config,
+                frame_hz=frame_hz,
+                on_epoch=on_epoch,
+                overwrite=overwrite,
+                allow_missing=allow_missing,
+            )
     typer.echo(_fit_line(run.config, reals=False))
     typer.echo(f"run written to {run.path}")
 
 
 @app.command("ntp")
 def ntp(
+    ctx: typer.Context,
+    config_file: Path | None = CONFIG,
     store: str = STORE,
     encoder: list[str] = typer.Option(
-        ..., "--encoder", "-e", help=f"Features to use: {FEATURES_HELP}."
+        ...,
+        "--encoder",
+        "-e",
+        autocompletion=complete_features,
+        help=f"Features to use: {FEATURES_HELP}.",
     ),
     layer: str | None = typer.Option(
         None, "--layer", "-l", help="Stored layer of encoders named without one (default: last)."
@@ -183,6 +245,7 @@ def ntp(
     device: str | None = DEVICE,
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
+    tensorboard: Path | None = TENSORBOARD,
 ) -> None:
     """Next-token prediction anomaly detector (paper Sec. 3.2), trained on real videos only."""
     with user_errors():
@@ -202,18 +265,19 @@ def ntp(
             device=device,
             l2_normalize=False if no_l2 else None,
         )
-        run = ntp_kind.train(
-            open_store(store),
-            features=parse_feature_set(encoder, layer=layer),
-            train=train,
-            val=_validation(val, no_val),
-            out=out,
-            config=config,
-            frame_hz=frame_hz,
-            on_epoch=lambda stats: typer.echo(format_epoch(stats)),
-            overwrite=overwrite,
-            allow_missing=allow_missing,
-        )
+        with _recording(ctx, tensorboard, _print_epoch) as on_epoch:
+            run = ntp_kind.train(
+                open_store(store),
+                features=parse_feature_set(encoder, layer=layer),
+                train=train,
+                val=_validation(val, no_val),
+                out=out,
+                config=config,
+                frame_hz=frame_hz,
+                on_epoch=on_epoch,
+                overwrite=overwrite,
+                allow_missing=allow_missing,
+            )
     cfg = run.config
     th = cfg["learnt"]["thresholds"]
     typer.echo(_fit_line(cfg, reals=True))
@@ -226,12 +290,20 @@ def ntp(
 
 @app.command("sync")
 def sync(
+    ctx: typer.Context,
+    config_file: Path | None = CONFIG,
     store: str = STORE,
     audio: list[str] = typer.Option(
-        ..., "--audio", help=f"Audio features (e.g. avhubert-a): {FEATURES_HELP}."
+        ...,
+        "--audio",
+        autocompletion=complete_features,
+        help=f"Audio features (e.g. avhubert-a): {FEATURES_HELP}.",
     ),
     visual: list[str] = typer.Option(
-        ..., "--visual", help=f"Visual features (e.g. avhubert-v): {FEATURES_HELP}."
+        ...,
+        "--visual",
+        autocompletion=complete_features,
+        help=f"Visual features (e.g. avhubert-v): {FEATURES_HELP}.",
     ),
     train: str = typer.Option(
         ...,
@@ -263,6 +335,7 @@ def sync(
     ),
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
+    tensorboard: Path | None = TENSORBOARD,
 ) -> None:
     """Audio-visual synchronisation (AVH-Align, paper Sec. 3.2), trained on real videos only."""
     with user_errors():
@@ -289,20 +362,21 @@ def sync(
                 f"lr {stats.lr:.1e}  {stats.seconds:.1f}s"
             )
 
-        run = sync_kind.train(
-            open_store(store),
-            audio=parse_feature_set(audio),
-            visual=parse_feature_set(visual),
-            train=train,
-            val=val_selection,
-            out=out,
-            config=config,
-            frame_hz=frame_hz,
-            on_epoch=show,
-            overwrite=overwrite,
-            allow_missing=allow_missing,
-            trim_silence=trim_silence,
-        )
+        with _recording(ctx, tensorboard, show) as on_epoch:
+            run = sync_kind.train(
+                open_store(store),
+                audio=parse_feature_set(audio),
+                visual=parse_feature_set(visual),
+                train=train,
+                val=val_selection,
+                out=out,
+                config=config,
+                frame_hz=frame_hz,
+                on_epoch=on_epoch,
+                overwrite=overwrite,
+                allow_missing=allow_missing,
+                trim_silence=trim_silence,
+            )
     cfg = run.config
     th = cfg["learnt"]["thresholds"]
     typer.echo(_fit_line(cfg, reals=True))

@@ -60,6 +60,7 @@ MANIFEST = "manifest"
 PARTS = "parts"
 COMMITS = "_commits"
 FAILURES = "_failures"
+REMOVING = "_removing.json"  # written first by `featstore store rm`: the encoder is going
 RESERVED = frozenset({MANIFEST, PARTS, COMMITS, FAILURES})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -177,6 +178,12 @@ def failures_path(dataset: str, encoder: str) -> str:
 
 def failure_key(dataset: str, encoder: str, part_id: str) -> str:
     return f"{failures_path(dataset, encoder)}/{part_id}.json"
+
+
+def removal_key(dataset: str, encoder: str) -> str:
+    """The marker of an encoder being removed (``featstore.removal``): readers and
+    writers treat the encoder as gone from the moment it exists."""
+    return f"{encoder_path(dataset, encoder)}/{REMOVING}"
 
 
 def format_layers(layers: Iterable[Layer]) -> str:

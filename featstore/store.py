@@ -170,7 +170,9 @@ class FeatureStore:
         for name in self.backend.list_dir(layout.dataset_path(dataset)):
             if name in layout.RESERVED or name.startswith((".", "_")) or name == "zarr.json":
                 continue
-            if self.backend.exists(f"{dataset}/{name}/zarr.json"):
+            if self.backend.exists(f"{dataset}/{name}/zarr.json") and not self.backend.exists(
+                f"{dataset}/{name}/{layout.REMOVING}"
+            ):
                 out.append(name)
         return out
 
@@ -511,14 +513,30 @@ class FeatureStore:
                 f"no encoder {encoder!r} in dataset {dataset} (encoders: {known})"
             )
         commits = self._load_commits(dataset, encoder)
+        # After the listing: `store rm` marks the encoder before it removes any commit,
+        # so a listing made before the mark is complete, and one made after is refused
+        # (featstore.removal).
+        # The group is removed after the commits and before the mark: read it after both.
+        self._check_not_removed(dataset, encoder)
         try:
-            attrs = (self.backend.get_json(key) or {}).get("attributes", {}).get("featstore")
+            doc = self.backend.get_json(key)
         except CorruptStoreError as exc:
             log.warning("%s; describing %s/%s from its commit records", exc, dataset, encoder)
             attrs = None
+        else:
+            if doc is None:
+                raise UnknownEncoderError(f"encoder {encoder!r} of dataset {dataset} was removed")
+            attrs = doc.get("attributes", {}).get("featstore")
         state = EncoderSnapshot(dataset, encoder, commits, attrs)
         with self._lock:
             return self._encoders.setdefault((dataset, encoder), state)
+
+    def _check_not_removed(self, dataset: str, encoder: str) -> None:
+        if self.backend.exists(layout.removal_key(dataset, encoder)):
+            raise UnknownEncoderError(
+                f"encoder {encoder!r} of dataset {dataset} is being removed (featstore store "
+                f"rm); run `featstore store rm {self.url} {dataset} {encoder} --yes` to finish"
+            )
 
     def _forget(self, dataset: str, encoder: str) -> None:
         with self._lock:
@@ -603,6 +621,7 @@ class FeatureStore:
         rewritten, so concurrent writers cannot lose each other's facts) and check
         ``info`` against the stored facts and every committed layer's dim."""
         path = layout.encoder_path(dataset, info.name)
+        self._check_not_removed(dataset, info.name)
         try:
             existing = self.backend.get_json(f"{path}/zarr.json")
         except CorruptStoreError as exc:  # torn by older featstore code: repair it

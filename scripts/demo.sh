@@ -116,7 +116,8 @@ for run in logfbank sync ntp; do
 done
 featstore syncscore --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val \
   --preset speechforensics --all-fakes --out "$OUT/runs/syncscore"   # a run like any other
-featstore layers --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val --out "$OUT/layers"
+featstore layers --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val \
+  --all-fakes --out "$OUT/layers"   # the same videos as the syncscore table above: same numbers
 # The paper's Tab. 6 (Eq. 3: shifts x pools), Fig. 2 (localization vs classification of the grid's
 # probes) and Fig. 3 (one clip's scores over its spectrogram and frames), one command each.
 featstore report table6 --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val \

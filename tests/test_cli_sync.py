@@ -195,3 +195,43 @@ def test_syncscore_padding_and_segment_metrics_options(synced, tmp_path):
     bad = runner.invoke(app, ["syncscore", *_args(synced, "--shift", "1", "--pool", "max",
                                                    "--padding", "edge")])  # fmt: skip
     assert bad.exit_code == 1 and "unknown padding" in bad.output
+
+
+@pytest.mark.parametrize("all_fakes", [False, True])
+def test_layers_numbers_equal_syncscore_under_the_same_filter(synced, tmp_path, all_fakes):
+    """Regression (issue 20.7): the demo's layers.png disagreed with the syncscore table
+    printed before it because `layers` always applied the evaluation filter while the
+    table counted every fake. With the same filter the numbers agree, and the plot
+    states n and the filter."""
+    manifest = synced.manifest("syn")
+    partial = manifest["video_id"].isin(["v01", "v03"])  # fakes with one modality faked
+    manifest.loc[partial, "modify_type"] = "audio_modified"
+    synced.write_manifest("syn", manifest)
+    flag = ["--all-fakes"] if all_fakes else []
+    out = tmp_path / "layers"
+    swept = runner.invoke(
+        app, ["layers", *_args(synced, "--out", str(out), "--format", "svg", *flag)]
+    )
+    assert swept.exit_code == 0, swept.output
+    doc = json.loads((out / "layers.json").read_text())
+    assert doc["fakes"] == ("all" if all_fakes else "evaluation filter")
+    last = next(r for r in doc["results"] if r["audio_layer"] == "last")
+    scored = runner.invoke(
+        app,
+        ["syncscore", *_args(synced, "--preset", "speechforensics", "--json", *flag)],
+        env={"COLUMNS": "200"},
+    )
+    assert scored.exit_code == 0, scored.output
+    binary = json.loads(scored.output)["binary"]
+    assert (last["n"], last["auc"], last["ap"]) == (binary["n"], binary["auc"], binary["ap"])
+    assert last["n"] == (16 if all_fakes else 14)
+    svg = (out / "layers.svg").read_text()
+    assert svg.startswith("<?xml") and not (out / "layers.png").exists()
+    assert f"n = {last['n']} videos" in svg
+    assert ("every fake counted" if all_fakes else "evaluation filter") in svg
+    assert f"AUC {100 * last['auc']:.2f}" in swept.output  # the printed table, in % like the plot
+
+
+def test_plot_format_option_is_checked(synced, tmp_path):
+    bad = runner.invoke(app, ["layers", *_args(synced, "--out", str(tmp_path), "--format", "jpg")])
+    assert bad.exit_code == 1 and bad.output.startswith("error: --format must be one of png, pdf")

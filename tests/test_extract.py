@@ -716,17 +716,47 @@ def test_cli_store_as_and_loader_options(tmp_path, sample_root) -> None:
 
 
 def test_cli_reports_failures(tmp_path, sample_root) -> None:
+    import json
+    from collections import Counter
+
     from typer.testing import CliRunner
 
+    from cli.errors import EXIT_VIDEOS_FAILED
     from cli.main import app
 
     url = str(tmp_path / "s.zarr")
-    broken_dataset(open_store(url, mode="a"), sample_root, tmp_path / "broken")
+    broken = broken_dataset(open_store(url, mode="a"), sample_root, tmp_path / "broken")
     args = ["extract", "--encoder", "toy-audio", "--dataset", "broken", "--store", url]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "2 videos extracted, 0 already in the store, 5 failed" in result.output
-    assert "5 videos failed; their errors are in the store" in result.output
+    assert "5 videos failed (recorded in the store" in result.output
+    # the reasons: every error type with its count and the videos, as the store recorded them
+    expected = {**broken, "silent": "NoAudioStreamError"}
+    for error_type in set(expected.values()):
+        videos = sorted(v for v, t in expected.items() if t == error_type)
+        line = next(x for x in result.output.splitlines() if f" {error_type}: " in x)
+        assert line.split()[0] == str(len(videos)), line
+        examples = result.output.splitlines()[result.output.splitlines().index(line) + 1]
+        assert sorted(examples.split("e.g. ")[1].split(", ")) == videos
+    listing = f"all of them: featstore store failures {url} --dataset broken --encoder toy-audio"
+    assert listing in result.output
+    # the command it names lists each video with its error type
+    listed = CliRunner().invoke(
+        app, ["store", "failures", url, "--dataset", "broken", "--encoder", "toy-audio", "--json"]
+    )
+    assert listed.exit_code == 0, listed.output
+    doc = json.loads(listed.output)
+    assert {f["video_id"]: f["error_type"] for f in doc["failures"]} == expected
+    assert {g["error_type"]: g["videos"] for g in doc["groups"]} == dict(
+        Counter(expected.values())
+    )
+    # --fail-on-error: the same run in a pipeline exits 3 (the failed videos are retried)
+    again = CliRunner().invoke(app, [*args, "--fail-on-error"])
+    assert again.exit_code == EXIT_VIDEOS_FAILED == 3, again.output
+    assert "0 videos extracted, 2 already in the store, 5 failed" in again.output
+    good = CliRunner().invoke(app, [*args, "--split", "test", "--limit", "2", "--fail-on-error"])
+    assert good.exit_code == 0, good.output
 
 
 # --------------------------------------------------------------------- real encoders

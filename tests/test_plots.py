@@ -1,7 +1,8 @@
-"""Plots write real PNGs and never touch pyplot's global state."""
+"""Plots write real PNG/PDF/SVG files, fit a paper column and never touch pyplot's state."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import numpy as np
@@ -149,8 +150,178 @@ def test_layers_rejects_bad_input(tmp_path, layers, series, match):
         layers_png(tmp_path / "l.png", layers=layers, series=series)
 
 
-def test_non_png_path_is_rejected(tmp_path):
-    with pytest.raises(PlotError, match=r"\.png") as err:
-        layers_png(tmp_path / "l.svg", layers=["1"], series={"a": [0.5]})
-    assert isinstance(err.value, FeatstoreError)
-    assert not (tmp_path / "l.svg").exists()
+def test_unknown_suffix_is_rejected(tmp_path):
+    with pytest.raises(FeatstoreError, match=r"\.png, \.pdf or \.svg"):
+        layers_png(tmp_path / "l.jpg", layers=["1"], series={"a": [0.5]})
+    assert not (tmp_path / "l.jpg").exists()
+
+
+# ------------------------------------------------------------ fit for a paper
+
+MAGIC = {"png": b"\x89PNG", "pdf": b"%PDF", "svg": b"<?xml"}
+LONG = "a/very/long/dataset-and-video-identifier/that/would/not/fit/on/one/line"
+
+
+def _drawn(fig):
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def assert_fits_the_page(fig, *, width_in=3.3, min_pt=7.0):
+    """Nothing drawn outside the canvas (tight bbox within the figure), every text >= 7 pt,
+    and the figure as wide as a paper column."""
+    from matplotlib.text import Text
+
+    renderer = _drawn(fig)
+    w, h = fig.get_size_inches()
+    assert w == pytest.approx(width_in)
+    tight = fig.get_tightbbox(renderer)  # inches
+    slack = 1 / 72
+    assert tight.x0 >= -slack and tight.y0 >= -slack, tight
+    assert tight.x1 <= w + slack and tight.y1 <= h + slack, (tight, (w, h))
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    assert texts
+    for t in texts:
+        assert t.get_fontsize() >= min_pt, (t.get_text(), t.get_fontsize())
+    # title, legends, caption and the main axes never overlap one another
+    blocks = [fig.axes[0].get_window_extent(renderer)]
+    blocks += [legend.get_window_extent(renderer) for a in fig.axes if (legend := a.get_legend())]
+    blocks += [t.get_window_extent(renderer) for t in (fig._suptitle, fig._supxlabel) if t]
+    for a, b in itertools.combinations(blocks, 2):
+        assert not a.overlaps(b), (a, b)
+
+
+def _caption(fig) -> str:
+    return " ".join(fig._supxlabel.get_text().split()) if fig._supxlabel else ""
+
+
+def test_heatmap_correlation_scale_is_fixed_and_diverging():
+    from trainers.plots import heatmap_figure
+
+    names = [f"model-{i}-last/{LONG[:12]}" for i in range(5)]
+    corr = np.full((5, 5), 0.2) + 0.8 * np.eye(5)  # all positive: auto-ranging would hide it
+    fig = heatmap_figure(
+        corr,
+        row_labels=names,
+        col_labels=names,
+        title="Pearson correlation of P(fake) " + LONG,
+        caption="on x:test, n = 40 videos (20 real / 20 fake), every fake counted",
+        cmap="RdBu_r",
+        limits=(-1.0, 1.0),
+    )
+    assert_fits_the_page(fig)
+    (image, *_) = fig.axes[0].get_images()
+    assert image.get_clim() == (-1.0, 1.0)
+    assert image.get_cmap().name == "RdBu_r"
+    assert "n = 40" in _caption(fig)
+    colorbar = fig.axes[1]
+    assert colorbar.get_ylim() == pytest.approx((-1.0, 1.0))
+
+
+def test_heatmap_masks_the_diagonal_and_centres_improvement():
+    from matplotlib.text import Text
+
+    from trainers.plots import heatmap_figure
+
+    rel = np.array([[0.0, 12.5, -4.0], [-30.0, 0.0, 3.0], [1.0, 2.0, 0.0]])
+    fig = heatmap_figure(
+        rel,
+        row_labels=["a", "b", "c"],
+        col_labels=["a", "b", "c"],
+        value_format="{:+.1f}",
+        cmap="RdBu",
+        center=0.0,
+        mask_diagonal=True,
+    )
+    assert_fits_the_page(fig)
+    ax = fig.axes[0]
+    image, grey = ax.get_images()
+    assert image.get_clim() == (-30.0, 30.0)  # symmetric around 0
+    assert np.ma.getmaskarray(image.get_array())[np.eye(3, dtype=bool)].all()
+    assert not np.ma.getmaskarray(grey.get_array())[np.eye(3, dtype=bool)].any()
+    cells = {
+        (round(t.get_position()[0]), round(t.get_position()[1])): t.get_text()
+        for t in ax.findobj(Text)
+        if t.get_text() and t.axes is ax and t not in ax.get_xticklabels() + ax.get_yticklabels()
+    }
+    assert all((i, i) not in cells for i in range(3))  # no number on the diagonal
+    assert cells[(1, 0)] == "+12.5" and cells[(0, 1)] == "-30.0"
+
+
+def test_temporal_threshold_inside_ticks_spaced_legend_outside():
+    from trainers.plots import temporal_figure
+
+    times = np.arange(120) / 25.0
+    scores = -6.0 + np.sin(
+        times * 3
+    )  # all far below the threshold: the old plot put it on the border
+    fig = temporal_figure(
+        times_s=times,
+        frame_scores=scores,
+        threshold=0.0,
+        truth_segments=[(1.0, 2.0)],
+        predicted_segments=[(3.0, 3.4)],
+        title="fake video, score -0.15",
+        caption=f"{LONG}: per-frame scores, n = 120 frames at 25 Hz",
+    )
+    assert_fits_the_page(fig)
+    renderer = _drawn(fig)
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    span = hi - lo
+    assert lo + 0.02 * span < 0.0 < hi - 0.02 * span  # the threshold line is off the border
+    assert lo < scores.min() and scores.max() < hi
+    # the legend sits outside the axes: it cannot hide the annotated band
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(ax.get_window_extent(renderer))
+    # right axis: P(fake) = sigmoid(2 s), labels apart from each other
+    (right,) = ax.child_axes
+    labels = [t for t in right.get_yticklabels() if t.get_text()]
+    assert len(labels) >= 2
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.y0)
+    for below, above in itertools.pairwise(boxes):
+        assert above.y0 >= below.y1, "P(fake) labels overlap"
+    for tick in right.get_yticks():
+        s = 0.5 * np.log(tick / (1 - tick))  # the score where P(fake) = tick
+        assert lo <= s <= hi
+    assert "n = 120" in _caption(fig)
+
+
+def test_layers_plot_has_chance_lines_n_and_fits():
+    from trainers.plots import layers_figure
+
+    layers = [*map(str, range(49)), "last"]
+    auc = 60 + 10 * np.tanh(np.arange(50) / 9)
+    fig = layers_figure(
+        layers=layers,
+        series={"AUC": auc, "AP": auc - 20},
+        chance={"AUC": 50.0, "AP": 22.2},
+        ylabel="%",
+        title="avhubert-a vs avhubert-v: Eq. 3 per layer " + LONG,
+        caption="on x:test, n = 18 videos (14 real / 4 fake), evaluation filter",
+    )
+    assert_fits_the_page(fig)
+    ax = fig.axes[0]
+    flat = {
+        round(float(line.get_ydata()[0]), 3)
+        for line in ax.get_lines()
+        if line.get_linestyle() == ":" and len(set(np.ravel(line.get_ydata()))) == 1
+    }
+    assert flat == {50.0, 22.2}
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert len(shown) <= 13 and shown[0] == "0" and shown[-1] == "last"
+    assert "n = 18" in _caption(fig)
+    with pytest.raises(PlotError, match="not plotted"):
+        layers_figure(layers=["1"], series={"AUC": [0.5]}, chance={"AP": 0.3})
+
+
+@pytest.mark.parametrize("fmt", ["png", "pdf", "svg"])
+def test_every_plot_writes_each_format(tmp_path, fmt):
+    paths = [
+        heatmap_png(np.eye(2), tmp_path / f"h.{fmt}", row_labels=["a", "b"], col_labels=["a", "b"]),
+        temporal_png(tmp_path / f"t.{fmt}", times_s=[0.0, 0.04], frame_scores=[0.1, -0.2]),
+        layers_png(tmp_path / f"l.{fmt}", layers=["0", "1"], series={"AUC": [50.0, 60.0]}),
+    ]
+    for path in paths:
+        assert path.suffix == f".{fmt}"
+        assert path.read_bytes()[: len(MAGIC[fmt])] == MAGIC[fmt]

@@ -178,6 +178,19 @@ def test_correlate_writes_matrices(env):
     for stem in ("correlation", "improvement"):
         assert (out / f"{stem}.png").read_bytes()[:8] == PNG
         assert (out / f"{stem}.csv").read_text().startswith("model,run-enc,run-wide")
+    assert doc["n"] == doc["n_real"] + doc["n_fake"] and doc["fakes"] == "evaluation filter"
+    # the table shows no number for a model fused with itself
+    table = result.output[result.output.index("relative AUC improvement") :]
+    row = next(line for line in table.splitlines() if line.lstrip("│ ").startswith("run-enc"))
+    assert row.replace("│", " ").split()[1] == "–"
+    pdf = invoke(
+        "correlate", runs["enc"][0], runs["wide"][0], "--store", url, "--on", "alpha:test",
+        "--out", root / "corr-pdf", "--format", "pdf",
+    )  # fmt: skip
+    assert pdf.exit_code == 0, pdf.output
+    for stem in ("correlation", "improvement"):
+        assert (root / "corr-pdf" / f"{stem}.pdf").read_bytes()[:4] == b"%PDF"
+        assert not (root / "corr-pdf" / f"{stem}.png").exists()
 
 
 def test_explain_temporal(env):
@@ -193,6 +206,17 @@ def test_explain_temporal(env):
     assert result.exit_code == 0, result.output
     assert "label fake" in result.output and "annotated fake segments: none" not in result.output
     assert png.read_bytes()[:8] == PNG
+    svg = invoke(
+        "explain", "temporal", runs["enc"][0], "--store", url, "--dataset", "alpha",
+        "--video", fake["video_id"], "--out", root / "explain", "--format", "svg",
+    )  # fmt: skip
+    assert svg.exit_code == 0, svg.output
+    assert (root / "explain.svg").read_text().startswith("<?xml")
+    clash = invoke(
+        "explain", "temporal", runs["enc"][0], "--store", url, "--dataset", "alpha",
+        "--video", fake["video_id"], "--out", png, "--format", "pdf",
+    )  # fmt: skip
+    assert clash.exit_code == 1 and "--format pdf disagrees with the suffix" in clash.output
     missing = invoke("explain", "temporal", runs["enc"][0], "--dataset", "alpha", "--video", "nope")
     assert missing.exit_code == 1 and "no video 'nope' in alpha" in missing.output
 

@@ -293,16 +293,21 @@ def correlate(
     out_dir: str | os.PathLike[str],
     metric: str = "auc",
     allow_missing: bool = False,
+    plot_format: str = "png",
 ) -> dict[str, Any]:
     """Pearson correlation and pairwise-fusion relative improvement of runs on ``on``.
 
     Computed on the evaluation subset of the videos every run scored. Writes
-    ``correlation.{csv,json,png}`` and ``improvement.{csv,json,png}`` (rows:
-    the model being improved, columns: its fusion partner; percent).
+    ``correlation.{csv,json}`` and ``improvement.{csv,json}`` (rows: the model
+    being improved, columns: its fusion partner; percent) and a heatmap of each
+    as ``<stem>.<plot_format>`` (png, pdf or svg): Pearson on a fixed [-1, 1]
+    diverging scale, the improvement centred on 0 with its diagonal (a model
+    fused with itself) masked; captions give n and the evaluation filter.
     """
     import json
 
     from trainers.correlation import pearson_matrix, relative_improvement
+    from trainers.figures import filter_text, short_labels
     from trainers.plots import heatmap_png
 
     fusion = _fusion(run_dirs, "correlation")
@@ -315,42 +320,71 @@ def correlate(
     improvement = relative_improvement(labels, probs, metric=metric)  # [M, M], percent
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    n, n_fake = int(mask.sum()), int(np.sum(labels == 1))
+    short, dropped = short_labels(names)
+    videos = (
+        f"{sel}, n = {n} videos ({n - n_fake} real / {n_fake} fake), "
+        f"{filter_text('evaluation filter')}"
+        + (f"; model names without their common '{dropped}'" if dropped else "")
+    )
     files: dict[str, str] = {}
-    for stem, matrix, title, fmt, cmap, center in (
-        ("correlation", pearson, f"Pearson correlation ({sel})", "{:.2f}", "viridis", None),
+    for stem, matrix, heatmap in (
+        (
+            "correlation",
+            pearson,
+            {
+                "title": "Pearson correlation of P(fake)",
+                "caption": f"Pearson correlation of the models' probabilities on {videos}.",
+                "value_format": "{:.2f}",
+                "cmap": "RdBu_r",
+                "limits": (-1.0, 1.0),
+                "colorbar_label": "Pearson r",
+            },
+        ),
         (
             "improvement",
             improvement,
-            f"relative {metric.upper()} improvement of row fused with column, % ({sel})",
-            "{:+.1f}",
-            "RdBu",
-            0.0,
+            {
+                "title": f"relative {metric.upper()} gain of fusion, %",
+                "caption": (
+                    f"Relative {metric.upper()} improvement (%) of the row's model when fused "
+                    f"with the column's (average of probabilities), on {videos}."
+                ),
+                "value_format": "{:+.1f}",
+                "cmap": "RdBu",
+                "center": 0.0,
+                "mask_diagonal": True,
+                "colorbar_label": "%",
+            },
         ),
     ):
         _matrix_csv(out / f"{stem}.csv", matrix, names)
         doc = {
             "selection": str(sel),
-            "n": int(mask.sum()),
+            "n": n,
+            "n_real": n - n_fake,
+            "n_fake": n_fake,
+            "fakes": "evaluation filter",
             "names": names,
             "matrix": matrix.tolist(),
         }
         (out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
         heatmap_png(
             matrix,
-            out / f"{stem}.png",
-            row_labels=names,
-            col_labels=names,
-            title=title,
-            value_format=fmt,
-            cmap=cmap,
-            center=center,
+            out / f"{stem}.{plot_format}",
+            row_labels=short,
+            col_labels=short,
+            **heatmap,
         )
         files.update(
-            {f"{stem}.{ext}": str(out / f"{stem}.{ext}") for ext in ("csv", "json", "png")}
+            {f"{stem}.{ext}": str(out / f"{stem}.{ext}") for ext in ("csv", "json", plot_format)}
         )
     return {
         "selection": str(sel),
-        "n": int(mask.sum()),
+        "n": n,
+        "n_real": n - n_fake,
+        "n_fake": n_fake,
+        "fakes": "evaluation filter",
         "names": names,
         "metric": metric,
         "pearson": pearson.tolist(),

@@ -74,7 +74,8 @@ def explain_temporal(
     threshold: float = 0.0,
 ) -> TemporalExplanation:
     """Explain one stored video with a run of any kind that has per-frame scores (every
-    registered kind has them); draw it to ``out_png`` when given."""
+    registered kind has them); draw it to ``out_png`` when given (PNG, PDF or SVG by its
+    suffix)."""
     from trainers.temporal import scores_to_segments
 
     detector = run_dir if isinstance(run_dir, Detector) else load(run_dir)
@@ -102,7 +103,12 @@ def explain_temporal(
             threshold=threshold,
             truth_segments=truth,
             predicted_segments=[(s.start_s, s.end_s) for s in predicted],
-            title=f"{dataset}/{video_id} ({'fake' if label else 'real'}, score {video_score:+.2f})",
+            title=f"{'fake' if label else 'real'} video, score {video_score:+.2f}",
+            caption=(
+                f"{dataset}/{video_id}: per-frame scores of the {detector.kind} "
+                f"{detector.where()}, n = {len(frames)} frames at {frame_hz:g} Hz; "
+                f"frames above {threshold:g} are predicted fake"
+            ),
         )
         png = Path(png) if png is not None else Path(out_png)
     return TemporalExplanation(

@@ -42,6 +42,7 @@ __all__ = [
     "FigureError",
     "LocalizationBar",
     "add_caption",
+    "filter_text",
     "localization_bars",
     "localization_caption",
     "localization_figure",
@@ -49,6 +50,8 @@ __all__ = [
     "paper_style",
     "run_modality",
     "save_figure",
+    "short_labels",
+    "wrap",
     "write_json",
 ]
 
@@ -98,9 +101,11 @@ def paper_style() -> Any:
             "font.size": FONT_PT,
             "axes.titlesize": FONT_PT,
             "axes.labelsize": FONT_PT,
-            "xtick.labelsize": FONT_PT - 1,
-            "ytick.labelsize": FONT_PT - 1,
-            "legend.fontsize": FONT_PT - 1,
+            "xtick.labelsize": FONT_PT,
+            "ytick.labelsize": FONT_PT,
+            "legend.fontsize": FONT_PT,
+            "figure.titlesize": FONT_PT,
+            "figure.labelsize": FONT_PT,
             "axes.linewidth": 0.6,
             "hatch.linewidth": 0.6,
             "pdf.fonttype": 42,  # embed TrueType: text stays text in PDF
@@ -110,8 +115,44 @@ def paper_style() -> Any:
 
 
 def add_caption(fig: Figure, text: str, width_in: float) -> None:
-    chars = max(30, int(width_in * 72 / (FONT_PT * 0.5)))  # about 0.5 em per character
-    fig.supxlabel(textwrap.fill(text, chars), fontsize=FONT_PT - 1, ha="center")
+    """``text`` under the axes, wrapped to the figure's width (never below 7 pt)."""
+    fig.supxlabel(wrap(text, width_in), fontsize=FONT_PT, ha="center")
+
+
+def wrap(text: str, width_in: float, *, font_pt: float = FONT_PT) -> str:
+    """``text`` wrapped into lines that fit ``width_in`` at ``font_pt`` (DejaVu Sans
+    averages about 0.55 em per character)."""
+    chars = max(20, int(width_in * 72 / (font_pt * 0.58)))
+    return textwrap.fill(text, chars)
+
+
+def short_labels(names: Sequence[str]) -> tuple[list[str], str]:
+    """``names`` without the suffix they all share from a separator on (a grid's
+    ``clip-last/sample``, ``logfbank-last/sample`` -> ``clip``, ``logfbank``), and that
+    suffix ("" when none, or when it would leave a name empty or the names alike)."""
+    if len(names) < 2:
+        return list(names), ""
+    common = os.path.commonprefix([n[::-1] for n in names])[::-1]  # noqa: RUF071 - by character
+    cut = min((common.find(sep) for sep in "/-_:" if sep in common), default=-1)
+    if cut < 0:
+        return list(names), ""
+    suffix = common[cut:]
+    short = [n[: len(n) - len(suffix)] for n in names]
+    if not all(short) or len(set(short)) < len(short):
+        return list(names), ""
+    return short, suffix
+
+
+FILTER_TEXT = {
+    "evaluation filter": "evaluation filter: reals and the fakes with both modalities "
+    "manipulated, where the dataset says which",
+    "all": "every fake counted",
+}
+
+
+def filter_text(fakes: str) -> str:
+    """What a metrics record's ``fakes`` field (``evaluation filter`` or ``all``) means."""
+    return FILTER_TEXT.get(fakes, fakes)
 
 
 # ------------------------------------------------------------------ Fig. 2
@@ -237,13 +278,7 @@ def _span(values: Sequence[int]) -> str:
 def localization_caption(bars: Sequence[LocalizationBar], selection: str) -> str:
     """What Fig. 2 shows, on which videos (n) and with which filter."""
     fakes = bars[0].fakes
-    which = (
-        "every fake counted"
-        if fakes == "all"
-        else "evaluation filter: reals and fakes with both modalities manipulated, where known"
-        if fakes == "evaluation filter"
-        else fakes
-    )
+    which = filter_text(fakes)
     return (
         f"{selection}: temporal localization AUC (solid; mean per-video frame-level AUC over "
         f"n = {_span([b.n_temporal for b in bars])} fake videos with annotated segments) "

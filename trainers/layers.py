@@ -8,7 +8,9 @@ default: every layer stored for both encoders, paired by equal index
 instead holds that side fixed and sweeps every stored layer of the other.
 
 Metrics are computed on the dataset's evaluation subset (only fakes with both
-modalities manipulated where known), as ``featstore eval`` does.
+modalities manipulated where known), as ``featstore eval`` and ``syncscore``
+do, or on every fake with ``all_fakes`` (their ``--all-fakes``): the same
+setting gives the same numbers as ``syncscore`` on that layer pair.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CSV_NAME, JSON_NAME, PNG_NAME = "layers.csv", "layers.json", "layers.png"
+CSV_NAME, JSON_NAME = "layers.csv", "layers.json"
+PLOT_STEM = "layers"
 
 __all__ = ["LayerResult", "LayerSweep", "layer_pairs", "sweep_layers"]
 
@@ -63,6 +66,7 @@ class LayerSweep:
     config: SyncConfig
     results: tuple[LayerResult, ...]
     files: dict[str, Path] = field(default_factory=dict)
+    fakes: str = "evaluation filter"  # or "all": every fake counted
 
     @property
     def best(self) -> LayerResult:
@@ -120,11 +124,15 @@ def sweep_layers(
     allow_missing: bool = False,
     frame_hz: float | None = None,
     on_layer: Callable[[LayerResult], None] | None = None,
+    all_fakes: bool = False,
+    plot_format: str = "png",
 ) -> LayerSweep:
-    """Eq. 3's AUC / AP / EER for every layer pair; with ``out``, CSV, JSON and a Fig. 7 PNG.
+    """Eq. 3's AUC / AP / EER for every layer pair; with ``out``, CSV, JSON and a Fig. 7
+    plot (``layers.<plot_format>``: png, pdf or svg).
 
     Each layer pair is a ``syncfree`` detector (``trainers.kinds.syncfree``)
-    scoring the evaluation subset, one video in memory at a time.
+    scoring the evaluation subset (every fake with ``all_fakes``), one video in
+    memory at a time.
     """
     from trainers.kinds import syncfree
 
@@ -137,7 +145,9 @@ def sweep_layers(
         detector = syncfree.detector(
             store, sel.dataset, a_key, v_key, config=config, frame_hz=frame_hz
         )
-        rows = select_pairs(store, sel, a_key, v_key, evaluation=True, allow_missing=allow_missing)
+        rows = select_pairs(
+            store, sel, a_key, v_key, evaluation=not all_fakes, allow_missing=allow_missing
+        )
         scored = detector.score_selection(store, Selection.of_videos(sel.dataset, rows["video_id"]))
         m = binary_metrics(scored.labels, scored.scores)
         result = LayerResult(
@@ -161,13 +171,15 @@ def sweep_layers(
         swept=swept,
         config=config,
         results=tuple(results),
+        fakes="all" if all_fakes else "evaluation filter",
     )
     if out is None:
         return sweep
-    return replace(sweep, files=_write(sweep, Path(out)))
+    return replace(sweep, files=_write(sweep, Path(out), plot_format))
 
 
-def _write(sweep: LayerSweep, out: Path) -> dict[str, Path]:
+def _write(sweep: LayerSweep, out: Path, plot_format: str) -> dict[str, Path]:
+    from trainers.figures import filter_text
     from trainers.plots import layers_png
 
     out.mkdir(parents=True, exist_ok=True)
@@ -184,25 +196,37 @@ def _write(sweep: LayerSweep, out: Path) -> dict[str, Path]:
         "shift": sweep.config.shift,
         "pool": sweep.config.pool,
         "padding": sweep.config.padding,
+        "fakes": sweep.fakes,
         "best": asdict(sweep.best),
         "results": rows,
     }
     (out / JSON_NAME).write_text(json.dumps(doc, indent=2) + "\n")
-    fixed = "" if sweep.swept == "both" else f", other side fixed at {_fixed(sweep)}"
-    png = layers_png(
-        out / PNG_NAME,
+    fixed = "" if sweep.swept == "both" else f"; the other side fixed at layer {_fixed(sweep)}"
+    ns = sorted({(r.n, r.n_real, r.n_fake) for r in sweep.results})
+    counts = "; ".join(f"n = {n} videos ({real} real / {fake} fake)" for n, real, fake in ns)
+    share = [100 * r.n_fake / r.n for r in sweep.results if r.n]
+    path = layers_png(
+        out / f"{PLOT_STEM}.{plot_format}",
         layers=sweep.labels(),
         series={
-            "AUC": [r.auc for r in sweep.results],
-            "AP": [r.ap for r in sweep.results],
+            "AUC": [100 * r.auc for r in sweep.results],
+            "AP": [100 * r.ap for r in sweep.results],
         },
-        ylabel="AUC / AP",
-        title=(
-            f"{sweep.audio_encoder} vs {sweep.visual_encoder} on {sweep.selection} "
-            f"(shift {sweep.config.shift}, {sweep.config.pool}{fixed})"
+        chance={"AUC": 50.0, **({"AP": share[0]} if len(set(share)) == 1 else {})},
+        ylabel="%",
+        title=f"{sweep.audio_encoder} vs {sweep.visual_encoder}: Eq. 3 per layer",
+        caption=(
+            f"AUC and AP (%) of Eq. 3 (shift {sweep.config.shift}, {sweep.config.pool} pool, "
+            f"padding {sweep.config.padding}) per {_swept_text(sweep)} layer{fixed}, on "
+            f"{sweep.selection}, {counts}, {filter_text(sweep.fakes)}. Star: best layer; "
+            "dotted: chance."
         ),
     )
-    return {"csv": out / CSV_NAME, "json": out / JSON_NAME, "png": png}
+    return {"csv": out / CSV_NAME, "json": out / JSON_NAME, plot_format: path}
+
+
+def _swept_text(sweep: LayerSweep) -> str:
+    return {"both": "audio = visual", "audio": "audio", "visual": "visual"}[sweep.swept]
 
 
 def _fixed(sweep: LayerSweep) -> str:

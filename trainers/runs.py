@@ -36,6 +36,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -70,10 +71,28 @@ __all__ = [
     "load_run",
     "parse_segments",
     "read_predictions",
+    "recorded_invocation",
     "save_run",
     "write_metrics",
     "write_predictions",
 ]
+
+
+# How the run was asked for (the command line's config file and overrides), recorded as
+# ``invocation`` in every run saved while it is set (``recorded_invocation``).
+_INVOCATION: ContextVar[Mapping[str, Any] | None] = ContextVar("featstore_invocation", default=None)
+
+
+@contextlib.contextmanager
+def recorded_invocation(doc: Mapping[str, Any] | None) -> Iterator[None]:
+    """Record ``doc`` as the ``invocation`` of every run :func:`save_run` writes inside
+    the block (e.g. ``featstore train --config FILE``: the file, its values and what the
+    command line overrode), without every run kind passing it along."""
+    token = _INVOCATION.set(None if doc is None else dict(doc))
+    try:
+        yield
+    finally:
+        _INVOCATION.reset(token)
 
 
 class RunError(FeatstoreError):
@@ -203,7 +222,8 @@ def save_run(
     """Write a run directory; ``config.json`` goes last, so a crash leaves an incomplete run.
 
     ``config`` needs ``kind``; ``format`` (unless given), ``created`` and
-    ``package_version`` are added.
+    ``package_version`` are added, and ``invocation`` inside
+    :func:`recorded_invocation`.
     ``files(path)`` may write extra artifacts (e.g. member copies) before the
     config. An existing complete run is replaced only with ``overwrite``.
     """
@@ -234,6 +254,9 @@ def save_run(
         "package_version": __version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+    invocation = _INVOCATION.get()
+    if invocation is not None and "invocation" not in full:
+        full["invocation"] = dict(invocation)
     _write_json(path / CONFIG, full)
     return Run(path=path, config=full)
 

@@ -295,7 +295,7 @@ def checkpoint_sha256(path: Path) -> str:
     stats = [(f.resolve(), f.stat()) for f in files]
     key = json.dumps([[str(f), st.st_size, st.st_mtime_ns] for f, st in stats])
     key = hashlib.sha256(key.encode()).hexdigest()
-    cache = _sha256_cache_file()
+    cache = sha256_cache_file()
     known = _read_sha256_cache(cache)
     if key in known:
         return known[key]
@@ -309,7 +309,8 @@ def checkpoint_sha256(path: Path) -> str:
     return known[key]
 
 
-def _sha256_cache_file() -> Path:
+def sha256_cache_file() -> Path:
+    """Where checkpoint digests are remembered (``$FEATSTORE_CACHE_DIR``, else the user cache)."""
     root = os.environ.get("FEATSTORE_CACHE_DIR")
     if root:
         return Path(root) / "checkpoint-sha256.json"
