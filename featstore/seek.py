@@ -1,18 +1,13 @@
-"""Decode only chosen frames of a video, by seeking: the frames ``decode`` would give at those indices.
+"""Decode only chosen frames of a video: the frames ``decode`` would give at those indices.
 
 Spatial explanations look at a handful of frames of a long video (the top-scoring
 ones, or the frames humans clicked on); decoding the whole clip for them wastes
 most of the work. :func:`read_frames` returns, for 25 fps frame indices ``k``,
-exactly the arrays ``featstore.media.decode(path).frames[k]`` holds: the same
-constant-rate rule (output ``k`` is the last source frame with
-``pts <= k / fps``, times counted from the first decoded frame) and the same RGB
-conversion at the first frame's size. It seeks to the keyframe before each
-target and decodes forward; targets closer than ``max_gap_s`` to the previous one
-are reached by decoding on instead of seeking again.
-
-It shares :mod:`featstore.media`'s opening and stream selection (and so its error
-types). A stream without timestamps cannot be sought: it falls back to decoding
-from the start, keeping only the chosen frames.
+exactly the arrays ``featstore.media.decode(path).frames[k]`` holds. The targets
+are grouped into runs (consecutive targets at most ``max_gap_s`` apart) and each
+run is one span decode of :func:`featstore.media.iter_frames` (which seeks to the
+keyframe before the span, see :mod:`featstore.seeking`, and is equal to the slice
+of a whole decode), so the seeking, limits and errors are media's own.
 
 >>> frames = read_frames("clip.mp4", [0, 120, 121])  # doctest: +SKIP
 >>> frames.shape  # doctest: +SKIP
@@ -23,32 +18,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from fractions import Fraction
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 from featstore import timebase
 from featstore.decode_limits import DecodeLimits
-from featstore.media import (
-    DEFAULT_LIMITS,
-    EmptyMediaError,
-    MediaError,
-    NoVideoStreamError,
-    _decode_error,
-    _frame_time,
-    _limit_decoder,
-    _open,
-    _video_stream,
-    iter_frames,
-)
+from featstore.media import DEFAULT_LIMITS, EmptyMediaError, MediaError, iter_frames
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FrameIndexError", "read_frames"]
 
 DEFAULT_MAX_GAP_S = 2.0  # decode on (rather than seek) to a target at most this far ahead
+_CHUNK_FRAMES = 32
 
 
 class FrameIndexError(MediaError):
@@ -66,153 +49,57 @@ def read_frames(
     """``uint8 [len(indices), H, W, 3]`` RGB frames at the given constant-rate indices.
 
     ``indices`` may be in any order and repeat; the output follows their order.
-    ``limits``: the frame size bound of a full decode (the frames kept are only
-    the ones asked for).
+    ``limits``: the bounds of a decode (the frames kept are only the ones asked for).
     """
     wanted = [int(i) for i in indices]
     if not wanted:
         raise ValueError("no frame indices given")
     if min(wanted) < 0:
         raise FrameIndexError(path, f"frame index {min(wanted)} is negative")
-    targets = sorted(set(wanted))
-    with _open(path) as container:
-        vs = _video_stream(container)
-        if vs is None:
-            raise NoVideoStreamError(path, "no video stream")
-        _limit_decoder(str(path), vs, limits)
-        vs.thread_type, vs.thread_count = "SLICE", 1
-        found = _seek_frames(
-            str(path), container, vs, targets, fps=fps, max_gap_s=max_gap_s, limits=limits
-        )
-    if found is None:  # no timestamps: decode from the start
-        found = _scan_frames(path, targets, fps=fps, limits=limits)
-    missing = [k for k in targets if k not in found]
+    found: dict[int, np.ndarray] = {}
+    for run in _runs(sorted(set(wanted)), max_gap=max(1, round(max_gap_s * fps))):
+        found.update(_decode_run(path, run, fps=fps, limits=limits))
+    missing = [k for k in sorted(set(wanted)) if k not in found]
     if missing:
-        n = max(found) + 1 if found else 0
-        raise FrameIndexError(
-            path, f"frame {missing[0]} is past the end of the video (it has about {n} frames)"
-        )
+        raise FrameIndexError(path, f"frame {missing[0]} is past the end of the video")
     return np.stack([found[k] for k in wanted])  # [N, H, W, 3]
 
 
-def _seek_frames(
-    path: str,
-    container: Any,
-    vs: Any,
-    targets: list[int],
-    *,
-    fps: float,
-    max_gap_s: float,
-    limits: DecodeLimits,
-) -> dict[int, np.ndarray] | None:
-    """Frames for sorted ``targets`` by seek + decode; None when the stream has no timestamps."""
-    import av
-
-    rate = Fraction(fps).limit_denominator(1_000_000)
-    first = _first_frame(path, container, vs)
-    t0 = _frame_time(first, vs)
-    if t0 is None:
-        return None
-    size = (first.width, first.height)
-    src_rate = vs.average_rate or vs.guessed_rate
-    default_dur = Fraction(1) / (Fraction(src_rate) if src_rate else rate)
-    gap = Fraction(max_gap_s).limit_denominator(1000)
-    out: dict[int, np.ndarray] = {}
-
-    def when(k: int) -> Fraction:  # the time of output frame k
-        return t0 + Fraction(k) / rate
-
-    i = 0
-    while i < len(targets):
-        seek_at = i
-        held: Any = None
-        held_rgb: np.ndarray | None = None
-        held_t = Fraction(0)
-        try:
-            for frame in _frames_from(path, container, vs, when(targets[i]), t0):
-                limits.check_frame_size(path, frame.width, frame.height, where="a decoded frame")
-                t = _frame_time(frame, vs)
-                if t is None:
-                    return None
-                # output k shows the held frame while its time is before this frame's
-                while i < len(targets) and held is not None and when(targets[i]) < t:
-                    if held_rgb is None:
-                        held_rgb = _rgb(held, size)
-                    out[targets[i]] = held_rgb
-                    i += 1
-                if i == len(targets):
-                    return out
-                if i > seek_at and when(targets[i]) - t > gap:
-                    break  # the next target is far ahead: seek to it
-                held, held_rgb, held_t = frame, None, t
-            else:  # end of stream: the last frame lasts until its end
-                if held is None:
-                    return out
-                dur = held.duration
-                end = held_t + (dur * (held.time_base or vs.time_base) if dur else default_dur)
-                while i < len(targets) and when(targets[i]) < end:
-                    if held_rgb is None:
-                        held_rgb = _rgb(held, size)
-                    out[targets[i]] = held_rgb
-                    i += 1
-                return out
-        except av.error.FFmpegError as exc:
-            raise _decode_error(path, "video", float(when(targets[i]) - t0), exc, limits) from exc
-    return out
+def _runs(targets: list[int], *, max_gap: int) -> list[list[int]]:
+    """Sorted ``targets`` cut where the next one is more than ``max_gap`` frames ahead."""
+    runs = [[targets[0]]]
+    for k in targets[1:]:
+        if k - runs[-1][-1] > max_gap:
+            runs.append([k])
+        else:
+            runs[-1].append(k)
+    return runs
 
 
-def _frames_from(path: str, container: Any, vs: Any, goal: Fraction, t0: Fraction) -> Iterator[Any]:
-    """Seek to the keyframe at or before ``goal``; yield frames from the last one <= goal on.
-
-    Demuxers that land after ``goal`` (inexact indexes) are retried further back,
-    down to the start of the stream.
-    """
-    back = Fraction(0)
-    while True:
-        at = max(goal - back, t0)
-        container.seek(int(at / vs.time_base), backward=True, any_frame=False, stream=vs)
-        decoded = container.decode(vs)
-        first = next(decoded, None)
-        if first is None:
-            raise EmptyMediaError(path, "no decodable video frames after a seek")
-        t = _frame_time(first, vs)
-        if t is None or t <= goal or at == t0:
-            return _chain(first, decoded)
-        back = max(Fraction(1), 2 * back)
-
-
-def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
-    yield first
-    yield from rest
-
-
-def _first_frame(path: str, container: Any, vs: Any) -> Any:
-    import av
-
-    try:
-        for frame in container.decode(vs):
-            return frame
-    except av.error.FFmpegError as exc:
-        raise _decode_error(path, "video", 0.0, exc) from exc
-    raise EmptyMediaError(path, "no decodable video frames")
-
-
-def _rgb(frame: Any, size: tuple[int, int]) -> np.ndarray:
-    """As :mod:`featstore.media`: RGB at the first frame's size."""
-    return frame.to_ndarray(format="rgb24", width=size[0], height=size[1])  # [H, W, 3]
-
-
-def _scan_frames(
-    path: str | os.PathLike[str], targets: list[int], *, fps: float, limits: DecodeLimits
+def _decode_run(
+    path: str | os.PathLike[str], run: list[int], *, fps: float, limits: DecodeLimits
 ) -> dict[int, np.ndarray]:
-    """Decode from the start (no timestamps to seek by), keeping the targets."""
+    """The frames of one run of sorted targets, from one span decode ``[run[0], run[-1]]``."""
+    keep = set(run)
     out: dict[int, np.ndarray] = {}
-    start, last = 0, targets[-1]
-    wanted = set(targets)
-    chunks = iter_frames(path, fps=fps, chunk_frames=64, until_s=(last + 1) / fps, limits=limits)
-    for chunk in chunks:
-        for j in range(len(chunk)):
-            if start + j in wanted:
-                out[start + j] = chunk[j].copy()
-        start += len(chunk)
+    k = run[0]
+    chunks = iter_frames(
+        path,
+        fps=fps,
+        chunk_frames=min(_CHUNK_FRAMES, run[-1] - run[0] + 1),
+        start_s=run[0] / fps,
+        until_s=(run[-1] + 1) / fps,
+        limits=limits,
+    )
+    try:
+        for chunk in chunks:  # [n, H, W, 3]
+            for j in range(len(chunk)):
+                if k + j in keep:
+                    out[k + j] = chunk[j].copy()
+            k += len(chunk)
+    except EmptyMediaError:
+        if run[0] == 0:
+            raise
+        return out  # the span starts past the end: the caller names the missing frame
+    log.debug("%s: frames %d..%d decoded for %d targets", path, run[0], k - 1, len(run))
     return out

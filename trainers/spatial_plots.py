@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainers.plots import PlotError, _new_figure, _save
+from trainers.figures import new_figure, save_figure
+from trainers.plots import PlotError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,10 +81,10 @@ def _draw(ax: Axes, panel: Panel, *, show_heat: bool = True) -> None:
 def overlay_png(path: str | Path, panel: Panel, *, title: str = "") -> Path:
     """One frame: the image, the heat map over it and its maximum (and a click, if given)."""
     h, w = np.asarray(panel.frame).shape[:2]
-    fig = _new_figure(4.0 * w / max(h, w) + 0.2, 4.0 * h / max(h, w) + 0.4)
+    fig = new_figure(4.0 * w / max(h, w) + 0.2, 4.0 * h / max(h, w) + 0.4)
     ax = fig.add_subplot(1, 1, 1)
     _draw(ax, Panel(panel.frame, panel.heat, panel.peak, panel.click, panel.caption or title))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def contact_sheet_png(
@@ -94,7 +95,7 @@ def contact_sheet_png(
         raise PlotError("a contact sheet needs at least one panel")
     n_cols = max(len(p) for _, p in rows)
     aspect = _aspect(next(p for _, p in rows if p))
-    fig = _new_figure(2.2 * n_cols + 0.6, (2.2 * aspect + 0.35) * len(rows) + 0.5)
+    fig = new_figure(2.2 * n_cols + 0.6, (2.2 * aspect + 0.35) * len(rows) + 0.5)
     grid = fig.add_gridspec(len(rows), n_cols)
     for r, (label, panels) in enumerate(rows):
         for c in range(n_cols):
@@ -107,7 +108,7 @@ def contact_sheet_png(
                 ax.set_ylabel(label, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def clicks_grid_png(path: str | Path, panels: Sequence[Panel], *, title: str = "") -> Path:
@@ -115,7 +116,7 @@ def clicks_grid_png(path: str | Path, panels: Sequence[Panel], *, title: str = "
     frame with the explanation and its maximum (green, bottom)."""
     if not panels:
         raise PlotError("the click grid needs at least one sample")
-    fig = _new_figure(2.2 * len(panels) + 0.4, 2 * (2.2 * _aspect(panels) + 0.35) + 0.6)
+    fig = new_figure(2.2 * len(panels) + 0.4, 2 * (2.2 * _aspect(panels) + 0.35) + 0.6)
     grid = fig.add_gridspec(2, len(panels))
     for c, p in enumerate(panels):
         _draw(
@@ -126,7 +127,7 @@ def clicks_grid_png(path: str | Path, panels: Sequence[Panel], *, title: str = "
         _draw(fig.add_subplot(grid[1, c]), Panel(p.frame, p.heat, peak=p.peak))
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def mae_curve_png(
@@ -137,7 +138,7 @@ def mae_curve_png(
     number of videos per threshold on a second axis."""
     if table.empty or main not in set(table["method"]):
         raise PlotError(f"the curve has no rows for {main!r}")
-    fig = _new_figure(6.0, 3.6)
+    fig = new_figure(6.0, 3.6)
     ax = fig.add_subplot(1, 1, 1)
     for method, rows in table.groupby("method", sort=False):
         rows = rows.sort_values("threshold")
@@ -158,4 +159,4 @@ def mae_curve_png(
     ax.legend(fontsize=7, loc="upper right")
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
