@@ -213,7 +213,7 @@ def test_streamed_chunks_are_bounded_too(files: dict[str, Path]) -> None:
 def test_memory_error_while_decoding_is_the_files_error(
     files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = media._constant_rate_frames
+    real = media.video.constant_rate_frames
 
     def after_one(*args, **kwargs):
         for i, frame in enumerate(real(*args, **kwargs)):
@@ -221,7 +221,7 @@ def test_memory_error_while_decoding_is_the_files_error(
                 raise MemoryError("cannot allocate")
             yield frame
 
-    monkeypatch.setattr(media, "_constant_rate_frames", after_one)
+    monkeypatch.setattr(media.video, "constant_rate_frames", after_one)
     with pytest.raises(
         DecodeMemoryError, match="out of memory while decoding the video frames"
     ) as e:

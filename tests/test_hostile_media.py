@@ -318,7 +318,7 @@ def test_running_out_of_memory_fails_only_that_video(
     from featstore import media
     from featstore.extract import extract
 
-    real = media._constant_rate_frames
+    real = media.video.constant_rate_frames
 
     def short_of_memory(path: str, *args: Any, **kwargs: Any):
         if path.endswith("good1.mp4"):
@@ -331,7 +331,7 @@ def test_running_out_of_memory_fails_only_that_video(
                 raise MemoryError  # host RAM, not CUDA
             return super().encode(clips, layers)
 
-    monkeypatch.setattr(media, "_constant_rate_frames", short_of_memory)
+    monkeypatch.setattr(media.video, "constant_rate_frames", short_of_memory)
     store = open_store(tmp_path / "s.zarr", mode="a", durable=False)
     ids = ["good0", "good1", "aac71", "pcm3", "no_audio"]
     dataset(store, "hostile", corpus, ids)

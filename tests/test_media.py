@@ -496,11 +496,11 @@ def test_collect_handles_wrong_header_counts(expected: int) -> None:
 
     A header that claims 10**12 frames must not allocate them (issue 13.5).
     """
-    from featstore.media import _collect
+    from featstore.media.clip import collect
 
     chunks = [np.full((4, 2, 2, 3), i, np.uint8) for i in range(3)]  # 10 frames in all
     chunks[-1] = chunks[-1][:2]
-    out = _collect(iter(chunks), expected=expected)
+    out = collect(iter(chunks), expected=expected)
     assert out.shape == (10, 2, 2, 3)
     assert out[:, 0, 0, 0].tolist() == [0] * 4 + [1] * 4 + [2] * 2
     assert out.base is None or out.base.shape[0] <= 11  # no large overallocation kept alive
