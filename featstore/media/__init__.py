@@ -41,7 +41,6 @@ and the reason.
 ((50, 224, 224, 3), (32000,))
 """
 
-
 from __future__ import annotations
 
 from featstore.decode_limits import DecodeLimits

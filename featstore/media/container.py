@@ -267,7 +267,6 @@ def limit_decoder(path: str, stream: Any, limits: DecodeLimits) -> None:
         cc.options = {**cc.options, **limits.decoder_options()}
 
 
-
 def frame_time(frame: Any, stream: Any) -> Fraction | None:
     if frame.pts is None:
         return None

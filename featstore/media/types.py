@@ -78,7 +78,6 @@ class SilenceTrim:
     samples: int
 
 
-
 @dataclass(frozen=True)
 class MediaChunk:
     """Frames and audio of the same stretch of time (``start_frame / fps`` onwards)."""

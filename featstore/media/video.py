@@ -278,7 +278,6 @@ def iter_frames(
             yield buf[:n].copy() if 2 * n < chunk_frames else buf[:n]
 
 
-
 def first_video_time_s(path: str, limits: DecodeLimits) -> float | None:
     """Time of the first decoded video frame (stream ``start_time`` is unreliable, e.g. in mkv)."""
     import av
