@@ -122,16 +122,26 @@ class FakeService:
             raise UnknownRunError("no run named 'nope'")
         return names or ["fake"]
 
-    async def score_upload(self, path: str, runs: Any, *, filename: str | None) -> ScoreResponse:
+    async def score_upload(
+        self, path: str, runs: Any, *, filename: str | None, options: Any = None
+    ) -> ScoreResponse:
         self.seen.append(
-            {"path": path, "exists": os.path.exists(path), "runs": runs, "filename": filename}
+            {
+                "path": path,
+                "exists": os.path.exists(path),
+                "runs": runs,
+                "filename": filename,
+                "options": options,
+            }
         )
         await asyncio.sleep(self.delay_s)
         return ScoreResponse(
             filename=filename, size_bytes=os.path.getsize(path), duration_s=1.0, results=[]
         )
 
-    def score_stored(self, dataset: str, video_id: str, run: str) -> StoredScoreResponse:
+    def score_stored(
+        self, dataset: str, video_id: str, run: str, options: Any = None
+    ) -> StoredScoreResponse:
         raise UnknownVideoError(f"no committed features for video {video_id!r}")
 
     def datasets(self) -> Any:
@@ -573,6 +583,32 @@ def test_upload_scores_equal_direct_scoring(real: TestClient, world: Any) -> Non
     assert doc["annotated_label"] in (0, 1)
 
 
+def reference_segments(
+    frames: np.ndarray,
+    hz: float,
+    threshold: float,
+    *,
+    smooth_s: float,
+    min_segment_s: float,
+    merge_gap_s: float,
+) -> list[list[float]]:
+    """Segments by hand: scipy's median filter, runs above, merged, long enough."""
+    from scipy.ndimage import median_filter
+
+    from featstore.timebase import mask_to_segments
+
+    k = round(smooth_s * hz)
+    k = k + 1 - k % 2 if k > 1 else 1
+    s = median_filter(np.asarray(frames, np.float64), size=k, mode="nearest")
+    out: list[list[float]] = []
+    for a, b in mask_to_segments(s > threshold, frame_hz=hz):
+        if out and a - out[-1][1] <= merge_gap_s + 1e-9:
+            out[-1][1] = b
+        else:
+            out.append([a, b])
+    return [seg for seg in out if seg[1] - seg[0] >= min_segment_s - 1e-9]
+
+
 def test_stored_scores_segments_and_errors(real: TestClient, world: Any) -> None:
     from featstore.store import open_store
     from trainers.probe import ProbeParams, frame_logits, video_logit
@@ -586,8 +622,27 @@ def test_stored_scores_segments_and_errors(real: TestClient, world: Any) -> None
     x = open_store(world["store"]).video("planted", "logfbank", doc["video_id"], "last")
     frames = frame_logits(params, x)
     assert doc["score"] == pytest.approx(video_logit(params, x), abs=1e-5)
-    assert doc["segments"] == [seg.to_list() for seg in scores_to_segments(frames, 25.0)]
+    # segments under the run's card: smoothed, above its calibrated threshold, merged, long enough
+    card = load_run(world["root"] / "runs" / "probe").config["localization"]
+    assert card["chosen"] == "segment_f1" and card["calibrated_on"]["selection"] == "planted:val"
+    expected = reference_segments(frames, 25.0, card["threshold"], **card["rules"])
+    np.testing.assert_allclose([s[:2] for s in doc["segments"]], expected, atol=1e-9)
+    loc = doc["localization"]
+    assert loc["frame_threshold"] == card["threshold"] and loc["threshold_name"] == "segment_f1"
+    np.testing.assert_allclose([[s["start_s"], s["end_s"]] for s in loc["segments"]], expected)
     assert doc["annotated_label"] == 1 and doc["annotated_segments"]
+    # the paper's reading on request: frames above 0, nothing else (none here: the probe's
+    # frame logits are all negative) but the top-ranked segment of a fake verdict, flagged
+    paper = {"run": "probe", "threshold": "paper", "smooth_s": 0, "min_segment_s": 0,
+             "merge_gap_s": 0}  # fmt: skip
+    r = real.get("/v1/datasets/planted/videos/planted/test/v0011/scores", params=paper)
+    doc = r.json()
+    assert scores_to_segments(frames, 25.0) == [] and doc["label"] == "fake"
+    (top,) = doc["localization"]["segments"]
+    assert top["below_threshold"] and doc["segments"] == [
+        [top["start_s"], top["end_s"], top["score"]]
+    ]
+    assert doc["localization"]["proposals"][0][1:] == [top["start_s"], top["end_s"]]
     for path, params, needle in [
         ("/v1/datasets/nope/videos/a/scores", {"run": "probe"}, "nope"),
         ("/v1/datasets/planted/videos/planted/test/v9999/scores", {"run": "probe"}, "v9999"),
