@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from api.app import create_app, get_settings
 from api.batching import MicroBatcher
 from api.models import ScoreResponse, StoredScoreResponse
-from api.scoring import NotReadyError, UnknownRunError
+from api.scoring import NotReadyError, ScoreOptions, UnknownRunError
 from api.settings import RunSpec, Settings, SettingsError, parse_checkpoints, parse_run
 from featstore.encoders.base import Clip, ClipError
 from featstore.errors import UnknownVideoError
@@ -213,6 +213,17 @@ def test_upload_reaches_scorer_and_temp_file_is_removed(tmp_path: Path, world: A
     assert seen["exists"] and seen["runs"] == ["probe", "other"] and seen["filename"] == "c.mp4"
     assert not os.path.exists(seen["path"])
     assert list((tmp_path / "uploads").iterdir()) == []
+    assert seen["options"] == ScoreOptions()  # the runs' own cards, windows on
+    with TestClient(fake_app(tmp_path, service)) as client:
+        query = {"threshold": "paper", "smooth_s": 0.1, "merge_gap_s": 0, "windows": "off"}
+        r = client.post("/v1/score", files={"file": ("c.mp4", data, "video/mp4")}, params=query)
+        assert r.status_code == 200, r.text
+        assert service.seen[-1]["options"] == ScoreOptions(
+            threshold="paper", smooth_s=0.1, merge_gap_s=0.0, windows=False
+        )
+        for bad in ({"smooth_s": -1}, {"windows": "always"}):
+            r = client.post("/v1/score", files={"file": ("c.mp4", data, "video/mp4")}, params=bad)
+            assert r.status_code == 422, r.text
 
 
 def test_upload_size_limit_413(tmp_path: Path) -> None:
@@ -556,6 +567,13 @@ def test_upload_scores_equal_direct_scoring(real: TestClient, world: Any) -> Non
     ]
     np.testing.assert_array_equal(np.float32(res["frame_scores"]), frame_logits(probes[0], x))
     s = video_logit(probes[0], x)
+    window = res["windows"]
+    assert window["whole_score"] == pytest.approx(s, abs=1e-6)
+    if window["applied"]:  # longer than the run's training clips: the best window
+        rows = round(window["window_s"] * 25)
+        starts = [round(w["start_s"] * 25) for w in window["scores"]]
+        s = max(video_logit(probes[0], x[a : a + rows]) for a in starts)
+        assert starts[-1] + rows == len(x) and len(x) > rows
     assert res["score"] == pytest.approx(s, abs=1e-6)
     assert res["calibrated"] and res["probability"] == pytest.approx(probability(s), abs=1e-6)
     assert res["rank_score"] == res["probability"]
@@ -650,6 +668,27 @@ def test_stored_scores_segments_and_errors(real: TestClient, world: Any) -> None
     ]:
         r = real.get(path, params=params)
         assert r.status_code == 404 and needle in r.json()["detail"], r.text
+
+
+def test_too_short_uploads_are_422(real: TestClient, world: Any, tmp_path: Path) -> None:
+    from featstore.sample import talking_clip, write_clip
+
+    models = {m["name"]: m for m in real.get("/v1/models").json()["models"]}
+    windows = models["probe"]["windows"]
+    lengths = windows["lengths"]
+    assert lengths["selection"] == "planted:train" and windows["window_s"] == pytest.approx(
+        lengths["p95_rows"] / 25
+    )
+    need = windows["min_duration_s"]
+    assert need == pytest.approx(np.ceil(lengths["p5_rows"] / 2) / 25)
+    video, audio = talking_clip(seed=3, duration_s=1.0, size=64)
+    n = 8  # 0.32 s
+    write_clip(tmp_path / "short.mp4", video[:n], audio[: n * 640])
+    r = post(real, (tmp_path / "short.mp4").read_bytes())
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "probe run probe needs at least" in detail and "0.32 s" in detail
+    assert "trained on clips" in detail
 
 
 def test_stored_scores_of_other_run_kinds(real: TestClient, world: Any) -> None:

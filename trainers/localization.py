@@ -55,6 +55,8 @@ __all__ = [
     "smoothing_rows",
 ]
 
+MAX_SMOOTH_S = 10.0  # a running median wider than this smooths a segment away
+
 # Slack for comparing durations computed from row counts with durations in seconds.
 _EPS_S = 1e-9
 
@@ -79,6 +81,8 @@ class SegmentRules:
         for name in ("smooth_s", "min_segment_s", "merge_gap_s"):
             if getattr(self, name) < 0:
                 raise MetricError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
+        if self.smooth_s > MAX_SMOOTH_S:
+            raise MetricError(f"smooth_s must be at most {MAX_SMOOTH_S:g} s, got {self.smooth_s}")
 
     def with_(self, **overrides: float | None) -> SegmentRules:
         """These rules with the given fields replaced (``None``: keep)."""
