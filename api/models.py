@@ -142,7 +142,7 @@ class WindowsInfo(BaseModel):
 
     applied: bool
     reason: str
-    window_s: float | None = Field(description="window length (95th pct. of training lengths)")
+    window_s: float | None = Field(description="window length (the median training length)")
     hop_s: float | None = Field(description="window step: half a window")
     whole_score: float = Field(description="the score of the whole input, unwindowed")
     scores: list[WindowScore] = Field(description="each window's score; score is their max")

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from featstore.landmarks import FaceTracks
     from featstore.store import FeatureStore
     from trainers.inputs import StoredFeature
+    from trainers.localization import SegmentRules
     from trainers.windows import WindowedScore
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,15 @@ class LoadedRun:
         )
         return self.result(result, options)
 
+    def rules(self, options: ScoreOptions) -> tuple[SegmentRules, str]:
+        """The segment rules a request asks of this run, and its threshold's name."""
+        return self.detector.localization.resolve(
+            options.threshold,
+            smooth_s=options.smooth_s,
+            min_segment_s=options.min_segment_s,
+            merge_gap_s=options.merge_gap_s,
+        )
+
     def result(self, scored: WindowedScore, options: ScoreOptions) -> RunScore:
         from trainers.localization import localize
 
@@ -185,12 +195,7 @@ class LoadedRun:
         score = float(scored.score)
         fake = score > d.threshold
         card = d.localization
-        rules, name = card.resolve(
-            options.threshold,
-            smooth_s=options.smooth_s,
-            min_segment_s=options.min_segment_s,
-            merge_gap_s=options.merge_gap_s,
-        )
+        rules, name = self.rules(options)
         found = localize(frames, hz, rules, fake=fake) if len(frames) else None
         segments = [] if found is None else list(found.segments)
         rank = float(probability(score))
@@ -445,6 +450,8 @@ class ScoringService:
         import os
 
         chosen = self.upload_runs(runs)
+        for r in chosen:
+            r.rules(options)  # a bad threshold or rule fails before decoding
         if segment:
             from api.segments import SegmentOptionsError, score_in_segments
 

@@ -585,6 +585,14 @@ def test_upload_scores_equal_direct_scoring(real: TestClient, world: Any) -> Non
     fused = results["fused"]
     p = np.mean([probability(video_logit(params, x)) for params in probes])
     assert fused["kind"] == "fusion" and fused["calibrated"]
+    whole = float(fused_score(np.array([p]))[0])
+    assert fused["windows"]["whole_score"] == pytest.approx(whole, abs=1e-5)
+    if fused["windows"]["applied"]:  # each window fused, the best one the video's
+        rows = round(fused["windows"]["window_s"] * 25)
+        starts = [round(w["start_s"] * 25) for w in fused["windows"]["scores"]]
+        ps = [np.mean([probability(video_logit(q, x[a : a + rows])) for q in probes])
+              for a in starts]  # fmt: skip
+        p = max(ps)
     assert fused["score"] == pytest.approx(float(fused_score(np.array([p]))[0]), abs=1e-5)
     assert fused["probability"] == pytest.approx(p, abs=1e-6)
     frame_p = np.mean([probability(frame_logits(params, x)) for params in probes], axis=0)
@@ -633,22 +641,39 @@ def test_stored_scores_segments_and_errors(real: TestClient, world: Any) -> None
     from trainers.runs import load_run
     from trainers.temporal import scores_to_segments
 
-    r = real.get("/v1/datasets/planted/videos/planted/test/v0011/scores", params={"run": "probe"})
+    url = "/v1/datasets/planted/videos/planted/test/v0011/scores"
+    r = real.get(url, params={"run": "probe"})
     assert r.status_code == 200, r.text
     doc = r.json()
     params = ProbeParams.from_state(load_run(world["root"] / "runs" / "probe").tensors())
     x = open_store(world["store"]).video("planted", "logfbank", doc["video_id"], "last")
     frames = frame_logits(params, x)
-    assert doc["score"] == pytest.approx(video_logit(params, x), abs=1e-5)
+    assert doc["windows"]["whole_score"] == pytest.approx(video_logit(params, x), abs=1e-5)
+    windows = doc["windows"]
+    if windows["applied"]:  # longer than the median training video: the best window
+        rows = round(windows["window_s"] * 25)
+        starts = [round(w["start_s"] * 25) for w in windows["scores"]]
+        best = max(video_logit(params, x[a : a + rows]) for a in starts)
+        assert doc["score"] == pytest.approx(best, abs=1e-5)
     # segments under the run's card: smoothed, above its calibrated threshold, merged, long enough
     card = load_run(world["root"] / "runs" / "probe").config["localization"]
     assert card["chosen"] == "segment_f1" and card["calibrated_on"]["selection"] == "planted:val"
-    expected = reference_segments(frames, 25.0, card["threshold"], **card["rules"])
-    np.testing.assert_allclose([s[:2] for s in doc["segments"]], expected, atol=1e-9)
     loc = doc["localization"]
     assert loc["frame_threshold"] == card["threshold"] and loc["threshold_name"] == "segment_f1"
-    np.testing.assert_allclose([[s["start_s"], s["end_s"]] for s in loc["segments"]], expected)
+    expected = reference_segments(frames, 25.0, card["threshold"], **card["rules"])
+    above = [[x["start_s"], x["end_s"]] for x in loc["segments"] if not x["below_threshold"]]
+    assert len(above) == len(expected) and all(
+        np.allclose(a, e) for a, e in zip(above, expected, strict=True)
+    )
+    assert len(doc["segments"]) == len(loc["segments"]) >= (doc["label"] == "fake")
     assert doc["annotated_label"] == 1 and doc["annotated_segments"]
+    # a threshold given as a number: the same rules at that level
+    level = float(np.quantile(frames, 0.7))
+    r = real.get(url, params={"run": "probe", "threshold": str(level)})
+    loc = r.json()["localization"]
+    expected = reference_segments(frames, 25.0, level, **card["rules"])
+    assert expected and loc["threshold_name"] == "given"
+    np.testing.assert_allclose([[x["start_s"], x["end_s"]] for x in loc["segments"]], expected)
     # the paper's reading on request: frames above 0, nothing else (none here: the probe's
     # frame logits are all negative) but the top-ranked segment of a fake verdict, flagged
     paper = {"run": "probe", "threshold": "paper", "smooth_s": 0, "min_segment_s": 0,
@@ -677,7 +702,7 @@ def test_too_short_uploads_are_422(real: TestClient, world: Any, tmp_path: Path)
     windows = models["probe"]["windows"]
     lengths = windows["lengths"]
     assert lengths["selection"] == "planted:train" and windows["window_s"] == pytest.approx(
-        lengths["p95_rows"] / 25
+        lengths["median_rows"] / 25
     )
     need = windows["min_duration_s"]
     assert need == pytest.approx(np.ceil(lengths["p5_rows"] / 2) / 25)
@@ -689,6 +714,14 @@ def test_too_short_uploads_are_422(real: TestClient, world: Any, tmp_path: Path)
     detail = r.json()["detail"]
     assert "probe run probe needs at least" in detail and "0.32 s" in detail
     assert "trained on clips" in detail
+    _, data = clip_bytes(world)
+    r = post(real, data, params={"threshold": "best"})
+    assert r.status_code == 422 and "neither a number nor one of" in r.json()["detail"], r.text
+    r = post(real, data, params={"threshold": "paper", "windows": "off"})
+    assert r.status_code == 200, r.text
+    for res in r.json()["results"]:
+        assert res["localization"]["threshold_name"] == "paper"
+        assert not res["windows"]["applied"] and res["score"] == res["windows"]["whole_score"]
 
 
 def test_stored_scores_of_other_run_kinds(real: TestClient, world: Any) -> None:
@@ -696,7 +729,7 @@ def test_stored_scores_of_other_run_kinds(real: TestClient, world: Any) -> None:
     from trainers.runs import read_predictions
 
     url = "/v1/datasets/planted/videos/planted/test/v0011/scores"
-    r = real.get(url, params={"run": "fused"})
+    r = real.get(url, params={"run": "fused", "windows": "off"})  # whole, as eval scores
     assert r.status_code == 200, r.text
     doc = r.json()
     # what `fuse --out` wrote when it evaluated the fusion on planted:test

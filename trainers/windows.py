@@ -6,10 +6,13 @@ so it grows with length: a real clip looped from 4.7 s to 47 s went from
 P(fake) 0.64 to 0.99 under a probe trained on 3-6 s clips. Each run records
 the lengths of its training videos (:class:`LengthProfile`, in rows of the
 detector's ``frame_hz``), and an input longer than the window is scored in
-windows as long as the run's long training videos (:class:`WindowRule`):
+windows as long as a typical training video (:class:`WindowRule`):
 
-- window: the 95th percentile of the training lengths (robust to a few
-  outliers, and no input in the bulk of the training range is windowed);
+- window: the median training length. A looped clip of period ``P`` scored
+  in windows of ``W`` moves by about ``|log(W / P)|`` on the log-sum-exp
+  scale (a window holds ``W / P`` periods, or the best ``W`` of one), so the
+  middle of the (log-)length distribution keeps clips of every training
+  length closest to their own score;
 - hop: half a window; the last window ends at the end of the input, so
   every row is in one window at least and two windows overlap by at least
   half;
@@ -48,7 +51,6 @@ if TYPE_CHECKING:
 __all__ = [
     "HOP_FRACTION",
     "MIN_LENGTH_FRACTION",
-    "WINDOW_QUANTILE",
     "InputTooShortError",
     "LengthProfile",
     "WindowRule",
@@ -57,7 +59,6 @@ __all__ = [
     "window_rule",
 ]
 
-WINDOW_QUANTILE = 0.95
 HOP_FRACTION = 0.5
 MIN_LENGTH_FRACTION = 0.5  # of the 5th-percentile training length: the service's minimum
 
@@ -88,7 +89,7 @@ class LengthProfile:
         n = n[n > 0]
         if n.size == 0:
             return None
-        q = np.quantile(n, [0.05, 0.5, WINDOW_QUANTILE], method="nearest")
+        q = np.quantile(n, [0.05, 0.5, 0.95], method="nearest")
         return cls(
             frame_hz=float(frame_hz),
             n_videos=int(n.size),
@@ -180,7 +181,7 @@ def window_rule(
     if profile is None:
         return WindowRule(0, 0, kind_min_rows, kind_min_rows, frame_hz, kind_reason)
     scale = frame_hz / profile.frame_hz  # a profile recorded at another rate (fusions)
-    window = max(1, round(profile.p95_rows * scale))
+    window = max(1, round(profile.median_rows * scale))
     hop = max(1, math.floor(window * HOP_FRACTION))
     floor = math.ceil(MIN_LENGTH_FRACTION * profile.p5_rows * scale)
     reason = kind_reason
