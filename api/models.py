@@ -95,6 +95,7 @@ class SpatialResult(BaseModel):
     map_hw: tuple[int, int] = Field(description="rows, columns of every map (long side 16)")
     frames: list[SpatialFrame]
 
+
 class SegmentInfo(BaseModel):
     """One fake segment under the run's segment rules."""
 
@@ -187,7 +188,9 @@ class UploadRunScore(RunScore):
     segment: int | None = Field(
         None,
         description="with segment=true: the index (in segmentation.segments) of the segment "
-        "whose score is the video's (the maximum); frame_scores are then per segment only",
+        "whose score is the video's (the maximum), and whose windows these are; "
+        "frame_scores are then per segment only, segments and localization those of every "
+        "segment (the 100 best proposals over all of them), in the upload's seconds",
     )
 
 
@@ -199,7 +202,8 @@ class SegmentScore(BaseModel):
     face_px: float = Field(description="median side of the speaking face's box (pixels)")
     asd_score: float = Field(description="mean speaking score of that face (>= 0: speaking)")
     results: list[UploadRunScore] = Field(
-        description="per run; frame_scores start at start_s, fake segments in upload seconds"
+        description="per run; frame_scores start at start_s, every other time (segments, "
+        "localization, windows) in upload seconds"
     )
 
 

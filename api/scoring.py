@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -82,7 +82,10 @@ __all__ = [
     "ScoreOptions",
     "ScoringService",
     "UnknownRunError",
+    "shifted",
 ]
+
+_Verdict = TypeVar("_Verdict", bound=RunScore)
 
 EncoderKey = tuple[str, str | None, bool]
 """A loaded encoder: registered name, checkpoint, random_init."""
@@ -225,6 +228,39 @@ class LoadedRun:
             ),
             windows=_windows_info(d, scored, options),
         )
+
+
+def shifted(verdict: _Verdict, offset_s: float) -> _Verdict:
+    """``verdict`` with its times moved by ``offset_s``: the fake segments, the
+    localization's segments and proposals, and the windows (not ``frame_scores``, which
+    are indexed by row)."""
+    loc, win = verdict.localization, verdict.windows
+    return verdict.model_copy(
+        update={
+            "segments": [(a + offset_s, b + offset_s, v) for a, b, v in verdict.segments],
+            "localization": loc.model_copy(
+                update={
+                    "segments": [
+                        s.model_copy(
+                            update={"start_s": s.start_s + offset_s, "end_s": s.end_s + offset_s}
+                        )
+                        for s in loc.segments
+                    ],
+                    "proposals": [(c, a + offset_s, b + offset_s) for c, a, b in loc.proposals],
+                }
+            ),
+            "windows": win.model_copy(
+                update={
+                    "scores": [
+                        w.model_copy(
+                            update={"start_s": w.start_s + offset_s, "end_s": w.end_s + offset_s}
+                        )
+                        for w in win.scores
+                    ]
+                }
+            ),
+        }
+    )
 
 
 def _windows_info(d: Detector, scored: WindowedScore, options: ScoreOptions) -> WindowsInfo:
@@ -459,7 +495,7 @@ class ScoringService:
                 raise SegmentOptionsError(
                     "spatial explanations cannot be combined with scoring in segments yet"
                 )
-            return await score_in_segments(self, path, chosen, filename=filename)
+            return await score_in_segments(self, path, chosen, filename=filename, options=options)
         results, prepared = await self._score(
             path, chosen, explain_frames=explain_frames, options=options
         )
@@ -478,19 +514,17 @@ class ScoringService:
         start_s: float,
         until_s: float,
         tracks: FaceTracks,
+        options: ScoreOptions = ScoreOptions(),
     ) -> list[UploadRunScore]:
         """Each run's verdict on the span ``[start_s, until_s)`` of the file at ``path``,
-        cropped from ``tracks`` (one per frame of the span). Frame scores start at
-        ``start_s``; fake segments are shifted into the file's seconds."""
+        cropped from ``tracks`` (one per frame of the span), under ``options`` (the span is
+        checked against each run's minimum and windowed as an upload of its length).
+        Frame scores start at ``start_s``; every other time (fake segments, the
+        localization's segments and proposals, the windows) is in the file's seconds."""
         results, _ = await self._score(
-            path, chosen, start_s=start_s, until_s=until_s, tracks=tracks
+            path, chosen, options=options, start_s=start_s, until_s=until_s, tracks=tracks
         )
-        return [
-            r.model_copy(
-                update={"segments": [(a + start_s, b + start_s, v) for a, b, v in r.segments]}
-            )
-            for r in results
-        ]
+        return [shifted(r, start_s) for r in results]
 
     async def _score(
         self,
