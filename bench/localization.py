@@ -108,7 +108,7 @@ def _card(path: Path) -> str:
     named = ", ".join(f"{k} {v:+.3f}" for k, v in sorted(card.thresholds.items()))
     pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
     return (
-        f"{card.describe()}; thresholds: {named}; on {on.get('selection')} at the chosen one: "
+        f"{card.describe()}; thresholds: {named}; on {on.get('selection')} at segment_f1: "
         f"segment F1 {pct(on.get('segment_f1'))}, frame F1 {pct(on.get('frame_f1'))}, "
         f"fakes with a segment {on.get('fakes_with_segment')}/{on.get('n_fake_annotated')}, "
         f"reals with a segment {on.get('reals_with_segment')}/{on.get('n_real')}"

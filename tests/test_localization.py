@@ -202,6 +202,26 @@ def test_segment_f1_threshold_maximises_segment_f1() -> None:
     assert card.calibrated_on["n_real"] == 12 and card.calibrated_on["n_fake_annotated"] == 12
 
 
+def test_without_a_fake_segment_in_the_budget_the_budget_decides() -> None:
+    """Frame scores that say nothing about the annotated segments: segment F1 is 0 at every
+    threshold within the real videos' budget, so the card uses the budget's threshold."""
+    rng = np.random.default_rng(5)
+    videos: list[Any] = [(0, rng.normal(-2.0, 0.5, 120), []) for _ in range(20)]
+    for _ in range(10):
+        a = int(rng.integers(10, 80))
+        videos.append((1, rng.normal(-2.0, 0.5, 120), [(a / HZ, (a + 30) / HZ)]))
+    card = calibrate(videos, HZ, selection="toy:val")
+    floor = card.thresholds[REAL_VIDEOS]
+    values = np.unique(np.concatenate([median_filter(f, 5, mode="nearest") for _, f, _ in videos]))
+    within = [_reference_segment_f1(videos, float(v), DEFAULT_RULES) for v in values if v >= floor]
+    assert within and max(within) == 0.0  # the premise, by hand
+    assert card.chosen == REAL_VIDEOS and card.threshold == floor
+    assert SEGMENT_F1 in card.thresholds and card.calibrated_on["segment_f1"] == 0.0
+    assert "segment F1 is 0" in card.describe() and card.describe().startswith("real_videos")
+    reals = [f for y, f, _ in videos if not y]
+    assert sum(bool(localize(f, HZ, card.rules).segments) for f in reals) <= 0.05 * len(reals)
+
+
 def test_card_resolves_names_numbers_and_overrides() -> None:
     videos = [(0, _bump(100, 30, 40, float(h)), []) for h in range(1, 21)]
     card = calibrate(videos, HZ)

@@ -25,7 +25,12 @@ with the post-processing held fixed, under two named objectives:
   right (one annotated segment, IoU > 0.5, AV1M's rule) or wrong.
 
 The run uses ``segment_f1`` when the validation data has annotated fake
-segments, else ``real_videos``; ``paper`` (0) is always there. All three are
+segments and some threshold within the budget finds one of them (segment F1
+above 0), else ``real_videos`` (where F1 is 0 at every threshold it cannot
+choose: its tie-breaks would pick a threshold above every frame, a run that
+never reports a segment; the budget's threshold at least reports what stands
+out most on real-looking data, and the card says why); ``paper`` (0) is
+always there. All three are
 in the card (``config.json`` ``localization``, ``/v1/models``), with what
 they were chosen on; any of them, or a number, can be asked for per request.
 
@@ -114,6 +119,8 @@ class LocalizationCard:
             "videos with a segment",
             PAPER: "the paper's 0",
         }.get(self.chosen, self.chosen)
+        if self.chosen == REAL_VIDEOS and "segment_f1_note" in on:
+            what += f" ({on['segment_f1_note']})"
         where = on.get("selection")
         counts = (
             f" ({on.get('n_real', 0)} real, {on.get('n_fake_annotated', 0)} annotated fake videos)"
@@ -272,7 +279,14 @@ def calibrate(
         )
         thresholds[SEGMENT_F1] = best["threshold"]
         on.update({k: v for k, v in best.items() if k != "threshold"})
-        chosen = SEGMENT_F1
+        if best["segment_f1"] or real_thr is None:
+            chosen = SEGMENT_F1
+        else:  # no threshold within the budget finds a fake segment: F1 cannot choose
+            on["segment_f1_note"] = (
+                "segment F1 is 0 at every threshold within the real videos' budget: "
+                "the budget's threshold is used"
+            )
+            log.warning("%s: %s", selection, on["segment_f1_note"])
     if chosen == PAPER:
         log.warning(
             "no real or annotated fake validation video to calibrate the frame threshold on "
