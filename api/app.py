@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 __all__ = ["create_app", "get_metrics", "get_service", "get_settings"]
 
 _VIDEO_ID_CONVERTOR = "featstore_video_id"  # a path convertor matching any string
+RUNS_FIELD = "runs"  # the runs to score an upload with: query parameter or form field
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
 
@@ -191,16 +192,23 @@ def _query_names(route: APIRoute) -> tuple[str, ...]:
 
 
 async def reject_unknown_query(request: Request) -> None:
-    """422 for a query parameter the route does not take (it would be silently ignored),
-    naming those it takes and the closest one."""
+    """422 for a query parameter the route does not take, or one given twice (it would be
+    silently ignored), naming those it takes and the closest one."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
     if not request.query_params:
         return
     known = _query_names(route)
-    unknown = [k for k in dict.fromkeys(request.query_params.keys()) if k not in known]
+    given = [k for k, _ in request.query_params.multi_items()]
+    unknown = [k for k in dict.fromkeys(given) if k not in known]
     if not unknown:
+        twice = [k for k in dict.fromkeys(given) if given.count(k) > 1]
+        if twice:  # each takes one value: all but one would be ignored
+            raise UnknownParameterError(
+                f"query parameter {twice[0]!r} given more than once: give it once"
+                + (" (several runs: runs=a,b)" if twice[0] == RUNS_FIELD else "")
+            )
         return
     takes = f"it takes {', '.join(known)}" if known else "it takes no query parameters"
     hints = [
@@ -273,9 +281,6 @@ _UPLOAD_BODY = {
 }
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
-
-
-RUNS_FIELD = "runs"
 
 
 def _run_names(text: str | None) -> list[str] | None:

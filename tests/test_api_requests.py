@@ -151,6 +151,11 @@ def test_runs_as_query_parameter_or_form_field(client: TestClient, world: dict[s
     field = _upload(client, world["clip"], data={"run": "b"})
     assert field.status_code == 422
     assert field.json()["detail"] == "unknown form field 'run': the form takes 'file', 'runs'"
+    again = _upload(client, world["clip"], "?runs=a&runs=b")
+    assert again.status_code == 422
+    assert again.json()["detail"] == (
+        "query parameter 'runs' given more than once: give it once (several runs: runs=a,b)"
+    )
     ghost = _upload(client, world["clip"], "?runs=ghost")
     assert ghost.status_code == 404 and "ghost" in ghost.json()["detail"]
 
