@@ -3,8 +3,9 @@
 :class:`ScoringService` is built in the app's lifespan: it opens the store
 read-only, loads every run through the run-kind registry
 (``trainers.kinds.load``: any kind, any run format it can read), loads each
-distinct (encoder, checkpoint, random_init) that the runs' features need
-once, warms it up with one dummy forward, and puts a
+distinct encoder that the runs' features need once, built as the one that
+wrote their stored rows (checkpoint, random init, recorded loader options:
+:mod:`api.encoders`), warms it up with one dummy forward, and puts a
 :class:`~api.batching.MicroBatcher` in front of it.
 
 An upload is decoded once (:mod:`api.clips`: the streams and crops every
@@ -16,9 +17,11 @@ and over windows of its training length when longer): the same code that
 scores stored features, so an uploaded clip scores as its stored features
 would. Segments follow the run's card (calibrated frame threshold and
 segment rules), each overridable per request (:class:`ScoreOptions`).
-Nothing here knows what a run kind is. With ``segment=True`` the upload is
-first cut into single-speaker segments, each scored the same way
-(:mod:`api.segments`).
+Runs that cannot score an upload (a stream, a face missing;
+:mod:`api.eligibility`) are skipped and listed when the client named none,
+refused when it named them. Nothing here knows what a run kind is. With
+``segment=True`` the upload is first cut into single-speaker segments, each
+scored the same way (:mod:`api.segments`).
 """
 
 from __future__ import annotations
