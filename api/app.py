@@ -386,7 +386,7 @@ async def score_upload(
 
 @v1.get("/datasets", response_model=DatasetsResponse)
 async def list_datasets(service: ServiceDep, settings: SettingsDep) -> DatasetsResponse:
-    """Datasets in the store: videos, labels, splits and stored encoders."""
+    """Datasets in the store: videos, labels, official splits, views and stored encoders."""
     async with _timeout(settings):
         return await asyncio.to_thread(service.datasets)
 
@@ -442,7 +442,9 @@ async def stored_scores(
 
 @v1.get("/models", response_model=ModelsResponse)
 async def list_models(service: ServiceDep) -> ModelsResponse:
-    """Loaded runs: kind, encoder, layer, checkpoint, and their metrics.json summaries."""
+    """Loaded runs: kind, inputs (encoder, layer, checkpoint of each feature), and each
+    evaluation in their metrics.json with its headline numbers (AUC, AP, EER, temporal AUC,
+    AP/AR)."""
     return await asyncio.to_thread(service.models)
 
 
