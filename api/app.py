@@ -212,14 +212,14 @@ async def reject_unknown_query(request: Request) -> None:
         return
     takes = f"it takes {', '.join(known)}" if known else "it takes no query parameters"
     hints = [
-        f"{name!r} for {k!r}?"
+        f"{name!r} instead of {k!r}"
         for k in unknown
         for name in difflib.get_close_matches(k, known, n=1, cutoff=0.6)
     ]
     raise UnknownParameterError(
         f"unknown query parameter{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} "
-        f"for {request.method} {route.path}: {takes}"
-        + (f" (did you mean {' '.join(hints)})" if hints else "")
+        f"for {request.method} {route.path_format}: {takes}"
+        + (f" (did you mean {', '.join(hints)}?)" if hints else "")
     )
 
 

@@ -147,7 +147,7 @@ def test_runs_as_query_parameter_or_form_field(client: TestClient, world: dict[s
     typo = _upload(client, world["clip"], "?run=b")
     assert typo.status_code == 422, typo.text
     assert "unknown query parameter 'run' for POST /v1/score" in typo.json()["detail"]
-    assert "did you mean 'runs'" in typo.json()["detail"]
+    assert "(did you mean 'runs' instead of 'run'?)" in typo.json()["detail"]
     field = _upload(client, world["clip"], data={"run": "b"})
     assert field.status_code == 422
     assert field.json()["detail"] == "unknown form field 'run': the form takes 'file', 'runs'"
@@ -165,7 +165,13 @@ def test_runs_as_query_parameter_or_form_field(client: TestClient, world: dict[s
     [
         ("GET", "/v1/models", "?run=a", "it takes no query parameters"),
         ("GET", "/v1/datasets", "?view=half", "it takes no query parameters"),
-        ("GET", STORED.format("x"), "?runs=a", "it takes run, explain, explain_frames"),
+        (
+            "GET",
+            STORED.format("x"),
+            "?runs=a",
+            "for GET /v1/datasets/{dataset}/videos/{video_id}/scores: it takes run, explain, "
+            "explain_frames (did you mean 'run' instead of 'runs'?)",
+        ),
         ("GET", "/readyz", "?verbose=1", "it takes no query parameters"),
         ("POST", "/v1/score", "?explain=spatial&frames=3", "it takes explain, explain_frames"),
     ],
