@@ -129,16 +129,17 @@ def _by_hand(world: dict[str, Any], name: str) -> float:
 
 
 def test_runs_as_query_parameter_or_form_field(client: TestClient, world: dict[str, Any]) -> None:
-    r = _upload(client, world["clip"], "?runs=b")
+    # windows=off: scored whole, as the paper (and the probe by hand) does
+    r = _upload(client, world["clip"], "?runs=b&windows=off")
     assert r.status_code == 200, r.text
     (only,) = r.json()["results"]
     assert only["run"] == "b" and r.json()["skipped"] == []
     assert only["score"] == pytest.approx(_by_hand(world, "b"), abs=1e-5)
-    form = _upload(client, world["clip"], data={"runs": "b"})
+    form = _upload(client, world["clip"], "?windows=off", data={"runs": "b"})
     assert [x["run"] for x in form.json()["results"]] == ["b"]
     assert form.json()["results"][0]["score"] == only["score"]
     # every loaded run by default, in the order they were loaded, none skipped
-    doc = _upload(client, world["clip"]).json()
+    doc = _upload(client, world["clip"], "?windows=off").json()
     assert [x["run"] for x in doc["results"]] == ["a", "b"] and doc["skipped"] == []
     assert doc["results"][0]["score"] == pytest.approx(_by_hand(world, "a"), abs=1e-5)
     # never silently ignored: both ways at once, a misspelt parameter, an unknown form field
@@ -170,7 +171,7 @@ def test_runs_as_query_parameter_or_form_field(client: TestClient, world: dict[s
             STORED.format("x"),
             "?runs=a",
             "for GET /v1/datasets/{dataset}/videos/{video_id}/scores: it takes run, explain, "
-            "explain_frames (did you mean 'run' instead of 'runs'?)",
+            "explain_frames, threshold",
         ),
         ("GET", "/readyz", "?verbose=1", "it takes no query parameters"),
         ("POST", "/v1/score", "?explain=spatial&frames=3", "it takes explain, explain_frames"),
@@ -216,11 +217,14 @@ def test_stored_video_without_run(client: TestClient, world: dict[str, Any]) -> 
         several.json()["detail"]
         == "2 runs are loaded (a, b): name the one to score with, e.g. ?run=a"
     )
+    misspelt = client.get(url, params={"runs": "a"})
+    assert misspelt.status_code == 422
+    assert misspelt.json()["detail"].endswith("(did you mean 'run' instead of 'runs'?)")
     with TestClient(create_app(_settings(world, "b"))) as single:
         _wait_ready(single)
-        r = single.get(url)
+        r = single.get(url, params={"windows": "off"})
         assert r.status_code == 200, r.text
-        assert r.json() == single.get(url, params={"run": "b"}).json()
+        assert r.json() == single.get(url, params={"run": "b", "windows": "off"}).json()
     rows = open_store(world["url"]).video("planted", "logfbank", video_id, "last")
     params = _params(world, "b")
     assert r.json()["run"] == "b"
