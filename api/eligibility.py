@@ -4,7 +4,7 @@ An upload is scored by the runs named in ``runs``, or by default by every loaded
 A run cannot score an upload that lacks a stream its encoders read (audio for
 ``logfbank``, video for ``mouth-pixels``; audio also for runs that trim the leading
 silence), that has no face its mouth or face encoders can crop, or that is too short
-for one of its encoders. Then:
+for one of its encoders or under the run's minimum length. Then:
 
 - runs named in ``runs`` must all score: otherwise 422 (:class:`UnscorableUploadError`),
   naming each run that cannot and why, and the runs that could;

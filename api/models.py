@@ -237,7 +237,8 @@ class SkippedRun(BaseModel):
     reason: Literal["no_audio_stream", "no_video_stream", "no_face", "too_short"] = Field(
         description="no_audio_stream / no_video_stream: the upload lacks a stream the run's "
         "encoders read (or, for audio, its leading-silence trimming); no_face: no face to crop "
-        "for its mouth or face encoders; too_short: too short for one of its encoders"
+        "for its mouth or face encoders; too_short: too short for one of its encoders or under the "
+        "run's minimum length (windows.min_duration_s in /v1/models)"
     )
     detail: str = Field(description="the same in words, with the encoders concerned")
 

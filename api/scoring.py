@@ -567,12 +567,14 @@ class ScoringService:
         run each needed encoder once, score every run under ``options`` (``explain_frames``:
         and explain it).
 
-        ``skipped``: runs whose encoder's clip cannot be made (no face, too short) are
-        added to it and the others score; unless every run fails or the runs were
-        ``named``, then :class:`~api.eligibility.UnscorableUploadError`. Without it the
-        decode stage's error is raised as it is."""
+        ``skipped``: runs whose encoder's clip cannot be made (no face, too short) or
+        whose minimum length the upload is under are added to it and the others score;
+        unless every run fails or the runs were ``named``, then
+        :class:`~api.eligibility.UnscorableUploadError`. Without it the decode stage's
+        and the runs' errors are raised as they are."""
         from api.clips import prepare_upload
-        from api.eligibility import by_clip, refusal
+        from api.eligibility import Unscorable, by_clip, refusal
+        from trainers.windows import InputTooShortError
 
         t0 = time.perf_counter()
         prepared = await asyncio.to_thread(
@@ -601,12 +603,19 @@ class ScoringService:
         rows_by_slot = dict(zip(slots, encoded, strict=True))
         t2 = time.perf_counter()
         results = []
+        short: list[Unscorable] = []
         for r in chosen:
             rows = {key: rows_by_slot[r.encoders[key]][key.layer] for key in r.encoders}
             t3 = time.perf_counter()
-            verdict = await asyncio.to_thread(
-                r.verdict, rows, leading_silence_s=prepared.leading_silence_s, options=options
-            )
+            try:
+                verdict = await asyncio.to_thread(
+                    r.verdict, rows, leading_silence_s=prepared.leading_silence_s, options=options
+                )
+            except InputTooShortError as exc:  # under the run's minimum length
+                if skipped is None:
+                    raise
+                short.append(Unscorable(r, "too_short", str(exc)))
+                continue
             timings = Timings(
                 decode_ms=1e3 * (t1 - t0),
                 encode_ms=1e3 * (t2 - t1),
@@ -619,6 +628,10 @@ class ScoringService:
                     explain_upload, r, self.encoders, path, prepared, verdict, explain_frames
                 )
             results.append(UploadRunScore(**verdict.model_dump(), timings=timings))
+        if short and skipped is not None:
+            if named or not results:
+                raise refusal(short, [x.run for x in results], named=named)
+            skipped.extend(short)
         return results, prepared
 
     @staticmethod

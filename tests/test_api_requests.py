@@ -78,6 +78,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             out=root / "runs" / name,
             config=ProbeConfig(max_epochs=3, seed=seed),
         )
+    # a run trained on 8-10 s videos: the 2-3 s clips are under its minimum duration
+    write_planted_dataset(
+        store, "long", n_videos=8, dim=104, encoder="logfbank", n_frames=(200, 250), seed=1
+    )
+    train(
+        store,
+        features="logfbank:last",
+        train="long:train",
+        out=root / "runs" / "long",
+        config=ProbeConfig(max_epochs=2),
+    )
     make_sample(root / "sample", n_clips=2, size=64, duration_s=(2.0, 3.0), seed=1)
     imported = read_dataset("av1m", root / "sample")
     store.write_manifest("sample", imported.manifest, attrs={"root": str(imported.root)})
@@ -200,6 +211,27 @@ def test_an_upload_without_audio(client: TestClient, world: dict[str, Any]) -> N
     assert named.json()["detail"].startswith("these requested runs cannot score this upload")
     assert "run b" not in named.json()["detail"]
     assert "audio=False" not in detail + named.json()["detail"]
+
+
+def test_a_run_the_upload_is_too_short_for(world: dict[str, Any]) -> None:
+    """Skipped by default (with the minimum it needs), refused when named."""
+    with TestClient(create_app(_settings(world, "long", "a"))) as c:
+        _wait_ready(c)
+        need = {
+            m["name"]: m["windows"]["min_duration_s"] for m in c.get("/v1/models").json()["models"]
+        }
+        doc = _upload(c, world["clip"], "?windows=off").json()
+        named = _upload(c, world["clip"], "?runs=long")
+    assert need["long"] > 3.0 > 2.0 > need["a"]
+    assert [x["run"] for x in doc["results"]] == ["a"]
+    assert doc["results"][0]["score"] == pytest.approx(_by_hand(world, "a"), abs=1e-5)
+    ((skipped,),) = [doc["skipped"]]
+    assert skipped["run"] == "long" and skipped["reason"] == "too_short"
+    assert "needs at least" in skipped["detail"]
+    assert named.status_code == 422
+    detail = named.json()["detail"]
+    assert detail.startswith("these requested runs cannot score this upload (run long: ")
+    assert "needs at least" in detail and detail.endswith(": upload a longer clip")
 
 
 # ------------------------------------------------------------------ stored videos
