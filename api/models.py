@@ -231,7 +231,9 @@ class ModelInfo(BaseModel):
     inputs: list[InputInfo]
     threshold: float
     metrics: dict[str, dict[str, float]] = Field(
-        description="numeric entries of metrics.json, by selection"
+        description="headline metrics (auc, ap, eer, temporal_auc, n, n_real, n_fake) of "
+        "each metrics.json entry, by key: NAME:SPLIT (the paper's evaluation filter) or "
+        "NAME:SPLIT|fakes=all (every fake counted)"
     )
 
 

@@ -554,17 +554,11 @@ def _dummy_clip(encoder: Encoder) -> Clip:
 
 
 def _metric_summary(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for key, values in metrics.items():
-        if isinstance(values, dict):
-            nums = {
-                str(k): float(v)
-                for k, v in values.items()
-                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            }
-            if nums:
-                out[str(key)] = nums
-    return out
+    """Each metrics.json entry's headline numbers (AUC, AP, EER, temporal AUC, n, n_real,
+    n_fake) under its key: ``NAME:SPLIT`` (paper filter) or ``NAME:SPLIT|fakes=all``."""
+    from trainers.metrics_file import metric_entries
+
+    return {e.key: e.headline() for e in metric_entries(metrics) if e.headline()}
 
 
 def _is_nan(value: Any) -> bool:
