@@ -22,8 +22,8 @@ Each result records the filter's name and its counts (:class:`FilterRecord`).
 >>> frame = pd.DataFrame({"label": [0, 1, 1], "modify_type": ["real", "both_modified", "audio_modified"]})
 >>> evaluated(frame, "paper").tolist(), evaluated(frame, "all").tolist()
 ([True, True, False], [True, True, True])
->>> filter_record(frame["label"], evaluated(frame, "paper"), "paper").text()
-'paper filter: 1 real / 1 fake (1 fake left out)'
+>>> filter_record(frame["label"], evaluated(frame, "paper"), "paper")
+FilterRecord(fakes='paper', n_real=1, n_fake=1, n_left_out=1)
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class FilterRecord:
     fakes: str
     n_real: int
     n_fake: int
-    n_left_out: int  # fakes (or, with a manifest policy, rows) the filter dropped
+    n_left_out: int  # videos the filter dropped (fakes marked single-modality)
 
     @property
     def n(self) -> int:
@@ -135,15 +135,6 @@ class FilterRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def text(self) -> str:
-        """One line for command output: the filter, its counts and what it left out."""
-        fakes = "fake" if self.n_fake == 1 else "fakes"
-        out = f"{self.fakes} filter: {self.n_real} real / {self.n_fake} {fakes}"
-        if self.n_left_out:
-            left = "fake" if self.n_left_out == 1 else "fakes"
-            out += f" ({self.n_left_out} {left} left out)"
-        return out
 
 
 def filter_record(labels: Any, mask: np.ndarray, fakes: str) -> FilterRecord:
