@@ -100,11 +100,13 @@ def localization_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     temporal = metrics.get("temporal")
     if temporal:
-        fakes = temporal.get("fakes", metrics.get("fakes", ""))
+        from trainers.evaluation_filter import recorded_fakes
+
+        fakes = recorded_fakes(temporal if "fakes" in temporal else metrics)
         rows.append(
             (
                 "temporal AUC %",
-                f"{_pct(temporal['mean'])} ({temporal['n_videos']} fake videos, {fakes})",
+                f"{_pct(temporal['mean'])} ({temporal['n_videos']} fake videos, filter {fakes})",
             )
         )
     localization = metrics.get("localization") or {}
@@ -315,7 +317,7 @@ def grid_command(
                 r = event.result
                 typer.echo(
                     f"{where} test {event.test}: AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n} "
-                    f"({r.n_real} real / {r.n_fake} fake, {r.fakes} filter)"
+                    f"({r.n_real} real / {r.n_fake} fake, filter {r.fakes})"
                 )
 
         outcome = run_grid(cfg, on_event=show, fakes=fakes)

@@ -171,7 +171,7 @@ def test_grid_numbers_equal_eval_and_keep_both_filters(world: dict[str, Any]) ->
         assert (row["n"], row["n_real"], row["n_fake"], row["fakes"]) == (
             ref["n"], ref["n_real"], ref["n_fake"], fakes,
         )  # fmt: skip
-        assert f"{fakes} filter)" in printed and f"evaluation filter {fakes}" in printed
+        assert f"fake, filter {fakes})" in printed and f"evaluation filter {fakes}" in printed
         evaluated = invoke_json("eval", run, "--on", "mix:test", "--fakes", fakes)
         assert evaluated["binary"]["auc"] == row["auc"] and evaluated["binary"]["n"] == row["n"]
         tables = json.loads((root / "grid-out" / "grid_paper_auc.json").read_text())
