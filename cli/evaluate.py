@@ -83,6 +83,14 @@ SEGMENT_METRICS = typer.Option(
 )
 
 
+def result_table(title: str, fakes: str, record: dict[str, Any] | None = None) -> Any:
+    """A Rich table of a command's numbers: its title kept on one line, the evaluation
+    filter as its caption."""
+    from rich.table import Table
+
+    return Table(title=title, caption=filter_text(fakes, record), min_width=len(title) + 4)
+
+
 def filter_text(fakes: str, record: dict[str, Any] | None = None) -> str:
     """The evaluation filter as printed under every command's numbers: what it keeps, and
     with its ``record`` (``trainers.evaluation_filter.FilterRecord``) what it left out."""
@@ -156,12 +164,10 @@ def eval_command(
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return
-    from rich.table import Table
 
     b = metrics["binary"]
-    table = Table(
-        title=f"{run_dir} on {metrics['selection']}",
-        caption=filter_text(metrics["fakes"], metrics["filter"]),
+    table = result_table(
+        f"{run_dir} on {metrics['selection']}", metrics["fakes"], metrics["filter"]
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -206,13 +212,13 @@ def fuse_command(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    from rich.table import Table
 
     f = result["filter"]
-    table = Table(
-        title=f"late fusion on {result['selection']} ({result['n_evaluated']} videos: "
+    table = result_table(
+        f"late fusion on {result['selection']} ({result['n_evaluated']} videos: "
         f"{f['n_real']} real / {f['n_fake']} fake)",
-        caption=filter_text(result["fakes"], f),
+        result["fakes"],
+        f,
     )
     for col in ("model", "AUC %", "AP %", "EER %"):
         table.add_column(col, justify="left" if col == "model" else "right")
@@ -256,7 +262,6 @@ def correlate_command(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    from rich.table import Table
 
     names = result["names"]
     for title, key, fmt in (
@@ -267,10 +272,11 @@ def correlate_command(
             "{:+.1f}",
         ),
     ):
-        table = Table(
-            title=f"{title} ({result['selection']}, {result['n']} videos: "
+        table = result_table(
+            f"{title} ({result['selection']}, {result['n']} videos: "
             f"{result['n_real']} real / {result['n_fake']} fake)",
-            caption=filter_text(result["fakes"], result["filter"]),
+            result["fakes"],
+            result["filter"],
         )
         table.add_column("")
         for name in names:

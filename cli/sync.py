@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.evaluate import FAKES, SEGMENT_METRICS, filter_text, localization_rows
+from cli.evaluate import FAKES, SEGMENT_METRICS, filter_text, localization_rows, result_table
 from cli.options import complete_features, plot_format_option, plot_suffix, store_option
 
 STORE = store_option()
@@ -125,14 +125,14 @@ def syncscore_command(
         typer.echo(json.dumps(metrics, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
 
     b, sync = metrics["binary"], metrics["sync"]
-    table = Table(
-        title=f"{'+'.join(map(str, audio_set))} vs {'+'.join(map(str, visual_set))} "
+    table = result_table(
+        f"{'+'.join(map(str, audio_set))} vs {'+'.join(map(str, visual_set))} "
         f"on {metrics['selection']} "
         f"(shift {sync['shift']}, pool {sync['pool']}, padding {sync['padding']})",
-        caption=filter_text(metrics["fakes"], metrics["filter"]),
+        metrics["fakes"],
+        metrics["filter"],
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
