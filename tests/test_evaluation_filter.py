@@ -320,3 +320,20 @@ def test_models_endpoint_reads_both_keys(world: dict[str, Any], tmp_path: Path) 
             binary["n_real"], binary["n_fake"],
         )  # fmt: skip
     assert np.isfinite(metrics["mix:test"]["ap"])
+
+
+def test_grid_tables_say_which_filter_each_test_set_used() -> None:
+    from trainers.report import GridResult, ReportError, grid_table, paper_grid
+
+    results = [
+        GridResult("f", "a", "a", 0.9, 0.8, 10, fakes="paper"),
+        GridResult("f", "a", "b", 0.7, 0.6, 12, fakes="all"),
+    ]
+    table = grid_table(results)
+    assert dict(table.filters) == {"a": "paper", "b": "all"}
+    caption = paper_grid(table).caption
+    assert "evaluation filter paper: " in caption and "(test set a)" in caption
+    assert "evaluation filter all: every fake counted (test set b)" in caption
+    assert json.loads(table.to_json())["filters"] == {"a": "paper", "b": "all"}
+    with pytest.raises(ReportError, match="two evaluation filters"):
+        grid_table([*results, GridResult("g", "a", "b", 0.7, 0.6, 10, fakes="paper")])

@@ -149,8 +149,11 @@ class GridTable:
         by_filter: dict[str, list[str]] = {}
         for test, fakes in self.filters:
             by_filter.setdefault(fakes, []).append(test)
-        parts = [f"{', '.join(tests)}: {_describe(fakes)}" for fakes, tests in by_filter.items()]
-        return ("Evaluation filter: " + "; ".join(parts) + ".") if parts else ""
+        parts = [
+            f"{_describe(fakes)} (test set{'s' if len(tests) > 1 else ''} {', '.join(tests)})"
+            for fakes, tests in by_filter.items()
+        ]
+        return ("Videos counted: " + "; ".join(parts) + ".") if parts else ""
 
     def columns(self) -> list[tuple[str, str]]:
         """The value columns as (group, metric): in-domain, each test, mean OOD."""
