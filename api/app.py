@@ -35,7 +35,7 @@ from api.models import (
     ScoreResponse,
     StoredScoreResponse,
 )
-from api.scoring import NotReadyError, ScoringService, UnknownRunError
+from api.scoring import NotReadyError, ScoreOptions, ScoringService, UnknownRunError
 from api.segments import SegmentationUnavailableError, SegmentOptionsError
 from api.settings import Settings
 from api.spatial import DEFAULT_FRAMES as SPATIAL_DEFAULT_FRAMES
@@ -124,7 +124,44 @@ class _Unauthorized(Exception):
     pass
 
 
+def score_options(
+    threshold: Annotated[
+        str | None,
+        Query(
+            description="frame threshold of the segments: a number, or a name of the run's "
+            "card (segment_f1, real_videos: calibrated when it was trained; paper: 0); "
+            "default: the run's chosen one (GET /v1/models)"
+        ),
+    ] = None,
+    smooth_s: Annotated[
+        float | None, Query(ge=0, description="running-median window, seconds (default: run's)")
+    ] = None,
+    min_segment_s: Annotated[
+        float | None, Query(ge=0, description="drop shorter segments (default: run's)")
+    ] = None,
+    merge_gap_s: Annotated[
+        float | None, Query(ge=0, description="merge segments this close (default: run's)")
+    ] = None,
+    windows: Annotated[
+        Literal["auto", "off"],
+        Query(
+            description="auto: inputs longer than the run's window (its training lengths) "
+            "are scored in windows, the video score their maximum; off: whole, as the paper"
+        ),
+    ] = "auto",
+) -> ScoreOptions:
+    """The request's segment rules and windowing (query parameters of both score endpoints)."""
+    return ScoreOptions(
+        threshold=threshold,
+        smooth_s=smooth_s,
+        min_segment_s=min_segment_s,
+        merge_gap_s=merge_gap_s,
+        windows=windows == "auto",
+    )
+
+
 ServiceDep = Annotated[ScoringService, Depends(get_service)]
+OptionsDep = Annotated[ScoreOptions, Depends(score_options)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
@@ -204,6 +241,7 @@ async def score_upload(
     service: ServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    options: OptionsDep,
     explain: ExplainQuery = None,
     explain_frames: ExplainFramesQuery = SPATIAL_DEFAULT_FRAMES,
     segment: Annotated[
@@ -248,7 +286,7 @@ async def score_upload(
             if segment:
                 extra["segment"] = True
             return await service.score_upload(
-                str(upload.path), runs, filename=upload.filename, **extra
+                str(upload.path), runs, filename=upload.filename, options=options, **extra
             )
     except TimeoutError:
         when = deadline.when()
@@ -292,6 +330,7 @@ async def stored_scores(
     run: Annotated[str, Query(description="run name (see /v1/models)")],
     service: ServiceDep,
     settings: SettingsDep,
+    options: OptionsDep,
     explain: ExplainQuery = None,
     explain_frames: ExplainFramesQuery = SPATIAL_DEFAULT_FRAMES,
 ) -> StoredScoreResponse:
@@ -302,7 +341,9 @@ async def stored_scores(
     extra = {"explain_frames": explain_frames} if explain else {}
     async with _timeout(settings):
         return await asyncio.to_thread(
-            functools.partial(service.score_stored, dataset, video_id, run, **extra)
+            functools.partial(
+                service.score_stored, dataset, video_id, run, options=options, **extra
+            )
         )
 
 

@@ -14,11 +14,14 @@ __all__ = [
     "DroppedSpan",
     "FeatureInfo",
     "InputInfo",
+    "LocalizationCardInfo",
+    "LocalizationInfo",
     "ModelInfo",
     "ModelsResponse",
     "ReadyResponse",
     "RunScore",
     "ScoreResponse",
+    "SegmentInfo",
     "SegmentScore",
     "Segmentation",
     "SpatialFrame",
@@ -26,6 +29,9 @@ __all__ = [
     "StoredScoreResponse",
     "Timings",
     "UploadRunScore",
+    "WindowRuleInfo",
+    "WindowScore",
+    "WindowsInfo",
 ]
 
 SegmentList = list[tuple[float, float, float]]
@@ -90,6 +96,59 @@ class SpatialResult(BaseModel):
     frames: list[SpatialFrame]
 
 
+class SegmentInfo(BaseModel):
+    """One fake segment under the run's segment rules."""
+
+    start_s: float
+    end_s: float
+    score: float = Field(description="the highest smoothed frame score inside")
+    confidence: float = Field(
+        description="in (0, 1): how much the segment stands out from its neighbourhood "
+        "(the measure proposals are ranked by)"
+    )
+    below_threshold: bool = Field(
+        description="true only for the top-ranked segment of a video labelled fake whose "
+        "frames all stay under the frame threshold (so a fake verdict always points somewhere)"
+    )
+
+
+class LocalizationInfo(BaseModel):
+    """How the per-frame scores were read into segments, and what they gave."""
+
+    frame_threshold: float = Field(description="smoothed frame scores above it are fake")
+    threshold_name: str = Field(
+        description="segment_f1 / real_videos (calibrated when the run was trained), paper "
+        "(0), or given (a number in the request)"
+    )
+    calibrated: bool = Field(description="false for runs written before calibration existed")
+    description: str = Field(description="the run card's threshold and what it was chosen on")
+    smooth_s: float = Field(description="running-median window of the frame scores, seconds")
+    min_segment_s: float = Field(description="shorter segments are dropped")
+    merge_gap_s: float = Field(description="segments this close are merged")
+    segments: list[SegmentInfo] = Field(description="time order; the same as segments above")
+    proposals: list[tuple[float, float, float]] = Field(
+        description="ranked [confidence, start_s, end_s] proposals (AV-Deepfake1M's format), "
+        "at most 100"
+    )
+
+
+class WindowScore(BaseModel):
+    start_s: float
+    end_s: float
+    score: float
+
+
+class WindowsInfo(BaseModel):
+    """Whether the video score is the maximum over windows of the training length."""
+
+    applied: bool
+    reason: str
+    window_s: float | None = Field(description="window length (the median training length)")
+    hop_s: float | None = Field(description="window step: half a window")
+    whole_score: float = Field(description="the score of the whole input, unwindowed")
+    scores: list[WindowScore] = Field(description="each window's score; score is their max")
+
+
 class RunScore(BaseModel):
     """One run's verdict on one video."""
 
@@ -109,7 +168,9 @@ class RunScore(BaseModel):
         description="per-row scores on the score's scale; row t covers [t/hz, (t+1)/hz)"
     )
     segments: SegmentList = Field(
-        description="fake segments [start_s, end_s, score] where frame scores pass the threshold"
+        description="fake segments [start_s, end_s, score] under the run's segment rules "
+        "(smoothed frame scores above the frame threshold, merged, long enough), time order; "
+        "a video labelled fake has at least one (see localization.segments: below_threshold)"
     )
     spatial: SpatialResult | None = Field(
         None, description="with ?explain=spatial, for runs whose encoder supports it"
@@ -118,13 +179,18 @@ class RunScore(BaseModel):
         None, description="with ?explain=spatial, why this run has no spatial explanation"
     )
 
+    localization: LocalizationInfo
+    windows: WindowsInfo
+
 
 class UploadRunScore(RunScore):
     timings: Timings
     segment: int | None = Field(
         None,
         description="with segment=true: the index (in segmentation.segments) of the segment "
-        "whose score is the video's (the maximum); frame_scores are then per segment only",
+        "whose score is the video's (the maximum), and whose windows these are; "
+        "frame_scores are then per segment only, segments and localization those of every "
+        "segment (the 100 best proposals over all of them), in the upload's seconds",
     )
 
 
@@ -136,7 +202,8 @@ class SegmentScore(BaseModel):
     face_px: float = Field(description="median side of the speaking face's box (pixels)")
     asd_score: float = Field(description="mean speaking score of that face (>= 0: speaking)")
     results: list[UploadRunScore] = Field(
-        description="per run; frame_scores start at start_s, fake segments in upload seconds"
+        description="per run; frame_scores start at start_s, every other time (segments, "
+        "localization, windows) in upload seconds"
     )
 
 
@@ -223,13 +290,40 @@ class InputInfo(BaseModel):
     features: list[FeatureInfo]
 
 
+class LocalizationCardInfo(BaseModel):
+    """A run's frame threshold: every named one, the chosen one and what it was chosen on."""
+
+    chosen: str
+    threshold: float
+    thresholds: dict[str, float]
+    rules: dict[str, float] = Field(description="smooth_s, min_segment_s, merge_gap_s")
+    calibrated_on: dict[str, Any] | None
+    calibrated: bool
+    description: str
+
+
+class WindowRuleInfo(BaseModel):
+    """How a run scores inputs by length."""
+
+    window_s: float | None = Field(description="inputs longer than this are scored in windows")
+    hop_s: float | None
+    min_duration_s: float = Field(description="shorter uploads get 422")
+    reason: str = Field(description="why the minimum is what it is")
+    lengths: dict[str, Any] | None = Field(
+        description="the lengths of the run's training videos (null: not recorded)"
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     kind: str
     calibrated: bool = Field(description="whether its scores give a probability (see RunScore)")
     frame_hz: float = Field(description="rate of its per-frame scores")
     inputs: list[InputInfo]
-    threshold: float
+    threshold: float = Field(description="the video score's label threshold (0)")
+    frame_threshold: float = Field(description="the frame threshold of its segments")
+    localization: LocalizationCardInfo
+    windows: WindowRuleInfo
     metrics: dict[str, dict[str, float]] = Field(
         description="headline metrics (auc, ap, eer, temporal_auc, n, n_real, n_fake) of "
         "each metrics.json entry, by key: NAME:SPLIT (the paper's evaluation filter) or "

@@ -11,10 +11,14 @@ An upload is decoded once (:mod:`api.clips`: the streams and crops every
 needed encoder takes), each needed encoder runs once on it (shared by all
 the requested runs, micro-batched with other requests), its rows are rounded
 to the dtype the store held at training time, and each run's detector scores
-them with ``score_rows``: the same code that scores stored features, so an
-uploaded clip scores as its stored features would. Nothing here knows what a
-run kind is. With ``segment=True`` the upload is first cut into single-speaker
-segments, each scored the same way (:mod:`api.segments`).
+them with ``score_video`` (``score_rows``, checked against the run's minimum
+and over windows of its training length when longer): the same code that
+scores stored features, so an uploaded clip scores as its stored features
+would. Segments follow the run's card (calibrated frame threshold and
+segment rules), each overridable per request (:class:`ScoreOptions`).
+Nothing here knows what a run kind is. With ``segment=True`` the upload is
+first cut into single-speaker segments, each scored the same way
+(:mod:`api.segments`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -37,13 +41,19 @@ from api.models import (
     DatasetsResponse,
     FeatureInfo,
     InputInfo,
+    LocalizationCardInfo,
+    LocalizationInfo,
     ModelInfo,
     ModelsResponse,
     RunScore,
     ScoreResponse,
+    SegmentInfo,
     StoredScoreResponse,
     Timings,
     UploadRunScore,
+    WindowRuleInfo,
+    WindowScore,
+    WindowsInfo,
 )
 from api.settings import Settings
 from featstore import timebase
@@ -60,10 +70,22 @@ if TYPE_CHECKING:
     from featstore.landmarks import FaceTracks
     from featstore.store import FeatureStore
     from trainers.inputs import StoredFeature
+    from trainers.localization import SegmentRules
+    from trainers.windows import WindowedScore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EncoderKey", "LoadedRun", "NotReadyError", "ScoringService", "UnknownRunError"]
+__all__ = [
+    "EncoderKey",
+    "LoadedRun",
+    "NotReadyError",
+    "ScoreOptions",
+    "ScoringService",
+    "UnknownRunError",
+    "shifted",
+]
+
+_Verdict = TypeVar("_Verdict", bound=RunScore)
 
 EncoderKey = tuple[str, str | None, bool]
 """A loaded encoder: registered name, checkpoint, random_init."""
@@ -78,6 +100,22 @@ class UnknownRunError(FeatstoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """A request's overrides of the runs' cards (None: the run's own) and windowing.
+
+    ``threshold`` is a number or a name of the run's card (``paper``,
+    ``real_videos``, ``segment_f1``); ``windows`` false scores every input
+    whole, as the paper does (default: windows of the training length).
+    """
+
+    threshold: str | None = None
+    smooth_s: float | None = None
+    min_segment_s: float | None = None
+    merge_gap_s: float | None = None
+    windows: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,6 +134,8 @@ class LoadedRun:
 
     def info(self) -> ModelInfo:
         d = self.detector
+        card = d.localization
+        rule = d.window_rule
         return ModelInfo(
             name=self.name,
             kind=self.kind,
@@ -110,6 +150,15 @@ class LoadedRun:
                 for i in d.required_features
             ],
             threshold=d.threshold,
+            frame_threshold=card.threshold,
+            localization=LocalizationCardInfo(**card.to_dict()),
+            windows=WindowRuleInfo(
+                window_s=rule.window_rows / rule.frame_hz if rule.window_rows else None,
+                hop_s=rule.hop_rows / rule.frame_hz if rule.window_rows else None,
+                min_duration_s=rule.min_rows / rule.frame_hz,
+                reason=rule.reason,
+                lengths=None if d.lengths is None else d.lengths.to_dict(),
+            ),
             metrics=_metric_summary(d.run.metrics() if d.run is not None else {}),
         )
 
@@ -118,38 +167,127 @@ class LoadedRun:
         rows: Mapping[FeatureKey, np.ndarray],
         *,
         leading_silence_s: float | None = None,
+        options: ScoreOptions = ScoreOptions(),
     ) -> RunScore:
         """Score an upload's encoder rows ``{key: [T, D]}``, rounded as the store rounds them."""
         stored = {k: np.asarray(rows[k]).astype(self.dtypes[k]) for k in self.encoders}
-        result = self.detector.score_rows(stored, leading_silence_s=leading_silence_s)
-        frames = (
-            np.zeros(0, dtype=np.float32)
-            if result.frame_scores is None
-            else np.asarray(result.frame_scores, dtype=np.float32)
+        result = self.detector.score_video(
+            stored, leading_silence_s=leading_silence_s, windowed=options.windows, service=True
         )
-        return self.result(result.score, frames)
+        return self.result(result, options)
 
-    def result(self, score: float, frames: np.ndarray) -> RunScore:
-        from trainers.temporal import scores_to_segments
+    def rules(self, options: ScoreOptions) -> tuple[SegmentRules, str]:
+        """The segment rules a request asks of this run, and its threshold's name."""
+        return self.detector.localization.resolve(
+            options.threshold,
+            smooth_s=options.smooth_s,
+            min_segment_s=options.min_segment_s,
+            merge_gap_s=options.merge_gap_s,
+        )
+
+    def result(self, scored: WindowedScore, options: ScoreOptions) -> RunScore:
+        from trainers.localization import localize
 
         d = self.detector
         hz = float(d.frame_hz)
-        segments = scores_to_segments(frames, hz, threshold=d.threshold) if len(frames) else []
+        frames = (
+            np.zeros(0, dtype=np.float32)
+            if scored.frame_scores is None
+            else np.asarray(scored.frame_scores, dtype=np.float32)
+        )
+        score = float(scored.score)
+        fake = score > d.threshold
+        card = d.localization
+        rules, name = self.rules(options)
+        found = localize(frames, hz, rules, fake=fake) if len(frames) else None
+        segments = [] if found is None else list(found.segments)
         rank = float(probability(score))
         return RunScore(
             run=self.name,
             kind=self.kind,
             features=[str(f.key) for f in d.features],
-            score=float(score),
+            score=score,
             calibrated=d.calibrated,
             probability=rank if d.calibrated else None,
             rank_score=rank,
             threshold=d.threshold,
-            label="fake" if score > d.threshold else "real",
+            label="fake" if fake else "real",
             frame_hz=hz,
             frame_scores=[float(v) for v in frames],
-            segments=[s.to_list() for s in segments],
+            segments=[(s.start_s, s.end_s, s.score) for s in segments],
+            localization=LocalizationInfo(
+                frame_threshold=rules.threshold,
+                threshold_name=name,
+                calibrated=card.calibrated,
+                description=card.describe(),
+                smooth_s=rules.smooth_s,
+                min_segment_s=rules.min_segment_s,
+                merge_gap_s=rules.merge_gap_s,
+                segments=[SegmentInfo(**s.to_dict()) for s in segments],
+                proposals=[] if found is None else [tuple(p) for p in found.proposals],
+            ),
+            windows=_windows_info(d, scored, options),
         )
+
+
+def shifted(verdict: _Verdict, offset_s: float) -> _Verdict:
+    """``verdict`` with its times moved by ``offset_s``: the fake segments, the
+    localization's segments and proposals, and the windows (not ``frame_scores``, which
+    are indexed by row)."""
+    loc, win = verdict.localization, verdict.windows
+    return verdict.model_copy(
+        update={
+            "segments": [(a + offset_s, b + offset_s, v) for a, b, v in verdict.segments],
+            "localization": loc.model_copy(
+                update={
+                    "segments": [
+                        s.model_copy(
+                            update={"start_s": s.start_s + offset_s, "end_s": s.end_s + offset_s}
+                        )
+                        for s in loc.segments
+                    ],
+                    "proposals": [(c, a + offset_s, b + offset_s) for c, a, b in loc.proposals],
+                }
+            ),
+            "windows": win.model_copy(
+                update={
+                    "scores": [
+                        w.model_copy(
+                            update={"start_s": w.start_s + offset_s, "end_s": w.end_s + offset_s}
+                        )
+                        for w in win.scores
+                    ]
+                }
+            ),
+        }
+    )
+
+
+def _windows_info(d: Detector, scored: WindowedScore, options: ScoreOptions) -> WindowsInfo:
+    rule = d.window_rule
+    hz = rule.frame_hz
+    if not options.windows:
+        reason = "off by request (windows=off): the whole input, as the paper scores clips"
+    elif not rule.window_rows:
+        reason = (
+            "the run records no training lengths (written before they were recorded, or a "
+            "fusion of such runs): the whole input"
+        )
+    elif scored.windowed:
+        reason = (
+            f"the input ({scored.n_rows / hz:.2f} s) is longer than the run's window: the "
+            "maximum over windows"
+        )
+    else:
+        reason = f"the input ({scored.n_rows / hz:.2f} s) fits in one window: the whole input"
+    return WindowsInfo(
+        applied=scored.windowed,
+        reason=reason,
+        window_s=rule.window_rows / hz if rule.window_rows else None,
+        hop_s=rule.hop_rows / hz if rule.window_rows else None,
+        whole_score=float(scored.whole_score),
+        scores=[WindowScore(start_s=a / hz, end_s=b / hz, score=v) for a, b, v in scored.windows],
+    )
 
 
 @dataclass
@@ -340,6 +478,7 @@ class ScoringService:
         filename: str | None = None,
         explain_frames: int | None = None,
         segment: bool = False,
+        options: ScoreOptions = ScoreOptions(),
     ) -> ScoreResponse:
         """Score the media file at ``path`` with ``runs`` (default: every loaded run);
         ``explain_frames``: add spatial explanations of that many frames (:mod:`api.spatial`);
@@ -347,6 +486,8 @@ class ScoringService:
         import os
 
         chosen = self.upload_runs(runs)
+        for r in chosen:
+            r.rules(options)  # a bad threshold or rule fails before decoding
         if segment:
             from api.segments import SegmentOptionsError, score_in_segments
 
@@ -354,8 +495,10 @@ class ScoringService:
                 raise SegmentOptionsError(
                     "spatial explanations cannot be combined with scoring in segments yet"
                 )
-            return await score_in_segments(self, path, chosen, filename=filename)
-        results, prepared = await self._score(path, chosen, explain_frames=explain_frames)
+            return await score_in_segments(self, path, chosen, filename=filename, options=options)
+        results, prepared = await self._score(
+            path, chosen, explain_frames=explain_frames, options=options
+        )
         return ScoreResponse(
             filename=filename,
             size_bytes=os.path.getsize(path),
@@ -371,19 +514,17 @@ class ScoringService:
         start_s: float,
         until_s: float,
         tracks: FaceTracks,
+        options: ScoreOptions = ScoreOptions(),
     ) -> list[UploadRunScore]:
         """Each run's verdict on the span ``[start_s, until_s)`` of the file at ``path``,
-        cropped from ``tracks`` (one per frame of the span). Frame scores start at
-        ``start_s``; fake segments are shifted into the file's seconds."""
+        cropped from ``tracks`` (one per frame of the span), under ``options`` (the span is
+        checked against each run's minimum and windowed as an upload of its length).
+        Frame scores start at ``start_s``; every other time (fake segments, the
+        localization's segments and proposals, the windows) is in the file's seconds."""
         results, _ = await self._score(
-            path, chosen, start_s=start_s, until_s=until_s, tracks=tracks
+            path, chosen, options=options, start_s=start_s, until_s=until_s, tracks=tracks
         )
-        return [
-            r.model_copy(
-                update={"segments": [(a + start_s, b + start_s, v) for a, b, v in r.segments]}
-            )
-            for r in results
-        ]
+        return [shifted(r, start_s) for r in results]
 
     async def _score(
         self,
@@ -391,10 +532,12 @@ class ScoringService:
         chosen: Sequence[LoadedRun],
         *,
         explain_frames: int | None = None,
+        options: ScoreOptions = ScoreOptions(),
         **span: Any,
     ) -> tuple[list[UploadRunScore], PreparedUpload]:
         """Decode (``span``: :func:`~api.clips.prepare_upload`'s span and tracks) once,
-        run each needed encoder once, score every run (``explain_frames``: and explain it)."""
+        run each needed encoder once, score every run under ``options`` (``explain_frames``:
+        and explain it)."""
         from api.clips import prepare_upload
 
         layers: dict[EncoderKey, list[Layer]] = {}
@@ -424,7 +567,7 @@ class ScoringService:
             rows = {key: rows_by_slot[r.encoders[key]][key.layer] for key in r.encoders}
             t3 = time.perf_counter()
             verdict = await asyncio.to_thread(
-                r.verdict, rows, leading_silence_s=prepared.leading_silence_s
+                r.verdict, rows, leading_silence_s=prepared.leading_silence_s, options=options
             )
             timings = Timings(
                 decode_ms=1e3 * (t1 - t0),
@@ -441,28 +584,40 @@ class ScoringService:
         return results, prepared
 
     def score_stored(
-        self, dataset: str, video_id: str, run_name: str, *, explain_frames: int | None = None
+        self,
+        dataset: str,
+        video_id: str,
+        run_name: str,
+        *,
+        options: ScoreOptions = ScoreOptions(),
+        explain_frames: int | None = None,
     ) -> StoredScoreResponse:
-        """A stored video's verdict from its stored features (no encoder runs), any run kind;
-        ``explain_frames``: add spatial explanations from its media (:mod:`api.spatial`)."""
+        """A stored video's verdict from its stored features (no encoder runs), any run kind,
+        scored as an upload of the same video is; ``explain_frames``: add spatial
+        explanations from its media (:mod:`api.spatial`)."""
         from trainers.data import Selection, SelectionError
+        from trainers.inputs import read_video
+        from trainers.kinds.base import silence_column
 
         loaded = self.run(run_name)
+        detector = loaded.detector
         store = self._store()
         if dataset not in store.datasets():
             raise UnknownDatasetError(f"no dataset {dataset!r} in the store")
         try:
-            scored = loaded.detector.score_selection(
-                store, Selection.of_videos(dataset, [video_id])
+            _, rows = detector.select(
+                store, Selection.of_videos(dataset, [video_id]), keep_short=True
             )
         except SelectionError as exc:  # not in the manifest, or no features for this run
             raise UnknownVideoError(str(exc)) from None
-        frames = (
-            np.asarray(scored.frame_scores[0], dtype=np.float32)
-            if scored.frame_scores is not None
-            else np.zeros(0, dtype=np.float32)
+        silence = float(silence_column(rows)[0]) if detector.needs_silence else None
+        scored = detector.score_video(
+            read_video(store, dataset, video_id, [f.key for f in detector.features]),
+            leading_silence_s=silence,
+            windowed=options.windows,
+            service=True,
         )
-        verdict = loaded.result(float(scored.scores[0]), frames)
+        verdict = loaded.result(scored, options)
         if explain_frames:
             from api.spatial import explain_stored
 
@@ -474,7 +629,9 @@ class ScoringService:
             **verdict.model_dump(),
             dataset=dataset,
             video_id=video_id,
-            duration_s=float(timebase.frames_to_seconds(len(frames), verdict.frame_hz)),
+            duration_s=float(
+                timebase.frames_to_seconds(len(verdict.frame_scores), verdict.frame_hz)
+            ),
             annotated_label=label,
             annotated_segments=segments,
         )

@@ -83,6 +83,44 @@ SEGMENT_METRICS = typer.Option(
 )
 
 
+THRESHOLD = typer.Option(
+    None,
+    "--threshold",
+    help="Frame threshold of the segments: a number, or a name of the run's card (segment_f1, "
+    "real_videos: calibrated at training; paper: 0). Default: the run's chosen one.",
+)
+SMOOTH_S = typer.Option(
+    None, "--smooth-s", min=0.0, help="Running-median window of frame scores, s (default: run's)."
+)
+MIN_SEGMENT_S = typer.Option(
+    None, "--min-segment-s", min=0.0, help="Drop shorter segments, s (default: run's)."
+)
+MERGE_GAP_S = typer.Option(
+    None, "--merge-gap-s", min=0.0, help="Merge segments this close, s (default: run's)."
+)
+CALIBRATE_ON = typer.Option(
+    None,
+    "--calibrate-on",
+    help="Learn the run's frame threshold on NAME[@VIEW][:SPLIT] (reals and annotated fakes).",
+)
+NO_CALIBRATION = typer.Option(
+    False, "--no-calibration", help="Keep the paper's frame threshold 0 (record it as such)."
+)
+
+
+def calibrate_on(selection: str | None, off: bool) -> Any:
+    """``--calibrate-on`` / ``--no-calibration`` as the library takes them."""
+    from trainers.data import AUTO
+
+    if off and selection is not None:
+        raise typer.BadParameter("give either --calibrate-on or --no-calibration")
+    return None if off else (selection if selection is not None else AUTO)
+
+
+def _num(value: Any, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def result_table(title: str, fakes: str, record: dict[str, Any] | None = None) -> Any:
     """A Rich table of a command's numbers: its title kept on one line, the evaluation
     filter as its caption."""
@@ -104,7 +142,8 @@ def filter_text(fakes: str, record: dict[str, Any] | None = None) -> str:
 
 
 def localization_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
-    """Table rows of the temporal AUC and the AP/AR, each labelled with its protocol."""
+    """Table rows of the temporal AUC, the AP/AR (each labelled with its protocol), the
+    segments at the frame threshold, the length bias and the videos left out."""
     rows = []
     temporal = metrics.get("temporal")
     if temporal:
@@ -124,6 +163,51 @@ def localization_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((f"{key} % ({semantics})", _pct(value)))
     if localization:
         rows.append(("AP/AR videos", f"{localization['n_videos']}"))
+    frame = metrics.get("frame_threshold") or {}
+    at = metrics.get("at_threshold")
+    if frame:
+        r = frame["rules"]
+        rows.append((
+            "frame threshold",
+            f"{frame['value']:.4g} ({frame['name']}; smooth {r['smooth_s']:g} s, "
+            f"min {r['min_segment_s']:g} s, merge {r['merge_gap_s']:g} s)",
+        ))  # fmt: skip
+    if at:
+        rows.append((
+            "frame F1 / IoU %",
+            f"{_pct(at['frame_f1'])} / {_pct(at['frame_iou'])} (mean IoU over fakes "
+            f"{_pct(at['mean_iou'])})",
+        ))  # fmt: skip
+        rows.append((
+            f"segments P / R / F1 % (IoU > {at['iou']:g})",
+            f"{_pct(at['segment_precision'])} / {_pct(at['segment_recall'])} / "
+            f"{_pct(at['segment_f1'])}",
+        ))  # fmt: skip
+        rows.append((
+            "videos with a segment",
+            f"fakes {at['fakes_with_segment']}/{at['n_fakes']}, reals "
+            f"{at['reals_with_segment']}/{at['n_reals']} ({at['false_segments_on_reals']} "
+            "false segments)",
+        ))  # fmt: skip
+    duration = metrics.get("duration")
+    if duration:
+        rows.append((
+            "real score vs duration r",
+            f"{_num(duration['pearson_r'], '+.2f')} (Spearman {_num(duration['spearman_r'], '+.2f')}, "
+            f"{duration['n_real']} reals, {duration['min_s']:.1f}-{duration['max_s']:.1f} s)",
+        ))  # fmt: skip
+    windows = metrics.get("windows")
+    if windows:
+        rows.append((
+            "windows",
+            f"{windows['window_s']:.2f} s, hop {windows['hop_s']:.2f} s "
+            f"({windows['n_windowed']} videos windowed)"
+            if windows["window_rows"]
+            else "none: the run records no training lengths",
+        ))  # fmt: skip
+    short = metrics.get("too_short")
+    if short:
+        rows.append(("left out: too short", f"{short['n']} videos under {short['min_rows']} rows"))
     return rows
 
 
@@ -132,8 +216,15 @@ def eval_command(
     store: str | None = STORE,
     on: str = ON,
     ci: bool = typer.Option(False, "--ci", help="95% bootstrap intervals of AUC and AP."),
-    threshold: float = typer.Option(
-        0.0, "--threshold", help="Per-frame logit above which a frame counts as fake."
+    threshold: str | None = THRESHOLD,
+    smooth_s: float | None = SMOOTH_S,
+    min_segment_s: float | None = MIN_SEGMENT_S,
+    merge_gap_s: float | None = MERGE_GAP_S,
+    windows: bool = typer.Option(
+        False,
+        "--windows",
+        help="Score videos longer than the run's training clips in windows of that length, "
+        "the video score their maximum (default: whole clips, as the paper).",
     ),
     allow_missing: bool = typer.Option(
         False, "--allow-missing", help="Skip videos without features."
@@ -157,6 +248,10 @@ def eval_command(
             on,
             ci=ci,
             threshold=threshold,
+            smooth_s=smooth_s,
+            min_segment_s=min_segment_s,
+            merge_gap_s=merge_gap_s,
+            windows=windows,
             allow_missing=allow_missing,
             fakes=fakes,
             segment_metrics=check_semantics(segment_metrics),
@@ -191,24 +286,24 @@ def fuse_command(
         "intersect", "--how", help="intersect: the videos all runs scored; exact: require the same."
     ),
     ci: bool = typer.Option(False, "--ci", help="95% bootstrap intervals of AUC and AP."),
+    calibrate: str | None = CALIBRATE_ON,
+    no_calibration: bool = NO_CALIBRATION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
     fakes: str = FAKES,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Late fusion (average of probabilities): every member and the fusion on the same videos."""
+    """Late fusion (average of probabilities): every member and the fusion on the same videos.
+
+    With --out, the fusion run's frame threshold is calibrated on --calibrate-on (default:
+    the validation selection its members share, if they do).
+    """
     with user_errors():
         from trainers.evaluate import fuse
 
         result = fuse(
-            run_dirs,
-            _open(store, run_dirs),
-            on,
-            out=out,
-            how=how,
-            ci=ci,
-            overwrite=overwrite,
-            fakes=fakes,
-        )
+            run_dirs, _open(store, run_dirs), on, out=out, how=how, ci=ci, overwrite=overwrite,
+            calibrate_on=calibrate_on(calibrate, no_calibration), fakes=fakes,
+        )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -345,7 +440,7 @@ def explain_temporal_command(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write the plot to this file (.png, .pdf or .svg)."
     ),
-    threshold: float = typer.Option(0.0, "--threshold", help="Frame score threshold for segments."),
+    threshold: str | None = THRESHOLD,
     plot_format: str | None = plot_format_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the explanation as JSON."),
 ) -> None:
@@ -365,7 +460,11 @@ def explain_temporal_command(
         f"{dataset}/{video}: label {'fake' if e.label else 'real'}, score {e.score:+.3f}, "
         f"P(fake) {e.probability:.3f}, {len(e.frame_scores)} frames at {e.frame_hz:g} Hz"
     )
-    predicted = ", ".join(f"{s.start_s:.2f}-{s.end_s:.2f}s" for s in e.predicted_segments)
+    predicted = ", ".join(
+        f"{s.start_s:.2f}-{s.end_s:.2f}s" + (" (below the threshold)" if s.below_threshold else "")
+        for s in e.predicted_segments
+    )
+    typer.echo(f"frame threshold {e.threshold:.4g} ({e.threshold_name})")
     truth = ", ".join(f"{a:.2f}-{b:.2f}s" for a, b in e.truth_segments)
     typer.echo(f"predicted fake segments: {predicted or 'none'}")
     typer.echo(f"annotated fake segments: {truth or 'none'}")

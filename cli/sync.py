@@ -13,7 +13,17 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.evaluate import FAKES, SEGMENT_METRICS, filter_text, localization_rows, result_table
+from cli.evaluate import (
+    CALIBRATE_ON,
+    FAKES,
+    NO_CALIBRATION,
+    SEGMENT_METRICS,
+    THRESHOLD,
+    calibrate_on,
+    filter_text,
+    localization_rows,
+    result_table,
+)
 from cli.options import complete_features, plot_format_option, plot_suffix, store_option
 
 STORE = store_option()
@@ -77,9 +87,9 @@ def syncscore_command(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write a run directory (config, metrics, predictions) here."
     ),
-    threshold: float = typer.Option(
-        0.0, "--threshold", help="Per-frame -cos above which a frame counts as fake."
-    ),
+    threshold: str | None = THRESHOLD,
+    calibrate: str | None = CALIBRATE_ON,
+    no_calibration: bool = NO_CALIBRATION,
     ci: bool = typer.Option(False, "--ci", help="95% bootstrap intervals of AUC and AP."),
     fakes: str = FAKES,
     segment_metrics: str = SEGMENT_METRICS,
@@ -96,7 +106,9 @@ def syncscore_command(
     """Score videos by audio-visual feature agreement (no training); AUC / AP / EER.
 
     With --out the run is a ``syncfree`` run: ``eval``, ``fuse``, ``explain`` and
-    ``serve`` (uploads included) take it like any trained run.
+    ``serve`` (uploads included) take it like any trained run; its frame threshold is
+    calibrated on --calibrate-on (default: the val split of the --on dataset, when that
+    is another split).
     """
     with user_errors():
         from featstore import open_store
@@ -119,6 +131,7 @@ def syncscore_command(
             segment_metrics=check_semantics(segment_metrics),
             trim_silence=trim_silence,
             frame_hz=frame_hz,
+            calibrate_on=calibrate_on(calibrate, no_calibration),
             overwrite=overwrite,
         )
     if as_json:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.data import Selection, split_hash
+from trainers.data import AUTO, Auto, Selection, split_hash
 from trainers.evaluation_filter import PAPER, check_fakes, evaluated, filter_record
 from trainers.kinds import Detector, load
 from trainers.metrics_file import save_metrics
@@ -38,6 +38,8 @@ from trainers.runs import Run, RunError, Scored, write_predictions
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
+    from trainers.localization import Localization, SegmentRules
+    from trainers.runcard import RunCard
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +90,23 @@ def _temporal(scored: Scored, mask: np.ndarray, fakes: str) -> dict[str, Any] | 
     }
 
 
+def _localize(scored: Scored, rules: SegmentRules) -> list[Localization] | None:
+    """Each video's segments and proposals under ``rules`` (None: no per-frame scores)."""
+    from trainers.localization import localize
+
+    if scored.frame_scores is None or not scored.frame_hz:
+        return None
+    return [localize(f, scored.frame_hz, rules) for f in scored.frame_scores]
+
+
 def _localization(
-    scored: Scored, mask: np.ndarray, semantics: str, fakes: str
+    scored: Scored,
+    found: list[Localization] | None,
+    mask: np.ndarray,
+    semantics: str,
+    fakes: str,
 ) -> dict[str, Any] | None:
-    """AV1M's AP@IoU / AR@N of the proposals implied by the per-frame scores.
+    """AV1M's AP@IoU / AR@N of the ranked proposals of the (smoothed) per-frame scores.
 
     Over every evaluated video, reals included (as the official evaluation
     runs over its whole metadata file, here the one the filter ``mask``
@@ -99,36 +114,74 @@ def _localization(
     ``"corrected"`` (``trainers.segments``), recorded beside the numbers.
     """
     from trainers.segments import check_semantics, localization_metrics
-    from trainers.temporal import proposals_from_scores
 
     check_semantics(semantics)
-    if scored.frame_scores is None or not scored.frame_hz:
+    if found is None:
         return None
     keep = np.flatnonzero(mask)
-    segments = [scored.fake_segments()[i] for i in keep]
+    all_segments = scored.fake_segments()
+    segments = [all_segments[i] for i in keep]
     if not any(segments):
         return None
     ids = [scored.video_ids[i] for i in keep]
-    proposals = {
-        v: proposals_from_scores(scored.frame_scores[i], scored.frame_hz)
-        for v, i in zip(ids, keep, strict=True)
-    }
+    proposals = {v: list(found[i].proposals) for v, i in zip(ids, keep, strict=True)}
     truth = dict(zip(ids, segments, strict=True))
     values = localization_metrics(proposals, truth, semantics=semantics)
-    return {"semantics": semantics, "n_videos": len(ids), "fakes": fakes} | {
-        k: float(v) for k, v in values.items()
-    }
+    return {
+        "semantics": semantics,
+        "n_videos": len(ids),
+        "fakes": fakes,
+        "smooth_s": found[0].rules.smooth_s if found else 0.0,
+        "min_segment_s": found[0].rules.min_segment_s if found else 0.0,
+    } | {k: float(v) for k, v in values.items()}
 
 
-def _implied_segments(scored: Scored, threshold: float) -> list[list[list[float]]] | None:
-    from trainers.temporal import scores_to_segments
+def _at_threshold(
+    scored: Scored, found: list[Localization] | None, mask: np.ndarray
+) -> dict[str, Any] | None:
+    """Frame F1 / IoU and segment precision / recall at IoU 0.5 of the segments at the
+    frame threshold, over the evaluated videos (None: no annotated segment or frames)."""
+    from trainers.localization_metrics import localization_scores
 
-    if scored.frame_scores is None or not scored.frame_hz:
+    segments = scored.fake_segments()
+    if found is None or not any(s for s, keep in zip(segments, mask, strict=True) if keep):
         return None
-    return [
-        [s.to_list() for s in scores_to_segments(f, scored.frame_hz, threshold=threshold)]
-        for f in scored.frame_scores
+    videos = [
+        (int(y), [x.to_list() for x in loc.segments], truth, len(frames))
+        for y, loc, truth, frames, keep in zip(
+            scored.labels, found, segments, scored.frame_scores or [], mask, strict=True
+        )
+        if keep
     ]
+    return localization_scores(videos, float(scored.frame_hz or 0.0)).to_dict()
+
+
+def _durations_s(scored: Scored) -> np.ndarray:
+    """``[N]`` each video's scored length in seconds (its frame scores, else the manifest's)."""
+    if scored.frame_scores is not None and scored.frame_hz:
+        return np.array([len(f) / scored.frame_hz for f in scored.frame_scores], dtype=np.float64)
+    if "duration_s" in scored.manifest.columns:
+        return scored.manifest["duration_s"].to_numpy(dtype=np.float64)
+    return np.full(len(scored.scores), np.nan)
+
+
+def _duration(scored: Scored) -> dict[str, Any] | None:
+    """How real videos' scores follow their duration (a length bias shows as r > 0)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    real = scored.labels == 0
+    d, s = _durations_s(scored)[real], scored.scores[real]
+    keep = np.isfinite(d)
+    d, s = d[keep], s[keep]
+    if d.size < 3 or np.ptp(d) == 0 or np.ptp(s) == 0:
+        return None
+    return {
+        "n_real": int(d.size),
+        "pearson_r": float(pearsonr(d, s).statistic),
+        "spearman_r": float(spearmanr(d, s).statistic),
+        "min_s": float(d.min()),
+        "max_s": float(d.max()),
+    }
 
 
 def _binary(
@@ -139,25 +192,43 @@ def _binary(
     return binary_metrics(labels, scores, ci=ci, n_resamples=n_resamples).to_dict()
 
 
+def _too_short(scored: Scored) -> dict[str, Any] | None:
+    """Videos the detector left out as shorter than its kind's minimum (``Detector.select``)."""
+    short = scored.manifest.attrs.get("too_short")
+    if not short:
+        return None
+    ids = list(short["video_ids"])
+    return {"min_rows": int(short["min_rows"]), "n": len(ids), "video_ids": ids[:20]}
+
+
 def scored_metrics(
     scored: Scored,
     *,
     kind: str,
     ci: bool = False,
     n_resamples: int = 1000,
-    threshold: float = 0.0,
+    rules: SegmentRules | None = None,
+    threshold_name: str = "paper",
+    card: RunCard | None = None,
     fakes: str = PAPER,
     segment_metrics: str = "official",
 ) -> tuple[dict[str, Any], np.ndarray, list[list[list[float]]] | None]:
-    """``(metrics, evaluated mask, implied segments)`` of scored videos, as ``evaluate`` reports
-    them (every detector's command uses this, so all report identical numbers).
+    """``(metrics, evaluated mask, segments)`` of scored videos, as ``evaluate`` reports them
+    (every detector's command uses this, so all report identical numbers).
 
+    ``rules`` reads the per-frame scores (None: the paper's, threshold 0 and no
+    post-processing); ``threshold_name`` and ``card`` say where they come from.
     ``fakes`` is the evaluation filter (``paper`` or ``all``) of AUC/AP/EER,
-    the temporal AUC and AP/AR alike; ``metrics`` records it (``fakes``) and
-    its counts (``filter``).
+    the temporal AUC, AP/AR and the at-threshold scores alike; ``metrics``
+    records it (``fakes``) and its counts (``filter``).
     """
+    from trainers.localization import PAPER_RULES
+
+    rules = PAPER_RULES if rules is None else rules
     fakes = check_fakes(fakes)
     mask = _mask(scored, fakes)
+    found = _localize(scored, rules)
+    localization_card = None if card is None else card.localization
     metrics: dict[str, Any] = {
         "selection": str(scored.selection),
         "view": scored.manifest.attrs.get("view"),  # the view a NAME:SPLIT resolved to
@@ -169,10 +240,20 @@ def scored_metrics(
         "split_hash": split_hash(scored.video_ids),
         "binary": _binary(scored.labels[mask], scored.scores[mask], ci=ci, n_resamples=n_resamples),
         "temporal": _temporal(scored, mask, fakes),
-        "localization": _localization(scored, mask, segment_metrics, fakes),
-        "threshold": threshold,
+        "localization": _localization(scored, found, mask, segment_metrics, fakes),
+        "threshold": rules.threshold,
+        "frame_threshold": {
+            "value": rules.threshold,
+            "name": threshold_name,
+            "rules": rules.to_dict(),
+            "run_card": None if localization_card is None else localization_card.describe(),
+        },
+        "at_threshold": _at_threshold(scored, found, mask),
+        "duration": _duration(scored),
+        "too_short": _too_short(scored),
     }
-    return metrics, mask, _implied_segments(scored, threshold)
+    segments = None if found is None else [[x.to_list() for x in loc.segments] for loc in found]
+    return metrics, mask, segments
 
 
 def record_evaluation(
@@ -199,7 +280,11 @@ def evaluate(
     *,
     ci: bool = False,
     n_resamples: int = 1000,
-    threshold: float = 0.0,
+    threshold: str | float | None = None,
+    smooth_s: float | None = None,
+    min_segment_s: float | None = None,
+    merge_gap_s: float | None = None,
+    windows: bool = False,
     allow_missing: bool = False,
     fakes: str = PAPER,
     segment_metrics: str = "official",
@@ -214,6 +299,17 @@ def evaluate(
     AV-Deepfake1M's AP/AR use ``segment_metrics`` semantics: ``"official"``
     (the official tool's, the default) or ``"corrected"``.
 
+    Segments (``at_threshold``: frame F1 / IoU, segment precision / recall at
+    IoU 0.5; the AP/AR proposals; ``predictions/*.segments.json``) follow the
+    run's card: its calibrated frame threshold and post-processing
+    (``trainers.calibration``), each overridable (``threshold``: a number or
+    a name of the card, e.g. ``"paper"``). Videos are scored whole, as the
+    paper does; ``windows=True`` scores longer ones in windows of the
+    training length (``trainers.windows``, recorded under ``windows``).
+    Videos shorter than the kind's minimum are left out and listed
+    (``too_short``); ``duration`` is the correlation of real videos' scores
+    with their length.
+
     ``run_dir`` is a run directory of any kind or a loaded detector. Writes
     ``metrics.json`` (under the key ``NAME:SPLIT``, ``NAME:SPLIT|fakes=all``
     for the ``all`` filter: ``trainers.metrics_file``) and
@@ -226,16 +322,31 @@ def evaluate(
     fakes = check_fakes(fakes)  # before scoring: a typo fails at once
     detector = _detector(run_dir)
     sel = Selection.parse(on, default_split="test")
-    scored = detector.score_selection(store, sel, allow_missing=allow_missing)
+    rules, name = detector.localization.resolve(
+        threshold, smooth_s=smooth_s, min_segment_s=min_segment_s, merge_gap_s=merge_gap_s
+    )
+    windowed = None
+    if windows:
+        scored, results = detector.score_windows(store, sel, allow_missing=allow_missing)
+        windowed = {
+            **detector.window_rule.to_dict(),
+            "n_windowed": sum(r.windowed for r in results),
+            "length_profile": None if detector.lengths is None else detector.lengths.to_dict(),
+        }
+    else:
+        scored = detector.score_selection(store, sel, allow_missing=allow_missing)
     metrics, _, segments = scored_metrics(
         scored,
         kind=detector.kind,
         ci=ci,
         n_resamples=n_resamples,
-        threshold=threshold,
+        rules=rules,
+        threshold_name=name,
+        card=detector.card,
         fakes=fakes,
         segment_metrics=segment_metrics,
     )
+    metrics["windows"] = windowed
     if write and detector.run is not None:
         record_evaluation(detector.run, scored, metrics, segments, slug=sel.slug)
     return metrics
@@ -269,6 +380,7 @@ def fuse(
     weights: Sequence[float] | None = None,
     ci: bool = False,
     n_resamples: int = 1000,
+    calibrate_on: Selection | str | Auto | None = AUTO,
     overwrite: bool = False,
     allow_missing: bool = False,
     fakes: str = PAPER,
@@ -279,7 +391,9 @@ def fuse(
     filter ``fakes`` (``paper`` or ``all``), so a member's numbers equal
     ``evaluate``'s on the same videos. With ``out``, writes a ``fusion`` run
     holding copies of its members (so it stays valid when the originals
-    move), its metrics and predictions.
+    move), its metrics and predictions; its frame threshold is calibrated on
+    ``calibrate_on`` (``AUTO``: the validation selection all members were
+    trained with, when they share one).
     """
     from trainers.kinds import fusion as fusion_kind
     from trainers.runs import check_writable
@@ -307,10 +421,16 @@ def fuse(
         "fused": _binary(labels, fused.scores[mask], ci=ci, n_resamples=n_resamples),
     }
     if out is not None:
-        run = fusion_kind.train(fusion, out=out, store=store, fused_on=sel, overwrite=True)
+        run = fusion_kind.train(
+            fusion, out=out, store=store, fused_on=sel, calibrate_on=calibrate_on,
+            allow_missing=allow_missing, overwrite=True,
+        )  # fmt: skip
+        fusion.card = load(run).card  # the card fusion_kind.train recorded
+        rules, name = fusion.localization.resolve()
         metrics, _, segments = scored_metrics(
-            fused, kind=fusion_kind.KIND, ci=ci, n_resamples=n_resamples, fakes=fakes
-        )
+            fused, kind=fusion_kind.KIND, ci=ci, n_resamples=n_resamples, rules=rules,
+            threshold_name=name, card=fusion.card, fakes=fakes,
+        )  # fmt: skip
         record_evaluation(run, fused, metrics, segments, slug=sel.slug)
         result["out"] = str(run.path)
     return result
