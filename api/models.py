@@ -12,6 +12,7 @@ __all__ = [
     "DatasetsResponse",
     "Detail",
     "DroppedSpan",
+    "EvaluationSummary",
     "FeatureInfo",
     "InputInfo",
     "LocalizationCardInfo",
@@ -24,11 +25,13 @@ __all__ = [
     "SegmentInfo",
     "SegmentScore",
     "Segmentation",
+    "SkippedRun",
     "SpatialFrame",
     "SpatialResult",
     "StoredScoreResponse",
     "Timings",
     "UploadRunScore",
+    "ViewInfo",
     "WindowRuleInfo",
     "WindowScore",
     "WindowsInfo",
@@ -226,13 +229,34 @@ class Segmentation(BaseModel):
     dropped_s: dict[str, float] = Field(description="seconds dropped per reason")
 
 
+class SkippedRun(BaseModel):
+    """A loaded run that did not score the upload (only when ``runs`` was not given)."""
+
+    run: str
+    kind: str
+    reason: Literal["no_audio_stream", "no_video_stream", "no_face", "too_short"] = Field(
+        description="no_audio_stream / no_video_stream: the upload lacks a stream the run's "
+        "encoders read (or, for audio, its leading-silence trimming); no_face: no face to crop "
+        "for its mouth or face encoders; too_short: too short for one of its encoders or under the "
+        "run's minimum length (windows.min_duration_s in /v1/models)"
+    )
+    detail: str = Field(description="the same in words, with the encoders concerned")
+
+
 class ScoreResponse(BaseModel):
     filename: str | None
     size_bytes: int
     duration_s: float
     results: list[UploadRunScore] = Field(
-        description="per run; with segment=true the video's verdict, the maximum over the "
-        "segments (label fake when any segment is), its fake segments those of every segment"
+        description="per run that scored, in the order the runs were loaded (or named); with "
+        "segment=true the video's verdict, the maximum over the segments (label fake when any "
+        "segment is), its fake segments those of every segment"
+    )
+    skipped: list[SkippedRun] = Field(
+        default_factory=list,
+        description="loaded runs that could not score this upload, and why: only when runs "
+        "was not given (runs named in runs must all score, else 422); empty when every run "
+        "scored",
     )
     segmentation: Segmentation | None = Field(
         None, description="with segment=true: the segments, their scores, the dropped spans"
@@ -255,12 +279,31 @@ class DatasetEncoder(BaseModel):
     n_videos: int
 
 
+class ViewInfo(BaseModel):
+    """A named view of a dataset (manifest column ``split.<name>``): its own splits."""
+
+    name: str = Field(description="select its videos as DATASET@NAME:SPLIT")
+    default: bool = Field(description="whether selections without @VIEW use it")
+    protocol: str | None = Field(description="the protocol or split files it was made from")
+    seed: int | None = None
+    n_videos: int = Field(description="videos inside the view (in one of its splits)")
+    n_real: int
+    n_fake: int
+    splits: dict[str, int] = Field(description="videos per split of the view")
+
+
 class DatasetInfo(BaseModel):
     name: str
     n_videos: int
     n_real: int
     n_fake: int
-    splits: dict[str, int]
+    splits: dict[str, int] = Field(description="videos per split of the official split column")
+    default_view: str | None = Field(
+        None, description="the view selections without @VIEW use (null: the split column)"
+    )
+    views: list[ViewInfo] = Field(
+        default_factory=list, description="the dataset's views (protocols, split files)"
+    )
     encoders: list[DatasetEncoder]
 
 
@@ -314,6 +357,36 @@ class WindowRuleInfo(BaseModel):
     )
 
 
+class EvaluationSummary(BaseModel):
+    """One evaluation of a run, as metrics.json records it: its headline numbers."""
+
+    selection: str | None = Field(description="what was scored, NAME[@VIEW]:SPLIT")
+    view: str | None = None
+    fakes: str | None = Field(
+        None,
+        description="the evaluation filter: 'paper' (reals and the fakes with both modalities "
+        "manipulated, where the dataset says which) or 'all' (every fake); older entries' "
+        "spellings read as these (trainers.evaluation_filter.recorded_fakes)",
+    )
+    n_scored: int | None = None
+    n_evaluated: int | None = Field(None, description="videos the metrics count")
+    n_real: int | None = None
+    n_fake: int | None = None
+    auc: float | None = Field(description="video-level ROC AUC")
+    ap: float | None = Field(description="video-level average precision (fake = positive)")
+    eer: float | None = Field(None, description="equal error rate")
+    auc_ci: tuple[float, float] | None = Field(None, description="95 % bootstrap interval")
+    ap_ci: tuple[float, float] | None = None
+    temporal_auc: float | None = Field(
+        None, description="mean per-video frame-level AUC over fake videos (localization)"
+    )
+    localization: dict[str, float] | None = Field(
+        None, description="AV-Deepfake1M's AP@IoU and AR@N of the implied fake segments"
+    )
+    threshold: float | None = None
+    split_hash: str | None = None
+
+
 class ModelInfo(BaseModel):
     name: str
     kind: str
@@ -324,10 +397,9 @@ class ModelInfo(BaseModel):
     frame_threshold: float = Field(description="the frame threshold of its segments")
     localization: LocalizationCardInfo
     windows: WindowRuleInfo
-    metrics: dict[str, dict[str, float]] = Field(
-        description="headline metrics (auc, ap, eer, temporal_auc, n, n_real, n_fake) of "
-        "each metrics.json entry, by key: NAME:SPLIT (the paper's evaluation filter) or "
-        "NAME:SPLIT|fakes=all (every fake counted)"
+    metrics: dict[str, EvaluationSummary] = Field(
+        description="each evaluation in the run's metrics.json (featstore eval, fuse --out, "
+        "syncscore --out), under its key there (e.g. sample:val)"
     )
 
 

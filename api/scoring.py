@@ -3,8 +3,9 @@
 :class:`ScoringService` is built in the app's lifespan: it opens the store
 read-only, loads every run through the run-kind registry
 (``trainers.kinds.load``: any kind, any run format it can read), loads each
-distinct (encoder, checkpoint, random_init) that the runs' features need
-once, warms it up with one dummy forward, and puts a
+distinct encoder that the runs' features need once, built as the one that
+wrote their stored rows (checkpoint, random init, recorded loader options:
+:mod:`api.encoders`), warms it up with one dummy forward, and puts a
 :class:`~api.batching.MicroBatcher` in front of it.
 
 An upload is decoded once (:mod:`api.clips`: the streams and crops every
@@ -16,9 +17,11 @@ and over windows of its training length when longer): the same code that
 scores stored features, so an uploaded clip scores as its stored features
 would. Segments follow the run's card (calibrated frame threshold and
 segment rules), each overridable per request (:class:`ScoreOptions`).
-Nothing here knows what a run kind is. With ``segment=True`` the upload is
-first cut into single-speaker segments, each scored the same way
-(:mod:`api.segments`).
+Runs that cannot score an upload (a stream, a face missing;
+:mod:`api.eligibility`) are skipped and listed when the client named none,
+refused when it named them. Nothing here knows what a run kind is. With
+``segment=True`` the upload is first cut into single-speaker segments, each
+scored the same way (:mod:`api.segments`).
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from api.batching import MicroBatcher
+from api.encoders import EncoderKey, check_rebuilt, encoder_key, training_feature
+from api.listings import dataset_info, evaluation_summaries
 from api.models import (
-    DatasetEncoder,
-    DatasetInfo,
     DatasetsResponse,
     FeatureInfo,
     InputInfo,
@@ -57,7 +60,7 @@ from api.models import (
 )
 from api.settings import Settings
 from featstore import timebase
-from featstore.encoders.base import CheckpointError, Clip, Encoder
+from featstore.encoders.base import Clip, Encoder, EncoderSpec
 from featstore.errors import FeatstoreError, UnknownDatasetError, UnknownVideoError
 from featstore.layout import Layer, layer_key
 from trainers.data import FeatureKey
@@ -66,6 +69,7 @@ from trainers.runs import RunError, parse_segments
 
 if TYPE_CHECKING:
     from api.clips import PreparedUpload
+    from api.eligibility import Unscorable
     from featstore.asd.detectors import ActiveSpeakerDetector
     from featstore.landmarks import FaceTracks
     from featstore.store import FeatureStore
@@ -79,6 +83,7 @@ __all__ = [
     "EncoderKey",
     "LoadedRun",
     "NotReadyError",
+    "RunNotChosenError",
     "ScoreOptions",
     "ScoringService",
     "UnknownRunError",
@@ -87,12 +92,13 @@ __all__ = [
 
 _Verdict = TypeVar("_Verdict", bound=RunScore)
 
-EncoderKey = tuple[str, str | None, bool]
-"""A loaded encoder: registered name, checkpoint, random_init."""
-
 
 class NotReadyError(FeatstoreError):
     """Models are still loading (or failed to load): the service cannot score yet."""
+
+
+class RunNotChosenError(FeatstoreError):
+    """A stored video was asked for without ``run`` while several runs are loaded (422)."""
 
 
 class UnknownRunError(FeatstoreError, KeyError):
@@ -127,6 +133,8 @@ class LoadedRun:
     detector: Detector
     encoders: Mapping[FeatureKey, EncoderKey] = field(repr=False)
     dtypes: Mapping[FeatureKey, str] = field(repr=False)
+    # the store's EncoderInfo.extra of each feature (None: recorded nowhere)
+    extras: Mapping[FeatureKey, Mapping[str, Any] | None] = field(repr=False, default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -159,7 +167,7 @@ class LoadedRun:
                 reason=rule.reason,
                 lengths=None if d.lengths is None else d.lengths.to_dict(),
             ),
-            metrics=_metric_summary(d.run.metrics() if d.run is not None else {}),
+            metrics=evaluation_summaries(d.run.metrics() if d.run is not None else {}),
         )
 
     def verdict(
@@ -335,7 +343,13 @@ class ScoringService:
                 if key not in self.encoders:
                     self.encoders[key] = self._load_encoder(key)
                 slot = self.encoders[key]
-                self._check_fits(loaded, feature, slot.encoder)
+                check_rebuilt(
+                    loaded.name,
+                    feature,
+                    loaded.extras.get(feature.key),
+                    loaded.dtypes[feature.key],
+                    slot.encoder,
+                )
                 if feature.layer not in slot.layers:
                     slot.layers = (*slot.layers, feature.layer)
         self._load_asd()
@@ -377,33 +391,35 @@ class ScoringService:
         return self.asd
 
     def _load_run(self, name: str, detector: Detector) -> LoadedRun:
-        encoders, dtypes = {}, {}
+        """The run with, for each feature, the encoder that made its rows (built with the
+        loader options recorded with them) and their dtype. What the run did not record
+        (runs written before dtypes or ``extra`` were) comes from its training dataset in
+        the store when that holds the same features; a missing dtype is then float16."""
+        encoders, dtypes, extras = {}, {}, {}
         for f in detector.features:
-            checkpoint = self.settings.checkpoints.get(
-                f.encoder, self.settings.checkpoints.get(f.encoder_name, f.checkpoint)
-            )
-            encoders[f.key] = (f.encoder_name, checkpoint, bool(f.random_init))
-            dtypes[f.key] = f.dtype or self._stored_dtype(detector, f)
-        return LoadedRun(name=name, detector=detector, encoders=encoders, dtypes=dtypes)
-
-    def _stored_dtype(self, detector: Detector, feature: StoredFeature) -> str:
-        """Runs written before dtypes were recorded: their training dataset's, else float16."""
-        config = detector.run.config if detector.run is not None else {}
-        dataset = (config.get("train") or {}).get("dataset")
-        if self.store is not None and dataset:
-            try:
-                return self.store.encoder_info(dataset, feature.encoder).dtype
-            except FeatstoreError:
-                pass  # the run was trained on another store: assume the default
-        return "float16"
+            held = None
+            if f.dtype is None or f.extra is None:
+                held = training_feature(self.store, detector, f)
+            extras[f.key] = f.extra if f.extra is not None else (held.extra if held else None)
+            encoders[f.key] = encoder_key(name, f, extras[f.key], self.settings)
+            dtypes[f.key] = f.dtype or (held.dtype if held else None) or "float16"
+        return LoadedRun(
+            name=name, detector=detector, encoders=encoders, dtypes=dtypes, extras=extras
+        )
 
     def _load_encoder(self, key: EncoderKey) -> EncoderSlot:
         from featstore.encoders import load_encoder
 
-        name, checkpoint, random_init = key
-        log.info("loading encoder %s (%s, random_init=%s)", name, checkpoint, random_init)
+        name, checkpoint, random_init, options = key
+        log.info(
+            "loading encoder %s (%s, random_init=%s, options %s)",
+            name,
+            checkpoint,
+            random_init,
+            dict(options),
+        )
         encoder = load_encoder(
-            name, checkpoint, device=self.settings.device, random_init=random_init
+            name, checkpoint, device=self.settings.device, random_init=random_init, **dict(options)
         )
         batcher = MicroBatcher(
             encoder.encode,
@@ -413,32 +429,6 @@ class ScoringService:
             on_batch=(lambda n, name=name: self.on_batch(name, n)) if self.on_batch else None,
         )
         return EncoderSlot(encoder=encoder, batcher=batcher, layers=())
-
-    def _check_fits(self, run: LoadedRun, feature: StoredFeature, encoder: Encoder) -> None:
-        """The loaded encoder computes the feature the run was trained on."""
-        recorded, loaded = feature.checkpoint_sha256, encoder.checkpoint_sha256
-        if recorded and loaded and recorded != loaded:
-            raise CheckpointError(
-                f"run {run.name} was trained on {feature.key} features of checkpoint sha256 "
-                f"{recorded[:12]}..., but {encoder.checkpoint} has sha256 {loaded[:12]}...; "
-                f"pass --checkpoint {feature.encoder_name}=PATH to the checkpoint it was "
-                "trained with"
-            )
-        if feature.layer not in encoder.layer_dims:
-            raise RunError(
-                f"run {run.name} reads layer {layer_key(feature.layer)} that {encoder.name} lacks"
-            )
-        dim = encoder.layer_dims[feature.layer]
-        if feature.dim is not None and dim != feature.dim:
-            raise RunError(
-                f"run {run.name} expects {feature.dim}-wide {feature.key} features; "
-                f"{encoder.name} layer {layer_key(feature.layer)} gives {dim}"
-            )
-        if not math.isclose(encoder.spec.frame_hz, feature.frame_hz, rel_tol=1e-9):
-            raise RunError(
-                f"run {run.name} was trained on {feature.key} at {feature.frame_hz:g} Hz; "
-                f"{encoder.name} gives {encoder.spec.frame_hz:g} Hz"
-            )
 
     async def close(self) -> None:
         for slot in self.encoders.values():
@@ -460,6 +450,19 @@ class ScoringService:
             raise UnknownRunError(
                 f"no run named {name!r}; loaded: {', '.join(sorted(self.runs))}"
             ) from None
+
+    def stored_run(self, name: str | None) -> LoadedRun:
+        """The run that scores a stored video: ``name``, else the only loaded run
+        (:class:`RunNotChosenError` when several are loaded)."""
+        if name is not None:
+            return self.run(name)
+        self.check_ready()
+        if len(self.runs) == 1:
+            return next(iter(self.runs.values()))
+        raise RunNotChosenError(
+            f"{len(self.runs)} runs are loaded ({', '.join(self.runs)}): name the one to score "
+            f"with, e.g. ?run={next(iter(self.runs))}"
+        )
 
     def upload_runs(self, names: Sequence[str] | None) -> list[LoadedRun]:
         """The runs an upload is scored with: ``names``, or every loaded run."""
@@ -485,9 +488,13 @@ class ScoringService:
         ``segment``: in single-speaker segments, the video's verdict their maximum."""
         import os
 
+        from api.eligibility import by_streams, refusal
+        from featstore.media import probe
+
         chosen = self.upload_runs(runs)
         for r in chosen:
             r.rules(options)  # a bad threshold or rule fails before decoding
+        named = bool(runs)
         if segment:
             from api.segments import SegmentOptionsError, score_in_segments
 
@@ -496,15 +503,34 @@ class ScoringService:
                     "spatial explanations cannot be combined with scoring in segments yet"
                 )
             return await score_in_segments(self, path, chosen, filename=filename, options=options)
+        info = await asyncio.to_thread(probe, path)
+        streams = {"has_audio": info.audio is not None, "has_video": info.video is not None}
+        skipped = by_streams(chosen, self._spec, **streams)
+        if skipped and (named or len(skipped) == len(chosen)):
+            able = [
+                r.name for r in self.runs.values() if not by_streams([r], self._spec, **streams)
+            ]
+            raise refusal(skipped, able, named=named)
+        lacking = {u.run.name for u in skipped}
+        chosen = [r for r in chosen if r.name not in lacking]
         results, prepared = await self._score(
-            path, chosen, explain_frames=explain_frames, options=options
+            path,
+            chosen,
+            explain_frames=explain_frames,
+            options=options,
+            skipped=skipped,
+            named=named,
         )
         return ScoreResponse(
             filename=filename,
             size_bytes=os.path.getsize(path),
             duration_s=prepared.duration_s,
             results=results,
+            skipped=[u.skipped() for u in skipped],
         )
+
+    def _spec(self, key: EncoderKey) -> EncoderSpec:
+        return self.encoders[key].encoder.spec
 
     async def score_span(
         self,
@@ -533,29 +559,43 @@ class ScoringService:
         *,
         explain_frames: int | None = None,
         options: ScoreOptions = ScoreOptions(),
+        skipped: list[Unscorable] | None = None,
+        named: bool = False,
         **span: Any,
     ) -> tuple[list[UploadRunScore], PreparedUpload]:
         """Decode (``span``: :func:`~api.clips.prepare_upload`'s span and tracks) once,
         run each needed encoder once, score every run under ``options`` (``explain_frames``:
-        and explain it)."""
-        from api.clips import prepare_upload
+        and explain it).
 
-        layers: dict[EncoderKey, list[Layer]] = {}
-        for r in chosen:
-            for f in r.detector.features:
-                wanted = layers.setdefault(r.encoders[f.key], [])
-                if f.layer not in wanted:
-                    wanted.append(f.layer)
-        slots = {k: self.encoders[k] for k in layers}
+        ``skipped``: runs whose encoder's clip cannot be made (no face, too short) or
+        whose minimum length the upload is under are added to it and the others score;
+        unless every run fails or the runs were ``named``, then
+        :class:`~api.eligibility.UnscorableUploadError`. Without it the decode stage's
+        and the runs' errors are raised as they are."""
+        from api.clips import prepare_upload
+        from api.eligibility import Unscorable, by_clip, refusal
+        from trainers.windows import InputTooShortError
+
         t0 = time.perf_counter()
         prepared = await asyncio.to_thread(
             prepare_upload,
             path,
-            {k: (s.encoder.spec, s.encoder.n_rows) for k, s in slots.items()},
+            {k: (s.encoder.spec, s.encoder.n_rows) for k, s in self._slots(chosen).items()},
             silence=any(r.detector.needs_silence for r in chosen),
             max_duration_s=self.settings.max_duration_s,
+            keep_going=skipped is not None,
             **span,
         )
+        if prepared.failed and skipped is not None:
+            unable = by_clip(chosen, prepared.failed, self._spec)
+            failed = {u.run.name for u in unable}
+            able = [r for r in chosen if r.name not in failed]
+            if named or not able:
+                raise refusal(unable, [r.name for r in able], named=named)
+            skipped.extend(unable)
+            chosen = able
+        layers = self._layers(chosen)
+        slots = {k: self.encoders[k] for k in layers}
         t1 = time.perf_counter()
         encoded = await asyncio.gather(
             *(slots[k].batcher.encode(prepared.clips[k], layers[k]) for k in slots)
@@ -563,12 +603,19 @@ class ScoringService:
         rows_by_slot = dict(zip(slots, encoded, strict=True))
         t2 = time.perf_counter()
         results = []
+        short: list[Unscorable] = []
         for r in chosen:
             rows = {key: rows_by_slot[r.encoders[key]][key.layer] for key in r.encoders}
             t3 = time.perf_counter()
-            verdict = await asyncio.to_thread(
-                r.verdict, rows, leading_silence_s=prepared.leading_silence_s, options=options
-            )
+            try:
+                verdict = await asyncio.to_thread(
+                    r.verdict, rows, leading_silence_s=prepared.leading_silence_s, options=options
+                )
+            except InputTooShortError as exc:  # under the run's minimum length
+                if skipped is None:
+                    raise
+                short.append(Unscorable(r, "too_short", str(exc)))
+                continue
             timings = Timings(
                 decode_ms=1e3 * (t1 - t0),
                 encode_ms=1e3 * (t2 - t1),
@@ -581,25 +628,44 @@ class ScoringService:
                     explain_upload, r, self.encoders, path, prepared, verdict, explain_frames
                 )
             results.append(UploadRunScore(**verdict.model_dump(), timings=timings))
+        if short and skipped is not None:
+            if named or not results:
+                raise refusal(short, [x.run for x in results], named=named)
+            skipped.extend(short)
         return results, prepared
+
+    @staticmethod
+    def _layers(chosen: Sequence[LoadedRun]) -> dict[EncoderKey, list[Layer]]:
+        """The layers each encoder must output for ``chosen``."""
+        layers: dict[EncoderKey, list[Layer]] = {}
+        for r in chosen:
+            for f in r.detector.features:
+                wanted = layers.setdefault(r.encoders[f.key], [])
+                if f.layer not in wanted:
+                    wanted.append(f.layer)
+        return layers
+
+    def _slots(self, chosen: Sequence[LoadedRun]) -> dict[EncoderKey, EncoderSlot]:
+        return {k: self.encoders[k] for k in self._layers(chosen)}
 
     def score_stored(
         self,
         dataset: str,
         video_id: str,
-        run_name: str,
+        run_name: str | None = None,
         *,
         options: ScoreOptions = ScoreOptions(),
         explain_frames: int | None = None,
     ) -> StoredScoreResponse:
         """A stored video's verdict from its stored features (no encoder runs), any run kind,
-        scored as an upload of the same video is; ``explain_frames``: add spatial
+        scored as an upload of the same video is, with run ``run_name`` (None: the only
+        loaded run); ``explain_frames``: add spatial
         explanations from its media (:mod:`api.spatial`)."""
         from trainers.data import Selection, SelectionError
         from trainers.inputs import read_video
         from trainers.kinds.base import silence_column
 
-        loaded = self.run(run_name)
+        loaded = self.stored_run(run_name)
         detector = loaded.detector
         store = self._store()
         if dataset not in store.datasets():
@@ -656,39 +722,7 @@ class ScoringService:
 
     def datasets(self) -> DatasetsResponse:
         store = self._store()
-        out = []
-        for name in store.datasets():
-            manifest = store.manifest(name)
-            labels = manifest["label"] if "label" in manifest.columns else None
-            splits = (
-                {str(k): int(v) for k, v in manifest["split"].value_counts().items()}
-                if "split" in manifest.columns
-                else {}
-            )
-            encoders = []
-            for enc in store.encoders(name):
-                info = store.encoder_info(name, enc)
-                layers = store.layers(name, enc)
-                encoders.append(
-                    DatasetEncoder(
-                        name=enc,
-                        frame_hz=float(info.frame_hz),
-                        layers=[layer_key(x) for x in layers],
-                        checkpoint=info.checkpoint,
-                        n_videos=len(store.video_ids(name, enc, layers[0])) if layers else 0,
-                    )
-                )
-            out.append(
-                DatasetInfo(
-                    name=name,
-                    n_videos=len(manifest),
-                    n_real=int((labels == 0).sum()) if labels is not None else 0,
-                    n_fake=int((labels == 1).sum()) if labels is not None else 0,
-                    splits=splits,
-                    encoders=encoders,
-                )
-            )
-        return DatasetsResponse(datasets=out)
+        return DatasetsResponse(datasets=[dataset_info(store, n) for n in store.datasets()])
 
     def _store(self) -> FeatureStore:
         self.check_ready()
@@ -708,14 +742,6 @@ def _dummy_clip(encoder: Encoder) -> Clip:
     if spec.needs_audio:
         audio = (0.1 * rng.standard_normal(timebase.frames_to_samples(n))).astype(np.float32)
     return Clip(video_id="warmup", frames=frames, audio=audio)
-
-
-def _metric_summary(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Each metrics.json entry's headline numbers (AUC, AP, EER, temporal AUC, n, n_real,
-    n_fake) under its key: ``NAME:SPLIT`` (paper filter) or ``NAME:SPLIT|fakes=all``."""
-    from trainers.metrics_file import metric_entries
-
-    return {e.key: e.headline() for e in metric_entries(metrics) if e.headline()}
 
 
 def _is_nan(value: Any) -> bool:

@@ -268,9 +268,22 @@ def test_an_upload_without_a_segment_is_refused(server: dict[str, Any]) -> None:
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert detail.startswith("no single-speaker segment") and "no_audio 2.0 s" in detail
+    # without segment=true and without runs: the mouth probe scores it, the audio probe is
+    # skipped and the response says why
     plain = _post(server["base"], server["video"].silent_path, query="")
-    assert plain.status_code == 422  # the audio probe cannot score it either, for its own reason
-    assert "no single-speaker segment" not in plain.json()["detail"]
+    assert plain.status_code == 200, plain.text
+    doc = plain.json()
+    assert [r["run"] for r in doc["results"]] == ["mouth"]
+    ((skipped,),) = [doc["skipped"]]
+    assert skipped["run"] == "audio" and skipped["reason"] == "no_audio_stream"
+    assert "logfbank" in skipped["detail"]
+    # the audio probe named: a 422 for an HTTP client (the run, its encoder, what to send)
+    named = _post(server["base"], server["video"].silent_path, query="?runs=audio")
+    assert named.status_code == 422, named.text
+    detail = named.json()["detail"]
+    assert "run audio: no audio stream: its encoder logfbank reads audio" in detail
+    assert "upload a file with an audio track" in detail and "runs=mouth" in detail
+    assert "audio=False" not in detail and "no single-speaker segment" not in detail
 
 
 def test_a_server_without_the_faces_extra_refuses_segment_true(

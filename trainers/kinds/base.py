@@ -477,4 +477,5 @@ def v1_feature(doc: Mapping[str, Any], *, encoder: str, layer: Any, dim: Any) ->
         checkpoint_sha256=info.get("checkpoint_sha256"),
         random_init=bool(info.get("random_init", False)),
         preprocessing_version=info.get("preprocessing_version"),
+        extra=info.get("extra") if isinstance(info.get("extra"), Mapping) else None,
     )
