@@ -15,11 +15,14 @@ import typer
 from cli.errors import user_errors
 from cli.evaluate import (
     CALIBRATE_ON,
+    FAKES,
     NO_CALIBRATION,
     SEGMENT_METRICS,
     THRESHOLD,
     calibrate_on,
+    filter_text,
     localization_rows,
+    result_table,
 )
 from cli.options import complete_features, plot_format_option, plot_suffix, store_option
 
@@ -88,12 +91,7 @@ def syncscore_command(
     calibrate: str | None = CALIBRATE_ON,
     no_calibration: bool = NO_CALIBRATION,
     ci: bool = typer.Option(False, "--ci", help="95% bootstrap intervals of AUC and AP."),
-    all_fakes: bool = typer.Option(
-        False,
-        "--all-fakes",
-        help="Count every fake in AUC/AP and the temporal AUC (default: the paper's filter, "
-        "both modalities faked).",
-    ),
+    fakes: str = FAKES,
     segment_metrics: str = SEGMENT_METRICS,
     trim_silence: bool = typer.Option(
         False,
@@ -129,7 +127,7 @@ def syncscore_command(
             ci=ci,
             threshold=threshold,
             allow_missing=allow_missing,
-            all_fakes=all_fakes,
+            fakes=fakes,
             segment_metrics=check_semantics(segment_metrics),
             trim_silence=trim_silence,
             frame_hz=frame_hz,
@@ -140,13 +138,14 @@ def syncscore_command(
         typer.echo(json.dumps(metrics, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
 
     b, sync = metrics["binary"], metrics["sync"]
-    table = Table(
-        title=f"{'+'.join(map(str, audio_set))} vs {'+'.join(map(str, visual_set))} "
+    table = result_table(
+        f"{'+'.join(map(str, audio_set))} vs {'+'.join(map(str, visual_set))} "
         f"on {metrics['selection']} "
-        f"(shift {sync['shift']}, pool {sync['pool']}, padding {sync['padding']})"
+        f"(shift {sync['shift']}, pool {sync['pool']}, padding {sync['padding']})",
+        metrics["fakes"],
+        metrics["filter"],
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -190,12 +189,7 @@ def layers_command(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Directory for layers.csv, layers.json and the plot."
     ),
-    all_fakes: bool = typer.Option(
-        False,
-        "--all-fakes",
-        help="Count every fake (default: the paper's filter, both modalities faked), as "
-        "syncscore --all-fakes does.",
-    ),
+    fakes: str = FAKES,
     plot_format: str | None = plot_format_option(),
     frame_hz: float | None = FRAME_HZ,
     allow_missing: bool = ALLOW_MISSING,
@@ -214,7 +208,7 @@ def layers_command(
         def show(r: Any) -> None:
             typer.echo(
                 f"audio {r.audio_layer:>5}  visual {r.visual_layer:>5}  "
-                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n}"
+                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n} ({r.n_real} real / {r.n_fake} fake)"
             )
 
         sweep = sweep_layers(
@@ -227,9 +221,10 @@ def layers_command(
             allow_missing=allow_missing,
             frame_hz=frame_hz,
             on_layer=show,
-            all_fakes=all_fakes,
+            fakes=fakes,
             plot_format=plot_suffix(plot_format),
         )
+    typer.echo(filter_text(sweep.fakes))
     best = sweep.best
     typer.echo(f"best: audio {best.audio_layer} / visual {best.visual_layer}, AUC {_pct(best.auc)}")
     for name, path in sweep.files.items():

@@ -333,7 +333,7 @@ def select_videos(
     selection: Selection | str,
     keys: Sequence[FeatureKey],
     *,
-    evaluation: bool = False,
+    fakes: str | None = None,
     real_only: bool = False,
     allow_missing: bool = False,
 ) -> pd.DataFrame:
@@ -346,7 +346,7 @@ def select_videos(
     selection = Selection.parse(selection)
     if not keys:
         raise SelectionError("no features to select videos by")
-    kwargs = {"evaluation": evaluation, "real_only": real_only, "allow_missing": allow_missing}
+    kwargs = {"fakes": fakes, "real_only": real_only, "allow_missing": allow_missing}
     rows = select(store, selection, keys[0], **kwargs)
     if len(keys) == 1:
         return rows
