@@ -7,7 +7,8 @@ Exit codes of ``featstore`` (README "Exit codes"):
   printed as one ``error: ...`` line;
 - 2: the command line itself does not parse (click's usage errors);
 - 3: ``extract --fail-on-error`` finished but some videos failed;
-- 130: interrupted (Ctrl-C).
+- 130: interrupted (Ctrl-C); 143: ``featstore train`` stopped by SIGTERM (both save
+  the best-so-far run first, ``cli.train``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ feature sets: ``--encoder avhubert-a+avhubert-v`` or a repeated ``--encoder``.
 Options may come from a TOML/YAML file (``--config``, ``cli.config_file``); where
 each came from is recorded in the run's ``config.json`` (``invocation``), with the
 TensorBoard folder when ``--tensorboard`` logs the training curves.
+Every command takes ``--val-fraction`` (a seeded, grouped validation holdout),
+``--checkpoint-every N`` and ``--resume RUN_DIR``; Ctrl-C or SIGTERM saves the
+best-so-far run and prints one line saying where (``trainers.kinds.fitting``).
 """
 
 from __future__ import annotations
@@ -20,15 +23,40 @@ from typing import Any
 import typer
 
 from cli.config_file import config_option, invocation
-from cli.errors import user_errors
+from cli.errors import EXIT_INTERRUPTED, user_errors
 from cli.options import complete_features, store_option
 
 app = typer.Typer(help="Train detectors on stored features.", no_args_is_help=True)
 
 # Options every trainer takes, declared once.
 STORE = store_option()
-OUT = typer.Option(..., "--out", "-o", help="Run directory to write.")
+OUT = typer.Option(
+    None, "--out", "-o", help="Run directory to write (required unless --resume names it)."
+)
 NO_VAL = typer.Option(False, "--no-val", help="Train without validation (no early stop).")
+VAL_FRACTION = typer.Option(
+    None,
+    "--val-fraction",
+    metavar="F",
+    help="Validate on this fraction of the training videos instead of the dataset's val split: "
+    "a seeded draw per label, whole identities (or source videos of segments) at a time; "
+    "recorded in the run config.",
+)
+VAL_SEED = typer.Option(None, "--val-seed", help="Seed of --val-fraction's draw (default 43).")
+CHECKPOINT_EVERY = typer.Option(
+    None,
+    "--checkpoint-every",
+    metavar="N",
+    help="Checkpoint the training into the run directory every N epochs (atomic writes), so "
+    "that --resume can continue it.",
+)
+RESUME = typer.Option(
+    None,
+    "--resume",
+    metavar="RUN_DIR",
+    help="Continue the training checkpointed in RUN_DIR (give the options it was started "
+    "with); ends as the uninterrupted training would have. Implies --out RUN_DIR.",
+)
 SEED = typer.Option(None, "--seed", help="Random seed (default 43).")
 DEVICE = typer.Option(None, "--device", help="torch device (cpu, cuda, ...).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace a complete run at --out.")
@@ -59,7 +87,14 @@ FRAME_HZ = typer.Option(
 def _fit_line(cfg: Any, reals: bool) -> str:
     """``best epoch B of E (stopped early); trained on ..., validated on ...``."""
     fit = cfg["fit"]
-    val_text = cfg["val"]["selection"] if cfg.get("val") else "none"
+    val = cfg.get("val")
+    val_text = val["selection"] if val else "none"
+    if val and val.get("holdout"):
+        held = val["holdout"]
+        val_text = (
+            f"{val['n']} videos held out of {held['from']} ({held['fraction']:.0%}, seed "
+            f"{held['seed']}, by {held['group_by']})"
+        )
     trained = (
         f"{cfg['train']['n_real']} real videos of {cfg['train']['selection']}"
         if reals
@@ -150,6 +185,71 @@ def _validation(val: str | None, no_val: bool) -> Any:
     return None if no_val else (val if val is not None else AUTO)
 
 
+def _holdout(
+    val_fraction: float | None, val_seed: int | None, val: str | None, no_val: bool
+) -> Any:
+    """``--val-fraction`` / ``--val-seed`` as the trainers take them (None: no holdout)."""
+    from trainers.kinds.fitting import Holdout
+
+    if val_fraction is None:
+        if val_seed is not None:
+            raise typer.BadParameter("--val-seed seeds --val-fraction; give both")
+        return None
+    if val is not None or no_val:
+        raise typer.BadParameter("give one of --val, --no-val and --val-fraction")
+    return Holdout(val_fraction) if val_seed is None else Holdout(val_fraction, val_seed)
+
+
+def _run_dir(out: Path | None, resume: Path | None) -> Path:
+    """The run directory: ``--out``, or the one ``--resume`` continues."""
+    if resume is None:
+        if out is None:
+            raise typer.BadParameter("give the run directory to write with --out (or --resume)")
+        return out
+    if out is not None and out.resolve() != resume.resolve():
+        raise typer.BadParameter(f"--resume continues {resume}; --out must be it or left out")
+    from trainers.checkpoints import checkpoint_epoch, has_checkpoint
+    from trainers.kinds.fitting import checkpoint_folder
+
+    if has_checkpoint(checkpoint_folder(resume)):
+        epoch = checkpoint_epoch(checkpoint_folder(resume))
+        typer.echo(f"resuming {resume} from its checkpoint of epoch {epoch}")
+    return resume
+
+
+@contextlib.contextmanager
+def _interrupts() -> Iterator[None]:
+    """SIGINT/SIGTERM: one line saying what was saved where, and exit 128 + the signal."""
+    from trainers.training import TrainingInterrupted
+
+    try:
+        yield
+    except TrainingInterrupted as exc:
+        typer.echo(_interrupted_line(exc), err=True)
+        raise typer.Exit(exc.interruption.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: no run saved", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _interrupted_line(exc: Any) -> str:
+    what = exc.interruption
+    head = f"interrupted by {what.signal}"
+    if exc.run is None:
+        return f"{head} before the first epoch finished: no run saved"
+    fit = exc.run.config["fit"]
+    line = (
+        f"{head} after epoch {what.epochs_completed} of at most {what.max_epochs}: saved the "
+        f"best-so-far run (best epoch {fit['best_epoch']}, marked interrupted) to {exc.run.path}"
+    )
+    if what.checkpoint_epoch is not None:
+        line += (
+            f"; continue from its checkpoint of epoch {what.checkpoint_epoch} with "
+            f"--resume {exc.run.path}"
+        )
+    return line
+
+
 @app.command("probe")
 def probe(
     ctx: typer.Context,
@@ -174,7 +274,9 @@ def probe(
         help="Validation videos: NAME[@VIEW][:SPLIT] (default: the train dataset's val split).",
     ),
     no_val: bool = NO_VAL,
-    out: Path = OUT,
+    val_fraction: float | None = VAL_FRACTION,
+    val_seed: int | None = VAL_SEED,
+    out: Path | None = OUT,
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
     lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3)."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
@@ -186,9 +288,11 @@ def probe(
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
     tensorboard: Path | None = TENSORBOARD,
+    checkpoint_every: int | None = CHECKPOINT_EVERY,
+    resume: Path | None = RESUME,
 ) -> None:
     """Linear probe (paper Eq. 1): per-frame logits, logsumexp over time, early stopping."""
-    with user_errors():
+    with _interrupts(), user_errors():
         from featstore import open_store
         from trainers.inputs import parse_feature_set
         from trainers.kinds import probe as probe_kind
@@ -210,12 +314,15 @@ def probe(
                 features=parse_feature_set(encoder, layer=layer),
                 train=train,
                 val=_validation(val, no_val),
-                out=out,
+                holdout=_holdout(val_fraction, val_seed, val, no_val),
+                out=_run_dir(out, resume),
                 config=config,
                 frame_hz=frame_hz,
                 on_epoch=on_epoch,
                 overwrite=overwrite,
                 allow_missing=allow_missing,
+                checkpoint_every=checkpoint_every,
+                resume=resume is not None,
             )
     typer.echo(_fit_line(run.config, reals=False))
     for line in card_lines(run.config):
@@ -249,7 +356,9 @@ def ntp(
         help="Validation videos: NAME[@VIEW][:SPLIT] (default: the train dataset's val split); reals only.",
     ),
     no_val: bool = NO_VAL,
-    out: Path = OUT,
+    val_fraction: float | None = VAL_FRACTION,
+    val_seed: int | None = VAL_SEED,
+    out: Path | None = OUT,
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
     lr: float | None = typer.Option(None, "--lr", help="Adam peak learning rate (default 1e-3)."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
@@ -264,9 +373,11 @@ def ntp(
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
     tensorboard: Path | None = TENSORBOARD,
+    checkpoint_every: int | None = CHECKPOINT_EVERY,
+    resume: Path | None = RESUME,
 ) -> None:
     """Next-token prediction anomaly detector (paper Sec. 3.2), trained on real videos only."""
-    with user_errors():
+    with _interrupts(), user_errors():
         from featstore import open_store
         from trainers.inputs import parse_feature_set
         from trainers.kinds import ntp as ntp_kind
@@ -289,12 +400,15 @@ def ntp(
                 features=parse_feature_set(encoder, layer=layer),
                 train=train,
                 val=_validation(val, no_val),
-                out=out,
+                holdout=_holdout(val_fraction, val_seed, val, no_val),
+                out=_run_dir(out, resume),
                 config=config,
                 frame_hz=frame_hz,
                 on_epoch=on_epoch,
                 overwrite=overwrite,
                 allow_missing=allow_missing,
+                checkpoint_every=checkpoint_every,
+                resume=resume is not None,
             )
     cfg = run.config
     th = cfg["learnt"]["thresholds"]
@@ -336,7 +450,9 @@ def sync(
         help="Validation videos: NAME[@VIEW][:SPLIT] (default: the train dataset's val split); reals only.",
     ),
     no_val: bool = NO_VAL,
-    out: Path = OUT,
+    val_fraction: float | None = VAL_FRACTION,
+    val_seed: int | None = VAL_SEED,
+    out: Path | None = OUT,
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 500)."),
     lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default 1e-5)."),
     patience: int | None = typer.Option(
@@ -356,9 +472,11 @@ def sync(
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
     tensorboard: Path | None = TENSORBOARD,
+    checkpoint_every: int | None = CHECKPOINT_EVERY,
+    resume: Path | None = RESUME,
 ) -> None:
     """Audio-visual synchronisation (AVH-Align, paper Sec. 3.2), trained on real videos only."""
-    with user_errors():
+    with _interrupts(), user_errors():
         from featstore import open_store
         from trainers.inputs import parse_feature_set
         from trainers.kinds import sync as sync_kind
@@ -389,12 +507,15 @@ def sync(
                 visual=parse_feature_set(visual),
                 train=train,
                 val=val_selection,
-                out=out,
+                holdout=_holdout(val_fraction, val_seed, val, no_val),
+                out=_run_dir(out, resume),
                 config=config,
                 frame_hz=frame_hz,
                 on_epoch=on_epoch,
                 overwrite=overwrite,
                 allow_missing=allow_missing,
+                checkpoint_every=checkpoint_every,
+                resume=resume is not None,
                 trim_silence=trim_silence,
             )
     cfg = run.config

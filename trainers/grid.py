@@ -369,7 +369,7 @@ def run_grid(
             train_sel = d.selection(d.train)
             run_dir = config.out / "runs" / feature.run_name / d.name
             train_rows = select(store, train_sel, feature.key, allow_missing=config.allow_missing)
-            if is_complete(run_dir):
+            if is_complete(run_dir) and not load_run(run_dir).interrupted:
                 run = load_run(run_dir)
                 _check_reused(run, feature, split_hash(train_rows["video_id"]), hyper)
                 emit(GridEvent("reuse", label, d.name, run_dir=run_dir))
