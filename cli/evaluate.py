@@ -425,4 +425,6 @@ def register(app: typer.Typer) -> None:
     app.command("fuse")(fuse_command)
     app.command("correlate")(correlate_command)
     app.command("grid")(grid_command)
-    app.add_typer(explain_app, name="explain")
+    from cli.group import FeatstoreGroup
+
+    app.add_typer(explain_app, name="explain", cls=FeatstoreGroup)
