@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from cli.errors import user_errors
+from cli.group import deprecated_aliases
 from cli.options import store_option
 
 if TYPE_CHECKING:
@@ -72,10 +73,11 @@ def _protocol_info(protocol: str, seed: int) -> dict[str, Any]:
 
 
 @app.command("import")
+@deprecated_aliases({"-n": "--name"})
 def import_dataset(
     fmt: str = typer.Argument(..., metavar="FORMAT", help=f"One of: {', '.join(FORMAT_NAMES)}."),
     root: Path = ROOT,
-    name: str = typer.Option(..., "--name", "-n", help="Dataset name in the store."),
+    name: str = typer.Option(..., "--name", help="Dataset name in the store."),
     store: str = STORE,
     strict: bool = typer.Option(
         False, "--strict", help="Fail on any problem instead of dropping bad rows."
@@ -200,10 +202,11 @@ def _view_lines(df: pd.DataFrame) -> list[str]:
 
 
 @app.command("show")
+@deprecated_aliases({"-l": "--limit"})
 def show_dataset(
     name: str = NAME,
     store: str = STORE,
-    limit: int = typer.Option(10, "--limit", "-l", help="Rows to print."),
+    limit: int = typer.Option(10, "--limit", "-n", help="Rows to print."),
     view: str | None = typer.Option(
         None, "--view", help="Also print this view's composition (split x modify_type)."
     ),

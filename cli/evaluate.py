@@ -14,7 +14,15 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.options import plot_file, plot_format_option, plot_suffix
+from cli.group import deprecated_aliases
+from cli.options import (
+    DATASET_ALIASES,
+    ON_DATASET,
+    dataset_name,
+    plot_file,
+    plot_format_option,
+    plot_suffix,
+)
 
 explain_app = typer.Typer(help="Explain a run's decisions on stored videos.", no_args_is_help=True)
 
@@ -345,7 +353,16 @@ def correlate_command(
 def grid_command(
     config: Path = typer.Argument(..., help="Grid TOML file (see trainers.grid)."),
     epoch_every: int = typer.Option(
-        10, "--epoch-every", min=1, help="Print every N-th training epoch (1: all)."
+        10, "--epoch-every", min=1, metavar="N", help="Print every N-th training epoch (1: all)."
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Print no progress lines: only the tables."
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the grid (features, trains, tests, rows) and its files as JSON; progress "
+        "lines go to stderr.",
     ),
 ) -> None:
     """Train one probe per (feature, training dataset), test on every dataset, write the tables."""
@@ -355,23 +372,30 @@ def grid_command(
 
         cfg = load_config(config)
 
+        def say(text: str) -> None:
+            if not quiet:
+                typer.echo(text, err=as_json)
+
         def show(event: GridEvent) -> None:
             where = f"[{event.feature} | {event.train}]"
             if event.kind == "train":
-                typer.echo(f"{where} training -> {event.run_dir}")
+                say(f"{where} training -> {event.run_dir}")
             elif event.kind == "reuse":
-                typer.echo(f"{where} reusing complete run {event.run_dir}")
+                say(f"{where} reusing complete run {event.run_dir}")
             elif event.kind == "epoch" and (event.epoch.epoch % epoch_every == 0):
-                typer.echo(f"{where} {format_epoch(event.epoch)}")
+                say(f"{where} {format_epoch(event.epoch)}")
             elif event.kind == "result":
                 r = event.result
-                typer.echo(
-                    f"{where} test {event.test}: AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n}"
-                )
+                say(f"{where} test {event.test}: AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n}")
 
         outcome = run_grid(cfg, on_event=show)
         from trainers.report import paper_grid
 
+    if as_json:
+        doc = json.loads(outcome.table.to_json())
+        doc["files"] = {name: str(path) for name, path in outcome.files.items()}
+        typer.echo(json.dumps(doc, indent=2))
+        return
     typer.echo(outcome.table.to_markdown())
     typer.echo(paper_grid(outcome.table, "auc").to_markdown(bold_best=True))
     for name, path in outcome.files.items():
@@ -379,10 +403,11 @@ def grid_command(
 
 
 @explain_app.command("temporal")
+@deprecated_aliases(DATASET_ALIASES)
 def explain_temporal_command(
     run_dir: Path = typer.Argument(..., help="Run directory of any kind."),
     store: str | None = STORE,
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset of the stored video."),
+    on: str = ON_DATASET,
     video: str = typer.Option(..., "--video", help="video_id in the dataset's manifest."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write the plot to this file (.png, .pdf or .svg)."
@@ -392,6 +417,7 @@ def explain_temporal_command(
     as_json: bool = typer.Option(False, "--json", help="Print the explanation as JSON."),
 ) -> None:
     """Per-frame scores of one stored video and the fake segments they imply (paper Fig. 3)."""
+    dataset = dataset_name(on)
     if out is not None:
         out = plot_file(out, plot_format)
     with user_errors():

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from cli.errors import EXIT_INTERRUPTED, EXIT_VIDEOS_FAILED, user_errors
+from cli.group import deprecated_aliases
 from cli.options import store_option
 from featstore.decode_limits import (
     DEFAULT_MAX_DECODED_BYTES,
@@ -66,6 +67,36 @@ def parse_options(items: Sequence[str], *, trust_checkpoint: bool = False) -> di
     return options
 
 
+def extract_selection(on: str, split: str | None = None) -> tuple[str, str | None]:
+    """``--on NAME[@VIEW][:SPLIT]`` as the extraction takes it: the dataset and
+    ``SPLIT``, ``@VIEW``, ``@VIEW:SPLIT`` or ``None`` (every video). ``split``: the
+    deprecated ``--split``, only with a bare NAME (it warns)."""
+    head, sep, split_text = on.strip().partition(":")
+    name, at, view = head.partition("@")
+    name, view, split_text = name.strip(), view.strip(), split_text.strip()
+    if not name or (sep and not split_text) or (at and not view) or "@" in view + split_text:
+        raise typer.BadParameter(
+            f"{on!r} is not NAME, NAME:SPLIT, NAME@VIEW or NAME@VIEW:SPLIT", param_hint="--on"
+        )
+    if split is not None:
+        if sep or at:
+            raise typer.BadParameter(
+                f"--on {on} already selects its videos; drop --split {split}", param_hint="--split"
+            )
+        typer.secho(
+            f"warning: --split is deprecated and will be removed: use --on {name}:{split}"
+            if not split.startswith("@")
+            else f"warning: --split is deprecated and will be removed: use --on {name}{split}",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+        return name, split
+    split_text = "" if split_text == "*" else split_text
+    if view:
+        return name, f"@{view}:{split_text}" if split_text else f"@{view}"
+    return name, split_text or None
+
+
 def decode_limits(
     max_duration_s: float, max_frame_pixels: int, max_decode_mb: float
 ) -> DecodeLimits:
@@ -77,16 +108,24 @@ def decode_limits(
     )
 
 
+@deprecated_aliases({"--dataset": "--on"})
 def extract_command(
     encoder: str = typer.Option(
         ...,
         "--encoder",
+        "-e",
         parser=_encoder_name,
         autocompletion=_complete_encoder,
         metavar="NAME",
         help="A registered encoder (featstore encoders list).",
     ),
-    dataset: str = typer.Option(..., "--dataset", help="Dataset name in the store."),
+    on: str = typer.Option(
+        ...,
+        "--on",
+        metavar="NAME[@VIEW][:SPLIT]",
+        help="Videos to extract: a dataset in the store, a view's or a split's videos "
+        "(bare NAME: every video of the dataset's default view, or of the dataset).",
+    ),
     store: str = store_option(),
     checkpoint: str | None = typer.Option(
         None, "--checkpoint", help="Local path or Hugging Face id in the local cache."
@@ -128,13 +167,10 @@ def extract_command(
         DEFAULT_NUM_WORKERS, "--num-workers", help="Decode threads (0: decode inline)."
     ),
     split: str | None = typer.Option(
-        None,
-        "--split",
-        help="Only these videos: SPLIT, @VIEW or @VIEW:SPLIT "
-        "(default: every video of the dataset's default view, or of the dataset).",
+        None, "--split", hidden=True, help="Deprecated: --on NAME:SPLIT or NAME@VIEW:SPLIT."
     ),
     limit: int | None = typer.Option(
-        None, "--limit", help="Only the first N videos (of the split)."
+        None, "--limit", "-n", help="Only the first N videos (of the selection)."
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print what would run and its store size; write nothing."
@@ -177,6 +213,7 @@ def extract_command(
     from featstore.extract import extract, plan_extraction
 
     options = parse_options(option, trust_checkpoint=trust_checkpoint)
+    dataset, split = extract_selection(on, split)
     with user_errors():
         limits = decode_limits(max_duration_s, max_frame_pixels, max_decode_mb)
         if dry_run:

@@ -13,7 +13,15 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.options import plot_file, plot_format_option, store_option
+from cli.group import deprecated_aliases
+from cli.options import (
+    DATASET_ALIASES,
+    ON_DATASET,
+    dataset_name,
+    plot_file,
+    plot_format_option,
+    store_option,
+)
 
 app = typer.Typer(
     help="The paper's tables and figures: Tab. 6, Fig. 2, Fig. 3.", no_args_is_help=True
@@ -151,6 +159,7 @@ def fig2_command(
 
 
 @app.command("fig3")
+@deprecated_aliases(DATASET_ALIASES)
 def fig3_command(
     run: Path = typer.Argument(..., help="Run directory with per-frame scores."),
     store: str | None = typer.Option(
@@ -160,7 +169,7 @@ def fig3_command(
         metavar="URL",
         help="Store location (default: the store the run records, else $FEATSTORE_STORE).",
     ),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset of the stored video."),
+    on: str = ON_DATASET,
     video: str = typer.Option(..., "--video", help="video_id in the dataset's manifest."),
     at: str | None = typer.Option(
         None,
@@ -175,6 +184,7 @@ def fig3_command(
     caption: bool = CAPTION,
 ) -> None:
     """Paper Fig. 3: a video's score curve, its Mel spectrogram and frames under it."""
+    dataset = dataset_name(on)
     out = plot_file(out, plot_format)
     with user_errors():
         from cli.evaluate import open_run_store

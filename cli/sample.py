@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.errors import user_errors
+from cli.group import deprecated_aliases
 
 app = typer.Typer(
     help="Synthetic talking-face sample dataset (AV-Deepfake1M format).", no_args_is_help=True
@@ -20,11 +21,10 @@ def main() -> None:
 
 
 @app.command("make")
+@deprecated_aliases({"-n": "--clips"})
 def make(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the clips and metadata into.")],
-    clips: Annotated[
-        int, typer.Option("--clips", "-n", help="Number of clips (about half real).")
-    ] = 40,
+    clips: Annotated[int, typer.Option("--clips", help="Number of clips (about half real).")] = 40,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
     size: Annotated[int, typer.Option(help="Frame width and height in pixels (even).")] = 224,
     overwrite: Annotated[

@@ -14,6 +14,8 @@ from pathlib import Path
 import typer
 
 from cli.errors import user_errors
+from cli.group import deprecated_aliases
+from cli.options import DATASET_ALIASES, ON_DATASET, dataset_name
 
 STORE = typer.Option(
     None,
@@ -45,10 +47,11 @@ def _frames(text: str) -> str | list[int]:
         ) from None
 
 
+@deprecated_aliases(DATASET_ALIASES)
 def spatial_command(
     run_dir: Path = typer.Argument(..., help="Run directory of a probe on one visual feature."),
     store: str | None = STORE,
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset of the stored videos."),
+    on: str = ON_DATASET,
     video: list[str] = typer.Option(
         ..., "--video", help="video_id in the manifest (repeatable; a contact sheet shows all)."
     ),
@@ -69,6 +72,7 @@ def spatial_command(
     from cli.evaluate import _open
     from cli.extract import parse_options
 
+    dataset = dataset_name(on)
     chosen = _frames(frames)
     options = parse_options(option)
     with user_errors():

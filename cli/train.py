@@ -2,7 +2,8 @@
 
 ``probe`` is the paper's linear probe (real and fake videos); ``ntp`` (next-token
 prediction) and ``sync`` (AVH-Align) are trained on real videos only. Each prints
-one line per epoch and writes a run directory that ``featstore eval`` reads. The
+one line per epoch (``--quiet``: none; ``--epoch-every N``: every N-th; ``--json``:
+on stderr) and writes a run directory that ``featstore eval`` reads. The
 commands call the run kinds' ``train`` (``trainers.kinds``). Features may be
 feature sets: ``--encoder avhubert-a+avhubert-v`` or a repeated ``--encoder``.
 Options may come from a TOML/YAML file (``--config``, ``cli.config_file``); where
@@ -37,6 +38,15 @@ ALLOW_MISSING = typer.Option(
 )
 NO_L2 = typer.Option(False, "--no-l2", help="Do not L2-normalise frames.")
 CONFIG = config_option()
+QUIET = typer.Option(False, "--quiet", "-q", help="Print no epoch lines: only the result.")
+EPOCH_EVERY = typer.Option(
+    1, "--epoch-every", min=1, metavar="N", help="Print every N-th epoch's line."
+)
+AS_JSON = typer.Option(
+    False,
+    "--json",
+    help="Print the run (path, kind, config.json) as JSON on stdout; epoch lines go to stderr.",
+)
 TENSORBOARD = typer.Option(
     None,
     "--tensorboard",
@@ -137,8 +147,39 @@ def _recording(
             curves.close()
 
 
-def _print_epoch(stats: Any) -> None:
-    typer.echo(format_epoch(stats))
+def epoch_printer(
+    line: Callable[[Any], str], *, quiet: bool, every: int, to_stderr: bool = False
+) -> Callable[[Any], None]:
+    """The epoch callback of ``--quiet`` / ``--epoch-every N``: ``line(stats)`` for every
+    N-th epoch (on stderr with ``--json``, whose stdout holds only the result)."""
+
+    def show(stats: Any) -> None:
+        if not quiet and stats.epoch % every == 0:
+            typer.echo(line(stats), err=to_stderr)
+
+    return show
+
+
+def format_sync_epoch(stats: Any) -> str:
+    """One progress line of ``train sync``: epoch, train loss, val loss, lr, seconds."""
+    val_loss = "-" if stats.val_loss is None else f"{stats.val_loss:.4f}"
+    return (
+        f"epoch {stats.epoch:>3}  loss {stats.train_loss:.4f}  val loss {val_loss}  "
+        f"lr {stats.lr:.1e}  {stats.seconds:.1f}s"
+    )
+
+
+def _print_run(run: Any, lines: list[str], as_json: bool) -> None:
+    """The result: ``lines`` then where the run went, or (``--json``) one JSON document."""
+    if as_json:
+        import json
+
+        doc = {"run": str(run.path), "kind": run.config.get("kind"), "config": run.config}
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    for line in lines:
+        typer.echo(line)
+    typer.echo(f"run written to {run.path}")
 
 
 def _validation(val: str | None, no_val: bool) -> Any:
@@ -186,6 +227,9 @@ def probe(
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
     tensorboard: Path | None = TENSORBOARD,
+    quiet: bool = QUIET,
+    epoch_every: int = EPOCH_EVERY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Linear probe (paper Eq. 1): per-frame logits, logsumexp over time, early stopping."""
     with user_errors():
@@ -204,7 +248,8 @@ def probe(
             device=device,
             l2_normalize=False if no_l2 else None,
         )
-        with _recording(ctx, tensorboard, _print_epoch) as on_epoch:
+        show = epoch_printer(format_epoch, quiet=quiet, every=epoch_every, to_stderr=as_json)
+        with _recording(ctx, tensorboard, show) as on_epoch:
             run = probe_kind.train(
                 open_store(store),
                 features=parse_feature_set(encoder, layer=layer),
@@ -217,10 +262,7 @@ def probe(
                 overwrite=overwrite,
                 allow_missing=allow_missing,
             )
-    typer.echo(_fit_line(run.config, reals=False))
-    for line in card_lines(run.config):
-        typer.echo(line)
-    typer.echo(f"run written to {run.path}")
+    _print_run(run, [_fit_line(run.config, reals=False), *card_lines(run.config)], as_json)
 
 
 @app.command("ntp")
@@ -264,6 +306,9 @@ def ntp(
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
     tensorboard: Path | None = TENSORBOARD,
+    quiet: bool = QUIET,
+    epoch_every: int = EPOCH_EVERY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Next-token prediction anomaly detector (paper Sec. 3.2), trained on real videos only."""
     with user_errors():
@@ -283,7 +328,8 @@ def ntp(
             device=device,
             l2_normalize=False if no_l2 else None,
         )
-        with _recording(ctx, tensorboard, _print_epoch) as on_epoch:
+        show = epoch_printer(format_epoch, quiet=quiet, every=epoch_every, to_stderr=as_json)
+        with _recording(ctx, tensorboard, show) as on_epoch:
             run = ntp_kind.train(
                 open_store(store),
                 features=parse_feature_set(encoder, layer=layer),
@@ -298,14 +344,11 @@ def ntp(
             )
     cfg = run.config
     th = cfg["learnt"]["thresholds"]
-    typer.echo(_fit_line(cfg, reals=True))
-    typer.echo(
+    thresholds = (
         f"thresholds ({th['quantile']:.0%} of real, on {th['learnt_on']}): "
         f"frame MSE {th['frame']:.4g}, video MSE {th['video']:.4g}"
     )
-    for line in card_lines(cfg):
-        typer.echo(line)
-    typer.echo(f"run written to {run.path}")
+    _print_run(run, [_fit_line(cfg, reals=True), thresholds, *card_lines(run.config)], as_json)
 
 
 @app.command("sync")
@@ -356,6 +399,9 @@ def sync(
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
     tensorboard: Path | None = TENSORBOARD,
+    quiet: bool = QUIET,
+    epoch_every: int = EPOCH_EVERY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Audio-visual synchronisation (AVH-Align, paper Sec. 3.2), trained on real videos only."""
     with user_errors():
@@ -375,13 +421,7 @@ def sync(
         )
         val_selection = _validation(val, no_val)
 
-        def show(stats: Any) -> None:
-            val_loss = "-" if stats.val_loss is None else f"{stats.val_loss:.4f}"
-            typer.echo(
-                f"epoch {stats.epoch:>3}  loss {stats.train_loss:.4f}  val loss {val_loss}  "
-                f"lr {stats.lr:.1e}  {stats.seconds:.1f}s"
-            )
-
+        show = epoch_printer(format_sync_epoch, quiet=quiet, every=epoch_every, to_stderr=as_json)
         with _recording(ctx, tensorboard, show) as on_epoch:
             run = sync_kind.train(
                 open_store(store),
@@ -399,11 +439,8 @@ def sync(
             )
     cfg = run.config
     th = cfg["learnt"]["thresholds"]
-    typer.echo(_fit_line(cfg, reals=True))
-    typer.echo(
+    thresholds = (
         f"thresholds (-Phi, on {th['learnt_on']} reals): frame {th['frame']:.4g} "
         f"({th['frame_quantile']:.0%}), video {th['video']:.4g} ({th['video_quantile']:.0%})"
     )
-    for line in card_lines(cfg):
-        typer.echo(line)
-    typer.echo(f"run written to {run.path}")
+    _print_run(run, [_fit_line(cfg, reals=True), thresholds, *card_lines(run.config)], as_json)

@@ -121,5 +121,111 @@ def test_verbosity_opens_featstore_first_then_every_library(restore_logging, fla
     assert result.exit_code == 0, result.output
     for name in ("featstore", "featstore.extract.worker", "trainers.probe", "cli"):
         assert logging.getLogger(name).getEffectiveLevel() == own, name
-    for name in ("urllib3", "fsspec", "torch"):
+    for name in ("urllib3", "fsspec", "some.library"):
         assert logging.getLogger(name).getEffectiveLevel() == others, name
+
+
+# ------------------------------------------------------------------ short options
+
+
+def _short_letters():
+    """letter -> {long name: [commands]} over every visible option of every command."""
+    letters: dict[str, dict[str, list[str]]] = {}
+    for path, command in [("", ROOT), *COMMANDS.items()]:
+        for param in _options(command):
+            names = [*param.opts, *param.secondary_opts]
+            long = next((n for n in names if n.startswith("--")), None)
+            for name in names:
+                if not name.startswith("--"):
+                    letters.setdefault(name, {}).setdefault(long, []).append(path or "featstore")
+    return letters
+
+
+def test_no_short_option_letter_means_two_things():
+    clashes = {k: v for k, v in _short_letters().items() if len(v) > 1}
+    assert not clashes, clashes
+
+
+def test_the_readme_table_lists_every_short_option():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = dict(re.findall(r"^ *\| `(-[a-zA-Z])` \| `(--[a-z-]+)` \|", readme, re.M))
+    assert table == {k: next(iter(v)) for k, v in _short_letters().items()}
+
+
+@pytest.fixture
+def store_url(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from featstore.store import open_store
+
+    monkeypatch.delenv("FEATSTORE_STORE", raising=False)
+    url = str(tmp_path / "s.zarr")
+    frame = pd.DataFrame(
+        {
+            "video_id": ["a", "b", "c"],
+            "path": ["a.mp4", "b.mp4", "c.mp4"],
+            "label": [0, 1, 0],
+            "split": ["train", "test", "test"],
+        }
+    )
+    open_store(url, mode="a", durable=False).write_manifest("ds", frame)
+    return url
+
+
+def test_deprecated_short_option_warns_and_works(store_url):
+    old = runner.invoke(app, ["datasets", "show", "ds", "-s", store_url, "-l", "1"])
+    new = runner.invoke(app, ["datasets", "show", "ds", "-s", store_url, "-n", "1"])
+    assert old.exit_code == new.exit_code == 0, old.output
+    warning = "warning: -l is deprecated here and will be removed: use --limit"
+    assert old.output.startswith(warning + "\n")
+    assert old.output[len(warning) + 1 :] == new.output
+    assert "warning" not in new.output
+
+
+def test_deprecated_dataset_option_of_extract_warns_and_selects_the_same(store_url):
+    base = ["extract", "--encoder", "logfbank", "-s", store_url, "--dry-run"]
+    new = runner.invoke(app, [*base, "--on", "ds:test"])
+    old = runner.invoke(app, [*base, "--dataset", "ds", "--split", "test"])
+    assert new.exit_code == old.exit_code == 0, old.output
+    assert "2 videos to extract" in new.output
+    warnings = [line for line in old.output.splitlines() if "deprecated" in line]
+    assert warnings == [
+        "warning: --dataset is deprecated here and will be removed: use --on",
+        "warning: --split is deprecated and will be removed: use --on ds:test",
+    ]
+    assert [line for line in old.output.splitlines() if "deprecated" not in line] == (
+        new.output.splitlines()
+    )
+    both = runner.invoke(app, [*base, "--on", "ds:test", "--split", "train"])
+    assert both.exit_code == 2 and both.output.startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected", "warned"),
+    [
+        (["-n", "x", "--store", "-n"], ["--name", "x", "--store", "-n"], ["-n"]),  # a value stays
+        (["-nx", "-n", "y"], ["--name=x", "--name", "y"], ["-n"]),  # one warning per spelling
+        (["--", "-n"], ["--", "-n"], []),
+        (["--dataset=x", "-d", "y"], ["--on=x", "--on", "y"], ["--dataset", "-d"]),
+    ],
+)
+def test_rewrite_aliases_leaves_values_alone(args, expected, warned):
+    from cli.group import rewrite_aliases
+
+    command = COMMANDS["datasets import"]
+    aliases = {"-n": "--name", "--dataset": "--on", "-d": "--on"}
+    messages: list[str] = []
+    assert rewrite_aliases(command, args, aliases, warn=messages.append) == expected
+    assert [m.split()[0] for m in messages] == warned
+
+
+def test_a_layer_named_twice_is_a_usage_error_naming_both(store_url, tmp_path):
+    args = ["train", "probe", "-s", store_url, "--train", "ds", "--out", str(tmp_path / "r")]
+    result = runner.invoke(app, [*args, "--encoder", "logfbank:last", "--layer", "0"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "error: --encoder logfbank:last names its layer and --layer 0 gives another: give the "
+        "layer in one place (logfbank:0, or logfbank with --layer)"
+    ]

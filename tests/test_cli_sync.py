@@ -83,7 +83,7 @@ def test_syncscore_prints_metrics_and_writes_a_run(synced, tmp_path):
     png = tmp_path / "v01.png"
     explained = runner.invoke(
         app,
-        ["explain", "temporal", str(out), "--dataset", "syn", "--video", "v01", "--out", str(png)],
+        ["explain", "temporal", str(out), "--on", "syn", "--video", "v01", "--out", str(png)],
     )
     assert explained.exit_code == 0, explained.output
     assert "label fake" in explained.output and png.read_bytes()[:4] == b"\x89PNG"

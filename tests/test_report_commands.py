@@ -317,13 +317,13 @@ def test_fig3_decodes_a_segment_rows_span(media_run):
 def test_fig3_command(media_run, tmp_path):
     store, run, video, _, _ = media_run
     out = tmp_path / "fig3.pdf"
-    result = runner.invoke(app, ["report", "fig3", str(run), "--store", store.url, "--dataset",
+    result = runner.invoke(app, ["report", "fig3", str(run), "--store", store.url, "--on",
                                  "sample", "--video", video, "--at", "0.5,1.5", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert out.read_bytes().startswith(b"%PDF") and f"sample/{video}" in result.output
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["thumbnail_times_s"] == [0.5, 1.5] and len(doc["frame_scores"]) > 0
-    bad = runner.invoke(app, ["report", "fig3", str(run), "--dataset", "sample", "--video",
+    bad = runner.invoke(app, ["report", "fig3", str(run), "--on", "sample", "--video",
                               "nope", "--out", str(out)])  # fmt: skip
     assert bad.exit_code == 1 and "nope" in bad.output
 

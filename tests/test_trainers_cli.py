@@ -200,24 +200,24 @@ def test_explain_temporal(env):
     fake = manifest[(manifest["label"] == 1) & (manifest["split"] == "test")].iloc[0]
     png = root / "explain.png"
     result = invoke(
-        "explain", "temporal", runs["enc"][0], "--store", url, "--dataset", "alpha",
+        "explain", "temporal", runs["enc"][0], "--store", url, "--on", "alpha",
         "--video", fake["video_id"], "--out", png, "--threshold", "-2",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "label fake" in result.output and "annotated fake segments: none" not in result.output
     assert png.read_bytes()[:8] == PNG
     svg = invoke(
-        "explain", "temporal", runs["enc"][0], "--store", url, "--dataset", "alpha",
+        "explain", "temporal", runs["enc"][0], "--store", url, "--on", "alpha",
         "--video", fake["video_id"], "--out", root / "explain", "--format", "svg",
     )  # fmt: skip
     assert svg.exit_code == 0, svg.output
     assert (root / "explain.svg").read_text().startswith("<?xml")
     clash = invoke(
-        "explain", "temporal", runs["enc"][0], "--store", url, "--dataset", "alpha",
+        "explain", "temporal", runs["enc"][0], "--store", url, "--on", "alpha",
         "--video", fake["video_id"], "--out", png, "--format", "pdf",
     )  # fmt: skip
     assert clash.exit_code == 1 and "--format pdf disagrees with the suffix" in clash.output
-    missing = invoke("explain", "temporal", runs["enc"][0], "--dataset", "alpha", "--video", "nope")
+    missing = invoke("explain", "temporal", runs["enc"][0], "--on", "alpha", "--video", "nope")
     assert missing.exit_code == 1 and "no video 'nope' in alpha" in missing.output
 
 
