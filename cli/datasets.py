@@ -262,7 +262,7 @@ def add_protocol(
     protocol: str = typer.Option(
         ..., "--protocol", "-p", help=f"One of: {', '.join(PROTOCOL_NAMES)}."
     ),
-    view: str | None = typer.Option(None, "--as", help="View name (default: the protocol's)."),
+    view: str | None = typer.Option(None, "--as", show_default="the protocol's", help="View name."),
     seed: int = SEED,
     store: str = STORE,
     default: bool = DEFAULT,
@@ -373,7 +373,10 @@ def measure_silence(
     store: str = STORE,
     workers: int = typer.Option(4, "--workers", "-w", min=1, help="Videos decoded at once."),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Measure every video again (default: only those without one)."
+        False,
+        "--overwrite",
+        show_default="only those without one",
+        help="Measure every video again.",
     ),
     max_problems: int = typer.Option(20, "--max-problems", help="Failures to print."),
 ) -> None:
@@ -463,18 +466,19 @@ def segment_dataset(
     asd: str | None = typer.Option(
         None,
         "--asd",
-        help=f"Active speaker detector: {' or '.join(ASD_NAMES)} (default: talknet when its "
-        "checkpoint is found, else sync, said on stderr).",
+        show_default="talknet when its checkpoint is found, else sync, said on stderr",
+        help=f"Active speaker detector: {' or '.join(ASD_NAMES)}.",
     ),
     checkpoint: str | None = typer.Option(
         None,
         "--checkpoint",
-        help="TalkNet checkpoint (default: pretrain_TalkSet.model in $FEATSTORE_CHECKPOINTS).",
+        show_default="pretrain_TalkSet.model in $FEATSTORE_CHECKPOINTS",
+        help="TalkNet checkpoint.",
     ),
     device: str = typer.Option("cpu", "--device", help="Device for TalkNet (cpu, cuda, cuda:N)."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Videos processed at once."),
     as_name: str | None = typer.Option(
-        None, "--as", help="Name of the segment dataset (default: NAME-segments)."
+        None, "--as", show_default="NAME-segments", help="Name of the segment dataset."
     ),
     max_problems: int = typer.Option(20, "--max-problems", help="Failures to print."),
 ) -> None:

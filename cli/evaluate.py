@@ -31,7 +31,8 @@ STORE = typer.Option(
     "--store",
     "-s",
     metavar="URL",
-    help="Store location (default: the store the run was trained from, else $FEATSTORE_STORE).",
+    show_default="the store the run was trained from, else $FEATSTORE_STORE",
+    help="Store location.",
 )
 ON = typer.Option(
     ..., "--on", help="Videos to evaluate: NAME[@VIEW][:SPLIT] (bare NAME = its test split)."
@@ -215,8 +216,8 @@ def eval_command(
     all_fakes: bool = typer.Option(
         False,
         "--all-fakes",
-        help="Count every fake in AUC/AP and the temporal AUC (default: the paper's filter, "
-        "both modalities faked).",
+        show_default="the paper's filter: fakes with both modalities faked",
+        help="Count every fake in AUC/AP and the temporal AUC.",
     ),
     segment_metrics: str = SEGMENT_METRICS,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),

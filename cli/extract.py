@@ -188,7 +188,8 @@ def extract_command(
     max_frame_pixels: int = typer.Option(
         DEFAULT_MAX_FRAME_PIXELS,
         "--max-frame-pixels",
-        help="A video whose frames have more pixels fails (default 3840x2160); 0: no limit.",
+        show_default="3840x2160",
+        help="A video whose frames have more pixels fails; 0: no limit.",
     ),
     max_decode_mb: float = typer.Option(
         DEFAULT_MAX_DECODED_BYTES / 2**20,

@@ -207,7 +207,8 @@ def plot_format_option() -> Any:
         "--format",
         metavar="png|pdf|svg",
         autocompletion=_complete_format,
-        help="Plot file format (default: the --out file's suffix, else png).",
+        show_default="the --out file's suffix, else png",
+        help="Plot file format.",
     )
 
 

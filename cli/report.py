@@ -46,7 +46,10 @@ def table6_command(
     audio: str = typer.Option(..., "--audio", help="Audio feature ENCODER[:LAYER]."),
     visual: str = typer.Option(..., "--visual", help="Visual feature ENCODER[:LAYER]."),
     on: list[str] = typer.Option(
-        ..., "--on", help="Test set NAME[:SPLIT] (bare NAME = its test split); repeat per column."
+        ...,
+        "--on",
+        metavar="NAME[:SPLIT]",
+        help="Test set NAME[:SPLIT] (bare NAME = its test split); repeat per column.",
     ),
     shifts: str = typer.Option(
         "0,15", "--shifts", help="Shift windows D (frames), comma-separated."
@@ -57,14 +60,14 @@ def table6_command(
     padding: str | None = typer.Option(
         None,
         "--padding",
-        help="zero or exclude for every pool (default: mean zero, as SpeechForensics; others "
-        "exclude).",
+        show_default="zero for the mean pool, as SpeechForensics; exclude for the others",
+        help="zero or exclude for every pool.",
     ),
     frame_hz: float | None = typer.Option(
         None, "--frame-hz", help="Resample both streams to this rate (when the rates differ)."
     ),
     all_fakes: bool = typer.Option(
-        False, "--all-fakes", help="Count every fake (default: the paper's evaluation filter)."
+        False, "--all-fakes", show_default="the paper's evaluation filter", help="Count every fake."
     ),
     allow_missing: bool = typer.Option(
         False, "--allow-missing", help="Skip videos without both features."
@@ -122,7 +125,11 @@ def fig2_command(
         ..., "--on", help="The test set whose stored metrics to plot: NAME[:SPLIT]."
     ),
     label: list[str] | None = typer.Option(
-        None, "--label", help="Bar label per run, in order (default: the run directory names)."
+        None,
+        "--label",
+        metavar="TEXT",
+        show_default="the run directory names",
+        help="Bar label per run, in order.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Figure file: .png, .pdf or .svg."),
     plot_format: str | None = plot_format_option(),
@@ -167,15 +174,16 @@ def fig3_command(
         "--store",
         "-s",
         metavar="URL",
-        help="Store location (default: the store the run records, else $FEATSTORE_STORE).",
+        show_default="the store the run records, else $FEATSTORE_STORE",
+        help="Store location.",
     ),
     on: str = ON_DATASET,
     video: str = typer.Option(..., "--video", help="video_id in the dataset's manifest."),
     at: str | None = typer.Option(
         None,
         "--at",
-        help="Times (s) of the frames to show, comma-separated (default: the highest- and "
-        "lowest-scoring frames and the middle one).",
+        show_default="the highest- and lowest-scoring frames and the middle one",
+        help="Times (s) of the frames to show, comma-separated.",
     ),
     threshold: float = typer.Option(0.0, "--threshold", help="Decision threshold on the score."),
     out: Path = typer.Option(..., "--out", "-o", help="Figure file: .png, .pdf or .svg."),

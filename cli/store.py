@@ -20,8 +20,8 @@ app = typer.Typer(help="Inspect and maintain a feature store.", no_args_is_help=
 URL = typer.Argument(
     None,
     metavar="[URL]",
-    show_default=False,
-    help=f"Store location: a local path or an fsspec URL (s3://...); default ${STORE_ENV}.",
+    show_default=f"${STORE_ENV}",
+    help="Store location: a local path or an fsspec URL (s3://...).",
 )
 
 

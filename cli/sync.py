@@ -27,6 +27,7 @@ STORE = store_option()
 AUDIO = typer.Option(
     ...,
     "--audio",
+    metavar="ENCODER[:LAYER]",
     autocompletion=complete_features,
     help="Audio features ENCODER[:LAYER] (e.g. avhubert-a:last); several joined by '+' (or the "
     "option repeated) are concatenated per frame.",
@@ -34,6 +35,7 @@ AUDIO = typer.Option(
 VISUAL = typer.Option(
     ...,
     "--visual",
+    metavar="ENCODER[:LAYER]",
     autocompletion=complete_features,
     help="Visual features ENCODER[:LAYER] (e.g. avhubert-v:last); several joined by '+' (or the "
     "option repeated) are concatenated per frame.",
@@ -51,8 +53,9 @@ POOL = typer.Option(
 PADDING = typer.Option(
     None,
     "--padding",
-    help="Positions a shift pushes out of the video: zero (count as cosine 0, SpeechForensics; "
-    "the mean pool's default) or exclude (left out; every other pool's default). With --shift.",
+    show_default="zero for the mean pool, exclude for the others",
+    help="Positions a shift pushes out of the video: zero (count as cosine 0, as "
+    "SpeechForensics does) or exclude (left out). With --shift.",
 )
 FRAME_HZ = typer.Option(
     None, "--frame-hz", help="Resample both streams to this rate (when the encoders' rates differ)."
@@ -91,8 +94,8 @@ def syncscore_command(
     all_fakes: bool = typer.Option(
         False,
         "--all-fakes",
-        help="Count every fake in AUC/AP and the temporal AUC (default: the paper's filter, "
-        "both modalities faked).",
+        show_default="the paper's filter: fakes with both modalities faked",
+        help="Count every fake in AUC/AP and the temporal AUC.",
     ),
     segment_metrics: str = SEGMENT_METRICS,
     trim_silence: bool = typer.Option(
@@ -173,12 +176,14 @@ def layers_command(
     audio: str = typer.Option(
         ...,
         "--audio",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help="Audio ENCODER (sweep its layers) or ENCODER:LAYER (fixed).",
     ),
     visual: str = typer.Option(
         ...,
         "--visual",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help="Visual ENCODER (sweep its layers) or ENCODER:LAYER (fixed).",
     ),
@@ -193,8 +198,8 @@ def layers_command(
     all_fakes: bool = typer.Option(
         False,
         "--all-fakes",
-        help="Count every fake (default: the paper's filter, both modalities faked), as "
-        "syncscore --all-fakes does.",
+        show_default="the paper's filter, both modalities faked",
+        help="Count every fake, as syncscore --all-fakes does.",
     ),
     plot_format: str | None = plot_format_option(),
     frame_hz: float | None = FRAME_HZ,

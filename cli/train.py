@@ -30,7 +30,7 @@ app = typer.Typer(help="Train detectors on stored features.", no_args_is_help=Tr
 STORE = store_option()
 OUT = typer.Option(..., "--out", "-o", help="Run directory to write.")
 NO_VAL = typer.Option(False, "--no-val", help="Train without validation (no early stop).")
-SEED = typer.Option(None, "--seed", help="Random seed (default 43).")
+SEED = typer.Option(None, "--seed", show_default="43", help="Random seed.")
 DEVICE = typer.Option(None, "--device", help="torch device (cpu, cuda, ...).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace a complete run at --out.")
 ALLOW_MISSING = typer.Option(
@@ -200,11 +200,16 @@ def probe(
         ...,
         "--encoder",
         "-e",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help=f"Features to use: {FEATURES_HELP}.",
     ),
     layer: str | None = typer.Option(
-        None, "--layer", "-l", help="Stored layer of encoders named without one (default: last)."
+        None,
+        "--layer",
+        "-l",
+        show_default="last",
+        help="Stored layer of encoders named without one.",
     ),
     train: str = typer.Option(
         ..., "--train", help="Training videos: NAME[@VIEW][:SPLIT] (bare NAME = its train split)."
@@ -212,12 +217,13 @@ def probe(
     val: str | None = typer.Option(
         None,
         "--val",
-        help="Validation videos: NAME[@VIEW][:SPLIT] (default: the train dataset's val split).",
+        show_default="the train dataset's val split",
+        help="Validation videos: NAME[@VIEW][:SPLIT].",
     ),
     no_val: bool = NO_VAL,
     out: Path = OUT,
-    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
-    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3)."),
+    epochs: int | None = typer.Option(None, "--epochs", show_default="100", help="Maximum epochs."),
+    lr: float | None = typer.Option(None, "--lr", show_default="1e-3", help="Adam learning rate."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
     batch_videos: int | None = typer.Option(None, "--batch-videos", help="Videos per batch."),
     frame_hz: float | None = FRAME_HZ,
@@ -274,11 +280,16 @@ def ntp(
         ...,
         "--encoder",
         "-e",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help=f"Features to use: {FEATURES_HELP}.",
     ),
     layer: str | None = typer.Option(
-        None, "--layer", "-l", help="Stored layer of encoders named without one (default: last)."
+        None,
+        "--layer",
+        "-l",
+        show_default="last",
+        help="Stored layer of encoders named without one.",
     ),
     train: str = typer.Option(
         ...,
@@ -288,16 +299,22 @@ def ntp(
     val: str | None = typer.Option(
         None,
         "--val",
-        help="Validation videos: NAME[@VIEW][:SPLIT] (default: the train dataset's val split); reals only.",
+        show_default="the train dataset's val split",
+        help="Validation videos: NAME[@VIEW][:SPLIT]; reals only.",
     ),
     no_val: bool = NO_VAL,
     out: Path = OUT,
-    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
-    lr: float | None = typer.Option(None, "--lr", help="Adam peak learning rate (default 1e-3)."),
+    epochs: int | None = typer.Option(None, "--epochs", show_default="100", help="Maximum epochs."),
+    lr: float | None = typer.Option(
+        None, "--lr", show_default="1e-3", help="Adam peak learning rate."
+    ),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
     batch_videos: int | None = typer.Option(None, "--batch-videos", help="Videos per step."),
     max_context: int | None = typer.Option(
-        None, "--max-context", help="Frames per window (default 256); longer videos are windowed."
+        None,
+        "--max-context",
+        show_default="256",
+        help="Frames per window; longer videos are windowed.",
     ),
     frame_hz: float | None = FRAME_HZ,
     no_l2: bool = NO_L2,
@@ -359,12 +376,14 @@ def sync(
     audio: list[str] = typer.Option(
         ...,
         "--audio",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help=f"Audio features (e.g. avhubert-a): {FEATURES_HELP}.",
     ),
     visual: list[str] = typer.Option(
         ...,
         "--visual",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help=f"Visual features (e.g. avhubert-v): {FEATURES_HELP}.",
     ),
@@ -376,17 +395,18 @@ def sync(
     val: str | None = typer.Option(
         None,
         "--val",
-        help="Validation videos: NAME[@VIEW][:SPLIT] (default: the train dataset's val split); reals only.",
+        show_default="the train dataset's val split",
+        help="Validation videos: NAME[@VIEW][:SPLIT]; reals only.",
     ),
     no_val: bool = NO_VAL,
     out: Path = OUT,
-    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 500)."),
-    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default 1e-5)."),
+    epochs: int | None = typer.Option(None, "--epochs", show_default="500", help="Maximum epochs."),
+    lr: float | None = typer.Option(None, "--lr", show_default="1e-5", help="Adam learning rate."),
     patience: int | None = typer.Option(
-        None, "--patience", help="Early-stopping patience (default 10)."
+        None, "--patience", show_default="10", help="Early-stopping patience."
     ),
     batch_frames: int | None = typer.Option(
-        None, "--batch-frames", help="Frames per step (default 1024)."
+        None, "--batch-frames", show_default="1024", help="Frames per step."
     ),
     frame_hz: float | None = FRAME_HZ,
     seed: int | None = SEED,

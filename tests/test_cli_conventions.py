@@ -229,3 +229,31 @@ def test_a_layer_named_twice_is_a_usage_error_naming_both(store_url, tmp_path):
         "error: --encoder logfbank:last names its layer and --layer 0 gives another: give the "
         "layer in one place (logfbank:0, or logfbank with --layer)"
     ]
+
+
+# ------------------------------------------------------------------ defaults in help
+
+DEFAULT_IN_PROSE = re.compile(r"\(default\b|\bdefault:|;\s*default\b|\bdefault \d", re.I)
+
+
+@pytest.mark.parametrize("path", ["", *sorted(COMMANDS)])
+def test_help_gives_every_default_one_way(path):
+    command = COMMANDS.get(path, ROOT)
+    for param in command.params:
+        if param.hidden:
+            continue
+        assert not DEFAULT_IN_PROSE.search(param.help or ""), (path, param.name, param.help)
+    result = runner.invoke(app, [*path.split(), "--help"], env={"COLUMNS": "100"})
+    text = " ".join(result.output.split())
+    # every default is "[default: VALUE]", or "[default: (what)]" when filled in at run time
+    prose = re.sub(r"\[(?:env var: [^;\]]*; )?default: [^\]]*\]", "", text)
+    assert "default:" not in prose, text
+
+
+def test_defaults_filled_in_at_run_time_are_in_parentheses():
+    result = runner.invoke(app, ["train", "probe", "--help"], env={"COLUMNS": "300"})
+    text = " ".join(result.output.split())
+    assert "Maximum epochs. [default: (100)]" in text
+    assert "[default: (the train dataset's val split)]" in text
+    listing = runner.invoke(app, ["store", "ls", "--help"], env={"COLUMNS": "300"})
+    assert "[default: 50]" in " ".join(listing.output.split())
