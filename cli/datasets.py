@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +12,7 @@ import typer
 from cli.errors import user_errors
 from cli.group import deprecated_aliases
 from cli.options import store_option
+from cli.progress import Every, every_items_option, every_s_option, progress
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -379,6 +379,8 @@ def measure_silence(
         help="Measure every video again.",
     ),
     max_problems: int = typer.Option(20, "--max-problems", help="Failures to print."),
+    progress_every_s: float = every_s_option(),
+    progress_every: int = every_items_option(),
 ) -> None:
     """Measure each video's leading silence into the manifest column leading_silence_s.
 
@@ -392,7 +394,16 @@ def measure_silence(
 
         fs = open_store(store, mode="a")
         try:
-            with _silence_progress() as on_progress:
+            with progress(
+                f"silence {name}", every=Every(progress_every_s, progress_every)
+            ) as shown:
+                failed = 0
+
+                def on_progress(done: int, total: int, result: Any) -> None:
+                    nonlocal failed
+                    failed += 0 if result.ok else 1
+                    shown.update(done, total, f"{failed} failed")
+
                 summary = measure_store_silence(
                     fs, name, workers=workers, overwrite=overwrite, progress=on_progress
                 )
@@ -421,33 +432,6 @@ def measure_silence(
             typer.echo(f"  {video_id}: {reason}")
         if summary.failed > len(shown):
             typer.echo(f"  ... and {summary.failed - len(shown)} more")
-
-
-@contextlib.contextmanager
-def _silence_progress() -> Iterator[Callable[[int, int, Any], None]]:
-    """A progress bar on stderr (videos done / total, failures); silent when not a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    failed = 0
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task("silence", total=None)
-
-        def update(done: int, total: int, result: Any) -> None:
-            nonlocal failed
-            failed += 0 if result.ok else 1
-            bar.update(task, completed=done, total=total, description=f"silence ({failed} failed)")
-
-        yield update
 
 
 ASD_NAMES = ("talknet", "sync")  # literal for a fast --help; a test checks the registry
@@ -481,6 +465,8 @@ def segment_dataset(
         None, "--as", show_default="NAME-segments", help="Name of the segment dataset."
     ),
     max_problems: int = typer.Option(20, "--max-problems", help="Failures to print."),
+    progress_every_s: float = every_s_option(),
+    progress_every: int = every_items_option(),
 ) -> None:
     """Cut a dataset's videos into single-speaker segments (paper Supp. C) as a new dataset.
 
@@ -502,7 +488,17 @@ def segment_dataset(
         target = as_name or f"{name}-segments"
         fs = open_store(store, mode="a")
         try:
-            with _segment_progress() as on_progress:
+            with progress(
+                f"segment {name}", every=Every(progress_every_s, progress_every)
+            ) as shown:
+                found = failed = 0
+
+                def on_progress(done: int, total: int, result: Any) -> None:
+                    nonlocal found, failed
+                    found += len(result.rows)
+                    failed += 0 if result.ok else 1
+                    shown.update(done, total, f"{found} segments, {failed} failed")
+
                 summary = build_segment_dataset(
                     fs,
                     name,
@@ -554,36 +550,3 @@ def _default_asd(checkpoint: str | None) -> str:
         )
         return "sync"
     return "talknet"
-
-
-@contextlib.contextmanager
-def _segment_progress() -> Iterator[Callable[[int, int, Any], None]]:
-    """A progress bar on stderr (videos, segments found, failures); silent when not a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    found = failed = 0
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task("segment", total=None)
-
-        def update(done: int, total: int, result: Any) -> None:
-            nonlocal found, failed
-            found += len(result.rows)
-            failed += 0 if result.ok else 1
-            bar.update(
-                task,
-                completed=done,
-                total=total,
-                description=f"segment ({found} segments, {failed} failed)",
-            )
-
-        yield update

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import typer
@@ -12,6 +12,7 @@ import typer
 from cli.errors import EXIT_INTERRUPTED, EXIT_VIDEOS_FAILED, user_errors
 from cli.group import deprecated_aliases
 from cli.options import store_option
+from cli.progress import Every, every_items_option, every_s_option, progress
 from featstore.decode_limits import (
     DEFAULT_MAX_DECODED_BYTES,
     DEFAULT_MAX_FRAME_PIXELS,
@@ -197,6 +198,14 @@ def extract_command(
         help="A video whose decoded frames + audio take more MiB fails (bounds the memory "
         "per video); 0: no limit.",
     ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the summary (or the --dry-run plan) as JSON on stdout; progress and the "
+        "failures' reasons stay on stderr.",
+    ),
+    progress_every_s: float = every_s_option(),
+    progress_every: int = every_items_option(),
     fail_on_error: bool = typer.Option(
         False,
         "--fail-on-error",
@@ -232,11 +241,21 @@ def extract_command(
                 encoder_options=options,
                 decode_limits=limits,
             )
-            _print_plan(plan)
+            if as_json:
+                typer.echo(json.dumps(_plan_dict(plan), indent=2))
+            else:
+                _print_plan(plan)
             return
         started_ns = time.time_ns()
+        label = f"extract {_label(encoder, store_as)} on {on}"
+        every = Every(seconds=progress_every_s, items=progress_every)
         try:
-            with _progress_bar() as on_progress:
+            with progress(label, every=every) as shown:
+
+                def on_progress(p: Any) -> None:
+                    detail = f"{p.videos_failed} failed, {p.frames_per_s:.0f} frames/s"
+                    shown.update(p.videos_finished, p.videos_total, detail)
+
                 summary = extract(
                     store,
                     dataset=dataset,
@@ -264,16 +283,32 @@ def extract_command(
                 fg=typer.colors.YELLOW,
             )
             raise typer.Exit(code=EXIT_INTERRUPTED) from None
-    typer.echo(
-        f"{_label(encoder, store_as)} on {dataset}: {summary.videos_done} videos extracted, "
-        f"{summary.videos_skipped} already in the store, {summary.videos_failed} failed; "
-        f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.frames_per_s:.1f} frames/s); "
-        f"{format_bytes(summary.bytes_written)} written in {summary.parts_written} parts"
-    )
+    if not as_json:
+        typer.echo(
+            f"{_label(encoder, store_as)} on {dataset}: {summary.videos_done} videos extracted, "
+            f"{summary.videos_skipped} already in the store, {summary.videos_failed} failed; "
+            f"{summary.frames} frames in {summary.seconds:.1f} s "
+            f"({summary.frames_per_s:.1f} frames/s); "
+            f"{format_bytes(summary.bytes_written)} written in {summary.parts_written} parts"
+        )
+    report = None
     if summary.videos_failed:
-        _print_failures(store, dataset, store_as or encoder, summary.videos_failed, started_ns)
-        if fail_on_error:
-            raise typer.Exit(code=EXIT_VIDEOS_FAILED)
+        report = _print_failures(
+            store, dataset, store_as or encoder, summary.videos_failed, started_ns
+        )
+    if as_json:
+        doc = {
+            "dataset": dataset,
+            "selection": on,
+            "encoder": store_as or encoder,
+            "source_encoder": encoder,
+            **dataclasses.asdict(summary),
+            "frames_per_s": summary.frames_per_s,
+            "failure_groups": [] if report is None else report.to_dict()["groups"],
+        }
+        typer.echo(json.dumps(doc, indent=2))
+    if summary.videos_failed and fail_on_error:
+        raise typer.Exit(code=EXIT_VIDEOS_FAILED)
 
 
 # Failure records carry their writer's clock: allow for workers whose clock is behind.
@@ -281,9 +316,12 @@ _CLOCK_SLACK_NS = 60 * 10**9
 _REASONS_SHOWN = 5
 
 
-def _print_failures(store: str, dataset: str, encoder: str, failed: int, started_ns: int) -> None:
+def _print_failures(
+    store: str, dataset: str, encoder: str, failed: int, started_ns: int
+) -> Any | None:
     """The most common reasons of this run's failures, a few videos each, and the
-    command that lists them all (on stderr, after the summary line)."""
+    command that lists them all (on stderr, after the summary line); returns the
+    :class:`featstore.failures.FailureReport` (None when unreadable)."""
     import shlex
 
     from featstore.errors import FeatstoreError
@@ -319,11 +357,38 @@ def _print_failures(store: str, dataset: str, encoder: str, failed: int, started
         if rest > 0:
             say(f"  ... and {rest} other error types")
     say(f"all of them: {listing}")
+    return report
 
 
 def _label(encoder: str, store_as: str | None) -> str:
     """``clip-random (clip)`` when stored under another name, else ``clip``."""
     return f"{store_as} ({encoder})" if store_as and store_as != encoder else encoder
+
+
+def _plan_dict(plan: Any) -> dict[str, Any]:
+    """``extract --dry-run --json``: the plan without its list of videos."""
+    from featstore.layout import layer_key
+
+    return {
+        "dry_run": True,
+        "dataset": plan.dataset,
+        "encoder": plan.stored_name,
+        "source_encoder": plan.encoder,
+        "checkpoint": plan.checkpoint,
+        "frame_hz": plan.frame_hz,
+        "dtype": plan.dtype,
+        "videos_selected": plan.videos_selected,
+        "videos_skipped": plan.videos_skipped,
+        "videos_to_run": plan.videos_to_run,
+        "frames": plan.frames,
+        "unknown_duration": plan.unknown_duration,
+        "layers": [
+            {"layer": layer_key(e.layer), "dim": e.dim, "rows": e.rows, "bytes": e.bytes}
+            for e in plan.layers
+        ],
+        "bytes_total": plan.bytes_total,
+        "warnings": list(plan.warnings),
+    }
 
 
 def _print_plan(plan: Any) -> None:
@@ -347,41 +412,3 @@ def _print_plan(plan: Any) -> None:
     console.print(table)
     for warning in plan.warnings:
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
-
-
-@contextlib.contextmanager
-def _progress_bar() -> Iterator[Callable[[Any], None]]:
-    """A bar on stderr with videos/s, frames/s, failures and ETA; silent when not a terminal."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rates]}"),
-        TextColumn("[red]{task.fields[failed]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task("extract", total=None, rates="", failed="")
-
-        def update(p: Any) -> None:
-            bar.update(
-                task,
-                completed=p.videos_finished,
-                total=p.videos_total,
-                rates=f"{p.videos_per_s:.1f} videos/s {p.frames_per_s:.0f} frames/s",
-                failed=f"{p.videos_failed} failed" if p.videos_failed else "",
-            )
-
-        yield update

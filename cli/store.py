@@ -5,15 +5,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import typer
 
 from cli.errors import fail, user_errors
 from cli.options import STORE_ENV, shift_store
+from cli.progress import progress
 
 app = typer.Typer(help="Inspect and maintain a feature store.", no_args_is_help=True)
 
@@ -40,30 +39,6 @@ def _console() -> Any:
     if not console.is_terminal:  # pipes and logs: do not squeeze tables into 80 columns
         console = Console(width=max(console.width, 132))
     return console
-
-
-@contextlib.contextmanager
-def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar on stderr fed by ``callback(done, total)``; silent when not a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 @app.command()
@@ -321,13 +296,13 @@ def compact(
         from featstore.maintenance import compact as run_compact
         from featstore.store import open_store
 
-        with _progress("compacting parts") as progress:
+        with progress(f"compact {dataset}/{encoder}", noun="parts") as shown:
             report = run_compact(
                 open_store(url, mode="a"),
                 dataset,
                 encoder,
                 target_part_bytes=int(target_mb * 2**20),
-                progress=progress,
+                progress=lambda done, total: shown.update(done, total),
             )
     if not report.merged:
         typer.echo(f"nothing to compact: {report.parts_before} parts")
