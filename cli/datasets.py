@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 from cli.errors import user_errors
 from cli.group import deprecated_aliases
 from cli.options import store_option
+from cli.output import json_option, print_json
 from cli.progress import Every, every_items_option, every_s_option, progress
 
 if TYPE_CHECKING:
@@ -35,6 +37,23 @@ DEFAULT = typer.Option(
 REPLACE = typer.Option(False, "--replace", help="Replace a view of the same name.")
 MAX_PROBLEMS = typer.Option(20, "--max-problems", help="Problems to print.")
 SHOWN_COLUMNS = ["video_id", "label", "split", "modify_type", "fake_segments", "duration_s"]
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return frame.to_dict(orient="records")
+
+
+def _counts(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Videos per split, label and modify_type, as JSON records."""
+    from featstore.datasets import manifest_counts
+
+    return _records(manifest_counts(df))
+
+
+def _view_counts(manifest: pd.DataFrame, view: str) -> list[dict[str, Any]]:
+    from featstore.datasets import resolve_view, view_counts
+
+    return _records(view_counts(manifest, resolve_view(manifest, view).splits))
 
 
 def _counts_text(df: pd.DataFrame) -> str:
@@ -93,6 +112,7 @@ def import_dataset(
         True, "--check-files/--no-check-files", help="Report rows whose media file is missing."
     ),
     max_problems: int = MAX_PROBLEMS,
+    as_json: bool = json_option("what was imported (counts, views, dropped and corrected rows)"),
 ) -> None:
     """Read, validate and store a dataset's manifest (every valid video, official splits)."""
     with user_errors():
@@ -134,6 +154,23 @@ def import_dataset(
             splits = protocol_splits(view, manifest, seed=seed)
             manifest = add_view(manifest, view, splits, _protocol_info(view, seed), default=True)
         open_store(store, mode="a").write_manifest(name, manifest, attrs=manifest.attrs)
+    if as_json:
+        print_json(
+            {
+                "dataset": name,
+                "format": fmt,
+                "root": str(result.root),
+                "videos": len(manifest),
+                "protocol": protocol,
+                "seed": seed if protocol else None,
+                "default_view": view,
+                "counts": _counts(manifest),
+                "view_counts": None if view is None else _view_counts(manifest, view),
+                "dropped": [str(p) for p in result.problems],
+                "corrected": [str(p) for p in result.corrections],
+            }
+        )
+        return
     typer.echo(
         f"imported {len(manifest)} videos into {name!r} ({fmt}"
         + (f", protocol {protocol}, seed {seed}" if protocol else "")
@@ -156,28 +193,50 @@ def _views_line(attrs: dict[str, Any]) -> str:
 
 
 @app.command("list")
-def list_datasets(store: str = STORE) -> None:
+def list_datasets(
+    store: str = STORE,
+    as_json: bool = json_option("one object per dataset (videos, real, fake, splits, views)"),
+) -> None:
     """Datasets in the store with their video counts and views (* = default view)."""
     with user_errors():
         from featstore import open_store
+        from featstore.datasets import views_of
         from featstore.errors import ManifestError
 
         fs = open_store(store, mode="r")
         lines = []
+        docs: list[dict[str, Any]] = []
         for name in fs.datasets():
             try:
                 df = fs.manifest(name)
             except ManifestError:
                 lines.append(f"{name}\t(no manifest)")
+                docs.append({"name": name, "manifest": False})
                 continue
             attrs = df.attrs
             splits = df["split"].value_counts().sort_index() if "split" in df.columns else {}
             split_text = " ".join(f"{k}={v}" for k, v in dict(splits).items())
             n_fake = int((df["label"] == 1).sum()) if "label" in df.columns else 0
+            docs.append(
+                {
+                    "name": name,
+                    "manifest": True,
+                    "videos": len(df),
+                    "real": len(df) - n_fake,
+                    "fake": n_fake,
+                    "splits": {str(k): int(v) for k, v in dict(splits).items()},
+                    "format": attrs.get("format"),
+                    "views": sorted(views_of(attrs)),
+                    "default_view": attrs.get("default_view"),
+                }
+            )
             lines.append(
                 f"{name}\t{len(df)} videos ({len(df) - n_fake} real, {n_fake} fake)\t"
                 f"{split_text}\tformat={attrs.get('format', '?')} views={_views_line(attrs)}"
             )
+    if as_json:
+        print_json(docs)
+        return
     typer.echo("\n".join(lines) if lines else "(no datasets)")
 
 
@@ -210,6 +269,7 @@ def show_dataset(
     view: str | None = typer.Option(
         None, "--view", help="Also print this view's composition (split x modify_type)."
     ),
+    as_json: bool = json_option("the import details, views, counts and first rows"),
 ) -> None:
     """A dataset's import details, views, counts and first rows."""
     with user_errors():
@@ -219,6 +279,25 @@ def show_dataset(
 
         df = open_store(store, mode="r").manifest(name)
         composition = None if view is None else _view_text(df, view)
+        if as_json:
+            from featstore.datasets import views_of
+
+            shown = [c for c in SHOWN_COLUMNS if c in df.columns]
+            print_json(
+                {
+                    "name": name,
+                    "attrs": {
+                        k: v for k, v in df.attrs.items() if k not in ("views", "default_view")
+                    },
+                    "views": views_of(df.attrs),
+                    "default_view": df.attrs.get("default_view"),
+                    "videos": len(df),
+                    "counts": _counts(df),
+                    "view_counts": None if view is None else _view_counts(df, view),
+                    "rows": _records(df[shown].head(limit)),
+                }
+            )
+            return
     for key, value in df.attrs.items():
         if key not in ("views", "default_view"):
             typer.echo(f"{key}: {value}")
@@ -267,6 +346,7 @@ def add_protocol(
     store: str = STORE,
     default: bool = DEFAULT,
     replace: bool = REPLACE,
+    as_json: bool = json_option("the view added and its composition"),
 ) -> None:
     """Add a protocol as a view of an imported dataset (features are shared, not re-extracted).
 
@@ -284,6 +364,18 @@ def add_protocol(
         splits = protocol_splits(protocol, manifest, seed=seed)
         manifest = add_view(manifest, view, splits, _protocol_info(protocol, seed), default=default)
         fs.write_manifest(name, manifest, attrs=manifest.attrs)
+    if as_json:
+        print_json(
+            {
+                "dataset": name,
+                "view": view,
+                "protocol": protocol,
+                "seed": seed,
+                "default": default,
+                "view_counts": _view_counts(manifest, view),
+            }
+        )
+        return
     typer.echo(
         f"added view {view!r} to {name!r} (protocol {protocol}, seed {seed}"
         + (", default" if default else "")
@@ -303,6 +395,7 @@ def apply_splits(
     default: bool = DEFAULT,
     replace: bool = REPLACE,
     max_problems: int = MAX_PROBLEMS,
+    as_json: bool = json_option("the view added, the lines matched and those unmatched"),
 ) -> None:
     """Apply published split files (lines `path,label` or `video_id`) to a dataset as a view.
 
@@ -325,6 +418,20 @@ def apply_splits(
         }
         manifest = add_view(manifest, view, result.splits, info, default=default)
         fs.write_manifest(name, manifest, attrs=manifest.attrs)
+    if as_json:
+        print_json(
+            {
+                "dataset": name,
+                "view": view,
+                "files": info["files"],
+                "default": default,
+                "matched": dict(result.matched),
+                "duplicates": result.duplicates,
+                "unmatched": [str(u) for u in result.unmatched],
+                "view_counts": _view_counts(manifest, view),
+            }
+        )
+        return
     matched = ", ".join(f"{k} {v}" for k, v in result.matched.items())
     typer.echo(f"added view {view!r} to {name!r}: matched {matched}; select {name}@{view}:SPLIT")
     typer.echo(_view_text(manifest, view))
@@ -338,6 +445,7 @@ def drop_view_command(
     name: str = NAME,
     view: str = typer.Argument(..., help="The view to remove."),
     store: str = STORE,
+    as_json: bool = json_option("the dataset and the view removed"),
 ) -> None:
     """Remove a view (the videos and their features stay)."""
     with user_errors():
@@ -347,6 +455,9 @@ def drop_view_command(
         fs = open_store(store, mode="a")
         manifest = drop_view(fs.manifest(name), view)
         fs.write_manifest(name, manifest, attrs=manifest.attrs)
+    if as_json:
+        print_json({"dataset": name, "removed_view": view})
+        return
     typer.echo(f"removed view {view!r} from {name!r}")
 
 
@@ -355,6 +466,7 @@ def default_view_command(
     name: str = NAME,
     view: str = typer.Argument(..., help="A view, or 'official' for the split column."),
     store: str = STORE,
+    as_json: bool = json_option("the dataset and its default view"),
 ) -> None:
     """Choose the view that selections without @VIEW use."""
     with user_errors():
@@ -364,6 +476,9 @@ def default_view_command(
         fs = open_store(store, mode="a")
         manifest = set_default_view(fs.manifest(name), view)
         fs.write_manifest(name, manifest, attrs=manifest.attrs)
+    if as_json:
+        print_json({"dataset": name, "default_view": view})
+        return
     typer.echo(f"{name}:SPLIT now selects view {view!r}")
 
 
@@ -381,6 +496,7 @@ def measure_silence(
     max_problems: int = typer.Option(20, "--max-problems", help="Failures to print."),
     progress_every_s: float = every_s_option(),
     progress_every: int = every_items_option(),
+    as_json: bool = json_option("the summary (measured, skipped, failed, statistics, failures)"),
 ) -> None:
     """Measure each video's leading silence into the manifest column leading_silence_s.
 
@@ -414,6 +530,9 @@ def measure_silence(
                 fg=typer.colors.YELLOW,
             )
             raise typer.Exit(code=130) from None
+    if as_json:
+        print_json({"dataset": name, **dataclasses.asdict(summary)})
+        return
     stats = (
         "-"
         if math.isnan(summary.mean_s)
@@ -467,6 +586,7 @@ def segment_dataset(
     max_problems: int = typer.Option(20, "--max-problems", help="Failures to print."),
     progress_every_s: float = every_s_option(),
     progress_every: int = every_items_option(),
+    as_json: bool = json_option("the summary (videos, segments, hours kept, drops, failures)"),
 ) -> None:
     """Cut a dataset's videos into single-speaker segments (paper Supp. C) as a new dataset.
 
@@ -515,6 +635,9 @@ def segment_dataset(
                 fg=typer.colors.YELLOW,
             )
             raise typer.Exit(code=130) from None
+    if as_json:
+        print_json({"dataset": target, "source": name, **dataclasses.asdict(summary)})
+        return
     typer.echo(
         f"{target}: {summary.videos_in} videos in ({summary.processed} processed, "
         f"{summary.skipped} done before, {summary.failed} failed); "

@@ -23,6 +23,7 @@ from cli.options import (
     plot_format_option,
     plot_suffix,
 )
+from cli.output import json_option, print_json
 
 explain_app = typer.Typer(help="Explain a run's decisions on stored videos.", no_args_is_help=True)
 
@@ -273,6 +274,7 @@ def fuse_command(
     calibrate: str | None = CALIBRATE_ON,
     no_calibration: bool = NO_CALIBRATION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
+    as_json: bool = json_option("every member's and the fusion's metrics"),
 ) -> None:
     """Late fusion (average of probabilities): every member and the fusion on the same videos.
 
@@ -286,6 +288,9 @@ def fuse_command(
             run_dirs, _open(store, run_dirs), on, out=out, how=how, ci=ci, overwrite=overwrite,
             calibrate_on=calibrate_on(calibrate, no_calibration),
         )  # fmt: skip
+    if as_json:
+        print_json(result)
+        return
     from rich.table import Table
 
     table = Table(title=f"late fusion on {result['selection']} ({result['n_evaluated']} videos)")
@@ -312,6 +317,7 @@ def correlate_command(
     ),
     metric: str = typer.Option("auc", "--metric", help="auc or ap, for the relative improvement."),
     plot_format: str | None = plot_format_option(),
+    as_json: bool = json_option("the correlations, the improvements and the files written"),
 ) -> None:
     """Pearson correlation of the runs' predictions and pairwise-fusion improvement (Fig. 5)."""
     with user_errors():
@@ -325,6 +331,9 @@ def correlate_command(
             metric=metric,
             plot_format=plot_suffix(plot_format),
         )
+    if as_json:
+        print_json({**result, "out": str(out)})
+        return
     from rich.table import Table
 
     names = result["names"]

@@ -22,6 +22,7 @@ from cli.options import (
     plot_format_option,
     store_option,
 )
+from cli.output import json_option, print_json
 
 app = typer.Typer(
     help="The paper's tables and figures: Tab. 6, Fig. 2, Fig. 3.", no_args_is_help=True
@@ -135,6 +136,7 @@ def fig2_command(
     plot_format: str | None = plot_format_option(),
     width: float = WIDTH,
     caption: bool = CAPTION,
+    as_json: bool = json_option("the bars, the caption and the files written"),
 ) -> None:
     """Paper Fig. 2: temporal localization AUC (solid) beside video AUC (hatched) per run."""
     out = plot_file(out, plot_format)
@@ -156,6 +158,17 @@ def fig2_command(
         data = write_json(
             path, {"selection": selection, "caption": text, "bars": [asdict(b) for b in bars]}
         )
+    if as_json:
+        print_json(
+            {
+                "selection": selection,
+                "caption": text,
+                "bars": bars,
+                "figure": path,
+                "data": data,
+            }
+        )
+        return
     for b in bars:
         typer.echo(
             f"{b.label:<24} {b.modality:<12} localization {100 * b.temporal_auc:5.1f}  "
@@ -190,6 +203,7 @@ def fig3_command(
     plot_format: str | None = plot_format_option(),
     width: float = WIDTH,
     caption: bool = CAPTION,
+    as_json: bool = json_option("the caption and the files written"),
 ) -> None:
     """Paper Fig. 3: a video's score curve, its Mel spectrogram and frames under it."""
     dataset = dataset_name(on)
@@ -208,5 +222,8 @@ def fig3_command(
         )
         path = score_figure(data, out, width_in=width, caption=caption)
         sidecar = write_json(path, {"caption": video_caption(data), **data.to_dict()})
+    if as_json:
+        print_json({"caption": video_caption(data), "figure": path, "data": sidecar})
+        return
     typer.echo(video_caption(data))
     typer.echo(f"figure: {path}\ndata: {sidecar}")

@@ -30,12 +30,20 @@ def make(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a sample dataset already in OUT_DIR.")
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print what was written as JSON.")
+    ] = False,
 ) -> None:
     """Write synthetic real and fake clips with train/val metadata to OUT_DIR."""
     from featstore.sample import make_sample
 
     with user_errors():
         info = make_sample(out_dir, n_clips=clips, seed=seed, size=size, overwrite=overwrite)
+    if as_json:
+        from cli.output import print_json
+
+        print_json(info)
+        return
     typer.echo(
         f"wrote {info.n_clips} clips ({info.n_train} train, {info.n_val} val) to {info.root} "
         f"in {info.elapsed_s:.1f} s"

@@ -22,6 +22,7 @@ from cli.evaluate import (
     localization_rows,
 )
 from cli.options import complete_features, plot_format_option, plot_suffix, store_option
+from cli.output import json_option, print_json
 
 STORE = store_option()
 AUDIO = typer.Option(
@@ -204,6 +205,7 @@ def layers_command(
     plot_format: str | None = plot_format_option(),
     frame_hz: float | None = FRAME_HZ,
     allow_missing: bool = ALLOW_MISSING,
+    as_json: bool = json_option("every layer pair's AUC/AP, the best pair and the files"),
 ) -> None:
     """Eq. 3 on every stored layer (paper Fig. 7): equal layers, or one side fixed.
 
@@ -219,7 +221,8 @@ def layers_command(
         def show(r: Any) -> None:
             typer.echo(
                 f"audio {r.audio_layer:>5}  visual {r.visual_layer:>5}  "
-                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n}"
+                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n}",
+                err=as_json,
             )
 
         sweep = sweep_layers(
@@ -236,6 +239,13 @@ def layers_command(
             plot_format=plot_suffix(plot_format),
         )
     best = sweep.best
+    if as_json:
+        from trainers.layers import JSON_NAME
+
+        # layers.json's document (the same shape as the file), with the files written
+        doc = json.loads((out / JSON_NAME).read_text())
+        print_json({**doc, "files": sweep.files})
+        return
     typer.echo(f"best: audio {best.audio_layer} / visual {best.visual_layer}, AUC {_pct(best.auc)}")
     for name, path in sweep.files.items():
         typer.echo(f"{name}: {path}")

@@ -7,6 +7,7 @@ prints results, one ``error:`` line and the documented exit code for usage error
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -257,3 +258,74 @@ def test_defaults_filled_in_at_run_time_are_in_parentheses():
     assert "[default: (the train dataset's val split)]" in text
     listing = runner.invoke(app, ["store", "ls", "--help"], env={"COLUMNS": "300"})
     assert "[default: 50]" in " ".join(listing.output.split())
+
+
+# ------------------------------------------------------------------ --json
+
+# commands with no result to print as one document: serve runs a server
+NO_RESULT_DOCUMENT = {"serve"}
+
+
+def test_every_command_that_prints_results_takes_json():
+    missing = [
+        path
+        for path, command in COMMANDS.items()
+        if path not in NO_RESULT_DOCUMENT and not any("--json" in p.opts for p in _options(command))
+    ]
+    assert not missing, missing
+
+
+def test_the_readme_documents_every_json_shape():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### JSON output", 1)[1].split("\n### ", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z0-9 -]+)` \|", section, re.M))
+    assert documented == set(COMMANDS) - NO_RESULT_DOCUMENT
+
+
+def _json(args):
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def features_url(store_url):
+    from featstore.store import open_store
+
+    from trainer_fixtures import write_planted_dataset  # isort: skip
+
+    write_planted_dataset(
+        open_store(store_url, mode="a", durable=False), "planted", n_videos=6, dim=8, encoder="enc"
+    )
+    return store_url
+
+
+def test_store_and_datasets_commands_print_json(features_url):
+    url = features_url
+    assert {d["name"] for d in _json(["store", "ls", url])["datasets"]} == {"ds", "planted"}
+    encoders = _json(["store", "ls", url, "planted"])["encoders"]
+    assert [e["name"] for e in encoders] == ["enc"] and encoders[0]["layers"] == ["last"]
+    videos = _json(["store", "ls", url, "planted", "enc", "-n", "2"])
+    assert videos["total"] == 6 and len(videos["videos"]) == 2
+    assert set(videos["videos"][0]) == {"video_id", "n_frames", "part"}
+    verify = _json(["store", "verify", url])
+    assert verify["ok"] is True and verify["problems"] == [] and verify["rows"] > 0
+    gc = _json(["store", "gc", url, "--dry-run"])
+    assert gc["dry_run"] is True and gc["removed_uncommitted"] == []
+    compact = _json(["store", "compact", url, "planted", "enc"])
+    assert compact["dataset"] == "planted" and "merged" in compact
+    listed = {d["name"]: d for d in _json(["datasets", "list", "-s", url])}
+    assert listed["ds"]["videos"] == 3 and listed["ds"]["fake"] == 1
+    assert listed["ds"]["splits"] == {"test": 2, "train": 1}
+    shown = _json(["datasets", "show", "ds", "-s", url, "-n", "2"])
+    assert shown["videos"] == 3 and [r["video_id"] for r in shown["rows"]] == ["a", "b"]
+    assert sum(c["videos"] for c in shown["counts"]) == 3
+    made = _json(["datasets", "protocol", "ds", "-s", url, "-p", "all-test", "--as", "t"])
+    assert made["view"] == "t" and made["protocol"] == "all-test"
+    assert _json(["datasets", "default-view", "ds", "t", "-s", url]) == {
+        "dataset": "ds",
+        "default_view": "t",
+    }
+    assert _json(["datasets", "drop-view", "ds", "t", "-s", url])["removed_view"] == "t"
