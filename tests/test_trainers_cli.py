@@ -401,8 +401,10 @@ def test_fuse_and_correlate_json(env):
     out = root / "corr-json"
     corr = runner.invoke(
         app,
-        ["correlate", *map(str, members), "--store", url, "--on", "alpha:test", "--json"]
-        + ["--out", str(out)],
+        [
+            "correlate", *map(str, members), "--store", url, "--on", "alpha:test",
+            "--json", "--out", str(out),
+        ],  # fmt: skip
     )
     assert corr.exit_code == 0, corr.output
     doc = json.loads(corr.stdout)
