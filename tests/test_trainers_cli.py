@@ -399,13 +399,8 @@ def test_fuse_and_correlate_json(env):
     assert set(doc["members"]) == {"run-enc", "run-wide"} and doc["fused"]["auc"] > 0.95
     assert doc["selection"] == "alpha:test" and doc["n_evaluated"] > 0
     out = root / "corr-json"
-    corr = runner.invoke(
-        app,
-        [
-            "correlate", *map(str, members), "--store", url, "--on", "alpha:test",
-            "--json", "--out", str(out),
-        ],  # fmt: skip
-    )
+    args = ["--store", url, "--on", "alpha:test", "--json", "--out", str(out)]
+    corr = runner.invoke(app, ["correlate", *map(str, members), *args])
     assert corr.exit_code == 0, corr.output
     doc = json.loads(corr.stdout)
     assert doc["names"] == ["run-enc", "run-wide"] and doc["pearson"][0][0] == pytest.approx(1)
