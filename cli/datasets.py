@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.errors import user_errors
+from cli.errors import EXIT_INTERRUPTED, user_errors
 from cli.group import deprecated_aliases
 from cli.options import store_option
 from cli.output import json_option, print_json
@@ -529,7 +529,7 @@ def measure_silence(
                 err=True,
                 fg=typer.colors.YELLOW,
             )
-            raise typer.Exit(code=130) from None
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
     if as_json:
         print_json({"dataset": name, **dataclasses.asdict(summary)})
         return
@@ -634,7 +634,7 @@ def segment_dataset(
                 err=True,
                 fg=typer.colors.YELLOW,
             )
-            raise typer.Exit(code=130) from None
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
     if as_json:
         print_json({"dataset": target, "source": name, **dataclasses.asdict(summary)})
         return

@@ -327,3 +327,28 @@ def test_import_reports_corrections(tmp_path: Path) -> None:
     result = invoke("import", "av1m", root, "--name", "a", "-s", tmp_path / "s.zarr")
     assert result.exit_code == 0
     assert "1 row(s) corrected:" in result.output and "not in time order: sorted" in result.output
+
+
+def test_import_and_split_json(tmp_path: Path) -> None:
+    import json
+
+    store = tmp_path / "s.zarr"
+    train = [av1m_entry("a.mp4", "real", []), av1m_entry("b.mp4", "real", [[1.0, 2.0]])]
+    root = write_av1m(tmp_path / "av1m", train=train, val=[])
+    result = runner.invoke(
+        app, ["import", "av1m", str(root), "--name", "d", "-s", str(store), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["dataset"] == "d" and doc["videos"] == 1 and doc["format"] == "av1m"
+    assert len(doc["dropped"]) == 1 and "label_mismatch" in doc["dropped"][0]
+    assert sum(c["videos"] for c in doc["counts"]) == 1
+    listing = tmp_path / "test.txt"
+    listing.write_text("train/a.mp4\nnope.mp4\n")
+    split = runner.invoke(
+        app, ["split", "d", "--test", str(listing), "--as", "mine", "-s", str(store), "--json"]
+    )
+    assert split.exit_code == 0, split.output
+    doc = json.loads(split.stdout)
+    assert doc["view"] == "mine" and doc["matched"] == {"test": 1}
+    assert len(doc["unmatched"]) == 1
