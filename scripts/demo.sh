@@ -30,15 +30,15 @@ featstore extract --encoder logfbank --on sample --store "$STORE"
 featstore extract --encoder mouth-pixels --on sample --store "$STORE"   # reuses the cached tracks
 python scripts/demo_checkpoints.py "$OUT/checkpoints" wav2vec2 clip avhubert
 featstore extract --encoder wav2vec2 --checkpoint "$OUT/checkpoints/wav2vec2" --layers all \
-  --dataset sample --store "$STORE" --dry-run
+  --on sample --store "$STORE" --dry-run
 featstore extract --encoder wav2vec2 --checkpoint "$OUT/checkpoints/wav2vec2" --layers all \
-  --dataset sample --store "$STORE" --limit 30                      # as if interrupted part way
+  --on sample --store "$STORE" --limit 30                      # as if interrupted part way
 featstore extract --encoder wav2vec2 --checkpoint "$OUT/checkpoints/wav2vec2" --layers all \
-  --dataset sample --store "$STORE"                                 # resume: only the rest run
+  --on sample --store "$STORE"                                 # resume: only the rest run
 featstore extract --encoder clip --checkpoint "$OUT/checkpoints/clip" --on sample --store "$STORE"
 for enc in avhubert-a avhubert-v; do   # a fairseq-format file, read without unpickling code
   featstore extract --encoder $enc --checkpoint "$OUT/checkpoints/avhubert.pt" --layers all \
-    --dataset sample --store "$STORE"
+    --on sample --store "$STORE"
 done
 
 step "6. Inspect and maintain the store"
@@ -56,7 +56,7 @@ step "8. Train a linear probe (paper Eq. 1) on the training split"
 # lr 0.05, not the paper's 1e-3: 70 videos x 100 epochs are 7k Adam steps, the paper's 23k
 # training videos give 2.3M; at 1e-3 a probe barely moves on a set this small.
 featstore train probe --store "$STORE" --encoder logfbank --train sample:train --no-val \
-  --lr 0.05 --out "$OUT/runs/logfbank" | sed -n '1,3p;98,$p'
+  --lr 0.05 --out "$OUT/runs/logfbank" --epoch-every 25
 
 step "9. Evaluate it on the held-out split (every fake counted: the sample is small)"
 featstore eval "$OUT/runs/logfbank" --on sample:val --all-fakes
