@@ -57,8 +57,6 @@ def info(
 
         summary = summarize(open_store(url, mode="r"), dataset)
     if as_json:
-        import dataclasses
-
         typer.echo(json.dumps(dataclasses.asdict(summary), indent=2, default=str))
         return
     from rich.table import Table
@@ -455,8 +453,6 @@ def rm_command(
     record is removed, and readers refuse a marked encoder. Stop extractions writing
     it first. Without --yes it asks on a terminal and refuses otherwise.
     """
-    import dataclasses
-
     url, (dataset, encoder) = shift_store(
         url, [dataset, encoder], names=["DATASET", "ENCODER"], required=2
     )
