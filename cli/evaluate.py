@@ -95,17 +95,22 @@ SEGMENT_METRICS = typer.Option(
 THRESHOLD = typer.Option(
     None,
     "--threshold",
+    show_default="the run's chosen one",
     help="Frame threshold of the segments: a number, or a name of the run's card (segment_f1, "
-    "real_videos: calibrated at training; paper: 0). Default: the run's chosen one.",
+    "real_videos: calibrated at training; paper: 0).",
 )
 SMOOTH_S = typer.Option(
-    None, "--smooth-s", min=0.0, help="Running-median window of frame scores, s (default: run's)."
+    None,
+    "--smooth-s",
+    min=0.0,
+    show_default="run's",
+    help="Running-median window of frame scores, s.",
 )
 MIN_SEGMENT_S = typer.Option(
-    None, "--min-segment-s", min=0.0, help="Drop shorter segments, s (default: run's)."
+    None, "--min-segment-s", min=0.0, show_default="run's", help="Drop shorter segments, s."
 )
 MERGE_GAP_S = typer.Option(
-    None, "--merge-gap-s", min=0.0, help="Merge segments this close, s (default: run's)."
+    None, "--merge-gap-s", min=0.0, show_default="run's", help="Merge segments this close, s."
 )
 CALIBRATE_ON = typer.Option(
     None,
@@ -208,8 +213,9 @@ def eval_command(
     windows: bool = typer.Option(
         False,
         "--windows",
+        show_default="whole clips, as the paper",
         help="Score videos longer than the run's training clips in windows of that length, "
-        "the video score their maximum (default: whole clips, as the paper).",
+        "the video score their maximum.",
     ),
     allow_missing: bool = typer.Option(
         False, "--allow-missing", help="Skip videos without features."
@@ -278,8 +284,8 @@ def fuse_command(
 ) -> None:
     """Late fusion (average of probabilities): every member and the fusion on the same videos.
 
-    With --out, the fusion run's frame threshold is calibrated on --calibrate-on (default:
-    the validation selection its members share, if they do).
+    With --out, the fusion run's frame threshold is calibrated on --calibrate-on, or else
+    on the validation selection its members share, if they do.
     """
     with user_errors():
         from trainers.evaluate import fuse

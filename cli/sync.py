@@ -113,8 +113,8 @@ def syncscore_command(
 
     With --out the run is a ``syncfree`` run: ``eval``, ``fuse``, ``explain`` and
     ``serve`` (uploads included) take it like any trained run; its frame threshold is
-    calibrated on --calibrate-on (default: the val split of the --on dataset, when that
-    is another split).
+    calibrated on --calibrate-on, or else on the val split of the --on dataset, when that
+    is another split.
     """
     with user_errors():
         from featstore import open_store
