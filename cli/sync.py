@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
+from cli.group import deprecated_aliases
 from cli.evaluate import (
     CALIBRATE_ON,
     FAKES,
@@ -25,11 +26,13 @@ from cli.evaluate import (
     result_table,
 )
 from cli.options import complete_features, plot_format_option, plot_suffix, store_option
+from cli.output import json_option, print_json
 
 STORE = store_option()
 AUDIO = typer.Option(
     ...,
     "--audio",
+    metavar="ENCODER[:LAYER]",
     autocompletion=complete_features,
     help="Audio features ENCODER[:LAYER] (e.g. avhubert-a:last); several joined by '+' (or the "
     "option repeated) are concatenated per frame.",
@@ -37,6 +40,7 @@ AUDIO = typer.Option(
 VISUAL = typer.Option(
     ...,
     "--visual",
+    metavar="ENCODER[:LAYER]",
     autocompletion=complete_features,
     help="Visual features ENCODER[:LAYER] (e.g. avhubert-v:last); several joined by '+' (or the "
     "option repeated) are concatenated per frame.",
@@ -54,8 +58,9 @@ POOL = typer.Option(
 PADDING = typer.Option(
     None,
     "--padding",
-    help="Positions a shift pushes out of the video: zero (count as cosine 0, SpeechForensics; "
-    "the mean pool's default) or exclude (left out; every other pool's default). With --shift.",
+    show_default="zero for the mean pool, exclude for the others",
+    help="Positions a shift pushes out of the video: zero (count as cosine 0, as "
+    "SpeechForensics does) or exclude (left out). With --shift.",
 )
 FRAME_HZ = typer.Option(
     None, "--frame-hz", help="Resample both streams to this rate (when the encoders' rates differ)."
@@ -75,6 +80,7 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+@deprecated_aliases({"--all-fakes": "--fakes=all"})
 def syncscore_command(
     store: str = STORE,
     audio: list[str] = AUDIO,
@@ -107,8 +113,8 @@ def syncscore_command(
 
     With --out the run is a ``syncfree`` run: ``eval``, ``fuse``, ``explain`` and
     ``serve`` (uploads included) take it like any trained run; its frame threshold is
-    calibrated on --calibrate-on (default: the val split of the --on dataset, when that
-    is another split).
+    calibrated on --calibrate-on, or else on the val split of the --on dataset, when that
+    is another split.
     """
     with user_errors():
         from featstore import open_store
@@ -167,17 +173,20 @@ def syncscore_command(
         typer.echo(f"run written to {metrics['out']}")
 
 
+@deprecated_aliases({"--all-fakes": "--fakes=all"})
 def layers_command(
     store: str = STORE,
     audio: str = typer.Option(
         ...,
         "--audio",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help="Audio ENCODER (sweep its layers) or ENCODER:LAYER (fixed).",
     ),
     visual: str = typer.Option(
         ...,
         "--visual",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help="Visual ENCODER (sweep its layers) or ENCODER:LAYER (fixed).",
     ),
@@ -193,6 +202,7 @@ def layers_command(
     plot_format: str | None = plot_format_option(),
     frame_hz: float | None = FRAME_HZ,
     allow_missing: bool = ALLOW_MISSING,
+    as_json: bool = json_option("every layer pair's AUC/AP, the best pair and the files"),
 ) -> None:
     """Eq. 3 on every stored layer (paper Fig. 7): equal layers, or one side fixed.
 
@@ -208,7 +218,8 @@ def layers_command(
         def show(r: Any) -> None:
             typer.echo(
                 f"audio {r.audio_layer:>5}  visual {r.visual_layer:>5}  "
-                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n} ({r.n_real} real / {r.n_fake} fake)"
+                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n} ({r.n_real} real / {r.n_fake} fake)",
+                err=as_json,
             )
 
         sweep = sweep_layers(
@@ -224,8 +235,15 @@ def layers_command(
             fakes=fakes,
             plot_format=plot_suffix(plot_format),
         )
-    typer.echo(filter_text(sweep.fakes))
+    typer.echo(filter_text(sweep.fakes), err=as_json)
     best = sweep.best
+    if as_json:
+        from trainers.layers import JSON_NAME
+
+        # layers.json's document (the same shape as the file), with the files written
+        doc = json.loads((out / JSON_NAME).read_text())
+        print_json({**doc, "files": sweep.files})
+        return
     typer.echo(f"best: audio {best.audio_layer} / visual {best.visual_layer}, AUC {_pct(best.auc)}")
     for name, path in sweep.files.items():
         typer.echo(f"{name}: {path}")

@@ -2,7 +2,8 @@
 
 ``probe`` is the paper's linear probe (real and fake videos); ``ntp`` (next-token
 prediction) and ``sync`` (AVH-Align) are trained on real videos only. Each prints
-one line per epoch and writes a run directory that ``featstore eval`` reads. The
+one line per epoch (``--quiet``: none; ``--epoch-every N``: every N-th; ``--json``:
+on stderr) and writes a run directory that ``featstore eval`` reads. The
 commands call the run kinds' ``train`` (``trainers.kinds``). Features may be
 feature sets: ``--encoder avhubert-a+avhubert-v`` or a repeated ``--encoder``.
 Options may come from a TOML/YAML file (``--config``, ``cli.config_file``); where
@@ -42,7 +43,7 @@ VAL_FRACTION = typer.Option(
     "a seeded draw per label, whole identities (or source videos of segments) at a time; "
     "recorded in the run config.",
 )
-VAL_SEED = typer.Option(None, "--val-seed", help="Seed of --val-fraction's draw (default 43).")
+VAL_SEED = typer.Option(None, "--val-seed", show_default="43", help="Seed of --val-fraction's draw.")
 CHECKPOINT_EVERY = typer.Option(
     None,
     "--checkpoint-every",
@@ -57,7 +58,7 @@ RESUME = typer.Option(
     help="Continue the training checkpointed in RUN_DIR (give the options it was started "
     "with); ends as the uninterrupted training would have. Implies --out RUN_DIR.",
 )
-SEED = typer.Option(None, "--seed", help="Random seed (default 43).")
+SEED = typer.Option(None, "--seed", show_default="43", help="Random seed.")
 DEVICE = typer.Option(None, "--device", help="torch device (cpu, cuda, ...).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace a complete run at --out.")
 ALLOW_MISSING = typer.Option(
@@ -65,6 +66,15 @@ ALLOW_MISSING = typer.Option(
 )
 NO_L2 = typer.Option(False, "--no-l2", help="Do not L2-normalise frames.")
 CONFIG = config_option()
+QUIET = typer.Option(False, "--quiet", "-q", help="Print no epoch lines: only the result.")
+EPOCH_EVERY = typer.Option(
+    1, "--epoch-every", min=1, metavar="N", help="Print every N-th epoch's line."
+)
+AS_JSON = typer.Option(
+    False,
+    "--json",
+    help="Print the run (path, kind, config.json) as JSON on stdout; epoch lines go to stderr.",
+)
 TENSORBOARD = typer.Option(
     None,
     "--tensorboard",
@@ -172,8 +182,39 @@ def _recording(
             curves.close()
 
 
-def _print_epoch(stats: Any) -> None:
-    typer.echo(format_epoch(stats))
+def epoch_printer(
+    line: Callable[[Any], str], *, quiet: bool, every: int, to_stderr: bool = False
+) -> Callable[[Any], None]:
+    """The epoch callback of ``--quiet`` / ``--epoch-every N``: ``line(stats)`` for every
+    N-th epoch (on stderr with ``--json``, whose stdout holds only the result)."""
+
+    def show(stats: Any) -> None:
+        if not quiet and stats.epoch % every == 0:
+            typer.echo(line(stats), err=to_stderr)
+
+    return show
+
+
+def format_sync_epoch(stats: Any) -> str:
+    """One progress line of ``train sync``: epoch, train loss, val loss, lr, seconds."""
+    val_loss = "-" if stats.val_loss is None else f"{stats.val_loss:.4f}"
+    return (
+        f"epoch {stats.epoch:>3}  loss {stats.train_loss:.4f}  val loss {val_loss}  "
+        f"lr {stats.lr:.1e}  {stats.seconds:.1f}s"
+    )
+
+
+def _print_run(run: Any, lines: list[str], as_json: bool) -> None:
+    """The result: ``lines`` then where the run went, or (``--json``) one JSON document."""
+    if as_json:
+        import json
+
+        doc = {"run": str(run.path), "kind": run.config.get("kind"), "config": run.config}
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    for line in lines:
+        typer.echo(line)
+    typer.echo(f"run written to {run.path}")
 
 
 def _validation(val: str | None, no_val: bool) -> Any:
@@ -259,11 +300,16 @@ def probe(
         ...,
         "--encoder",
         "-e",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help=f"Features to use: {FEATURES_HELP}.",
     ),
     layer: str | None = typer.Option(
-        None, "--layer", "-l", help="Stored layer of encoders named without one (default: last)."
+        None,
+        "--layer",
+        "-l",
+        show_default="last",
+        help="Stored layer of encoders named without one.",
     ),
     train: str = typer.Option(
         ..., "--train", help="Training videos: NAME[@VIEW][:SPLIT] (bare NAME = its train split)."
@@ -271,14 +317,15 @@ def probe(
     val: str | None = typer.Option(
         None,
         "--val",
-        help="Validation videos: NAME[@VIEW][:SPLIT] (default: the train dataset's val split).",
+        show_default="the train dataset's val split",
+        help="Validation videos: NAME[@VIEW][:SPLIT].",
     ),
     no_val: bool = NO_VAL,
     val_fraction: float | None = VAL_FRACTION,
     val_seed: int | None = VAL_SEED,
     out: Path | None = OUT,
-    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
-    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3)."),
+    epochs: int | None = typer.Option(None, "--epochs", show_default="100", help="Maximum epochs."),
+    lr: float | None = typer.Option(None, "--lr", show_default="1e-3", help="Adam learning rate."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
     batch_videos: int | None = typer.Option(None, "--batch-videos", help="Videos per batch."),
     frame_hz: float | None = FRAME_HZ,
@@ -290,6 +337,9 @@ def probe(
     tensorboard: Path | None = TENSORBOARD,
     checkpoint_every: int | None = CHECKPOINT_EVERY,
     resume: Path | None = RESUME,
+    quiet: bool = QUIET,
+    epoch_every: int = EPOCH_EVERY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Linear probe (paper Eq. 1): per-frame logits, logsumexp over time, early stopping."""
     with _interrupts(), user_errors():
@@ -308,7 +358,8 @@ def probe(
             device=device,
             l2_normalize=False if no_l2 else None,
         )
-        with _recording(ctx, tensorboard, _print_epoch) as on_epoch:
+        show = epoch_printer(format_epoch, quiet=quiet, every=epoch_every, to_stderr=as_json)
+        with _recording(ctx, tensorboard, show) as on_epoch:
             run = probe_kind.train(
                 open_store(store),
                 features=parse_feature_set(encoder, layer=layer),
@@ -324,10 +375,7 @@ def probe(
                 checkpoint_every=checkpoint_every,
                 resume=resume is not None,
             )
-    typer.echo(_fit_line(run.config, reals=False))
-    for line in card_lines(run.config):
-        typer.echo(line)
-    typer.echo(f"run written to {run.path}")
+    _print_run(run, [_fit_line(run.config, reals=False), *card_lines(run.config)], as_json)
 
 
 @app.command("ntp")
@@ -339,11 +387,16 @@ def ntp(
         ...,
         "--encoder",
         "-e",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help=f"Features to use: {FEATURES_HELP}.",
     ),
     layer: str | None = typer.Option(
-        None, "--layer", "-l", help="Stored layer of encoders named without one (default: last)."
+        None,
+        "--layer",
+        "-l",
+        show_default="last",
+        help="Stored layer of encoders named without one.",
     ),
     train: str = typer.Option(
         ...,
@@ -353,18 +406,22 @@ def ntp(
     val: str | None = typer.Option(
         None,
         "--val",
-        help="Validation videos: NAME[@VIEW][:SPLIT] (default: the train dataset's val split); reals only.",
+        show_default="the train dataset's val split",
+        help="Validation videos: NAME[@VIEW][:SPLIT]; reals only.",
     ),
     no_val: bool = NO_VAL,
     val_fraction: float | None = VAL_FRACTION,
     val_seed: int | None = VAL_SEED,
     out: Path | None = OUT,
-    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
-    lr: float | None = typer.Option(None, "--lr", help="Adam peak learning rate (default 1e-3)."),
+    epochs: int | None = typer.Option(None, "--epochs", show_default="100", help="Maximum epochs."),
+    lr: float | None = typer.Option(None, "--lr", show_default="1e-3", help="Adam peak learning rate."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
     batch_videos: int | None = typer.Option(None, "--batch-videos", help="Videos per step."),
     max_context: int | None = typer.Option(
-        None, "--max-context", help="Frames per window (default 256); longer videos are windowed."
+        None,
+        "--max-context",
+        show_default="256",
+        help="Frames per window; longer videos are windowed.",
     ),
     frame_hz: float | None = FRAME_HZ,
     no_l2: bool = NO_L2,
@@ -375,6 +432,9 @@ def ntp(
     tensorboard: Path | None = TENSORBOARD,
     checkpoint_every: int | None = CHECKPOINT_EVERY,
     resume: Path | None = RESUME,
+    quiet: bool = QUIET,
+    epoch_every: int = EPOCH_EVERY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Next-token prediction anomaly detector (paper Sec. 3.2), trained on real videos only."""
     with _interrupts(), user_errors():
@@ -394,7 +454,8 @@ def ntp(
             device=device,
             l2_normalize=False if no_l2 else None,
         )
-        with _recording(ctx, tensorboard, _print_epoch) as on_epoch:
+        show = epoch_printer(format_epoch, quiet=quiet, every=epoch_every, to_stderr=as_json)
+        with _recording(ctx, tensorboard, show) as on_epoch:
             run = ntp_kind.train(
                 open_store(store),
                 features=parse_feature_set(encoder, layer=layer),
@@ -412,14 +473,11 @@ def ntp(
             )
     cfg = run.config
     th = cfg["learnt"]["thresholds"]
-    typer.echo(_fit_line(cfg, reals=True))
-    typer.echo(
+    thresholds = (
         f"thresholds ({th['quantile']:.0%} of real, on {th['learnt_on']}): "
         f"frame MSE {th['frame']:.4g}, video MSE {th['video']:.4g}"
     )
-    for line in card_lines(cfg):
-        typer.echo(line)
-    typer.echo(f"run written to {run.path}")
+    _print_run(run, [_fit_line(cfg, reals=True), thresholds, *card_lines(run.config)], as_json)
 
 
 @app.command("sync")
@@ -430,12 +488,14 @@ def sync(
     audio: list[str] = typer.Option(
         ...,
         "--audio",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help=f"Audio features (e.g. avhubert-a): {FEATURES_HELP}.",
     ),
     visual: list[str] = typer.Option(
         ...,
         "--visual",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help=f"Visual features (e.g. avhubert-v): {FEATURES_HELP}.",
     ),
@@ -447,19 +507,20 @@ def sync(
     val: str | None = typer.Option(
         None,
         "--val",
-        help="Validation videos: NAME[@VIEW][:SPLIT] (default: the train dataset's val split); reals only.",
+        show_default="the train dataset's val split",
+        help="Validation videos: NAME[@VIEW][:SPLIT]; reals only.",
     ),
     no_val: bool = NO_VAL,
     val_fraction: float | None = VAL_FRACTION,
     val_seed: int | None = VAL_SEED,
     out: Path | None = OUT,
-    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 500)."),
-    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default 1e-5)."),
+    epochs: int | None = typer.Option(None, "--epochs", show_default="500", help="Maximum epochs."),
+    lr: float | None = typer.Option(None, "--lr", show_default="1e-5", help="Adam learning rate."),
     patience: int | None = typer.Option(
-        None, "--patience", help="Early-stopping patience (default 10)."
+        None, "--patience", show_default="10", help="Early-stopping patience."
     ),
     batch_frames: int | None = typer.Option(
-        None, "--batch-frames", help="Frames per step (default 1024)."
+        None, "--batch-frames", show_default="1024", help="Frames per step."
     ),
     frame_hz: float | None = FRAME_HZ,
     seed: int | None = SEED,
@@ -474,6 +535,9 @@ def sync(
     tensorboard: Path | None = TENSORBOARD,
     checkpoint_every: int | None = CHECKPOINT_EVERY,
     resume: Path | None = RESUME,
+    quiet: bool = QUIET,
+    epoch_every: int = EPOCH_EVERY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Audio-visual synchronisation (AVH-Align, paper Sec. 3.2), trained on real videos only."""
     with _interrupts(), user_errors():
@@ -493,13 +557,7 @@ def sync(
         )
         val_selection = _validation(val, no_val)
 
-        def show(stats: Any) -> None:
-            val_loss = "-" if stats.val_loss is None else f"{stats.val_loss:.4f}"
-            typer.echo(
-                f"epoch {stats.epoch:>3}  loss {stats.train_loss:.4f}  val loss {val_loss}  "
-                f"lr {stats.lr:.1e}  {stats.seconds:.1f}s"
-            )
-
+        show = epoch_printer(format_sync_epoch, quiet=quiet, every=epoch_every, to_stderr=as_json)
         with _recording(ctx, tensorboard, show) as on_epoch:
             run = sync_kind.train(
                 open_store(store),
@@ -520,11 +578,8 @@ def sync(
             )
     cfg = run.config
     th = cfg["learnt"]["thresholds"]
-    typer.echo(_fit_line(cfg, reals=True))
-    typer.echo(
+    thresholds = (
         f"thresholds (-Phi, on {th['learnt_on']} reals): frame {th['frame']:.4g} "
         f"({th['frame_quantile']:.0%}), video {th['video']:.4g} ({th['video_quantile']:.0%})"
     )
-    for line in card_lines(cfg):
-        typer.echo(line)
-    typer.echo(f"run written to {run.path}")
+    _print_run(run, [_fit_line(cfg, reals=True), thresholds, *card_lines(run.config)], as_json)
