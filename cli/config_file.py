@@ -30,7 +30,12 @@ from cli.errors import fail
 
 META_KEY = "featstore.config_file"
 _NOT_FROM_FILES = {"config", "config_file", "help"}
-PATH_OPTIONS = ("out", "resume", "tensorboard", "store")  # relative values are from the file's folder
+PATH_OPTIONS = (
+    "out",
+    "resume",
+    "tensorboard",
+    "store",
+)  # relative values are from the file's folder
 # click's ParameterSource names (typer's copy of click has its own enum: compare names)
 _SOURCES = {
     "COMMANDLINE": "command_line",

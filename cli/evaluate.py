@@ -422,8 +422,8 @@ def grid_command(
     fakes: str | None = fakes_option(
         None,
         help="Which videos count on every test set: paper (reals and the fakes with both "
-        "modalities manipulated, where the dataset says which) or all (every fake). "
-        "Default: each dataset's `fakes` in the TOML (paper unless set).",
+        "modalities manipulated, where the dataset says which) or all (every fake).",
+        show_default="each dataset's `fakes` in the TOML, paper unless set",
     ),
 ) -> None:
     """Train one probe per (feature, training dataset), test on every dataset, write the tables."""

@@ -260,7 +260,9 @@ FAKES_HELP = (
 )
 
 
-def fakes_option(default: str | None = "paper", help: str = FAKES_HELP) -> Any:
+def fakes_option(
+    default: str | None = "paper", help: str = FAKES_HELP, show_default: bool | str = True
+) -> Any:
     """``--fakes paper|all``: the evaluation filter, one name and one meaning on every
     command that computes a metric (``trainers.evaluation_filter`` decides it)."""
     return typer.Option(
@@ -269,5 +271,6 @@ def fakes_option(default: str | None = "paper", help: str = FAKES_HELP) -> Any:
         metavar="paper|all",
         callback=_check_fakes,
         autocompletion=_complete_fakes,
+        show_default=show_default,
         help=help,
     )

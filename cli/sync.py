@@ -13,7 +13,6 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.group import deprecated_aliases
 from cli.evaluate import (
     CALIBRATE_ON,
     FAKES,
@@ -25,6 +24,7 @@ from cli.evaluate import (
     localization_rows,
     result_table,
 )
+from cli.group import deprecated_aliases
 from cli.options import complete_features, plot_format_option, plot_suffix, store_option
 from cli.output import json_option, print_json
 

@@ -43,7 +43,9 @@ VAL_FRACTION = typer.Option(
     "a seeded draw per label, whole identities (or source videos of segments) at a time; "
     "recorded in the run config.",
 )
-VAL_SEED = typer.Option(None, "--val-seed", show_default="43", help="Seed of --val-fraction's draw.")
+VAL_SEED = typer.Option(
+    None, "--val-seed", show_default="43", help="Seed of --val-fraction's draw."
+)
 CHECKPOINT_EVERY = typer.Option(
     None,
     "--checkpoint-every",
@@ -414,7 +416,9 @@ def ntp(
     val_seed: int | None = VAL_SEED,
     out: Path | None = OUT,
     epochs: int | None = typer.Option(None, "--epochs", show_default="100", help="Maximum epochs."),
-    lr: float | None = typer.Option(None, "--lr", show_default="1e-3", help="Adam peak learning rate."),
+    lr: float | None = typer.Option(
+        None, "--lr", show_default="1e-3", help="Adam peak learning rate."
+    ),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
     batch_videos: int | None = typer.Option(None, "--batch-videos", help="Videos per step."),
     max_context: int | None = typer.Option(
