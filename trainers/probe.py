@@ -36,6 +36,7 @@ from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
 from featstore.errors import FeatstoreError
+from trainers.memory import plan_cache
 from trainers.sources import (
     FeatureCache,
     VideoSource,
@@ -101,6 +102,9 @@ class ProbeConfig:
     ``lr`` is per video: with ``scale_lr`` a step over ``B`` videos uses
     ``lr * B``, so ``B = 1`` is the authors' loop and larger batches travel as
     far per epoch. ``batch_videos=None`` means ``auto_batch_videos(len(train))``.
+    ``cache_bytes`` is the memory budget for holding the videos (``None``:
+    ``trainers.memory``'s default); like ``device`` it changes speed, not the
+    model, and runs record it outside the hyperparameters.
     """
 
     l2_normalize: bool = True
@@ -109,7 +113,7 @@ class ProbeConfig:
     patience: int = 10
     batch_videos: int | None = None
     seed: int = 43
-    cache_bytes: int = 8 * 2**30
+    cache_bytes: int | None = None
     device: str = "cpu"
     scale_lr: bool = True
     center_bias: bool = True
@@ -127,15 +131,24 @@ class ProbeConfig:
             raise ProbeError(f"batch_videos must be None (auto) or >= 1, got {self.batch_videos!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ProbeError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not isinstance(self.cache_bytes, int) or self.cache_bytes < 0:
-            raise ProbeError(f"cache_bytes must be an integer >= 0, got {self.cache_bytes!r}")
+        if self.cache_bytes is not None and (
+            isinstance(self.cache_bytes, bool)
+            or not isinstance(self.cache_bytes, int)
+            or self.cache_bytes < 0
+        ):
+            raise ProbeError(
+                f"cache_bytes must be None or an integer >= 0, got {self.cache_bytes!r}"
+            )
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
             raise ProbeError(f"unknown device {self.device!r}") from exc
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The hyperparameters a run records (``cache_bytes`` is an execution detail: not here)."""
+        doc = dataclasses.asdict(self)
+        del doc["cache_bytes"]
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> ProbeConfig:
@@ -368,8 +381,9 @@ def fit_probe(
     the videos in ``np.random.default_rng(seed).permutation`` order (one
     generator for the whole fit); weights start as ``torch.nn.Linear``'s init
     from ``torch.Generator().manual_seed(seed)``. Sources whose bytes fit in
-    ``cache_bytes`` (train first, then val) are held in memory; the rest are
-    streamed with read-ahead.
+    ``cache_bytes`` (train first, then val; ``None``: ``trainers.memory``'s
+    default) are held in memory; the rest are streamed with read-ahead, in
+    the same batches, to the same weights.
     """
     _check_source(train, "training")
     labels = np.asarray(train.labels)
@@ -387,9 +401,10 @@ def fit_probe(
     device = resolve_device(config.device, error=ProbeError)
     bsz = config.batch_videos or auto_batch_videos(len(train))
 
-    train_cached = int(train.nbytes) <= config.cache_bytes
-    val_cached = (
-        val is not None and int(train.nbytes) * train_cached + int(val.nbytes) <= config.cache_bytes
+    train_cached, val_cached = plan_cache(
+        config.cache_bytes,
+        train_bytes=int(train.nbytes),
+        val_bytes=None if val is None else int(val.nbytes),
     )
     feed = _Feeder(train, cached=train_cached, l2_normalize=config.l2_normalize, device=device)
     val_feed = None

@@ -32,7 +32,7 @@ import logging
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -45,7 +45,6 @@ from trainers.inputs import (
     InputError,
     StoredFeature,
     parse_feature_set,
-    read_video,
     select_videos,
     unique_features,
 )
@@ -58,6 +57,8 @@ if TYPE_CHECKING:
     from featstore.store import FeatureStore
 
 log = logging.getLogger(__name__)
+
+STREAM_CHUNK_VIDEOS = 32  # videos read together when a kind scores one video at a time
 
 __all__ = [
     "Detector",
@@ -112,6 +113,10 @@ class Detector(ABC):
     calibrated: ClassVar[bool] = False
     rerun: ClassVar[str] = ""  # the command that writes a run of this kind (for error messages)
     threshold: float = 0.0  # the label threshold on scores: every kind's logit is 0 at its own
+    score_batch_videos: int = 1
+    """Videos ``score_selection`` scores together. Consecutive videos of a selection,
+    starting at a multiple of this, score the same on their own as within the whole
+    selection, to the bit: the cluster runner (``trainers.cluster``) cuts selections there."""
 
     def __init__(self, config: Any, *, run: Run | None = None, device: str = "cpu") -> None:
         self.config = config
@@ -217,10 +222,9 @@ class Detector(ABC):
         scores = np.empty(len(rows), dtype=np.float64)  # [N]
         frames: list[np.ndarray] = []
         has_frames = True
-        for i, video_id in enumerate(rows["video_id"].astype(str)):
+        for i, stored in stream_rows(store, sel.dataset, rows, keys):
             result = self.score_rows(
-                read_video(store, sel.dataset, video_id, keys),
-                leading_silence_s=None if silences is None else float(silences[i]),
+                stored, leading_silence_s=None if silences is None else float(silences[i])
             )
             scores[i] = result.score
             if result.frame_scores is None:
@@ -249,6 +253,29 @@ class Detector(ABC):
             frame_scores=frames,
             frame_hz=self.frame_hz if frames is not None else None,
         )
+
+
+def stream_rows(
+    store: FeatureStore,
+    dataset: str,
+    rows: pd.DataFrame,
+    keys: Sequence[FeatureKey],
+    *,
+    chunk_videos: int = STREAM_CHUNK_VIDEOS,
+) -> Iterator[tuple[int, dict[FeatureKey, np.ndarray]]]:
+    """``(i, {key: [T_k, D_k]})`` for every manifest row in order, read lazily
+    (``trainers.streams.StoreReader``: a part per task, the next chunk read ahead)."""
+    from trainers.sources import prefetch_reads
+    from trainers.streams import StoreReader
+
+    reader = StoreReader(store, dataset, keys, rows["video_id"].astype(str).tolist())
+    n = len(reader)
+    chunks = [np.arange(i, min(i + chunk_videos, n)) for i in range(0, n, chunk_videos)]
+    try:
+        for idx, stored in prefetch_reads(reader.read, chunks):
+            yield from zip(idx.tolist(), stored, strict=True)
+    finally:
+        reader.close()
 
 
 def silence_column(rows: pd.DataFrame) -> np.ndarray:

@@ -17,6 +17,7 @@ when all its members are.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -177,6 +178,10 @@ class FusionDetector(Detector):
     @property
     def needs_silence(self) -> bool:
         return any(m.needs_silence for m in self.members)
+
+    @property
+    def score_batch_videos(self) -> int:  # type: ignore[override]
+        return math.lcm(*(m.score_batch_videos for m in self.members))
 
     @property
     def names(self) -> tuple[str, ...]:

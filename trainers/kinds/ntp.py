@@ -15,6 +15,7 @@ videos but is not calibrated.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, selection_summary
-from trainers.inputs import FEATURES, FeatureInput, InputSource, select_videos
+from trainers.inputs import FEATURES, FeatureInput, select_videos
 from trainers.kinds import register
 from trainers.kinds.base import (
     Detector,
@@ -36,7 +37,9 @@ from trainers.kinds.base import (
     upgraded,
     v1_feature,
 )
+from trainers.memory import execution_record, resolve_cache_bytes
 from trainers.runs import Run, Scored, check_writable, save_run
+from trainers.streams import StoreSource
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
@@ -92,6 +95,7 @@ class NTPDetector(Detector):
     kind = KIND
     config_type = NTPRunConfig
     calibrated = False
+    score_batch_videos = 32
     rerun = "`featstore train ntp --store URL --encoder FEATURES --train NAME:SPLIT`"
     config: NTPRunConfig
 
@@ -159,7 +163,7 @@ class NTPDetector(Detector):
         from trainers.ntp import frame_errors
 
         sel, rows = self.select(store, selection, allow_missing=allow_missing)
-        source = InputSource(store, sel.dataset, self.config.features, rows)
+        source = StoreSource(store, sel.dataset, self.config.features, rows)
         n_single = int((source.lengths < 2).sum())
         if n_single:
             log.warning(
@@ -167,7 +171,9 @@ class NTPDetector(Detector):
                 n_single,
                 sel,
             )
-        errors = frame_errors(self.model, source, batch_videos=32, device=self.device)
+        errors = frame_errors(
+            self.model, source, batch_videos=self.score_batch_videos, device=self.device
+        )
         scores, frames = self._verdicts(errors)
         return self.scored(sel, rows, scores, frames)
 
@@ -199,6 +205,7 @@ def train(
     from trainers.ntp import NTPConfig, fit_ntp, fit_thresholds, frame_errors
 
     hyper = config or NTPConfig()
+    hyper = dataclasses.replace(hyper, cache_bytes=resolve_cache_bytes(hyper.cache_bytes))
     train_sel, val_sel = training_selections(store, train, val)
     check_writable(out, overwrite=overwrite)  # fail before a long fit
     inp = feature_input(store, train_sel.dataset, FEATURES, features, frame_hz=frame_hz)
@@ -210,12 +217,12 @@ def train(
             raise SelectionError(f"{exc}; the next-token predictor trains on real videos") from None
 
     train_rows = reals(train_sel)
-    train_src = InputSource(store, train_sel.dataset, inp, train_rows)
+    train_src = StoreSource(store, train_sel.dataset, inp, train_rows)
     val_rows = val_src = None
     if val_sel is not None:
         inp.check_store(store, val_sel.dataset)
         val_rows = reals(val_sel)
-        val_src = InputSource(store, val_sel.dataset, inp, val_rows)
+        val_src = StoreSource(store, val_sel.dataset, inp, val_rows)
     log.info(
         "training a next-token predictor on %s %s (%d real videos, %.1f MB)",
         train_sel,
@@ -242,6 +249,11 @@ def train(
             "planned_steps": int(result.planned_steps),
             "stopped_early": bool(result.stopped_early),
         },
+        "execution": execution_record(
+            hyper.cache_bytes,
+            train_bytes=train_src.nbytes,
+            val_bytes=None if val_src is None else val_src.nbytes,
+        ),
         "store": store_location(store),
         "train": selection_summary(train_sel, train_rows),
         "val": None if val_rows is None else selection_summary(val_sel, val_rows),

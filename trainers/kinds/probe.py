@@ -15,6 +15,7 @@ P(fake) (``calibrated``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, selection_summary
-from trainers.inputs import FEATURES, FeatureInput, InputSource, select_videos
+from trainers.inputs import FEATURES, FeatureInput, select_videos
 from trainers.kinds import register
 from trainers.kinds.base import (
     Detector,
@@ -36,7 +37,9 @@ from trainers.kinds.base import (
     upgraded,
     v1_feature,
 )
+from trainers.memory import execution_record, resolve_cache_bytes
 from trainers.runs import Run, RunError, Scored, check_writable, save_run
+from trainers.streams import StoreSource
 
 if TYPE_CHECKING:
     from featstore.spatial import FrameHead
@@ -82,6 +85,7 @@ class ProbeDetector(Detector):
     kind = KIND
     config_type = ProbeRunConfig
     calibrated = True
+    score_batch_videos = 64
     rerun = "`featstore train probe --store URL --encoder FEATURES --train NAME:SPLIT`"
     config: ProbeRunConfig
 
@@ -154,8 +158,8 @@ class ProbeDetector(Detector):
         from trainers.probe import score_source
 
         sel, rows = self.select(store, selection, allow_missing=allow_missing)
-        source = InputSource(store, sel.dataset, self.config.features, rows)
-        scores, frames = score_source(self.params, source, batch_videos=64)
+        source = StoreSource(store, sel.dataset, self.config.features, rows)
+        scores, frames = score_source(self.params, source, batch_videos=self.score_batch_videos)
         return self.scored(sel, rows, scores, [np.asarray(f, dtype=np.float32) for f in frames])
 
 
@@ -184,18 +188,19 @@ def train(
     from trainers.probe import ProbeConfig, fit_probe
 
     hyper = config or ProbeConfig()
+    hyper = dataclasses.replace(hyper, cache_bytes=resolve_cache_bytes(hyper.cache_bytes))
     train_sel, val_sel = training_selections(store, train, val)
     check_writable(out, overwrite=overwrite)  # fail before a long fit
     inp = feature_input(store, train_sel.dataset, FEATURES, features, frame_hz=frame_hz)
     train_rows = select_videos(store, train_sel, inp.keys, allow_missing=allow_missing)
     if train_rows["label"].nunique() < 2:
         raise SelectionError(f"{train_sel} needs both real and fake videos to train a probe")
-    train_src = InputSource(store, train_sel.dataset, inp, train_rows)
+    train_src = StoreSource(store, train_sel.dataset, inp, train_rows)
     val_rows = val_src = None
     if val_sel is not None:
         inp.check_store(store, val_sel.dataset)
         val_rows = select_videos(store, val_sel, inp.keys, allow_missing=allow_missing)
-        val_src = InputSource(store, val_sel.dataset, inp, val_rows)
+        val_src = StoreSource(store, val_sel.dataset, inp, val_rows)
     log.info(
         "training a probe on %s %s (%d videos, %.1f MB)",
         train_sel,
@@ -214,6 +219,11 @@ def train(
             "batch_videos": int(result.batch_videos),
             "lr": float(result.lr),
         },
+        "execution": execution_record(
+            hyper.cache_bytes,
+            train_bytes=train_src.nbytes,
+            val_bytes=None if val_src is None else val_src.nbytes,
+        ),
         "store": store_location(store),
         "train": selection_summary(train_sel, train_rows),
         "val": None if val_rows is None else selection_summary(val_sel, val_rows),

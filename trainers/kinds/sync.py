@@ -29,6 +29,7 @@ score (no evidence either way); the video score uses the scored rows only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -51,12 +52,14 @@ from trainers.kinds.base import (
     upgraded,
     v1_feature,
 )
-from trainers.pairs import PairingError, pair_inputs, pair_rows, read_pairs, select_pairs
+from trainers.memory import execution_record, resolve_cache_bytes
+from trainers.pairs import PairingError, pair_inputs, pair_rows, select_pairs
 from trainers.runs import Run, RunError, check_writable, save_run
+from trainers.streams import PairSource
+from trainers.sync_feed import packed_nbytes
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
-    from trainers.pairs import PairedVideo
     from trainers.sync import EpochStats, SyncConfig, SyncNet
 
 log = logging.getLogger(__name__)
@@ -212,21 +215,21 @@ def _real_pairs(
     *,
     allow_missing: bool,
     trim_silence: bool,
-) -> tuple[list[PairedVideo], dict[str, Any]]:
-    """The real videos of ``sel`` paired, and what the run config records about them."""
+) -> tuple[PairSource, dict[str, Any]]:
+    """The real videos of ``sel``, paired (read lazily), and what the run config records."""
     try:
         rows = select_pairs(store, sel, audio, visual, real_only=True, allow_missing=allow_missing)
     except SelectionError as exc:
         raise SelectionError(f"{exc}; the sync network trains on real videos only") from None
-    pairs = list(read_pairs(store, sel.dataset, rows, audio, visual, trim_silence=trim_silence))
-    summary = {**selection_summary(sel, rows), "n_frames": int(sum(p.n_rows for p in pairs))}
-    return pairs, summary
+    source = PairSource(store, sel.dataset, audio, visual, rows, trim_silence=trim_silence)
+    summary = {**selection_summary(sel, rows), "n_frames": int(source.lengths.sum())}
+    return source, summary
 
 
-def _thresholds(net: SyncNet, pairs: Sequence[PairedVideo]) -> dict[str, float]:
-    from trainers.sync import score_pairs
+def _thresholds(net: SyncNet, pairs: PairSource) -> dict[str, float]:
+    from trainers.sync import score_source
 
-    videos, frames = score_pairs(net, pairs)
+    videos, frames = score_source(net, pairs)
     flat = np.concatenate(frames)  # [sum T]
     return {
         "frame": float(np.quantile(flat, FRAME_QUANTILE)),
@@ -266,6 +269,7 @@ def train(
     from trainers.sync import SyncConfig, fit_sync, net_to_state
 
     hyper = config or SyncConfig()
+    hyper = dataclasses.replace(hyper, cache_bytes=resolve_cache_bytes(hyper.cache_bytes))
     train_sel, val_sel = training_selections(store, train, val)
     check_writable(out, overwrite=overwrite)  # fail before a long fit
     a_in, v_in = pair_inputs(store, train_sel.dataset, audio, visual, frame_hz=frame_hz)
@@ -308,6 +312,11 @@ def train(
             "epochs": len(result.history),
             "stopped_early": bool(result.stopped_early),
         },
+        "execution": execution_record(
+            hyper.cache_bytes,
+            train_bytes=packed_nbytes(train_pairs, hyper.tau),
+            val_bytes=None if val_pairs is None else packed_nbytes(val_pairs, hyper.tau),
+        ),
         "store": store_location(store),
         "train": train_summary,
         "val": val_summary,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainers.data import FeatureKey, Selection
-from trainers.inputs import AUDIO, VISUAL, FeatureInput, StoredFeature, read_video
+from trainers.inputs import AUDIO, VISUAL, FeatureInput, StoredFeature
 from trainers.kinds import register
 from trainers.kinds.base import (
     Detector,
@@ -34,6 +34,7 @@ from trainers.kinds.base import (
     VideoScore,
     silence_column,
     store_location,
+    stream_rows,
     strict_fields,
     upgraded,
 )
@@ -202,17 +203,17 @@ class SyncFreeDetector(Detector):
         sel, rows = self.select(store, selection, allow_missing=allow_missing)
         silences = silence_column(rows) if self.needs_silence else None
         keys = [f.key for f in self.features]
+        ids = rows["video_id"].astype(str).tolist()
         scores = np.empty(len(rows), dtype=np.float64)  # [N]
         shifts = np.empty(len(rows), dtype=np.int64)  # [N]
         frames = []
-        for i, video_id in enumerate(rows["video_id"].astype(str)):
+        for i, stored in stream_rows(store, sel.dataset, rows, keys):
             try:
                 result, skip = self.sync_rows(
-                    read_video(store, sel.dataset, video_id, keys),
-                    leading_silence_s=None if silences is None else float(silences[i]),
+                    stored, leading_silence_s=None if silences is None else float(silences[i])
                 )
             except (RunError, PairingError) as exc:
-                raise type(exc)(f"{video_id}: {exc}") from None
+                raise type(exc)(f"{ids[i]}: {exc}") from None
             scores[i], shifts[i] = result.score, result.best_shift
             frames.append(pad_skipped(result.frame_scores, skip))
         return self.scored(sel, rows, scores, frames), shifts
