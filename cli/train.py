@@ -3,7 +3,8 @@
 ``probe`` is the paper's linear probe (real and fake videos); ``ntp`` (next-token
 prediction) and ``sync`` (AVH-Align) are trained on real videos only. Each prints
 one line per epoch and writes a run directory that ``featstore eval`` reads. The
-commands call the run kinds' ``train`` (``trainers.kinds``). Features may be
+commands call the run kinds' ``train`` (``trainers.kinds``). ``--cache-gb`` bounds the
+memory they hold videos in; larger sets stream from the store (``trainers.memory``). Features may be
 feature sets: ``--encoder avhubert-a+avhubert-v`` or a repeated ``--encoder``.
 Options may come from a TOML/YAML file (``--config``, ``cli.config_file``); where
 each came from is recorded in the run's ``config.json`` (``invocation``), with the
@@ -47,6 +48,14 @@ TENSORBOARD = typer.Option(
 FEATURES_HELP = (
     "ENCODER[:LAYER]; several joined by '+' (or the option repeated) are read together, "
     "concatenated per frame (a feature set)"
+)
+CACHE_GB = typer.Option(
+    None,
+    "--cache-gb",
+    min=0.0,
+    help="Memory budget (GiB) for holding the training, then validation, videos; what does "
+    "not fit is streamed from the store batch by batch, to the same model. Default: half "
+    "the machine's memory.",
 )
 FRAME_HZ = typer.Option(
     None,
@@ -167,6 +176,7 @@ def probe(
     no_l2: bool = NO_L2,
     seed: int | None = SEED,
     device: str | None = DEVICE,
+    cache_gb: float | None = CACHE_GB,
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
     tensorboard: Path | None = TENSORBOARD,
@@ -176,6 +186,7 @@ def probe(
         from featstore import open_store
         from trainers.inputs import parse_feature_set
         from trainers.kinds import probe as probe_kind
+        from trainers.memory import cache_bytes_of_gb
         from trainers.probe import ProbeConfig
 
         config = _config(
@@ -187,6 +198,7 @@ def probe(
             seed=seed,
             device=device,
             l2_normalize=False if no_l2 else None,
+            cache_bytes=cache_bytes_of_gb(cache_gb),
         )
         with _recording(ctx, tensorboard, _print_epoch) as on_epoch:
             run = probe_kind.train(
@@ -243,6 +255,7 @@ def ntp(
     no_l2: bool = NO_L2,
     seed: int | None = SEED,
     device: str | None = DEVICE,
+    cache_gb: float | None = CACHE_GB,
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
     tensorboard: Path | None = TENSORBOARD,
@@ -252,6 +265,7 @@ def ntp(
         from featstore import open_store
         from trainers.inputs import parse_feature_set
         from trainers.kinds import ntp as ntp_kind
+        from trainers.memory import cache_bytes_of_gb
         from trainers.ntp import NTPConfig
 
         config = _config(
@@ -264,6 +278,7 @@ def ntp(
             seed=seed,
             device=device,
             l2_normalize=False if no_l2 else None,
+            cache_bytes=cache_bytes_of_gb(cache_gb),
         )
         with _recording(ctx, tensorboard, _print_epoch) as on_epoch:
             run = ntp_kind.train(
@@ -328,6 +343,7 @@ def sync(
     frame_hz: float | None = FRAME_HZ,
     seed: int | None = SEED,
     device: str | None = DEVICE,
+    cache_gb: float | None = CACHE_GB,
     trim_silence: bool = typer.Option(
         False,
         "--trim-silence",
@@ -342,6 +358,7 @@ def sync(
         from featstore import open_store
         from trainers.inputs import parse_feature_set
         from trainers.kinds import sync as sync_kind
+        from trainers.memory import cache_bytes_of_gb
         from trainers.sync import SyncConfig
 
         config = _config(
@@ -352,6 +369,7 @@ def sync(
             batch_frames=batch_frames,
             seed=seed,
             device=device,
+            cache_bytes=cache_bytes_of_gb(cache_gb),
         )
         val_selection = _validation(val, no_val)
 
