@@ -30,6 +30,24 @@ ON = typer.Option(
 )
 
 
+CLUSTER = typer.Option(
+    None,
+    "--cluster",
+    help="Run on Dask: 'local' (worker processes on this machine) or a scheduler address "
+    "tcp://HOST:PORT. The store must be reachable from the workers under the same URL.",
+)
+N_WORKERS = typer.Option(2, "--n-workers", min=1, help="Worker processes for --cluster local.")
+
+
+def show_progress(progress: Any) -> None:
+    """One stderr line per finished cluster task (stdout stays for results and --json)."""
+    reused = f", {progress.reused} reused" if progress.reused else ""
+    typer.echo(
+        f"[{progress.done}/{progress.total}{reused}] {progress.name} ({progress.elapsed_s:.1f}s)",
+        err=True,
+    )
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -121,8 +139,14 @@ def eval_command(
     ),
     segment_metrics: str = SEGMENT_METRICS,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    cluster: str | None = CLUSTER,
+    n_workers: int = N_WORKERS,
 ) -> None:
-    """AUC / AP / EER (and temporal / segment metrics); writes metrics.json and predictions."""
+    """AUC / AP / EER (and temporal / segment metrics); writes metrics.json and predictions.
+
+    With --cluster the videos are scored on Dask, a partition per task (the same
+    numbers); an interrupted run resumes from the partitions it finished.
+    """
     with user_errors():
         from trainers.evaluate import evaluate
         from trainers.segments import check_semantics
@@ -136,6 +160,9 @@ def eval_command(
             allow_missing=allow_missing,
             all_fakes=all_fakes,
             segment_metrics=check_semantics(segment_metrics),
+            cluster=cluster,
+            n_workers=n_workers,
+            on_progress=show_progress,
         )
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
@@ -245,8 +272,15 @@ def grid_command(
     epoch_every: int = typer.Option(
         10, "--epoch-every", min=1, help="Print every N-th training epoch (1: all)."
     ),
+    cluster: str | None = CLUSTER,
+    n_workers: int = N_WORKERS,
 ) -> None:
-    """Train one probe per (feature, training dataset), test on every dataset, write the tables."""
+    """Train one probe per (feature, training dataset), test on every dataset, write the tables.
+
+    With --cluster every probe and every (probe, test set) evaluation is a Dask
+    task; the files are those of a local run. Complete runs and their stored
+    metrics are reused, so an interrupted grid resumes where it stopped.
+    """
     with user_errors():
         from cli.train import format_epoch
         from trainers.grid import GridEvent, load_config, run_grid
@@ -257,6 +291,8 @@ def grid_command(
             where = f"[{event.feature} | {event.train}]"
             if event.kind == "train":
                 typer.echo(f"{where} training -> {event.run_dir}")
+            elif event.kind == "trained":
+                typer.echo(f"{where} trained -> {event.run_dir}")
             elif event.kind == "reuse":
                 typer.echo(f"{where} reusing complete run {event.run_dir}")
             elif event.kind == "epoch" and (event.epoch.epoch % epoch_every == 0):
@@ -267,7 +303,7 @@ def grid_command(
                     f"{where} test {event.test}: AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n}"
                 )
 
-        outcome = run_grid(cfg, on_event=show)
+        outcome = run_grid(cfg, on_event=show, cluster=cluster, n_workers=n_workers)
         from trainers.report import paper_grid
 
     typer.echo(outcome.table.to_markdown())

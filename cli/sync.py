@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.evaluate import SEGMENT_METRICS, localization_rows
+from cli.evaluate import CLUSTER, N_WORKERS, SEGMENT_METRICS, localization_rows, show_progress
 from cli.options import complete_features, plot_format_option, plot_suffix, store_option
 
 STORE = store_option()
@@ -97,11 +97,15 @@ def syncscore_command(
     allow_missing: bool = ALLOW_MISSING,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    cluster: str | None = CLUSTER,
+    n_workers: int = N_WORKERS,
 ) -> None:
     """Score videos by audio-visual feature agreement (no training); AUC / AP / EER.
 
     With --out the run is a ``syncfree`` run: ``eval``, ``fuse``, ``explain`` and
-    ``serve`` (uploads included) take it like any trained run.
+    ``serve`` (uploads included) take it like any trained run. With --cluster the
+    videos are scored on Dask, a partition per task (the same numbers); with
+    --out an interrupted run resumes from the partitions it finished.
     """
     with user_errors():
         from featstore import open_store
@@ -125,6 +129,9 @@ def syncscore_command(
             trim_silence=trim_silence,
             frame_hz=frame_hz,
             overwrite=overwrite,
+            cluster=cluster,
+            n_workers=n_workers,
+            on_progress=show_progress,
         )
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
@@ -189,10 +196,14 @@ def layers_command(
     plot_format: str | None = plot_format_option(),
     frame_hz: float | None = FRAME_HZ,
     allow_missing: bool = ALLOW_MISSING,
+    cluster: str | None = CLUSTER,
+    n_workers: int = N_WORKERS,
 ) -> None:
     """Eq. 3 on every stored layer (paper Fig. 7): equal layers, or one side fixed.
 
     Without --preset/--shift/--pool it uses the paper's setting (speechforensics).
+    Each layer pair is a task (on Dask with --cluster); finished pairs are kept
+    under --out, so an interrupted sweep resumes where it stopped.
     """
     with user_errors():
         from featstore import open_store
@@ -219,6 +230,8 @@ def layers_command(
             on_layer=show,
             all_fakes=all_fakes,
             plot_format=plot_suffix(plot_format),
+            cluster=cluster,
+            n_workers=n_workers,
         )
     best = sweep.best
     typer.echo(f"best: audio {best.audio_layer} / visual {best.visual_layer}, AUC {_pct(best.auc)}")

@@ -34,7 +34,9 @@ class Pair:
 
 def pairs(n: int, seed: int, dtype=np.float16) -> list[Pair]:
     rng = np.random.default_rng(seed)
-    out = [Pair(rng.standard_normal((1, 6)).astype(dtype), rng.standard_normal((1, 5)).astype(dtype))]
+    out = [
+        Pair(rng.standard_normal((1, 6)).astype(dtype), rng.standard_normal((1, 5)).astype(dtype))
+    ]
     for _ in range(n - 1):  # audio a little longer than visual, as stores often hold them
         t = int(rng.integers(2, 70))
         a = rng.standard_normal((t + int(rng.integers(0, 3)), 6)).astype(dtype)
@@ -135,15 +137,23 @@ def test_cli_cache_gb_streams_to_the_same_model(kind, store_url, tmp_path, monke
         assert result.exit_code == 0, result.output
         runs[name] = out
     config = {n: json.loads((p / "config.json").read_text()) for n, p in runs.items()}
-    assert config["cached"]["execution"]["train"] == config["cached"]["execution"]["val"] == "cached"
+    assert (
+        config["cached"]["execution"]["train"] == config["cached"]["execution"]["val"] == "cached"
+    )
     assert config["cached"]["execution"]["cache_bytes"] == memory.default_cache_bytes()
     streamed = config["streamed"]["execution"]
-    assert (streamed["cache_bytes"], streamed["train"], streamed["val"]) == (0, "streamed", "streamed")
+    assert (streamed["cache_bytes"], streamed["train"], streamed["val"]) == (
+        0,
+        "streamed",
+        "streamed",
+    )
     assert streamed["train_bytes"] > 0
     for doc in config.values():
         assert "cache_bytes" not in doc["config"]["hyperparameters"]
     same = ("config", "learnt", "fit", "train", "val")
-    assert {k: config["cached"].get(k) for k in same} == {k: config["streamed"].get(k) for k in same}
+    assert {k: config["cached"].get(k) for k in same} == {
+        k: config["streamed"].get(k) for k in same
+    }
     model = {n: (p / "model.safetensors").read_bytes() for n, p in runs.items()}
     assert model["cached"] == model["streamed"]
 

@@ -109,7 +109,7 @@ def test_pair_source_pairs_as_pair_rows(local):
             assert np.array_equal(a.astype(np.float32), pair.audio)
             assert np.array_equal(v.astype(np.float32), pair.visual)
     silent = rows.assign(leading_silence_s=np.where(np.arange(N) == 4, 9.0, 0.0))
-    with pytest.raises(PairingError, match="no rows left to pair .* after skipping 226 silent"):
+    with pytest.raises(PairingError, match=r"no rows left to pair .* after skipping 226 silent"):
         PairSource(store, "ds", audio, visual, silent, trim_silence=True)  # fails before training
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +33,11 @@ from trainers.runs import Run, RunError, Scored, write_metrics, write_prediction
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
+    from trainers.cluster import TaskProgress
 
 log = logging.getLogger(__name__)
 
-__all__ = ["correlate", "evaluate", "fuse", "scored_metrics"]
+__all__ = ["Evaluation", "correlate", "evaluate", "evaluation", "fuse", "record", "scored_metrics"]
 
 RunLike = Detector | Run | str | os.PathLike[str]
 
@@ -156,6 +158,64 @@ def scored_metrics(
     return metrics, mask, _implied_segments(scored, threshold)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate`` computes before writing it: metrics, the scores, the evaluated
+    mask and the fake segments the frame scores imply (None: the kind has no frame scores)."""
+
+    selection: Selection
+    metrics: dict[str, Any]
+    scored: Scored = field(repr=False)
+    mask: np.ndarray = field(repr=False)
+    segments: list[list[list[float]]] | None = field(repr=False)
+
+
+def evaluation(
+    run_dir: RunLike,
+    store: FeatureStore,
+    on: Selection | str,
+    *,
+    ci: bool = False,
+    n_resamples: int = 1000,
+    threshold: float = 0.0,
+    allow_missing: bool = False,
+    all_fakes: bool = False,
+    segment_metrics: str = "official",
+    scored: Scored | None = None,
+) -> Evaluation:
+    """``evaluate`` without writing (a cluster task returns this; ``record`` writes it).
+
+    ``scored``: the selection's scores when already computed (e.g. partition
+    by partition on a cluster), else the detector scores ``on`` here.
+    """
+    detector = _detector(run_dir)
+    sel = Selection.parse(on, default_split="test")
+    if scored is None:
+        scored = detector.score_selection(store, sel, allow_missing=allow_missing)
+    metrics, mask, segments = scored_metrics(
+        scored,
+        kind=detector.kind,
+        ci=ci,
+        n_resamples=n_resamples,
+        threshold=threshold,
+        all_fakes=all_fakes,
+        segment_metrics=segment_metrics,
+    )
+    return Evaluation(sel, metrics, scored, mask, segments)
+
+
+def record(run: Run | Path, result: Evaluation) -> None:
+    """Write an evaluation into a run: ``metrics.json`` (key ``NAME:SPLIT``), ``predictions/``."""
+    write_metrics(run, str(result.selection), result.metrics)
+    write_predictions(
+        run,
+        result.scored,
+        evaluated=result.mask,
+        segments=result.segments,
+        slug=result.selection.slug,
+    )
+
+
 def evaluate(
     run_dir: RunLike,
     store: FeatureStore,
@@ -168,6 +228,9 @@ def evaluate(
     all_fakes: bool = False,
     segment_metrics: str = "official",
     write: bool = True,
+    cluster: Any = None,
+    n_workers: int = 2,
+    on_progress: Callable[[TaskProgress], None] | None = None,
 ) -> dict[str, Any]:
     """Score ``on`` (``NAME[@VIEW][:SPLIT]``, bare name = ``test``) with a run and compute its metrics.
 
@@ -184,23 +247,53 @@ def evaluate(
     the metrics dict: ``binary`` (AUC, AP, EER, optional 95 % CIs),
     ``temporal`` and ``localization`` (``None`` when the dataset has no
     segments or the run no per-frame scores).
+
+    ``cluster`` (``"local"``, ``"tcp://HOST:PORT"`` or a ``distributed.Client``)
+    scores the videos on Dask, a partition of videos per task
+    (``trainers.cluster``), to the same numbers; an interrupted run resumes
+    from the partitions it finished (kept in the run directory until done).
     """
+    if cluster is not None:
+        from featstore.cluster import check_cluster
+
+        check_cluster(cluster)
     detector = _detector(run_dir)
-    sel = Selection.parse(on, default_split="test")
-    scored = detector.score_selection(store, sel, allow_missing=allow_missing)
-    metrics, mask, segments = scored_metrics(
-        scored,
-        kind=detector.kind,
+    scored = None
+    if cluster is not None:
+        from trainers.cluster import PARTITIONS, score_on_cluster
+
+        resume = None
+        if write and detector.run is not None:
+            resume = detector.run.path / PARTITIONS
+        scored, _ = score_on_cluster(
+            detector,
+            store,
+            on,
+            cluster=cluster,
+            n_workers=n_workers,
+            allow_missing=allow_missing,
+            resume_dir=resume,
+            on_progress=on_progress,
+        )
+    result = evaluation(
+        detector,
+        store,
+        on,
         ci=ci,
         n_resamples=n_resamples,
         threshold=threshold,
+        allow_missing=allow_missing,
         all_fakes=all_fakes,
         segment_metrics=segment_metrics,
+        scored=scored,
     )
     if write and detector.run is not None:
-        write_metrics(detector.run, str(sel), metrics)
-        write_predictions(detector.run, scored, evaluated=mask, segments=segments, slug=sel.slug)
-    return metrics
+        record(detector.run, result)
+        if cluster is not None:
+            from trainers.cluster import PARTITIONS, clear_partitions
+
+            clear_partitions(detector.run.path / PARTITIONS, result.selection)
+    return result.metrics
 
 
 # ------------------------------------------------------------------ fusion

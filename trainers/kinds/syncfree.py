@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainers.cluster import PARTITIONS, clear_partitions, score_on_cluster
 from trainers.data import FeatureKey, Selection
 from trainers.inputs import AUDIO, VISUAL, FeatureInput, StoredFeature
 from trainers.kinds import register
@@ -44,6 +46,7 @@ from trainers.syncfree import SyncConfig, SyncError, VideoSync, pad_skipped, syn
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
+    from trainers.cluster import TaskProgress
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +291,9 @@ def run_syncscore(
     trim_silence: bool = False,
     frame_hz: float | None = None,
     overwrite: bool = False,
+    cluster: Any = None,
+    n_workers: int = 2,
+    on_progress: Callable[[TaskProgress], None] | None = None,
 ) -> dict[str, Any]:
     """Score ``on`` training-free and compute eval's metrics (plus the best-shift histogram).
 
@@ -297,6 +303,11 @@ def run_syncscore(
     With ``out`` the result is also a run directory of kind ``syncfree``
     (``config.json``, ``metrics.json``, ``predictions/NAME_SPLIT.*``) that
     ``eval``, ``fuse``, ``correlate``, ``explain`` and ``serve`` take like any run.
+
+    ``cluster`` (``"local"``, ``"tcp://HOST:PORT"`` or a ``distributed.Client``)
+    scores a partition of videos per Dask task (``trainers.cluster``), to the
+    same numbers; with ``out`` an interrupted run resumes from the partitions
+    it finished (kept under ``out`` until the run is written).
     """
     from trainers.evaluate import scored_metrics
     from trainers.runs import write_metrics, write_predictions
@@ -308,7 +319,22 @@ def run_syncscore(
         store, sel.dataset, audio, visual, config=config, frame_hz=frame_hz,
         trim_silence=trim_silence,
     )  # fmt: skip
-    scored, best_shifts = det.sync_selection(store, sel, allow_missing=allow_missing)
+    resume = None if out is None else Path(out) / PARTITIONS
+    if cluster is None:
+        scored, best_shifts = det.sync_selection(store, sel, allow_missing=allow_missing)
+    else:
+        scored, extras = score_on_cluster(
+            det,
+            store,
+            sel,
+            cluster=cluster,
+            n_workers=n_workers,
+            allow_missing=allow_missing,
+            scorer=sync_scores,
+            resume_dir=resume,
+            on_progress=on_progress,
+        )
+        best_shifts = extras["best_shift"]
     metrics, mask, segments = scored_metrics(
         scored,
         kind=KIND,
@@ -326,5 +352,14 @@ def run_syncscore(
         run = _save(det, store, out, overwrite=overwrite)
         write_metrics(run, str(sel), metrics)
         write_predictions(run, scored, evaluated=mask, segments=segments, slug=sel.slug)
+        clear_partitions(resume, sel)
         metrics["out"] = str(run.path)
     return metrics
+
+
+def sync_scores(
+    detector: SyncFreeDetector, store: FeatureStore, selection: Selection
+) -> tuple[Scored, dict[str, np.ndarray]]:
+    """A cluster task's scoring (``trainers.cluster``): scores and each video's best shift."""
+    scored, shifts = detector.sync_selection(store, selection)
+    return scored, {"best_shift": shifts}
