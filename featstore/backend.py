@@ -320,7 +320,7 @@ class LocalBackend(Backend):
     a descriptor of a file removed by ``compact`` still reads the old bytes.
     """
 
-    read_gap_bytes = 256 * 2**10  # a syscall, or a seek on a cold disk
+    read_gap_bytes = 0  # back-to-back ranges only: the kernel's read-ahead covers near ones
 
     def __init__(
         self, url: str, root: str, *, read_only: bool, durable: bool = True, max_open: int = 128
