@@ -1,8 +1,8 @@
 """Where a trainer's videos come from, and how they become batches.
 
 A ``VideoSource`` is anything with per-video labels and lengths that can
-``read`` videos by index (``ArraySource`` here, ``trainers.inputs.InputSource``
-over the store). Trainers either cache a whole source in memory
+``read`` videos by index (``ArraySource`` here, ``trainers.streams.StoreSource``
+over the store, read lazily through Dask). Trainers either cache a whole source in memory
 (``FeatureCache``: one flat buffer plus offsets, in the source's dtype) or
 stream it batch by batch (``prefetch_batches``: a background thread reads
 the next batches while the current one is computed; ``prefetch_reads`` for
