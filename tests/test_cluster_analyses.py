@@ -190,6 +190,7 @@ def test_eval_on_a_cluster_scores_partitions_to_the_same_files(url, cluster, tmp
     result = invoke("eval", remote, "--on", "alpha:test", "--cluster", cluster)
     assert result.exit_code == 0, result.output
     assert "[1/2] videos" in result.output and "[2/2] videos" in result.output
+    assert "] videos 0-64 (" in result.output and "] videos 64-72 (" in result.output
     assert not (remote / PARTITIONS).exists()
     assert_same_files(local, remote)
 
@@ -241,7 +242,7 @@ def test_syncscore_on_a_cluster(url, cluster, tmp_path, monkeypatch):
     local = invoke(*args, "--out", tmp_path / "local")
     remote = invoke(*args, "--out", tmp_path / "remote", "--cluster", cluster)
     assert local.exit_code == 0 and remote.exit_code == 0, remote.output
-    assert "[8/8] videos 28-30" in remote.output
+    assert "[8/8] videos " in remote.output and "] videos 28-30 (" in remote.output
     assert _metrics(local) == _metrics(remote) and _metrics(local)["best_shift_counts"]
     assert_same_files(tmp_path / "local", tmp_path / "remote")
 
