@@ -1,4 +1,5 @@
-"""Trainers' lazy reads (trainers.streams): the rows store.video() gives, one Dask task per part."""
+"""Trainers' lazy reads (trainers.streams): the rows store.video() gives, a Dask task per part
+(a part with more than its share of a batch cut in a few)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def rows_of(store) -> pd.DataFrame:
     return manifest.iloc[order].reset_index(drop=True)
 
 
-def test_reader_gives_store_video_rows_one_task_per_part(local):
+def test_reader_gives_store_video_rows_a_few_tasks_per_part(local):
     store = open_store(local)
     ids = store.manifest("ds")["video_id"].tolist()
     keys = [AUD, FeatureKey("aud", 3), VIS]
@@ -68,10 +69,33 @@ def test_reader_gives_store_video_rows_one_task_per_part(local):
         for k in keys:
             expect = store.video("ds", k.encoder, ids[i], k.layer)
             assert rows[k].dtype == expect.dtype and np.array_equal(rows[k], expect)
-    graph, _ = reader.graph(idx)
     parts = {(k, store.locate("ds", k.encoder, ids[i], k.layer).part_id) for k in keys for i in idx}
-    assert len(graph) == len(parts)  # one task per (feature, part), never one per video
     assert len(store.layout("ds", "aud", "last").part_ids) >= 3
+    # One thread: one task per (feature, part), never one per video.
+    one = StoreReader(store, "ds", keys, ids, threads=1)
+    assert len(one.graph(idx)[0]) == len(parts) < len(idx) * len(keys)
+    assert all(
+        np.array_equal(a[k], b[k]) for a, b in zip(one.read(idx), got, strict=True) for k in keys
+    )
+    # More threads: a part holding more than 1/threads of the batch's bytes is cut, so
+    # at most `threads` more tasks; each reads videos of one part only.
+    many = np.arange(N)
+    for threads in (4, 16):
+        cut = StoreReader(store, "ds", keys, ids, threads=threads)
+        graph, plan = cut.graph(many)
+        touched = {(k, store.locate("ds", k.encoder, ids[i], k.layer).part_id) for k in keys
+                   for i in many}  # fmt: skip
+        assert len(touched) <= len(graph) <= len(touched) + threads
+        for k, _, members in plan:
+            assert (
+                len({store.locate("ds", k.encoder, ids[i], k.layer).part_id for i in members}) == 1
+            )
+        read = sorted((str(k), int(i)) for k, _, members in plan for i in members)
+        assert read == sorted((str(k), i) for k in keys for i in range(N))  # each once
+        assert (len(graph) > len(touched)) == (threads == 16)  # 16: some parts are cut
+        for i, rows in zip(many, cut.read(many), strict=True):
+            assert all(np.array_equal(rows[k], store.video("ds", k.encoder, ids[i], k.layer))
+                       for k in keys)  # fmt: skip
     assert reader.read([]) == []
     with pytest.raises(IndexError):
         reader.read([N])

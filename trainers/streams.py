@@ -1,12 +1,15 @@
-"""Trainers' videos read lazily from the store, through Dask, one task per part.
+"""Trainers' videos read lazily from the store, through Dask, a few tasks per batch.
 
 The store's lazy view of a layer, ``FeatureStore.features()``, is one Dask
 chunk per part, each chunk a read of the part's winning rows
 (``featstore.lazy``). Trainers read the same parts the same way, but only the
 videos a batch needs: :class:`StoreReader` turns a batch into a Dask graph
 with one task per (feature, part) it touches, each reading its videos' rows
-(ranges that lie close together in one read), run on a thread pool. Nothing
-is read up front: lengths come from the commit index. Reads work the same on
+(ranges that lie close together in one read), run on a thread pool. A part
+holding more than its share of the batch's rows (``1 / threads``) is cut into
+tasks of about that share, in row order, so the pool's threads finish
+together (a batch has at most ``threads`` more tasks than parts, never one
+per video). Nothing is read up front: lengths come from the commit index. Reads work the same on
 local disk and on ``s3://`` (more threads there, and nearby ranges merged
 into larger requests).
 
@@ -118,23 +121,35 @@ class StoreReader:
         return self._pool
 
     def graph(self, indices: np.ndarray) -> tuple[dict, list[tuple[FeatureKey, tuple, np.ndarray]]]:
-        """The Dask graph reading ``indices``: one task per (feature, part), and what each returns."""
+        """The Dask graph reading ``indices`` and what each task returns.
+
+        One task per (feature, part), a part with more than ``1 / threads`` of
+        the batch's bytes cut into tasks of about that share (its videos in
+        row order, so neighbours stay in one read).
+        """
         from featstore.lazy import read_part_videos
 
         graph: dict[tuple, tuple] = {}
         plan: list[tuple[FeatureKey, tuple, np.ndarray]] = []
         token = f"featstore-read-{next(_task_ids)}"
+        where = {k: tuple(a[indices] for a in self._where[k]) for k in self.keys}
+        row_bytes = {k: self._layouts[k].dim * self._layouts[k].dtype.itemsize for k in self.keys}
+        total = sum(int(where[k][2].sum()) * row_bytes[k] for k in self.keys)
+        share = max(1, -(-total // self.threads))  # bytes a task may hold
         for k_i, k in enumerate(self.keys):
             lay = self._layouts[k]
-            part, start, n = (a[indices] for a in self._where[k])
+            part, start, n = where[k]
             for p in np.unique(part).tolist():
                 members = np.flatnonzero(part == p)
-                key = (token, k_i, p)
-                graph[key] = (
-                    read_part_videos, self.store, self.dataset, k.encoder, lay.part_ids[p],
-                    k.layer, start[members], n[members],
-                )  # fmt: skip
-                plan.append((k, key, members))
+                members = members[np.argsort(start[members], kind="stable")]  # row order
+                for g, group in enumerate(_balanced(n[members] * row_bytes[k], share)):
+                    mine = members[group]
+                    key = (token, k_i, p, g)
+                    graph[key] = (
+                        read_part_videos, self.store, self.dataset, k.encoder, lay.part_ids[p],
+                        k.layer, start[mine], n[mine],
+                    )  # fmt: skip
+                    plan.append((k, key, mine))
         return graph, plan
 
     def read(self, indices: Sequence[int] | np.ndarray) -> list[dict[FeatureKey, np.ndarray]]:
@@ -169,6 +184,17 @@ class StoreReader:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def _balanced(sizes: np.ndarray, share: int) -> list[slice]:
+    """Consecutive groups of ``sizes`` ``[M]``: ``ceil(sum / share)`` of them, about equal."""
+    pieces = max(1, min(len(sizes), -(-int(sizes.sum()) // share)))
+    if pieces == 1:
+        return [slice(0, len(sizes))]
+    ends = np.cumsum(sizes)  # [M]
+    cuts = np.searchsorted(ends, ends[-1] * np.arange(1, pieces) / pieces, side="left") + 1
+    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 1, len(sizes) - 1), [len(sizes)]]))
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 def _dtype(dtypes: Iterable[np.dtype]) -> np.dtype:
