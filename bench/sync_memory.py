@@ -91,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--videos", type=int, default=200, help="training videos at 1x")
+    parser.add_argument("--videos", type=int, default=100, help="training videos at 1x")
     parser.add_argument("--min-frames", type=int, default=75)
     parser.add_argument("--max-frames", type=int, default=225)
     parser.add_argument("--epochs", type=int, default=1)
