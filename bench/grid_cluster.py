@@ -176,7 +176,10 @@ def main() -> None:
         f"{'identical' if tables_equal else 'differs'}. Workers run torch on one thread, "
         f"the default local run on {threads}: float sums may round differently. On a "
         "machine busy with other work, torch's threads wait on each other (its intra-op "
-        "threads synchronise at every operation), which the one-thread rows escape.",
+        "threads synchronise at every operation), which the one-thread rows escape. "
+        "The cluster's 2 workers share the same 2 cores, so it cannot beat one process on "
+        "one thread: its tasks add scheduling, serialisation and each worker's first imports "
+        "(torch, the trainers); `--cluster` is for more machines than one.",
     ]
     body = "\n".join(lines)
     print(body)
