@@ -4,7 +4,9 @@ Endpoints (DESIGN.md "API"): ``POST /v1/score`` (an uploaded video),
 ``GET /v1/datasets``, ``GET /v1/datasets/{dataset}/videos/{video_id}/scores``
 (a stored video, no encoder), ``GET /v1/models``, ``GET /healthz`` (liveness),
 ``GET /readyz`` (503 until models are loaded and warmed up), ``GET /metrics``
-(Prometheus). Every error is ``{"detail": ...}``; user errors are 4xx.
+(Prometheus). Every error is ``{"detail": ...}``; user errors are 4xx. No parameter is
+silently ignored: a query parameter a route does not take, or an upload form field other
+than ``file`` and ``runs``, is a 422 naming what the route takes.
 
 >>> app = create_app(Settings(store_url="features.zarr", runs=(RunSpec("w2v", Path("runs/w2v")),)))  # doctest: +SKIP
 >>> uvicorn.run(app)  # doctest: +SKIP
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import functools
 import hmac
 import logging
@@ -22,10 +25,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import ClientDisconnect
 
 from api.batching import BatcherClosedError
+from api.eligibility import UnscorableUploadError
 from api.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from api.models import (
     DatasetsResponse,
@@ -35,7 +40,13 @@ from api.models import (
     ScoreResponse,
     StoredScoreResponse,
 )
-from api.scoring import NotReadyError, ScoringService, UnknownRunError
+from api.scoring import (
+    NotReadyError,
+    RunNotChosenError,
+    ScoreOptions,
+    ScoringService,
+    UnknownRunError,
+)
 from api.segments import SegmentationUnavailableError, SegmentOptionsError
 from api.settings import Settings
 from api.spatial import DEFAULT_FRAMES as SPATIAL_DEFAULT_FRAMES
@@ -60,14 +71,20 @@ from featstore.errors import (
     UnknownVideoError,
 )
 from featstore.layout import check_name
-from featstore.media import MediaError
+from featstore.media import MediaError, NoAudioStreamError, NoVideoStreamError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["create_app", "get_metrics", "get_service", "get_settings"]
 
 _VIDEO_ID_CONVERTOR = "featstore_video_id"  # a path convertor matching any string
+RUNS_FIELD = "runs"  # the runs to score an upload with: query parameter or form field
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
+
+
+class UnknownParameterError(FeatstoreError):
+    """A query parameter the route does not take, or ``runs`` given twice (422)."""
+
 
 # First match wins: most specific first.
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
@@ -79,6 +96,9 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (MediaTooLongError, 422),
     (MediaError, 422),
     (ClipError, 422),
+    (UnscorableUploadError, 422),
+    (RunNotChosenError, 422),
+    (UnknownParameterError, 422),
     (UnknownRunError, 404),
     (UnknownDatasetError, 404),
     (UnknownVideoError, 404),
@@ -124,7 +144,87 @@ class _Unauthorized(Exception):
     pass
 
 
+def score_options(
+    threshold: Annotated[
+        str | None,
+        Query(
+            description="frame threshold of the segments: a number, or a name of the run's "
+            "card (segment_f1, real_videos: calibrated when it was trained; paper: 0); "
+            "default: the run's chosen one (GET /v1/models)"
+        ),
+    ] = None,
+    smooth_s: Annotated[
+        float | None, Query(ge=0, description="running-median window, seconds (default: run's)")
+    ] = None,
+    min_segment_s: Annotated[
+        float | None, Query(ge=0, description="drop shorter segments (default: run's)")
+    ] = None,
+    merge_gap_s: Annotated[
+        float | None, Query(ge=0, description="merge segments this close (default: run's)")
+    ] = None,
+    windows: Annotated[
+        Literal["auto", "off"],
+        Query(
+            description="auto: inputs longer than the run's window (its training lengths) "
+            "are scored in windows, the video score their maximum; off: whole, as the paper"
+        ),
+    ] = "auto",
+) -> ScoreOptions:
+    """The request's segment rules and windowing (query parameters of both score endpoints)."""
+    return ScoreOptions(
+        threshold=threshold,
+        smooth_s=smooth_s,
+        min_segment_s=min_segment_s,
+        merge_gap_s=merge_gap_s,
+        windows=windows == "auto",
+    )
+
+
+def _query_names(route: APIRoute) -> tuple[str, ...]:
+    """The query parameters ``route`` takes, its dependencies' included."""
+    names: list[str] = []
+    todo = [route.dependant]
+    while todo:
+        dependant = todo.pop()
+        names += [f.alias for f in dependant.query_params if f.alias not in names]
+        todo += dependant.dependencies
+    return tuple(names)
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """422 for a query parameter the route does not take, or one given twice (it would be
+    silently ignored), naming those it takes and the closest one."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    if not request.query_params:
+        return
+    known = _query_names(route)
+    given = [k for k, _ in request.query_params.multi_items()]
+    unknown = [k for k in dict.fromkeys(given) if k not in known]
+    if not unknown:
+        twice = [k for k in dict.fromkeys(given) if given.count(k) > 1]
+        if twice:  # each takes one value: all but one would be ignored
+            raise UnknownParameterError(
+                f"query parameter {twice[0]!r} given more than once: give it once"
+                + (" (several runs: runs=a,b)" if twice[0] == RUNS_FIELD else "")
+            )
+        return
+    takes = f"it takes {', '.join(known)}" if known else "it takes no query parameters"
+    hints = [
+        f"{name!r} instead of {k!r}"
+        for k in unknown
+        for name in difflib.get_close_matches(k, known, n=1, cutoff=0.6)
+    ]
+    raise UnknownParameterError(
+        f"unknown query parameter{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} "
+        f"for {request.method} {route.path_format}: {takes}"
+        + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+    )
+
+
 ServiceDep = Annotated[ScoringService, Depends(get_service)]
+OptionsDep = Annotated[ScoreOptions, Depends(score_options)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
@@ -170,7 +270,8 @@ _UPLOAD_BODY = {
                         "file": {"type": "string", "format": "binary"},
                         "runs": {
                             "type": "string",
-                            "description": "comma-separated run names (default: every loaded run)",
+                            "description": "comma-separated run names (default: every loaded "
+                            "run that can score the upload); or as the runs query parameter",
                         },
                     },
                 }
@@ -180,6 +281,12 @@ _UPLOAD_BODY = {
 }
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
+
+
+def _run_names(text: str | None) -> list[str] | None:
+    """``a,b`` -> run names; None or blank: every loaded run."""
+    names = [r.strip() for r in (text or "").split(",") if r.strip()]
+    return names or None
 
 
 ExplainQuery = Annotated[
@@ -204,6 +311,7 @@ async def score_upload(
     service: ServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    options: OptionsDep,
     explain: ExplainQuery = None,
     explain_frames: ExplainFramesQuery = SPATIAL_DEFAULT_FRAMES,
     segment: Annotated[
@@ -214,11 +322,22 @@ async def score_upload(
             "422 when it has none"
         ),
     ] = False,
+    runs: Annotated[
+        str | None,
+        Query(
+            description="comma-separated run names (see /v1/models), here or as the form "
+            "field, not both; each must score the upload (422 otherwise). Default: every loaded "
+            "run that can, the others listed under skipped with the reason"
+        ),
+    ] = None,
 ) -> ScoreResponse:
-    """Score an uploaded video (multipart ``file``) with the loaded runs, or those in ``runs``;
-    ``?explain=spatial`` adds spatial explanations; with ``segment=true``, in single-speaker
-    segments."""
+    """Score an uploaded video (multipart ``file``) with the loaded runs, or those in ``runs``
+    (query parameter or form field); ``?explain=spatial`` adds spatial explanations; with
+    ``segment=true``, in single-speaker segments."""
     service.check_ready()
+    query_runs = _run_names(runs)
+    if query_runs:
+        service.upload_runs(query_runs)  # unknown runs fail before the upload is read
     if segment:
         if explain:
             raise SegmentOptionsError(
@@ -236,19 +355,25 @@ async def score_upload(
                 max_parts=settings.max_form_parts,
                 max_field_bytes=settings.max_field_bytes,
                 directory=settings.upload_dir,
+                fields=(RUNS_FIELD,),
             ) as upload,
         ):
             received_at = asyncio.get_running_loop().time()
             metrics.upload_bytes.inc(upload.size_bytes)
-            raw = upload.fields.get("runs", "")
-            runs = [r.strip() for r in raw.split(",") if r.strip()] or None
-            service.upload_runs(runs)  # unknown runs fail before decoding
+            chosen = query_runs
+            if RUNS_FIELD in upload.fields:
+                if runs is not None:
+                    raise UnknownParameterError(
+                        "runs was given both as a query parameter and as a form field: give it once"
+                    )
+                chosen = _run_names(upload.fields[RUNS_FIELD])
+            service.upload_runs(chosen)  # unknown runs fail before decoding
             await asyncio.to_thread(check_duration, upload.path, settings.max_duration_s)
             extra: dict[str, Any] = {"explain_frames": explain_frames} if explain else {}
             if segment:
                 extra["segment"] = True
             return await service.score_upload(
-                str(upload.path), runs, filename=upload.filename, **extra
+                str(upload.path), chosen, filename=upload.filename, options=options, **extra
             )
     except TimeoutError:
         when = deadline.when()
@@ -261,7 +386,7 @@ async def score_upload(
 
 @v1.get("/datasets", response_model=DatasetsResponse)
 async def list_datasets(service: ServiceDep, settings: SettingsDep) -> DatasetsResponse:
-    """Datasets in the store: videos, labels, splits and stored encoders."""
+    """Datasets in the store: videos, labels, official splits, views and stored encoders."""
     async with _timeout(settings):
         return await asyncio.to_thread(service.datasets)
 
@@ -289,9 +414,16 @@ async def stored_scores(
             "holds works (spaces, non-ASCII, '%', '#', '?', '/')"
         ),
     ],
-    run: Annotated[str, Query(description="run name (see /v1/models)")],
     service: ServiceDep,
     settings: SettingsDep,
+    options: OptionsDep,
+    run: Annotated[
+        str | None,
+        Query(
+            description="run name (see /v1/models); may be left out when one run is loaded "
+            "(422 naming them when several are)"
+        ),
+    ] = None,
     explain: ExplainQuery = None,
     explain_frames: ExplainFramesQuery = SPATIAL_DEFAULT_FRAMES,
 ) -> StoredScoreResponse:
@@ -302,13 +434,17 @@ async def stored_scores(
     extra = {"explain_frames": explain_frames} if explain else {}
     async with _timeout(settings):
         return await asyncio.to_thread(
-            functools.partial(service.score_stored, dataset, video_id, run, **extra)
+            functools.partial(
+                service.score_stored, dataset, video_id, run, options=options, **extra
+            )
         )
 
 
 @v1.get("/models", response_model=ModelsResponse)
 async def list_models(service: ServiceDep) -> ModelsResponse:
-    """Loaded runs: kind, encoder, layer, checkpoint, and their metrics.json summaries."""
+    """Loaded runs: kind, inputs (encoder, layer, checkpoint of each feature), and each
+    evaluation in their metrics.json with its headline numbers (AUC, AP, EER, temporal AUC,
+    AP/AR)."""
     return await asyncio.to_thread(service.models)
 
 
@@ -349,6 +485,9 @@ def _status(exc: BaseException) -> int:
 
 
 def _message(exc: BaseException) -> str:
+    if isinstance(exc, NoAudioStreamError | NoVideoStreamError):  # not Python's advice
+        stream = "audio" if isinstance(exc, NoAudioStreamError) else "video"
+        return f"the upload has no {stream} stream, which the runs scoring it need"
     if isinstance(exc, MediaError):  # the decoder's reason, not our temporary path
         return f"cannot decode the upload: {exc.reason}"
     return str(exc.args[0]) if exc.args else type(exc).__name__
@@ -403,6 +542,7 @@ def create_app(settings: Settings, *, service: ScoringService | None = None) -> 
         version="1",
         summary="Deepfake scores of uploaded and stored videos from self-supervised features.",
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query)],
     )
     app.state.settings = settings
     app.state.metrics = metrics

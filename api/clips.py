@@ -24,6 +24,7 @@ import numpy as np
 
 from featstore import timebase
 from featstore.encoders.base import Clip, EncoderSpec
+from featstore.errors import FeatstoreError
 
 if TYPE_CHECKING:
     from featstore.landmarks import FaceTracks
@@ -33,12 +34,14 @@ __all__ = ["PreparedUpload", "prepare_upload"]
 
 @dataclass(frozen=True, eq=False)
 class PreparedUpload:
-    """Each encoder's clip (by the caller's key), the length, and the leading silence."""
+    """Each encoder's clip (by the caller's key), the length, and the leading silence;
+    with ``keep_going``, the encoders whose clip could not be made and why."""
 
     clips: Mapping[Hashable, Clip] = field(repr=False)
     n_frames: int  # decoded video frames (or whole audio frames when no video was decoded)
     leading_silence_s: float | None = None
     tracks: FaceTracks | None = field(default=None, repr=False)  # when a crop needed them
+    failed: Mapping[Hashable, FeatstoreError] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -54,6 +57,7 @@ def prepare_upload(
     start_s: float = 0.0,
     until_s: float | None = None,
     tracks: FaceTracks | None = None,
+    keep_going: bool = False,
 ) -> PreparedUpload:
     """Decode ``path`` once and build the clip of every encoder in ``encoders``.
 
@@ -64,10 +68,14 @@ def prepare_upload(
     ``tracks``: crop from these face tracks (one per decoded frame) instead of
     tracking the faces. Raises the decode stage's typed errors (``MediaError``,
     ``NoFaceError``, ``ClipTooShortError``, ``MissingTracksError``) and
-    ``MediaTooLongError`` past ``max_duration_s``.
+    ``MediaTooLongError`` past ``max_duration_s``. ``keep_going``: an encoder whose clip
+    cannot be made (no face to crop, too short for it) goes to ``failed`` with its
+    ``NoFaceError`` / ``ClipError`` instead, and the others are prepared.
     """
     from featstore.decode_limits import DecodeLimits, memory_guard
+    from featstore.encoders.base import ClipError
     from featstore.extract.decode import ClipTooShortError
+    from featstore.landmarks import NoFaceError
     from featstore.media import decode, leading_silence_s
 
     specs = {k: spec for k, (spec, _) in encoders.items()}
@@ -92,12 +100,23 @@ def prepare_upload(
     if max_duration_s is not None:
         _check_duration(n_frames, max_duration_s)
     crop_kinds = {s.crop for s in specs.values() if s.needs_video}
+    crop_error: FeatstoreError | None = None
     with memory_guard(
         path, "while cropping the frames" if crop_kinds - {"none"} else "after decoding"
     ):
-        crops, tracks = _crops(media.frames, crop_kinds, tracks)
+        try:
+            crops, tracks = _crops(media.frames, crop_kinds, tracks)
+        except (NoFaceError, ClipError) as exc:
+            if not keep_going:
+                raise
+            crop_error = exc  # no mouth or face crops; full frames still feed crop "none"
+            crops, _ = _crops(media.frames, crop_kinds & {"none"}, None)
     clips: dict[Hashable, Clip] = {}
+    failed: dict[Hashable, FeatstoreError] = {}
     for key, (spec, n_rows) in encoders.items():
+        if crop_error is not None and spec.needs_video and spec.crop != "none":
+            failed[key] = crop_error
+            continue
         clip = Clip(
             video_id="upload",
             frames=crops[spec.crop] if spec.needs_video else None,
@@ -107,16 +126,20 @@ def prepare_upload(
         if spec.needs_audio and audio_frames is not None:
             usable = min(usable, audio_frames)
         if usable < 1 or n_rows(usable) < 1:
-            raise ClipTooShortError(
+            short = ClipTooShortError(
                 f"the upload's {usable} frames ({timebase.frames_to_seconds(usable):.2f} s) give "
                 f"no rows for {spec.name} at {spec.frame_hz:g} Hz"
             )
+            if not keep_going:
+                raise short
+            failed[key] = short
+            continue
         clips[key] = clip
     silence_s = None
     if silence and media.audio is not None:
         silence_s = float(leading_silence_s(media.audio))
     return PreparedUpload(
-        clips=clips, n_frames=n_frames, leading_silence_s=silence_s, tracks=tracks
+        clips=clips, n_frames=n_frames, leading_silence_s=silence_s, tracks=tracks, failed=failed
     )
 
 

@@ -8,9 +8,15 @@ datasets, the upload is first cut into single-speaker segments
 track, the segment rules: audio, one speaking face in every frame, at least 100 px, 3 to
 60 s). Each segment is then scored as an upload of its own: its span decoded (a seek),
 mouth and face crops cut from its speaking face's track (never re-tracked), every
-requested run's verdict. A run's verdict on the video is the maximum over the segments
-(one fake segment makes a fake video); the response gives each segment's span and
-scores and each dropped span with its reason. An upload without a segment is refused
+requested run's verdict under the request's segment rules and windowing (``threshold``,
+``smooth_s``, ``min_segment_s``, ``merge_gap_s``, ``windows``: each run's card by
+default), checked against the run's minimum length and windowed as an upload of the
+segment's length would be, every time but ``frame_scores`` in the upload's seconds. A
+run's verdict on the video is the maximum over the segments (one fake segment makes a
+fake video): that segment's verdict, with the fake segments and ``localization``
+segments of every segment, the best ``MAX_PROPOSALS`` proposals of all of them, and the
+``windows`` of the segment whose score it is. The response gives each segment's span
+and scores and each dropped span with its reason. An upload without a segment is refused
 with the reasons (422, :class:`NoSegmentError`).
 
 The active speaker detector is the service's, loaded once at start-up
@@ -34,7 +40,7 @@ from featstore import timebase
 from featstore.errors import FeatstoreError
 
 if TYPE_CHECKING:
-    from api.scoring import LoadedRun, ScoringService
+    from api.scoring import LoadedRun, ScoreOptions, ScoringService
     from api.settings import Settings
     from featstore.asd.analysis import VideoAnalysis
     from featstore.asd.detectors import ActiveSpeakerDetector
@@ -61,6 +67,8 @@ class SegmentOptionsError(FeatstoreError):
 class SegmentationUnavailableError(FeatstoreError):
     """The service cannot segment uploads (the ``faces`` extra is not installed)."""
 
+
+MAX_PROPOSALS = 100  # a video's ranked proposals over all its segments, as for one input
 
 # what analysing a video imports (the faces extra), beyond each detector's own needs
 _NEEDS = ("cv2", "dlib", "face_recognition_models")
@@ -122,9 +130,18 @@ def _no_segment(analysis: VideoAnalysis) -> NoSegmentError:
 
 
 async def score_in_segments(
-    service: ScoringService, path: str, chosen: list[LoadedRun], *, filename: str | None
+    service: ScoringService,
+    path: str,
+    chosen: list[LoadedRun],
+    *,
+    filename: str | None,
+    options: ScoreOptions | None = None,
 ) -> ScoreResponse:
-    """Segment the upload at ``path`` and score every segment with ``chosen`` runs."""
+    """Segment the upload at ``path`` and score every segment with ``chosen`` runs under
+    ``options`` (the request's segment rules and windowing; None: each run's card)."""
+    from api.scoring import ScoreOptions
+
+    options = ScoreOptions() if options is None else options
     detector = service.asd_detector()
     t0 = time.perf_counter()
     analysis = await asyncio.to_thread(_analyse, path, detector, service.settings.max_duration_s)
@@ -140,6 +157,7 @@ async def score_in_segments(
             start_s=seg.start_s,
             until_s=seg.end_s,
             tracks=analysis.segment_tracks(seg),
+            options=options,
         )
         segments.append(
             SegmentScore(
@@ -156,6 +174,18 @@ async def score_in_segments(
         top = max(range(len(per_segment)), key=lambda k: per_segment[k].score)
         best = per_segment[top]
         fakes = [tuple(x) for r in per_segment for x in r.segments]
+        localization = best.localization.model_copy(
+            update={
+                "segments": sorted(
+                    (x for r in per_segment for x in r.localization.segments),
+                    key=lambda x: (x.start_s, x.end_s),
+                ),
+                "proposals": sorted(
+                    (p for r in per_segment for p in r.localization.proposals),
+                    key=lambda p: (-p[0], p[1], p[2]),
+                )[:MAX_PROPOSALS],
+            }
+        )
         timings = Timings(
             decode_ms=analyse_ms + sum(r.timings.decode_ms for r in per_segment),
             encode_ms=sum(r.timings.encode_ms for r in per_segment),
@@ -166,6 +196,7 @@ async def score_in_segments(
                 update={
                     "frame_scores": [],
                     "segments": sorted(fakes),
+                    "localization": localization,
                     "segment": top,
                     "timings": timings,
                 }

@@ -122,8 +122,17 @@ def _mb(n: int) -> str:
 class _Receiver:
     """python-multipart callbacks: the file part to disk, fields to memory, parts counted."""
 
-    def __init__(self, upload: Upload, *, max_parts: int, max_field_bytes: int) -> None:
+    def __init__(
+        self,
+        upload: Upload,
+        *,
+        max_parts: int,
+        max_field_bytes: int,
+        fields: tuple[str, ...] | None = None,
+    ) -> None:
         self.upload = upload
+        self.fields = fields  # the form fields taken besides the file (None: any)
+        self.names: list[str] = []  # of the form fields, in order
         self.fh: Any = None  # the temporary file, set once it is open
         self.max_parts, self.max_field_bytes = max_parts, max_field_bytes
         self.headers: dict[str, str] = {}
@@ -194,6 +203,7 @@ class _Receiver:
         name = params.get(b"name", b"").decode("utf-8", "replace")
         self.part = name
         if name != FILE_FIELD:
+            self.names.append(name)
             return
         self.files += 1
         if self.files > 1:
@@ -236,6 +246,21 @@ class _Receiver:
         self.ended = True
 
 
+def _check_fields(names: list[str], fields: tuple[str, ...] | None) -> None:
+    """Each form field is one the endpoint takes (``fields``; None: any), given once (422):
+    a field that would be ignored is refused, once the body is known to be within limits."""
+    unknown = [n for n in dict.fromkeys(names) if fields is not None and n not in fields]
+    if unknown:
+        takes = ", ".join(repr(f) for f in (FILE_FIELD, *(fields or ())))
+        raise BadUploadError(
+            f"unknown form field{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}: "
+            f"the form takes {takes}"
+        )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BadUploadError(f"form field {', '.join(map(repr, twice))} given more than once")
+
+
 def _parser(content_type: str, receiver: _Receiver) -> Any:
     """A python-multipart parser for the request's boundary; 415/400 when there is none or it is bad."""
     from python_multipart.exceptions import FormParserError
@@ -261,16 +286,20 @@ async def receive_upload(
     max_parts: int = MAX_FORM_PARTS,
     max_field_bytes: int = MAX_FIELD_BYTES,
     directory: str | None = None,
+    fields: tuple[str, ...] | None = None,
 ) -> AsyncIterator[Upload]:
     """Stream the request's multipart body into a temporary file; remove it afterwards.
 
     ``max_bytes`` bounds the whole body, form fields and multipart framing included.
+    ``fields``: the form fields taken besides ``file`` (another is a 422; None: any).
     A client that goes away mid-body raises Starlette's ``ClientDisconnect``.
     """
     from python_multipart.exceptions import FormParserError
 
     upload = Upload(path=Path())
-    receiver = _Receiver(upload, max_parts=max_parts, max_field_bytes=max_field_bytes)
+    receiver = _Receiver(
+        upload, max_parts=max_parts, max_field_bytes=max_field_bytes, fields=fields
+    )
     parser = _parser(request.headers.get("content-type", ""), receiver)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
@@ -305,6 +334,7 @@ async def receive_upload(
             )
         if receiver.files == 0:
             raise BadUploadError(f"the form has no '{FILE_FIELD}' part")
+        _check_fields(receiver.names, fields)
         if upload.size_bytes == 0:
             raise BadUploadError("the uploaded file is empty")
         if not looks_like_video(upload.head):

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.options import plot_file, plot_format_option, plot_suffix
+from cli.options import fakes_option, plot_file, plot_format_option, plot_suffix
 
 explain_app = typer.Typer(help="Explain a run's decisions on stored videos.", no_args_is_help=True)
 
@@ -28,6 +28,7 @@ STORE = typer.Option(
 ON = typer.Option(
     ..., "--on", help="Videos to evaluate: NAME[@VIEW][:SPLIT] (bare NAME = its test split)."
 )
+FAKES = fakes_option()
 
 
 CLUSTER = typer.Option(
@@ -100,16 +101,77 @@ SEGMENT_METRICS = typer.Option(
 )
 
 
+THRESHOLD = typer.Option(
+    None,
+    "--threshold",
+    help="Frame threshold of the segments: a number, or a name of the run's card (segment_f1, "
+    "real_videos: calibrated at training; paper: 0). Default: the run's chosen one.",
+)
+SMOOTH_S = typer.Option(
+    None, "--smooth-s", min=0.0, help="Running-median window of frame scores, s (default: run's)."
+)
+MIN_SEGMENT_S = typer.Option(
+    None, "--min-segment-s", min=0.0, help="Drop shorter segments, s (default: run's)."
+)
+MERGE_GAP_S = typer.Option(
+    None, "--merge-gap-s", min=0.0, help="Merge segments this close, s (default: run's)."
+)
+CALIBRATE_ON = typer.Option(
+    None,
+    "--calibrate-on",
+    help="Learn the run's frame threshold on NAME[@VIEW][:SPLIT] (reals and annotated fakes).",
+)
+NO_CALIBRATION = typer.Option(
+    False, "--no-calibration", help="Keep the paper's frame threshold 0 (record it as such)."
+)
+
+
+def calibrate_on(selection: str | None, off: bool) -> Any:
+    """``--calibrate-on`` / ``--no-calibration`` as the library takes them."""
+    from trainers.data import AUTO
+
+    if off and selection is not None:
+        raise typer.BadParameter("give either --calibrate-on or --no-calibration")
+    return None if off else (selection if selection is not None else AUTO)
+
+
+def _num(value: Any, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def result_table(title: str, fakes: str, record: dict[str, Any] | None = None) -> Any:
+    """A Rich table of a command's numbers: its title kept on one line, the evaluation
+    filter as its caption."""
+    from rich.table import Table
+
+    return Table(title=title, caption=filter_text(fakes, record), min_width=len(title) + 4)
+
+
+def filter_text(fakes: str, record: dict[str, Any] | None = None) -> str:
+    """The evaluation filter as printed under every command's numbers: what it keeps, and
+    with its ``record`` (``trainers.evaluation_filter.FilterRecord``) what it left out."""
+    from trainers.evaluation_filter import describe
+
+    text = describe(fakes)
+    left = (record or {}).get("n_left_out") or 0
+    if left:
+        text += f" ({left} {'video' if left == 1 else 'videos'} left out)"
+    return text
+
+
 def localization_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
-    """Table rows of the temporal AUC and the AP/AR, each labelled with its protocol."""
+    """Table rows of the temporal AUC, the AP/AR (each labelled with its protocol), the
+    segments at the frame threshold, the length bias and the videos left out."""
     rows = []
     temporal = metrics.get("temporal")
     if temporal:
-        fakes = temporal.get("fakes", metrics.get("fakes", ""))
+        from trainers.evaluation_filter import recorded_fakes
+
+        fakes = recorded_fakes(temporal if "fakes" in temporal else metrics)
         rows.append(
             (
                 "temporal AUC %",
-                f"{_pct(temporal['mean'])} ({temporal['n_videos']} fake videos, {fakes})",
+                f"{_pct(temporal['mean'])} ({temporal['n_videos']} fake videos, filter {fakes})",
             )
         )
     localization = metrics.get("localization") or {}
@@ -117,6 +179,53 @@ def localization_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     for key, value in localization.items():
         if key.startswith(("AP@", "AR@")):
             rows.append((f"{key} % ({semantics})", _pct(value)))
+    if localization:
+        rows.append(("AP/AR videos", f"{localization['n_videos']}"))
+    frame = metrics.get("frame_threshold") or {}
+    at = metrics.get("at_threshold")
+    if frame:
+        r = frame["rules"]
+        rows.append((
+            "frame threshold",
+            f"{frame['value']:.4g} ({frame['name']}; smooth {r['smooth_s']:g} s, "
+            f"min {r['min_segment_s']:g} s, merge {r['merge_gap_s']:g} s)",
+        ))  # fmt: skip
+    if at:
+        rows.append((
+            "frame F1 / IoU %",
+            f"{_pct(at['frame_f1'])} / {_pct(at['frame_iou'])} (mean IoU over fakes "
+            f"{_pct(at['mean_iou'])})",
+        ))  # fmt: skip
+        rows.append((
+            f"segments P / R / F1 % (IoU > {at['iou']:g})",
+            f"{_pct(at['segment_precision'])} / {_pct(at['segment_recall'])} / "
+            f"{_pct(at['segment_f1'])}",
+        ))  # fmt: skip
+        rows.append((
+            "videos with a segment",
+            f"fakes {at['fakes_with_segment']}/{at['n_fakes']}, reals "
+            f"{at['reals_with_segment']}/{at['n_reals']} ({at['false_segments_on_reals']} "
+            "false segments)",
+        ))  # fmt: skip
+    duration = metrics.get("duration")
+    if duration:
+        rows.append((
+            "real score vs duration r",
+            f"{_num(duration['pearson_r'], '+.2f')} (Spearman {_num(duration['spearman_r'], '+.2f')}, "
+            f"{duration['n_real']} reals, {duration['min_s']:.1f}-{duration['max_s']:.1f} s)",
+        ))  # fmt: skip
+    windows = metrics.get("windows")
+    if windows:
+        rows.append((
+            "windows",
+            f"{windows['window_s']:.2f} s, hop {windows['hop_s']:.2f} s "
+            f"({windows['n_windowed']} videos windowed)"
+            if windows["window_rows"]
+            else "none: the run records no training lengths",
+        ))  # fmt: skip
+    short = metrics.get("too_short")
+    if short:
+        rows.append(("left out: too short", f"{short['n']} videos under {short['min_rows']} rows"))
     return rows
 
 
@@ -125,18 +234,20 @@ def eval_command(
     store: str | None = STORE,
     on: str = ON,
     ci: bool = typer.Option(False, "--ci", help="95% bootstrap intervals of AUC and AP."),
-    threshold: float = typer.Option(
-        0.0, "--threshold", help="Per-frame logit above which a frame counts as fake."
+    threshold: str | None = THRESHOLD,
+    smooth_s: float | None = SMOOTH_S,
+    min_segment_s: float | None = MIN_SEGMENT_S,
+    merge_gap_s: float | None = MERGE_GAP_S,
+    windows: bool = typer.Option(
+        False,
+        "--windows",
+        help="Score videos longer than the run's training clips in windows of that length, "
+        "the video score their maximum (default: whole clips, as the paper).",
     ),
     allow_missing: bool = typer.Option(
         False, "--allow-missing", help="Skip videos without features."
     ),
-    all_fakes: bool = typer.Option(
-        False,
-        "--all-fakes",
-        help="Count every fake in AUC/AP and the temporal AUC (default: the paper's filter, "
-        "both modalities faked).",
-    ),
+    fakes: str = FAKES,
     segment_metrics: str = SEGMENT_METRICS,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     cluster: str | None = CLUSTER,
@@ -144,8 +255,10 @@ def eval_command(
 ) -> None:
     """AUC / AP / EER (and temporal / segment metrics); writes metrics.json and predictions.
 
-    With --cluster the videos are scored on Dask, a partition per task (the same
-    numbers); an interrupted run resumes from the partitions it finished.
+    The result is stored under its selection and filter, so --fakes paper and
+    --fakes all keep one entry each. With --cluster the videos are scored on Dask,
+    a partition per task (the same numbers); an interrupted run resumes from the
+    partitions it finished.
     """
     with user_errors():
         from trainers.evaluate import evaluate
@@ -157,8 +270,12 @@ def eval_command(
             on,
             ci=ci,
             threshold=threshold,
+            smooth_s=smooth_s,
+            min_segment_s=min_segment_s,
+            merge_gap_s=merge_gap_s,
+            windows=windows,
             allow_missing=allow_missing,
-            all_fakes=all_fakes,
+            fakes=fakes,
             segment_metrics=check_semantics(segment_metrics),
             cluster=cluster,
             n_workers=n_workers,
@@ -167,10 +284,11 @@ def eval_command(
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return
-    from rich.table import Table
 
     b = metrics["binary"]
-    table = Table(title=f"{run_dir} on {metrics['selection']}")
+    table = result_table(
+        f"{run_dir} on {metrics['selection']}", metrics["fakes"], metrics["filter"]
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("videos (real / fake)", f"{b['n']} ({b['n_real']} / {b['n_fake']})")
@@ -193,18 +311,35 @@ def fuse_command(
         "intersect", "--how", help="intersect: the videos all runs scored; exact: require the same."
     ),
     ci: bool = typer.Option(False, "--ci", help="95% bootstrap intervals of AUC and AP."),
+    calibrate: str | None = CALIBRATE_ON,
+    no_calibration: bool = NO_CALIBRATION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
+    fakes: str = FAKES,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Late fusion (average of probabilities): every member and the fusion on the same videos."""
+    """Late fusion (average of probabilities): every member and the fusion on the same videos.
+
+    With --out, the fusion run's frame threshold is calibrated on --calibrate-on (default:
+    the validation selection its members share, if they do).
+    """
     with user_errors():
         from trainers.evaluate import fuse
 
         result = fuse(
-            run_dirs, _open(store, run_dirs), on, out=out, how=how, ci=ci, overwrite=overwrite
-        )
-    from rich.table import Table
+            run_dirs, _open(store, run_dirs), on, out=out, how=how, ci=ci, overwrite=overwrite,
+            calibrate_on=calibrate_on(calibrate, no_calibration), fakes=fakes,
+        )  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
 
-    table = Table(title=f"late fusion on {result['selection']} ({result['n_evaluated']} videos)")
+    f = result["filter"]
+    table = result_table(
+        f"late fusion on {result['selection']} ({result['n_evaluated']} videos: "
+        f"{f['n_real']} real / {f['n_fake']} fake)",
+        result["fakes"],
+        f,
+    )
     for col in ("model", "AUC %", "AP %", "EER %"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in [*result["members"].items(), ("fused", result["fused"])]:
@@ -228,6 +363,8 @@ def correlate_command(
     ),
     metric: str = typer.Option("auc", "--metric", help="auc or ap, for the relative improvement."),
     plot_format: str | None = plot_format_option(),
+    fakes: str = FAKES,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Pearson correlation of the runs' predictions and pairwise-fusion improvement (Fig. 5)."""
     with user_errors():
@@ -240,8 +377,11 @@ def correlate_command(
             out_dir=out,
             metric=metric,
             plot_format=plot_suffix(plot_format),
+            fakes=fakes,
         )
-    from rich.table import Table
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
 
     names = result["names"]
     for title, key, fmt in (
@@ -252,7 +392,12 @@ def correlate_command(
             "{:+.1f}",
         ),
     ):
-        table = Table(title=f"{title} ({result['selection']}, {result['n']} videos)")
+        table = result_table(
+            f"{title} ({result['selection']}, {result['n']} videos: "
+            f"{result['n_real']} real / {result['n_fake']} fake)",
+            result["fakes"],
+            result["filter"],
+        )
         table.add_column("")
         for name in names:
             table.add_column(name, justify="right")
@@ -271,6 +416,12 @@ def grid_command(
     config: Path = typer.Argument(..., help="Grid TOML file (see trainers.grid)."),
     epoch_every: int = typer.Option(
         10, "--epoch-every", min=1, help="Print every N-th training epoch (1: all)."
+    ),
+    fakes: str | None = fakes_option(
+        None,
+        help="Which videos count on every test set: paper (reals and the fakes with both "
+        "modalities manipulated, where the dataset says which) or all (every fake). "
+        "Default: each dataset's `fakes` in the TOML (paper unless set).",
     ),
     cluster: str | None = CLUSTER,
     n_workers: int = N_WORKERS,
@@ -300,13 +451,15 @@ def grid_command(
             elif event.kind == "result":
                 r = event.result
                 typer.echo(
-                    f"{where} test {event.test}: AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n}"
+                    f"{where} test {event.test}: AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n} "
+                    f"({r.n_real} real / {r.n_fake} fake, filter {r.fakes})"
                 )
 
-        outcome = run_grid(cfg, on_event=show, cluster=cluster, n_workers=n_workers)
+        outcome = run_grid(cfg, on_event=show, fakes=fakes, cluster=cluster, n_workers=n_workers)
         from trainers.report import paper_grid
 
     typer.echo(outcome.table.to_markdown())
+    typer.echo(outcome.table.filter_caption())
     typer.echo(paper_grid(outcome.table, "auc").to_markdown(bold_best=True))
     for name, path in outcome.files.items():
         typer.echo(f"{name}: {path}")
@@ -321,7 +474,7 @@ def explain_temporal_command(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write the plot to this file (.png, .pdf or .svg)."
     ),
-    threshold: float = typer.Option(0.0, "--threshold", help="Frame score threshold for segments."),
+    threshold: str | None = THRESHOLD,
     plot_format: str | None = plot_format_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the explanation as JSON."),
 ) -> None:
@@ -341,7 +494,11 @@ def explain_temporal_command(
         f"{dataset}/{video}: label {'fake' if e.label else 'real'}, score {e.score:+.3f}, "
         f"P(fake) {e.probability:.3f}, {len(e.frame_scores)} frames at {e.frame_hz:g} Hz"
     )
-    predicted = ", ".join(f"{s.start_s:.2f}-{s.end_s:.2f}s" for s in e.predicted_segments)
+    predicted = ", ".join(
+        f"{s.start_s:.2f}-{s.end_s:.2f}s" + (" (below the threshold)" if s.below_threshold else "")
+        for s in e.predicted_segments
+    )
+    typer.echo(f"frame threshold {e.threshold:.4g} ({e.threshold_name})")
     truth = ", ".join(f"{a:.2f}-{b:.2f}s" for a, b in e.truth_segments)
     typer.echo(f"predicted fake segments: {predicted or 'none'}")
     typer.echo(f"annotated fake segments: {truth or 'none'}")

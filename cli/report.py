@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.options import plot_file, plot_format_option, store_option
+from cli.options import fakes_option, plot_file, plot_format_option, store_option
 
 app = typer.Typer(
     help="The paper's tables and figures: Tab. 6, Fig. 2, Fig. 3.", no_args_is_help=True
@@ -55,9 +55,7 @@ def table6_command(
     frame_hz: float | None = typer.Option(
         None, "--frame-hz", help="Resample both streams to this rate (when the rates differ)."
     ),
-    all_fakes: bool = typer.Option(
-        False, "--all-fakes", help="Count every fake (default: the paper's evaluation filter)."
-    ),
+    fakes: str = fakes_option(),
     allow_missing: bool = typer.Option(
         False, "--allow-missing", help="Skip videos without both features."
     ),
@@ -92,7 +90,7 @@ def table6_command(
             pools=pool_list,
             padding=padding,
             frame_hz=frame_hz,
-            all_fakes=all_fakes,
+            fakes=fakes,
             allow_missing=allow_missing,
             on_selection=show,
         )
@@ -100,6 +98,9 @@ def table6_command(
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
+    from cli.evaluate import filter_text
+
+    typer.echo(filter_text(result.settings["fakes"]))
     for metric in ("auc", "ap"):
         typer.echo("")
         typer.echo(result.table(metric).to_markdown(bold_best=True), nl=False)
@@ -120,6 +121,10 @@ def fig2_command(
     plot_format: str | None = plot_format_option(),
     width: float = WIDTH,
     caption: bool = CAPTION,
+    fakes: str = fakes_option(
+        help="Which stored results to plot: those of `eval --fakes paper` (reals and the fakes "
+        "with both modalities manipulated, where the dataset says which) or `--fakes all`."
+    ),
 ) -> None:
     """Paper Fig. 2: temporal localization AUC (solid) beside video AUC (hatched) per run."""
     out = plot_file(out, plot_format)
@@ -135,11 +140,17 @@ def fig2_command(
         )
 
         selection = str(Selection.parse(on, default_split="test"))
-        bars = localization_bars(runs, selection, labels=label or None)
+        bars = localization_bars(runs, selection, labels=label or None, fakes=fakes)
         path = localization_figure(bars, out, selection=selection, width_in=width, caption=caption)
         text = localization_caption(bars, selection)
         data = write_json(
-            path, {"selection": selection, "caption": text, "bars": [asdict(b) for b in bars]}
+            path,
+            {
+                "selection": selection,
+                "fakes": fakes,
+                "caption": text,
+                "bars": [asdict(b) for b in bars],
+            },
         )
     for b in bars:
         typer.echo(

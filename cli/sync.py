@@ -13,7 +13,20 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.evaluate import CLUSTER, N_WORKERS, SEGMENT_METRICS, localization_rows, show_progress
+from cli.evaluate import (
+    CALIBRATE_ON,
+    CLUSTER,
+    FAKES,
+    N_WORKERS,
+    NO_CALIBRATION,
+    SEGMENT_METRICS,
+    THRESHOLD,
+    calibrate_on,
+    filter_text,
+    localization_rows,
+    result_table,
+    show_progress,
+)
 from cli.options import complete_features, plot_format_option, plot_suffix, store_option
 
 STORE = store_option()
@@ -77,16 +90,11 @@ def syncscore_command(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write a run directory (config, metrics, predictions) here."
     ),
-    threshold: float = typer.Option(
-        0.0, "--threshold", help="Per-frame -cos above which a frame counts as fake."
-    ),
+    threshold: str | None = THRESHOLD,
+    calibrate: str | None = CALIBRATE_ON,
+    no_calibration: bool = NO_CALIBRATION,
     ci: bool = typer.Option(False, "--ci", help="95% bootstrap intervals of AUC and AP."),
-    all_fakes: bool = typer.Option(
-        False,
-        "--all-fakes",
-        help="Count every fake in AUC/AP and the temporal AUC (default: the paper's filter, "
-        "both modalities faked).",
-    ),
+    fakes: str = FAKES,
     segment_metrics: str = SEGMENT_METRICS,
     trim_silence: bool = typer.Option(
         False,
@@ -103,9 +111,11 @@ def syncscore_command(
     """Score videos by audio-visual feature agreement (no training); AUC / AP / EER.
 
     With --out the run is a ``syncfree`` run: ``eval``, ``fuse``, ``explain`` and
-    ``serve`` (uploads included) take it like any trained run. With --cluster the
-    videos are scored on Dask, a partition per task (the same numbers); with
-    --out an interrupted run resumes from the partitions it finished.
+    ``serve`` (uploads included) take it like any trained run; its frame threshold is
+    calibrated on --calibrate-on (default: the val split of the --on dataset, when that
+    is another split). With --cluster the videos are scored on Dask, a partition per
+    task (the same numbers); with --out an interrupted run resumes from the partitions
+    it finished.
     """
     with user_errors():
         from featstore import open_store
@@ -124,10 +134,11 @@ def syncscore_command(
             ci=ci,
             threshold=threshold,
             allow_missing=allow_missing,
-            all_fakes=all_fakes,
+            fakes=fakes,
             segment_metrics=check_semantics(segment_metrics),
             trim_silence=trim_silence,
             frame_hz=frame_hz,
+            calibrate_on=calibrate_on(calibrate, no_calibration),
             overwrite=overwrite,
             cluster=cluster,
             n_workers=n_workers,
@@ -137,13 +148,14 @@ def syncscore_command(
         typer.echo(json.dumps(metrics, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
 
     b, sync = metrics["binary"], metrics["sync"]
-    table = Table(
-        title=f"{'+'.join(map(str, audio_set))} vs {'+'.join(map(str, visual_set))} "
+    table = result_table(
+        f"{'+'.join(map(str, audio_set))} vs {'+'.join(map(str, visual_set))} "
         f"on {metrics['selection']} "
-        f"(shift {sync['shift']}, pool {sync['pool']}, padding {sync['padding']})"
+        f"(shift {sync['shift']}, pool {sync['pool']}, padding {sync['padding']})",
+        metrics["fakes"],
+        metrics["filter"],
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -187,12 +199,7 @@ def layers_command(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Directory for layers.csv, layers.json and the plot."
     ),
-    all_fakes: bool = typer.Option(
-        False,
-        "--all-fakes",
-        help="Count every fake (default: the paper's filter, both modalities faked), as "
-        "syncscore --all-fakes does.",
-    ),
+    fakes: str = FAKES,
     plot_format: str | None = plot_format_option(),
     frame_hz: float | None = FRAME_HZ,
     allow_missing: bool = ALLOW_MISSING,
@@ -215,7 +222,7 @@ def layers_command(
         def show(r: Any) -> None:
             typer.echo(
                 f"audio {r.audio_layer:>5}  visual {r.visual_layer:>5}  "
-                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n}"
+                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n} ({r.n_real} real / {r.n_fake} fake)"
             )
 
         sweep = sweep_layers(
@@ -228,11 +235,12 @@ def layers_command(
             allow_missing=allow_missing,
             frame_hz=frame_hz,
             on_layer=show,
-            all_fakes=all_fakes,
+            fakes=fakes,
             plot_format=plot_suffix(plot_format),
             cluster=cluster,
             n_workers=n_workers,
         )
+    typer.echo(filter_text(sweep.fakes))
     best = sweep.best
     typer.echo(f"best: audio {best.audio_layer} / visual {best.visual_layer}, AUC {_pct(best.auc)}")
     for name, path in sweep.files.items():

@@ -81,6 +81,22 @@ def _fit_line(cfg: Any, reals: bool) -> str:
     )
 
 
+def card_lines(cfg: Any) -> list[str]:
+    """What the run's card says: its frame threshold and the windows of its training lengths."""
+    from trainers.runcard import RunCard
+
+    card = RunCard.from_doc(cfg)
+    lines = [f"frame threshold: {card.localization.describe()}"]
+    if card.lengths is not None:
+        p = card.lengths
+        lines.append(
+            f"training lengths {p.seconds(p.min_rows):.2f}-{p.seconds(p.max_rows):.2f} s "
+            f"(median {p.seconds(p.median_rows):.2f} s): longer inputs are scored in windows "
+            f"of {p.seconds(p.median_rows):.2f} s (the median)"
+        )
+    return lines
+
+
 def format_epoch(stats: Any) -> str:
     """One progress line: epoch, train loss, val loss, val AUC, seconds."""
 
@@ -214,6 +230,8 @@ def probe(
                 allow_missing=allow_missing,
             )
     typer.echo(_fit_line(run.config, reals=False))
+    for line in card_lines(run.config):
+        typer.echo(line)
     typer.echo(f"run written to {run.path}")
 
 
@@ -300,6 +318,8 @@ def ntp(
         f"thresholds ({th['quantile']:.0%} of real, on {th['learnt_on']}): "
         f"frame MSE {th['frame']:.4g}, video MSE {th['video']:.4g}"
     )
+    for line in card_lines(cfg):
+        typer.echo(line)
     typer.echo(f"run written to {run.path}")
 
 
@@ -402,4 +422,6 @@ def sync(
         f"thresholds (-Phi, on {th['learnt_on']} reals): frame {th['frame']:.4g} "
         f"({th['frame_quantile']:.0%}), video {th['video']:.4g} ({th['video_quantile']:.0%})"
     )
+    for line in card_lines(cfg):
+        typer.echo(line)
     typer.echo(f"run written to {run.path}")

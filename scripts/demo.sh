@@ -59,7 +59,7 @@ featstore train probe --store "$STORE" --encoder logfbank --train sample:train -
   --lr 0.05 --out "$OUT/runs/logfbank" | sed -n '1,3p;98,$p'
 
 step "9. Evaluate it on the held-out split (every fake counted: the sample is small)"
-featstore eval "$OUT/runs/logfbank" --on sample:val --all-fakes
+featstore eval "$OUT/runs/logfbank" --on sample:val --fakes all
 
 step "10. The cross-dataset grid (paper Tab. 2 shape; here one dataset, four features)"
 cat > "$OUT/grid.toml" <<TOML
@@ -91,9 +91,10 @@ cat "$OUT/grid/grid.md"
 
 step "11. Late fusion, correlation, a temporal and two spatial explanations"
 RUNS="$OUT/grid/runs"
+# every fake counted, as in steps 9 and 10: the same videos, so the same numbers as the grid
 featstore fuse "$RUNS/logfbank-last/sample" "$RUNS/mouth-pixels-last/sample" --on sample:val \
-  --out "$OUT/runs/fusion"
-featstore correlate "$RUNS"/*/sample --on sample:val --out "$OUT/correlation"
+  --fakes all --out "$OUT/runs/fusion"
+featstore correlate "$RUNS"/*/sample --on sample:val --fakes all --out "$OUT/correlation"
 FAKE=$(python -c "import featstore; m = featstore.open_store('$STORE').manifest('sample'); print(m[(m.split == 'val') & (m.label == 1)].video_id.iloc[0])")
 featstore explain temporal "$OUT/runs/logfbank" --dataset sample --video "$FAKE" \
   --out "$OUT/explain-logfbank.png"
@@ -111,18 +112,19 @@ featstore train sync --store "$STORE" --audio logfbank --visual mouth-pixels --t
 featstore train ntp --store "$STORE" --encoder logfbank+mouth-pixels --train sample:train --no-val \
   --epochs 20 --out "$OUT/runs/ntp" | tail -2
 for run in logfbank sync ntp; do
-  featstore eval "$OUT/runs/$run" --on sample:val --all-fakes --json \
+  featstore eval "$OUT/runs/$run" --on sample:val --fakes all --json \
     | python -c "import json, sys; m = json.load(sys.stdin); b = m['binary']; t = m['temporal'] or {}; print(f\"  {'$run':9s} ({m['kind']:5s}) AUC {100 * b['auc']:5.1f}  AP {100 * b['ap']:5.1f}  temporal AUC {100 * t.get('mean', float('nan')):5.1f}\")"
 done
 featstore syncscore --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val \
-  --preset speechforensics --all-fakes --out "$OUT/runs/syncscore"   # a run like any other
+  --preset speechforensics --fakes all --out "$OUT/runs/syncscore"   # a run like any other
 featstore layers --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val \
-  --all-fakes --out "$OUT/layers"   # the same videos as the syncscore table above: same numbers
+  --fakes all --out "$OUT/layers"   # the same videos as the syncscore table above: same numbers
 # The paper's Tab. 6 (Eq. 3: shifts x pools), Fig. 2 (localization vs classification of the grid's
 # probes) and Fig. 3 (one clip's scores over its spectrogram and frames), one command each.
 featstore report table6 --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val \
-  --all-fakes --out "$OUT/table6" | sed -n '/pool (AUC)/,/^$/p'
-featstore report fig2 "$RUNS"/*/sample --on sample:val --out "$OUT/fig2.pdf" | grep -v '^data:'
+  --fakes all --out "$OUT/table6" | sed -n '/pool (AUC)/,/^$/p'
+featstore report fig2 "$RUNS"/*/sample --on sample:val --fakes all --out "$OUT/fig2.pdf" \
+  | grep -v '^data:'
 featstore report fig3 "$OUT/runs/logfbank" --dataset sample --video "$FAKE" --out "$OUT/fig3.png" \
   | grep '^figure:'
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from api.app import create_app, get_settings
 from api.batching import MicroBatcher
 from api.models import ScoreResponse, StoredScoreResponse
-from api.scoring import NotReadyError, UnknownRunError
+from api.scoring import NotReadyError, ScoreOptions, UnknownRunError
 from api.settings import RunSpec, Settings, SettingsError, parse_checkpoints, parse_run
 from featstore.encoders.base import Clip, ClipError
 from featstore.errors import UnknownVideoError
@@ -122,16 +122,26 @@ class FakeService:
             raise UnknownRunError("no run named 'nope'")
         return names or ["fake"]
 
-    async def score_upload(self, path: str, runs: Any, *, filename: str | None) -> ScoreResponse:
+    async def score_upload(
+        self, path: str, runs: Any, *, filename: str | None, options: Any = None
+    ) -> ScoreResponse:
         self.seen.append(
-            {"path": path, "exists": os.path.exists(path), "runs": runs, "filename": filename}
+            {
+                "path": path,
+                "exists": os.path.exists(path),
+                "runs": runs,
+                "filename": filename,
+                "options": options,
+            }
         )
         await asyncio.sleep(self.delay_s)
         return ScoreResponse(
             filename=filename, size_bytes=os.path.getsize(path), duration_s=1.0, results=[]
         )
 
-    def score_stored(self, dataset: str, video_id: str, run: str) -> StoredScoreResponse:
+    def score_stored(
+        self, dataset: str, video_id: str, run: str, options: Any = None
+    ) -> StoredScoreResponse:
         raise UnknownVideoError(f"no committed features for video {video_id!r}")
 
     def datasets(self) -> Any:
@@ -203,6 +213,17 @@ def test_upload_reaches_scorer_and_temp_file_is_removed(tmp_path: Path, world: A
     assert seen["exists"] and seen["runs"] == ["probe", "other"] and seen["filename"] == "c.mp4"
     assert not os.path.exists(seen["path"])
     assert list((tmp_path / "uploads").iterdir()) == []
+    assert seen["options"] == ScoreOptions()  # the runs' own cards, windows on
+    with TestClient(fake_app(tmp_path, service)) as client:
+        query = {"threshold": "paper", "smooth_s": 0.1, "merge_gap_s": 0, "windows": "off"}
+        r = client.post("/v1/score", files={"file": ("c.mp4", data, "video/mp4")}, params=query)
+        assert r.status_code == 200, r.text
+        assert service.seen[-1]["options"] == ScoreOptions(
+            threshold="paper", smooth_s=0.1, merge_gap_s=0.0, windows=False
+        )
+        for bad in ({"smooth_s": -1}, {"windows": "always"}):
+            r = client.post("/v1/score", files={"file": ("c.mp4", data, "video/mp4")}, params=bad)
+            assert r.status_code == 422, r.text
 
 
 def test_upload_size_limit_413(tmp_path: Path) -> None:
@@ -370,18 +391,29 @@ def test_multipart_abuse(
 
 
 def test_small_form_within_limits_is_accepted(tmp_path: Path, world: Any) -> None:
-    """The limits leave room for what clients send: a file and a few small fields."""
+    """The limits leave room for what clients send: a file and a few small fields; fields
+    the endpoint does not take are refused by name once the body is read (never ignored)."""
     service = FakeService()
     _, clip = clip_bytes(world)
-    fields = [_part(_B, f"f{i}", b"x" * 16384) for i in range(15)]  # 16 parts with the file
-    body = b"".join([*fields, _part(_B, "file", clip, filename="c.mp4"), _END])
+    fields = [_part(_B, f"f{i}", b"x" * 16384) for i in range(14)]  # 16 parts with the file
+    body = b"".join(
+        [*fields, _part(_B, "runs", b"fake"), _part(_B, "file", clip, filename="c.mp4"), _END]
+    )
     ctype = f"multipart/form-data; boundary={_B}"
     with TestClient(fake_app(tmp_path, service, max_upload_bytes=len(body))) as client:
         r = client.post("/v1/score", content=body, headers={"content-type": ctype})
-        assert r.status_code == 200, r.text
+        assert r.status_code == 422, r.text  # within every limit, but f0... are not taken
+        assert "unknown form fields 'f0', 'f1'" in r.json()["detail"]
+        assert "the form takes 'file', 'runs'" in r.json()["detail"]
         r = client.post("/v1/score", content=body + b"\r\n", headers={"content-type": ctype})
         assert r.status_code == 413  # two bytes over: the whole body counts
-    assert len(service.seen) == 1
+        taken = b"".join([_part(_B, "runs", b"fake"), _part(_B, "file", clip, filename="c.mp4")])
+        r = client.post("/v1/score", content=taken + _END, headers={"content-type": ctype})
+        assert r.status_code == 200, r.text
+        twice = _part(_B, "runs", b"fake") + taken + _END
+        r = client.post("/v1/score", content=twice, headers={"content-type": ctype})
+        assert r.status_code == 422 and "'runs' given more than once" in r.json()["detail"]
+    assert [s["runs"] for s in service.seen] == [["fake"]]
 
 
 def test_slow_upload_is_408_not_504(tmp_path: Path) -> None:
@@ -546,6 +578,13 @@ def test_upload_scores_equal_direct_scoring(real: TestClient, world: Any) -> Non
     ]
     np.testing.assert_array_equal(np.float32(res["frame_scores"]), frame_logits(probes[0], x))
     s = video_logit(probes[0], x)
+    window = res["windows"]
+    assert window["whole_score"] == pytest.approx(s, abs=1e-6)
+    if window["applied"]:  # longer than the run's training clips: the best window
+        rows = round(window["window_s"] * 25)
+        starts = [round(w["start_s"] * 25) for w in window["scores"]]
+        s = max(video_logit(probes[0], x[a : a + rows]) for a in starts)
+        assert starts[-1] + rows == len(x) and len(x) > rows
     assert res["score"] == pytest.approx(s, abs=1e-6)
     assert res["calibrated"] and res["probability"] == pytest.approx(probability(s), abs=1e-6)
     assert res["rank_score"] == res["probability"]
@@ -557,6 +596,14 @@ def test_upload_scores_equal_direct_scoring(real: TestClient, world: Any) -> Non
     fused = results["fused"]
     p = np.mean([probability(video_logit(params, x)) for params in probes])
     assert fused["kind"] == "fusion" and fused["calibrated"]
+    whole = float(fused_score(np.array([p]))[0])
+    assert fused["windows"]["whole_score"] == pytest.approx(whole, abs=1e-5)
+    if fused["windows"]["applied"]:  # each window fused, the best one the video's
+        rows = round(fused["windows"]["window_s"] * 25)
+        starts = [round(w["start_s"] * 25) for w in fused["windows"]["scores"]]
+        ps = [np.mean([probability(video_logit(q, x[a : a + rows])) for q in probes])
+              for a in starts]  # fmt: skip
+        p = max(ps)
     assert fused["score"] == pytest.approx(float(fused_score(np.array([p]))[0]), abs=1e-5)
     assert fused["probability"] == pytest.approx(p, abs=1e-6)
     frame_p = np.mean([probability(frame_logits(params, x)) for params in probes], axis=0)
@@ -573,21 +620,85 @@ def test_upload_scores_equal_direct_scoring(real: TestClient, world: Any) -> Non
     assert doc["annotated_label"] in (0, 1)
 
 
+def reference_segments(
+    frames: np.ndarray,
+    hz: float,
+    threshold: float,
+    *,
+    smooth_s: float,
+    min_segment_s: float,
+    merge_gap_s: float,
+) -> list[list[float]]:
+    """Segments by hand: scipy's median filter, runs above, merged, long enough."""
+    from scipy.ndimage import median_filter
+
+    from featstore.timebase import mask_to_segments
+
+    k = round(smooth_s * hz)
+    k = k + 1 - k % 2 if k > 1 else 1
+    s = median_filter(np.asarray(frames, np.float64), size=k, mode="nearest")
+    out: list[list[float]] = []
+    for a, b in mask_to_segments(s > threshold, frame_hz=hz):
+        if out and a - out[-1][1] <= merge_gap_s + 1e-9:
+            out[-1][1] = b
+        else:
+            out.append([a, b])
+    return [seg for seg in out if seg[1] - seg[0] >= min_segment_s - 1e-9]
+
+
 def test_stored_scores_segments_and_errors(real: TestClient, world: Any) -> None:
     from featstore.store import open_store
     from trainers.probe import ProbeParams, frame_logits, video_logit
     from trainers.runs import load_run
     from trainers.temporal import scores_to_segments
 
-    r = real.get("/v1/datasets/planted/videos/planted/test/v0011/scores", params={"run": "probe"})
+    url = "/v1/datasets/planted/videos/planted/test/v0011/scores"
+    r = real.get(url, params={"run": "probe"})
     assert r.status_code == 200, r.text
     doc = r.json()
     params = ProbeParams.from_state(load_run(world["root"] / "runs" / "probe").tensors())
     x = open_store(world["store"]).video("planted", "logfbank", doc["video_id"], "last")
     frames = frame_logits(params, x)
-    assert doc["score"] == pytest.approx(video_logit(params, x), abs=1e-5)
-    assert doc["segments"] == [seg.to_list() for seg in scores_to_segments(frames, 25.0)]
+    assert doc["windows"]["whole_score"] == pytest.approx(video_logit(params, x), abs=1e-5)
+    windows = doc["windows"]
+    if windows["applied"]:  # longer than the median training video: the best window
+        rows = round(windows["window_s"] * 25)
+        starts = [round(w["start_s"] * 25) for w in windows["scores"]]
+        best = max(video_logit(params, x[a : a + rows]) for a in starts)
+        assert doc["score"] == pytest.approx(best, abs=1e-5)
+    # segments under the run's card: smoothed, above its calibrated threshold, merged, long enough
+    card = load_run(world["root"] / "runs" / "probe").config["localization"]
+    on = card["calibrated_on"]  # segment F1 where it finds a fake segment, else the budget
+    assert on["selection"] == "planted:val" and on["n_fake_annotated"] > 0
+    assert card["chosen"] == ("segment_f1" if on["segment_f1"] else "real_videos")
+    loc = doc["localization"]
+    assert loc["frame_threshold"] == card["threshold"] and loc["threshold_name"] == card["chosen"]
+    expected = reference_segments(frames, 25.0, card["threshold"], **card["rules"])
+    above = [[x["start_s"], x["end_s"]] for x in loc["segments"] if not x["below_threshold"]]
+    assert len(above) == len(expected) and all(
+        np.allclose(a, e) for a, e in zip(above, expected, strict=True)
+    )
+    assert len(doc["segments"]) == len(loc["segments"]) >= (doc["label"] == "fake")
     assert doc["annotated_label"] == 1 and doc["annotated_segments"]
+    # a threshold given as a number: the same rules at that level
+    level = float(np.quantile(frames, 0.7))
+    r = real.get(url, params={"run": "probe", "threshold": str(level)})
+    loc = r.json()["localization"]
+    expected = reference_segments(frames, 25.0, level, **card["rules"])
+    assert expected and loc["threshold_name"] == "given"
+    np.testing.assert_allclose([[x["start_s"], x["end_s"]] for x in loc["segments"]], expected)
+    # the paper's reading on request: frames above 0, nothing else (none here: the probe's
+    # frame logits are all negative) but the top-ranked segment of a fake verdict, flagged
+    paper = {"run": "probe", "threshold": "paper", "smooth_s": 0, "min_segment_s": 0,
+             "merge_gap_s": 0}  # fmt: skip
+    r = real.get("/v1/datasets/planted/videos/planted/test/v0011/scores", params=paper)
+    doc = r.json()
+    assert scores_to_segments(frames, 25.0) == [] and doc["label"] == "fake"
+    (top,) = doc["localization"]["segments"]
+    assert top["below_threshold"] and doc["segments"] == [
+        [top["start_s"], top["end_s"], top["score"]]
+    ]
+    assert doc["localization"]["proposals"][0][1:] == [top["start_s"], top["end_s"]]
     for path, params, needle in [
         ("/v1/datasets/nope/videos/a/scores", {"run": "probe"}, "nope"),
         ("/v1/datasets/planted/videos/planted/test/v9999/scores", {"run": "probe"}, "v9999"),
@@ -597,12 +708,41 @@ def test_stored_scores_segments_and_errors(real: TestClient, world: Any) -> None
         assert r.status_code == 404 and needle in r.json()["detail"], r.text
 
 
+def test_too_short_uploads_are_422(real: TestClient, world: Any, tmp_path: Path) -> None:
+    from featstore.sample import talking_clip, write_clip
+
+    models = {m["name"]: m for m in real.get("/v1/models").json()["models"]}
+    windows = models["probe"]["windows"]
+    lengths = windows["lengths"]
+    assert lengths["selection"] == "planted:train" and windows["window_s"] == pytest.approx(
+        lengths["median_rows"] / 25
+    )
+    need = windows["min_duration_s"]
+    assert need == pytest.approx(np.ceil(lengths["p5_rows"] / 2) / 25)
+    video, audio = talking_clip(seed=3, duration_s=1.0, size=64)
+    n = 8  # 0.32 s
+    write_clip(tmp_path / "short.mp4", video[:n], audio[: n * 640])
+    r = post(real, (tmp_path / "short.mp4").read_bytes())
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "probe run probe needs at least" in detail and "0.32 s" in detail
+    assert "trained on clips" in detail
+    _, data = clip_bytes(world)
+    r = post(real, data, params={"threshold": "best"})
+    assert r.status_code == 422 and "neither a number nor one of" in r.json()["detail"], r.text
+    r = post(real, data, params={"threshold": "paper", "windows": "off"})
+    assert r.status_code == 200, r.text
+    for res in r.json()["results"]:
+        assert res["localization"]["threshold_name"] == "paper"
+        assert not res["windows"]["applied"] and res["score"] == res["windows"]["whole_score"]
+
+
 def test_stored_scores_of_other_run_kinds(real: TestClient, world: Any) -> None:
     # a fusion run scores one stored video through its registered scorer
     from trainers.runs import read_predictions
 
     url = "/v1/datasets/planted/videos/planted/test/v0011/scores"
-    r = real.get(url, params={"run": "fused"})
+    r = real.get(url, params={"run": "fused", "windows": "off"})  # whole, as eval scores
     assert r.status_code == 200, r.text
     doc = r.json()
     # what `fuse --out` wrote when it evaluated the fusion on planted:test

@@ -141,33 +141,126 @@ def test_an_upload_is_scored_in_single_speaker_segments(server: dict[str, Any]) 
     # each segment scores as the stored segment of the same span does (the offline path)
     stored = open_store(server["store"]).manifest("up-segments")
     assert sorted(zip(stored["start_s"], stored["end_s"], strict=True)) == spans
-    for s in seg["segments"]:
+    _check_segments(base, doc, stored, {})
+    _check_video_verdicts(doc)
+
+
+# the request's segment rules and windowing reach every segment's verdict
+PAPER_READING = {
+    "threshold": "paper",
+    "smooth_s": 0,
+    "min_segment_s": 0,
+    "merge_gap_s": 0,
+    "windows": "off",
+}
+
+
+def test_segment_rules_and_windows_apply_to_every_segment(server: dict[str, Any]) -> None:
+    from featstore.store import open_store
+
+    base = server["base"]
+    query = "?segment=true&" + "&".join(f"{k}={v}" for k, v in PAPER_READING.items())
+    r = _post(base, server["video"].path, query=query)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    stored = open_store(server["store"]).manifest("up-segments")
+    _check_segments(base, doc, stored, PAPER_READING)
+    for s in doc["segmentation"]["segments"]:
+        for res in s["results"]:
+            loc = res["localization"]
+            assert (loc["threshold_name"], loc["frame_threshold"]) == ("paper", 0.0)
+            assert (loc["smooth_s"], loc["min_segment_s"], loc["merge_gap_s"]) == (0, 0, 0)
+            assert not res["windows"]["applied"] and res["windows"]["scores"] == []
+            assert res["score"] == res["windows"]["whole_score"]
+            # the paper's reading: runs of frames above 0, in the upload's seconds
+            hz, frames = res["frame_hz"], np.asarray(res["frame_scores"])
+            above = np.flatnonzero(frames > 0)
+            runs = np.split(above, np.flatnonzero(np.diff(above) > 1) + 1) if above.size else []
+            expected = [(s["start_s"] + x[0] / hz, s["start_s"] + (x[-1] + 1) / hz) for x in runs]
+            got = [(x["start_s"], x["end_s"]) for x in loc["segments"] if not x["below_threshold"]]
+            np.testing.assert_allclose(
+                np.reshape(got, (-1, 2)), np.reshape(expected, (-1, 2)), atol=1e-6
+            )
+    _check_video_verdicts(doc)
+
+
+def _check_segments(base: str, doc: dict[str, Any], stored: Any, params: dict[str, Any]) -> None:
+    """Every segment's verdict equals the stored segment's (same ``params``), with every
+    time but the frame scores' moved to the upload's seconds."""
+    for s in doc["segmentation"]["segments"]:
         row = stored[(stored["start_s"] == s["start_s"]) & (stored["end_s"] == s["end_s"])].iloc[0]
         assert [x["run"] for x in s["results"]] == ["audio", "mouth"]
+        t0 = s["start_s"]
         for res in s["results"]:
             ref = httpx.get(
                 f"{base}/v1/datasets/up-segments/videos/{row['video_id']}/scores",
-                params={"run": res["run"]},
+                params={"run": res["run"], **params},
             ).json()
             assert res["score"] == pytest.approx(ref["score"], rel=1e-5, abs=1e-6)
             np.testing.assert_allclose(
                 res["frame_scores"], ref["frame_scores"], rtol=1e-5, atol=1e-6
             )
-            shifted = [[a + s["start_s"], b + s["start_s"], v] for a, b, v in ref["segments"]]
+            shifted = [[a + t0, b + t0, v] for a, b, v in ref["segments"]]
             np.testing.assert_allclose(
                 np.reshape(res["segments"], (-1, 3)),
                 np.reshape(shifted, (-1, 3)),
                 rtol=1e-6,
                 atol=1e-6,
             )
+            loc, ref_loc = res["localization"], ref["localization"]
+            assert loc["threshold_name"] == ref_loc["threshold_name"]
+            assert loc["frame_threshold"] == pytest.approx(ref_loc["frame_threshold"])
+            assert [x["below_threshold"] for x in loc["segments"]] == [
+                x["below_threshold"] for x in ref_loc["segments"]
+            ]
+            _close(
+                [(x["start_s"], x["end_s"]) for x in loc["segments"]],
+                [(x["start_s"] + t0, x["end_s"] + t0) for x in ref_loc["segments"]],
+                2,
+            )
+            _close(loc["proposals"], [(c, a + t0, b + t0) for c, a, b in ref_loc["proposals"]], 3)
+            win, ref_win = res["windows"], ref["windows"]
+            assert win["applied"] == ref_win["applied"]
+            assert win["whole_score"] == pytest.approx(ref_win["whole_score"], rel=1e-5, abs=1e-6)
+            _close(
+                [(w["start_s"], w["end_s"], w["score"]) for w in win["scores"]],
+                [(w["start_s"] + t0, w["end_s"] + t0, w["score"]) for w in ref_win["scores"]],
+                3,
+            )
 
-    # the video's verdict per run: the maximum over its segments
+
+def _close(got: Any, expected: Any, width: int) -> None:
+    np.testing.assert_allclose(
+        np.reshape(got, (-1, width)), np.reshape(expected, (-1, width)), rtol=1e-5, atol=1e-5
+    )
+
+
+def _check_video_verdicts(doc: dict[str, Any]) -> None:
+    """The video's verdict per run: the maximum over its segments, with every segment's
+    fake segments and localization, the windows of the segment whose score it is."""
+    seg = doc["segmentation"]
     for i, res in enumerate(doc["results"]):
-        scores = [s["results"][i]["score"] for s in seg["segments"]]
+        per_segment = [s["results"][i] for s in seg["segments"]]
+        scores = [x["score"] for x in per_segment]
         assert res["run"] == seg["segments"][0]["results"][i]["run"]
         assert res["score"] == max(scores) and res["segment"] == int(np.argmax(scores))
         assert res["label"] == ("fake" if max(scores) > res["threshold"] else "real")
         assert res["frame_scores"] == []
+        assert res["windows"] == per_segment[res["segment"]]["windows"]
+        every = [x for r in per_segment for x in r["localization"]["segments"]]
+        assert res["localization"]["segments"] == sorted(
+            every, key=lambda x: (x["start_s"], x["end_s"])
+        )
+        assert [x[:2] for x in res["segments"]] == [
+            [x["start_s"], x["end_s"]] for x in res["localization"]["segments"]
+        ]
+        proposals = [p for r in per_segment for p in r["localization"]["proposals"]]
+        assert (
+            res["localization"]["proposals"]
+            == sorted(proposals, key=lambda p: (-p[0], p[1], p[2]))[:100]
+        )
+        if res["label"] == "fake":  # a fake verdict points somewhere
+            assert res["localization"]["segments"]
 
 
 def test_an_upload_without_a_segment_is_refused(server: dict[str, Any]) -> None:
@@ -175,9 +268,22 @@ def test_an_upload_without_a_segment_is_refused(server: dict[str, Any]) -> None:
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert detail.startswith("no single-speaker segment") and "no_audio 2.0 s" in detail
+    # without segment=true and without runs: the mouth probe scores it, the audio probe is
+    # skipped and the response says why
     plain = _post(server["base"], server["video"].silent_path, query="")
-    assert plain.status_code == 422  # the audio probe cannot score it either, for its own reason
-    assert "no single-speaker segment" not in plain.json()["detail"]
+    assert plain.status_code == 200, plain.text
+    doc = plain.json()
+    assert [r["run"] for r in doc["results"]] == ["mouth"]
+    ((skipped,),) = [doc["skipped"]]
+    assert skipped["run"] == "audio" and skipped["reason"] == "no_audio_stream"
+    assert "logfbank" in skipped["detail"]
+    # the audio probe named: a 422 for an HTTP client (the run, its encoder, what to send)
+    named = _post(server["base"], server["video"].silent_path, query="?runs=audio")
+    assert named.status_code == 422, named.text
+    detail = named.json()["detail"]
+    assert "run audio: no audio stream: its encoder logfbank reads audio" in detail
+    assert "upload a file with an audio track" in detail and "runs=mouth" in detail
+    assert "audio=False" not in detail and "no single-speaker segment" not in detail
 
 
 def test_a_server_without_the_faces_extra_refuses_segment_true(

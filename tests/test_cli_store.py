@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -107,21 +106,17 @@ def test_user_errors_are_one_line(tmp_path, demo_store):
     assert result.exit_code == 1 and "layer 9" in result.output
 
 
-def test_help_is_fast_and_imports_nothing_heavy():
+def test_help_imports_nothing_heavy():
     code = (
-        "import sys, time; t = time.perf_counter();"
+        "import sys;"
         "from typer.testing import CliRunner; from cli.main import app;"
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
         "r = CliRunner().invoke(app, ['store', '--help']); assert r.exit_code == 0;"
         "heavy = sorted(m for m in ('torch', 'transformers', 'zarr', 'xarray', 'dask') if m in sys.modules);"
-        "print(heavy, time.perf_counter() - t)"
+        "print(heavy)"
     )
-    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - start
-    heavy, _ = out.stdout.rsplit(" ", 1)
-    assert heavy == "[]"
-    assert wall < 3.0  # generous for a loaded CI machine; typically ~0.3 s
+    assert out.stdout.strip() == "[]"  # what makes --help fast (bench/ times it, tests do not)
 
 
 def test_importing_featstore_is_light():

@@ -172,6 +172,14 @@ def test_grid_on_a_cluster_writes_the_local_files_and_resumes(url, cluster, tmp_
          ("evaluate", "beta", "gamma")], key=str,
     )  # fmt: skip
     assert_same_files(tmp_path / "local", tmp_path / "cluster")
+    # the other evaluation filter is not the paper's result reused: every test set again
+    events.clear()
+    outcome = run_grid(load_config(tmp_path / "cluster.toml"), on_event=events.append,
+                       cluster=cluster, fakes="all")  # fmt: skip
+    assert sum(e.kind == "evaluate" for e in events) == 6
+    assert {r.fakes for r in outcome.results} == {"all"}
+    metrics = json.loads((alpha / "metrics.json").read_text())
+    assert {"alpha:test", "alpha:test|fakes=all", "gamma:test|fakes=all"} <= set(metrics)
 
 
 def test_eval_on_a_cluster_scores_partitions_to_the_same_files(url, cluster, tmp_path, monkeypatch):
@@ -193,6 +201,16 @@ def test_eval_on_a_cluster_scores_partitions_to_the_same_files(url, cluster, tmp
     assert "] videos 0-64 (" in result.output and "] videos 64-72 (" in result.output
     assert not (remote / PARTITIONS).exists()
     assert_same_files(local, remote)
+    # the other filter and windowed scoring go through the partitions alike, each kept
+    for run in (local, remote):
+        extra = ["--cluster", cluster] if run == remote else []
+        result = invoke("eval", run, "--on", "alpha:test", "--fakes", "all", "--windows", *extra)
+        assert result.exit_code == 0, result.output
+    assert_same_files(local, remote)
+    metrics = json.loads((remote / "metrics.json").read_text())
+    assert set(metrics) == {"alpha:test", "alpha:test|fakes=all"}
+    assert metrics["alpha:test|fakes=all"]["windows"]["n_windowed"] >= 0
+    assert metrics["alpha:test"]["windows"] is None
 
 
 def test_partitions_resume(url, cluster, tmp_path):
@@ -280,6 +298,14 @@ def test_layers_on_a_cluster_and_an_interrupted_sweep(url, cluster, tmp_path):
     assert not (out / PARTITIONS).exists()
     for name in ("layers.csv", "layers.json"):
         assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    # pairs kept under one evaluation filter are not reused under the other
+    kept = {}
+    for fakes in ("paper", "all"):
+        with pytest.raises(Stop):
+            sweep_layers(store, "syn", "aud", "vis", config=config, out=tmp_path / "f",
+                         on_layer=stop_after_one, fakes=fakes)  # fmt: skip
+        (kept[fakes],) = (tmp_path / "f" / PARTITIONS).glob("layers-*")
+    assert kept["paper"].name != kept["all"].name and not kept["paper"].exists()
 
 
 def _flaky(marker: str) -> str:

@@ -94,7 +94,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     _cli("train", "sync", "--audio", "logfbank", "--visual", "mouth-pixels", *common,
          "--epochs", "2", "--lr", "1e-3", "--trim-silence", "--out", runs / "sync")  # fmt: skip
     _cli("syncscore", "--store", url, "--audio", "avhubert-a", "--visual", "avhubert-v",
-         "--on", "sample:val", "--preset", "speechforensics", "--all-fakes",
+         "--on", "sample:val", "--preset", "speechforensics", "--fakes", "all",
          "--out", runs / "syncfree")  # fmt: skip
     old = runs / "syncfree-v1"  # what featstore 0.1 wrote without --frame-hz
     old.mkdir()
@@ -103,7 +103,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     _cli("fuse", runs / "probe", runs / "sync", "--store", url, "--on", "sample:train",
          "--out", runs / "fusion")  # fmt: skip
     for name in RUNS:
-        _cli("eval", runs / name, "--store", url, "--on", "sample:val", "--all-fakes")
+        _cli("eval", runs / name, "--store", url, "--on", "sample:val", "--fakes", "all")
     settings = Settings(
         store_url=url,
         runs=tuple(RunSpec(name, runs / name) for name in RUNS),
@@ -177,10 +177,78 @@ def test_uploads_score_as_eval_scores_stored_features(served: dict[str, Any], wh
     for name, res in results.items():
         preds = read_predictions(served["runs"] / name, "sample_val").set_index("video_id")
         frames = read_frame_scores(served["runs"] / name, "sample_val")[video_id]
-        assert res["score"] == pytest.approx(preds.loc[video_id, "score"], abs=1e-5), name
+        # eval scores whole clips (the paper); the service windows clips longer than the
+        # run's median training length and says so, the whole clip's score beside
+        whole = res["windows"]["whole_score"]
+        assert whole == pytest.approx(preds.loc[video_id, "score"], abs=1e-5), name
         np.testing.assert_allclose(res["frame_scores"], frames, atol=1e-4, err_msg=name)
-        assert res["rank_score"] == pytest.approx(preds.loc[video_id, "probability"], abs=1e-6)
+        if not res["windows"]["applied"]:
+            assert res["score"] == whole
+            assert res["rank_score"] == pytest.approx(preds.loc[video_id, "probability"], abs=1e-6)
+        else:
+            assert res["score"] == max(w["score"] for w in res["windows"]["scores"]), name
         assert res["calibrated"] == (res["kind"] == "probe")
         assert (res["probability"] is None) == (not res["calibrated"]), name
         assert res["label"] == ("fake" if res["score"] > 0 else "real")
     assert results["ntp-set"]["features"] == ["logfbank:last", "mouth-pixels:last"]
+
+
+def _upload(served: dict[str, Any], path: Any, runs: str, **params: Any) -> httpx.Response:
+    with path.open("rb") as fh:
+        return httpx.post(
+            f"{served['base']}/v1/score",
+            files={"file": (path.name, fh, "video/mp4")},
+            data={"runs": runs},
+            params=params,
+            timeout=120,
+        )
+
+
+def test_a_looped_real_clip_keeps_its_probability(served: dict[str, Any], tmp_path: Any) -> None:
+    """A real clip as long as the probe's training clips, looped 3x and 10x: windows of the
+    training length keep P(fake) within 0.05; the whole clip's log-sum-exp would not."""
+    from featstore.sample import talking_clip, write_clip
+
+    models = {m["name"]: m for m in httpx.get(f"{served['base']}/v1/models").json()["models"]}
+    card = models["probe"]
+    window_s = card["windows"]["window_s"]
+    assert card["windows"]["lengths"]["selection"] == "sample:train"
+    assert card["localization"]["calibrated_on"]["selection"] == "sample:train"  # --no-val
+    video, audio = talking_clip(seed=21, duration_s=window_s)
+    results = {}
+    for loops in (1, 3, 10):
+        path = tmp_path / f"loop{loops}.mp4"
+        write_clip(path, np.concatenate([video] * loops), np.concatenate([audio] * loops))
+        r = _upload(served, path, runs="probe")
+        assert r.status_code == 200, r.text
+        (results[loops],) = r.json()["results"]
+    once = results[1]
+    assert not once["windows"]["applied"]
+    for loops in (3, 10):
+        res = results[loops]
+        assert res["windows"]["applied"] and len(res["windows"]["scores"]) == 2 * loops - 1
+        assert res["score"] == max(w["score"] for w in res["windows"]["scores"])
+        assert abs(res["probability"] - once["probability"]) < 0.05, (loops, res, once)
+    # scored whole, the 10x clip's log-sum-exp grows by about log(10)
+    assert results[10]["windows"]["whole_score"] > once["score"] + 1.5
+    off = _upload(served, tmp_path / "loop10.mp4", runs="probe", windows="off").json()
+    assert off["results"][0]["score"] == pytest.approx(results[10]["windows"]["whole_score"])
+
+
+def test_too_short_uploads_name_the_minimum(served: dict[str, Any], tmp_path: Any) -> None:
+    from featstore.sample import talking_clip, write_clip
+
+    video, audio = talking_clip(seed=22, duration_s=1.0)
+    path = tmp_path / "short.mp4"
+    write_clip(path, video[:20], audio[: 20 * 640])  # 0.8 s: 20 rows
+    r = _upload(served, path, runs="sync")
+    assert r.status_code == 422, r.text
+    assert (
+        "needs at least 31 rows" in r.json()["detail"]
+        and "15 rows either side" in r.json()["detail"]
+    )
+    r = _upload(served, path, runs="probe")  # its training clips: 1.28-1.6 s
+    assert r.status_code == 200, r.text
+    write_clip(path, video[:8], audio[: 8 * 640])
+    r = _upload(served, path, runs="probe")
+    assert r.status_code == 422 and "trained on clips" in r.json()["detail"], r.text

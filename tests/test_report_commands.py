@@ -141,7 +141,7 @@ def test_table6_layout_and_settings(two_sets):
     assert table.values[0][3] == result.cell("wild:test", 15, "mean").auc
     assert "n = 14 (8 real / 6 fake)" in table.caption and "evaluation filter" in table.caption
     assert "average: unpaired positions count as cosine 0" in table.caption
-    every = sync_table(store, ["lab"], AUDIO, VISUAL, pools=["max"], all_fakes=True)
+    every = sync_table(store, ["lab"], AUDIO, VISUAL, pools=["max"], fakes="all")
     assert every.cell("lab:test", 0, "max").n == 16 and every.settings["fakes"] == "all"
     assert every.settings["evaluated_hashes"] != result.settings["evaluated_hashes"]
 
@@ -185,7 +185,7 @@ def test_fig2_bars_come_from_the_runs_metrics(sync_runs, tmp_path):
     for bar, name in zip(bars, ("sf", "factor"), strict=True):
         stored = load_run(root / name).metrics()["lab:test"]
         assert bar.temporal_auc == stored["temporal"]["mean"] and bar.auc == stored["binary"]["auc"]
-        assert bar.n == 14 and bar.n_temporal == 6 and bar.fakes == "evaluation filter"
+        assert bar.n == 14 and bar.n_temporal == 6 and bar.fakes == "paper"
         assert bar.modality == "audio-visual"
     for suffix, magic in MAGIC.items():
         path = localization_figure(bars, tmp_path / f"fig2{suffix}", selection="lab:test")
@@ -277,7 +277,7 @@ def media_run(tmp_path_factory):
     clips["span"] = clips[str(first["video_id"])]
     split = str(manifest["split"].iloc[0])
     run_syncscore(store, f"sample:{split}", AUDIO, VISUAL, config=SyncConfig(3, "max"),
-                  out=root / "run", all_fakes=True)  # the one fake is audio-only  # fmt: skip
+                  out=root / "run", fakes="all")  # the one fake is audio-only  # fmt: skip
     fake = manifest[manifest["label"] == 1]
     video = str((fake if len(fake) else manifest)["video_id"].iloc[0])
     return store, root / "run", video, clips[video], clips["span"]

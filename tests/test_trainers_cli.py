@@ -114,15 +114,15 @@ def test_eval_ood_without_segments_and_json(env):
 
 
 def test_eval_filter_and_all_fakes(env):
-    # beta has single-modality fakes: the paper's filter drops them unless --all-fakes
+    # beta has single-modality fakes: the paper's filter drops them unless --fakes all
     _, _, runs = env
     filtered = json.loads(invoke("eval", runs["enc"][0], "--on", "beta:test", "--json").output)
     everything = json.loads(
-        invoke("eval", runs["enc"][0], "--on", "beta:test", "--all-fakes", "--json").output
+        invoke("eval", runs["enc"][0], "--on", "beta:test", "--fakes", "all", "--json").output
     )
     assert filtered["n_evaluated"] < filtered["n_scored"] == everything["n_evaluated"]
     assert everything["binary"]["n_fake"] > filtered["binary"]["n_fake"]
-    assert (filtered["fakes"], everything["fakes"]) == ("evaluation filter", "all")
+    assert (filtered["fakes"], everything["fakes"]) == ("paper", "all")
 
 
 def test_eval_errors(env, tmp_path):
@@ -178,7 +178,7 @@ def test_correlate_writes_matrices(env):
     for stem in ("correlation", "improvement"):
         assert (out / f"{stem}.png").read_bytes()[:8] == PNG
         assert (out / f"{stem}.csv").read_text().startswith("model,run-enc,run-wide")
-    assert doc["n"] == doc["n_real"] + doc["n_fake"] and doc["fakes"] == "evaluation filter"
+    assert doc["n"] == doc["n_real"] + doc["n_fake"] and doc["fakes"] == "paper"
     # the table shows no number for a model fused with itself
     table = result.output[result.output.index("relative AUC improvement") :]
     row = next(line for line in table.splitlines() if line.lstrip("│ ").startswith("run-enc"))
@@ -299,7 +299,7 @@ def test_grid_fakes_all_counts_single_modality_fakes(env, tmp_path):
     bad = GRID.format(store=url).replace('name = "beta"', 'name = "beta"\nfakes = "some"')
     config.write_text(bad)
     result = invoke("grid", config)
-    assert result.exit_code == 1 and "datasets[1].fakes must be 'filter' or 'all'" in result.output
+    assert result.exit_code == 1 and "datasets[1].fakes must be one of paper, all" in result.output
 
 
 def _csv_rows(path):

@@ -1,9 +1,11 @@
 """Temporal explanations of a stored video (paper Fig. 3): where does a detector see a fake?
 
 The per-frame scores ``s_t`` of a run of any kind (a probe's logits, the ntp
-/ sync / syncfree runs' frame scores, a fusion's fused frame scores, all with 0
-as their frame threshold) and the fake segments they imply (rows with
-``s_t > threshold``, in seconds), beside the annotated segments.
+/ sync / syncfree runs' frame scores, a fusion's fused frame scores) and the
+fake segments they imply under the run's segment rules (its calibrated frame
+threshold, smoothing, merging, minimum length: ``trainers.localization``;
+the threshold can be given by name or number), in seconds, beside the
+annotated segments.
 
 >>> e = explain_temporal("runs/w2v", store, "av1m", "id00/clip", out_png="clip.png")  # doctest: +SKIP
 >>> e.predicted_segments  # doctest: +SKIP
@@ -25,7 +27,7 @@ from trainers.runs import Run, RunError
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
-    from trainers.temporal import Segment
+    from trainers.localization import LocalSegment, SegmentRules
 
 __all__ = ["TemporalExplanation", "explain_temporal"]
 
@@ -43,9 +45,11 @@ class TemporalExplanation:
     threshold: float
     times_s: np.ndarray = field(repr=False)  # [T] start time of each row
     frame_scores: np.ndarray = field(repr=False)  # [T] per-frame logits
-    predicted_segments: tuple[Segment, ...] = ()
+    predicted_segments: tuple[LocalSegment, ...] = ()
     truth_segments: tuple[tuple[float, float], ...] = ()
     png: Path | None = None
+    rules: SegmentRules | None = None
+    threshold_name: str = "paper"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (per-frame scores included)."""
@@ -57,8 +61,10 @@ class TemporalExplanation:
             "probability": self.probability,
             "frame_hz": self.frame_hz,
             "threshold": self.threshold,
+            "threshold_name": self.threshold_name,
+            "rules": None if self.rules is None else self.rules.to_dict(),
             "frame_scores": self.frame_scores.tolist(),
-            "predicted_segments": [s.to_list() for s in self.predicted_segments],
+            "predicted_segments": [s.to_dict() for s in self.predicted_segments],
             "truth_segments": [list(s) for s in self.truth_segments],
             "png": None if self.png is None else str(self.png),
         }
@@ -71,12 +77,16 @@ def explain_temporal(
     video_id: str,
     *,
     out_png: str | os.PathLike[str] | None = None,
-    threshold: float = 0.0,
+    threshold: str | float | None = None,
 ) -> TemporalExplanation:
     """Explain one stored video with a run of any kind that has per-frame scores (every
     registered kind has them); draw it to ``out_png`` when given (PNG, PDF or SVG by its
-    suffix)."""
-    from trainers.temporal import scores_to_segments
+    suffix).
+
+    ``threshold``: the frame threshold, a number or a name of the run's card
+    (None: the run's own); the run's post-processing applies.
+    """
+    from trainers.localization import localize
 
     detector = run_dir if isinstance(run_dir, Detector) else load(run_dir)
     scored = detector.score_selection(store, Selection.of_videos(dataset, [video_id]))
@@ -89,7 +99,10 @@ def explain_temporal(
     video_score = float(scored.scores[0])
     frame_hz = float(scored.frame_hz)
     truth = scored.fake_segments()[0]
-    predicted = tuple(scores_to_segments(frames, frame_hz, threshold=threshold))
+    rules, name = detector.localization.resolve(threshold)
+    found = localize(frames, frame_hz, rules, fake=video_score > detector.threshold)
+    predicted = found.segments
+    threshold = rules.threshold
     times = np.arange(len(frames), dtype=np.float64) / frame_hz  # [T]
     png = None
     if out_png is not None:
@@ -124,4 +137,6 @@ def explain_temporal(
         predicted_segments=predicted,
         truth_segments=tuple(truth),
         png=png,
+        rules=rules,
+        threshold_name=name,
     )

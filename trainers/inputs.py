@@ -28,7 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -110,7 +110,11 @@ class StoredFeature:
     ``--store-as``). ``dtype`` is how the store rounded them (an upload is
     rounded the same way before scoring); ``None`` in runs written before it
     was recorded (run format 1), where the store in hand says; so is ``dim``
-    in format-1 ``syncfree`` runs, which recorded no widths.
+    in format-1 ``syncfree`` runs, which recorded no widths. ``extra`` is the
+    store's ``EncoderInfo.extra``: what else the encoder recorded (loader options
+    such as FSFM's ``pooling``, the random initialisation's scheme and seed), so
+    the API builds exactly the encoder that wrote the rows; ``None`` in runs
+    written before it was recorded.
     """
 
     encoder: str
@@ -123,9 +127,12 @@ class StoredFeature:
     checkpoint_sha256: str | None = None
     random_init: bool = False
     preprocessing_version: str | None = None
+    extra: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layer", normalize_layer(self.layer))
+        if self.extra is not None:
+            object.__setattr__(self, "extra", dict(self.extra))
         if not (isinstance(self.frame_hz, int | float) and self.frame_hz > 0):
             raise InputError(f"feature {self.encoder}: frame_hz must be > 0, got {self.frame_hz!r}")
         if self.dim is not None and (
@@ -159,6 +166,7 @@ class StoredFeature:
             checkpoint_sha256=info.checkpoint_sha256,
             random_init=bool(info.random_init),
             preprocessing_version=info.preprocessing_version,
+            extra=dict(info.extra),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,13 +181,14 @@ class StoredFeature:
             "checkpoint_sha256": self.checkpoint_sha256,
             "random_init": self.random_init,
             "preprocessing_version": self.preprocessing_version,
+            "extra": None if self.extra is None else dict(self.extra),
         }
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> StoredFeature:
         known = {
             "encoder", "layer", "frame_hz", "dim", "dtype", "source", "checkpoint",
-            "checkpoint_sha256", "random_init", "preprocessing_version",
+            "checkpoint_sha256", "random_init", "preprocessing_version", "extra",
         }  # fmt: skip
         unknown = set(doc) - known
         if unknown:
@@ -326,7 +335,7 @@ def select_videos(
     selection: Selection | str,
     keys: Sequence[FeatureKey],
     *,
-    evaluation: bool = False,
+    fakes: str | None = None,
     real_only: bool = False,
     allow_missing: bool = False,
 ) -> pd.DataFrame:
@@ -339,7 +348,7 @@ def select_videos(
     selection = Selection.parse(selection)
     if not keys:
         raise SelectionError("no features to select videos by")
-    kwargs = {"evaluation": evaluation, "real_only": real_only, "allow_missing": allow_missing}
+    kwargs = {"fakes": fakes, "real_only": real_only, "allow_missing": allow_missing}
     rows = select(store, selection, keys[0], **kwargs)
     if len(keys) == 1:
         return rows

@@ -7,10 +7,11 @@ default: every layer stored for both encoders, paired by equal index
 (``last`` with ``last``). Naming a layer for one side (``avhubert-v:last``)
 instead holds that side fixed and sweeps every stored layer of the other.
 
-Metrics are computed on the dataset's evaluation subset (only fakes with both
-modalities manipulated where known), as ``featstore eval`` and ``syncscore``
-do, or on every fake with ``all_fakes`` (their ``--all-fakes``): the same
-setting gives the same numbers as ``syncscore`` on that layer pair.
+Metrics count the videos of the evaluation filter ``fakes``
+(``trainers.evaluation_filter``: ``paper``, the default, keeps reals and the
+fakes with both modalities manipulated where known; ``all`` every fake), as
+every command's ``--fakes`` does: the same filter gives the same numbers as
+``syncscore`` (and ``eval`` of its run) on that layer pair.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from featstore.layout import Layer, layer_key
 from trainers.data import FeatureKey, Selection, SelectionError
+from trainers.evaluation_filter import PAPER, check_fakes
 from trainers.metrics import binary_metrics
 from trainers.pairs import select_pairs
 from trainers.syncfree import SyncConfig
@@ -69,7 +71,7 @@ class LayerSweep:
     config: SyncConfig
     results: tuple[LayerResult, ...]
     files: dict[str, Path] = field(default_factory=dict)
-    fakes: str = "evaluation filter"  # or "all": every fake counted
+    fakes: str = PAPER  # the evaluation filter: "paper" or "all" (every fake counted)
 
     @property
     def best(self) -> LayerResult:
@@ -125,22 +127,19 @@ def layer_result(
     config: SyncConfig,
     frame_hz: float | None = None,
     allow_missing: bool = False,
-    all_fakes: bool = False,
+    fakes: str = PAPER,
 ) -> LayerResult:
     """Eq. 3's metrics on one (audio layer, visual layer) pair: one task of a sweep.
 
-    A ``syncfree`` detector (``trainers.kinds.syncfree``) scores the
-    evaluation subset (every fake with ``all_fakes``), one video in memory at
-    a time.
+    A ``syncfree`` detector (``trainers.kinds.syncfree``) scores the videos
+    the evaluation filter ``fakes`` counts, one video in memory at a time.
     """
     from trainers.kinds import syncfree
 
     detector = syncfree.detector(
         store, sel.dataset, audio, visual, config=config, frame_hz=frame_hz
     )
-    rows = select_pairs(
-        store, sel, audio, visual, evaluation=not all_fakes, allow_missing=allow_missing
-    )
+    rows = select_pairs(store, sel, audio, visual, fakes=fakes, allow_missing=allow_missing)
     scored = detector.score_selection(store, Selection.of_videos(sel.dataset, rows["video_id"]))
     m = binary_metrics(scored.labels, scored.scores)
     return LayerResult(
@@ -166,7 +165,7 @@ def sweep_layers(
     allow_missing: bool = False,
     frame_hz: float | None = None,
     on_layer: Callable[[LayerResult], None] | None = None,
-    all_fakes: bool = False,
+    fakes: str = PAPER,
     plot_format: str = "png",
     cluster: Any = None,
     n_workers: int = 2,
@@ -174,8 +173,9 @@ def sweep_layers(
     """Eq. 3's AUC / AP / EER for every layer pair; with ``out``, CSV, JSON and a Fig. 7
     plot (``layers.<plot_format>``: png, pdf or svg).
 
-    Each layer pair is one task (:func:`layer_result`: the evaluation subset, or
-    every fake with ``all_fakes``), run here one after the other, or on Dask
+    Each layer pair is one task (:func:`layer_result`: a ``syncfree`` detector
+    scoring the videos the evaluation filter ``fakes`` counts, one video in
+    memory at a time), run here one after the other, or on Dask
     with ``cluster`` (``"local"``, ``"tcp://HOST:PORT"`` or a
     ``distributed.Client``), to the same results. With ``out`` each finished
     pair is kept in ``out/.partitions/`` until the files are written, so an
@@ -185,6 +185,7 @@ def sweep_layers(
     from featstore.cluster import Tasks, check_cluster, connect
     from trainers.cluster import PARTITIONS, fingerprint
 
+    fakes = check_fakes(fakes)
     if cluster is not None:
         check_cluster(cluster)
     sel = Selection.parse(on, default_split="test")
@@ -201,7 +202,7 @@ def sweep_layers(
                 "config": config.to_dict(),
                 "frame_hz": frame_hz,
                 "allow_missing": allow_missing,
-                "all_fakes": all_fakes,
+                "fakes": fakes,
                 "commits": [store.snapshot(sel.dataset, e).token for e in (a_enc, v_enc)],
             }
         )
@@ -222,7 +223,7 @@ def sweep_layers(
         "config": config,
         "frame_hz": frame_hz,
         "allow_missing": allow_missing,
-        "all_fakes": all_fakes,
+        "fakes": fakes,
     }
     with contextlib.ExitStack() as stack:
         client = None
@@ -248,7 +249,7 @@ def sweep_layers(
         swept=swept,
         config=config,
         results=tuple(results[i] for i in range(len(keys))),
-        fakes="all" if all_fakes else "evaluation filter",
+        fakes=fakes,
     )
     if out is None:
         return sweep

@@ -7,8 +7,10 @@
                                learnt values, training record, datasets + split hashes,
                                package version, created time -- written LAST
   history.csv                  one row per epoch (when the kind trains by epochs)
-  metrics.json                 {"<dataset>:<split>": {...}} for every evaluated selection
+  metrics.json                 {"<dataset>:<split>[|fakes=all]": {...}} for every evaluated
+                               selection and evaluation filter (``trainers.metrics_file``)
   predictions/<dataset>_<split>.csv           video_id, label, score, probability, evaluated
+                                              (1: counted by the paper's evaluation filter)
   predictions/<dataset>_<split>.frames.npz    per-frame scores (ragged: ids, offsets, scores)
   predictions/<dataset>_<split>.segments.json fake segments the frame scores imply (seconds)
   members/                     a fusion run's copies of its member runs

@@ -20,7 +20,14 @@ from featstore.timebase import row_bounds_s
 from trainers.metrics import MetricError
 from trainers.segments import iou_matrix
 
-__all__ = ["DEFAULT_QUANTILES", "Segment", "proposals_from_scores", "scores_to_segments"]
+__all__ = [
+    "DEFAULT_QUANTILES",
+    "Segment",
+    "mask_runs",
+    "proposals_from_scores",
+    "run_confidences",
+    "scores_to_segments",
+]
 
 # Candidate thresholds of proposals_from_scores: these quantiles of the video's own scores.
 DEFAULT_QUANTILES: tuple[float, ...] = tuple(
@@ -56,7 +63,7 @@ def _check_scores(frame_scores: np.ndarray, frame_hz: float) -> np.ndarray:
     return s
 
 
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mask_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First rows ``[K]`` and end rows (exclusive) ``[K]`` of the runs of True in ``mask [T]``."""
     edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
     return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
@@ -78,7 +85,7 @@ def scores_to_segments(
     s = _check_scores(frame_scores, frame_hz)  # [T]
     if min_duration_s < 0 or merge_gap_s < 0:
         raise MetricError("min_duration_s and merge_gap_s must be >= 0")
-    starts, ends = _runs(s > threshold)  # [K], [K]
+    starts, ends = mask_runs(s > threshold)  # [K], [K]
     if starts.size == 0:
         return []
     # Merge: a run absorbs the next one when the rows between them last <= merge_gap_s.
@@ -114,6 +121,22 @@ def _contrast(s: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray
     return np.where(np.isfinite(context), inside - context, 0.0)
 
 
+def run_confidences(scores: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """``[K]`` confidences in (0, 1) of the runs ``[starts, ends)`` of ``scores [T]``.
+
+    The contrast of each run (its mean score minus the higher mean of its two
+    neighbourhoods, as many rows as the run on each side) squashed by
+    ``0.5 + 0.5 * c / (1 + |c|)``: monotone, and without the ties a saturating
+    sigmoid gives for large logits. :func:`proposals_from_scores` ranks by it.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    if starts.size == 0:
+        return np.zeros(0, dtype=np.float64)
+    contrast = _contrast(s, starts, ends)
+    return 0.5 + 0.5 * contrast / (1.0 + np.abs(contrast))
+
+
 def _nms(rows: np.ndarray, confidence: np.ndarray, *, iou: float, limit: int) -> np.ndarray:
     """Indices of the kept ``rows [K, 2]``, by confidence descending (greedy NMS)."""
     order = np.argsort(-confidence, kind="stable")
@@ -133,6 +156,7 @@ def proposals_from_scores(
     thresholds: Sequence[float] | None = None,
     max_proposals: int = 100,
     nms_iou: float = 0.7,
+    min_rows: int = 1,
 ) -> list[tuple[float, float, float]]:
     """Ranked ``(confidence, start_s, end_s)`` fake-segment proposals of one video.
 
@@ -146,8 +170,8 @@ def proposals_from_scores(
     the best-localised run of a fake segment ranks first; contrasts stay in score
     units so that confidences are comparable across videos, as AP ranks them all
     together (a weaker fake segment can rank below a loose run around a stronger
-    one). Greedy non-maximum suppression at ``nms_iou`` removes near duplicates.
-    AP. Greedy non-maximum suppression at ``nms_iou`` removes near duplicates.
+    one). Runs shorter than ``min_rows`` are not candidates. Greedy non-maximum
+    suppression at ``nms_iou`` removes near duplicates.
 
     >>> s = np.zeros(100); s[40:60] = 1.0
     >>> proposals_from_scores(s, 25.0)[0]
@@ -158,19 +182,21 @@ def proposals_from_scores(
         raise MetricError(f"max_proposals must be >= 1, got {max_proposals}")
     if not 0.0 <= nms_iou <= 1.0:
         raise MetricError(f"nms_iou must be in [0, 1], got {nms_iou}")
+    if min_rows < 1:
+        raise MetricError(f"min_rows must be >= 1, got {min_rows}")
     if s.size == 0:
         return []
     levels = np.quantile(s, DEFAULT_QUANTILES) if thresholds is None else thresholds
-    runs = {
+    found = {
         (int(a), int(b))
         for level in np.unique(np.asarray(levels, dtype=np.float64))
-        for a, b in zip(*_runs(s > level), strict=True)
+        for a, b in zip(*mask_runs(s > level), strict=True)
+        if b - a >= min_rows
     }
-    if not runs:
+    if not found:
         return []
-    rows = np.asarray(sorted(runs), dtype=np.int64)  # [K, 2] first row, end row (exclusive)
-    contrast = _contrast(s, rows[:, 0], rows[:, 1])  # [K]
-    confidence = 0.5 + 0.5 * contrast / (1.0 + np.abs(contrast))
+    rows = np.asarray(sorted(found), dtype=np.int64)  # [K, 2] first row, end row (exclusive)
+    confidence = run_confidences(s, rows[:, 0], rows[:, 1])  # [K]
     kept = _nms(rows.astype(np.float64), confidence, iou=nms_iou, limit=max_proposals)
     bounds = row_bounds_s(s.shape[0], frame_hz)  # [T, 2]
     return [

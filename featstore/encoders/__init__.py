@@ -12,6 +12,7 @@ the loader imports torch/transformers when called.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from featstore.encoders.base import (
@@ -39,6 +40,7 @@ __all__ = [
     "load_encoder",
     "register",
     "specs",
+    "stored_options",
 ]
 
 # Family modules, imported on first use of the registry (each is torch-free at import).
@@ -118,3 +120,23 @@ def load_encoder(
         random_init=random_init,
         **options,
     )
+
+
+def stored_options(name: str, *, random_init: bool, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Loader options that build again the encoder which wrote stored features.
+
+    ``extra``: the stored ``EncoderInfo.extra``. The spec's ``recorded_options`` (e.g.
+    FSFM's ``pooling``) are taken from it where recorded (else the loader's default
+    applies, as it did when they were written), and the random initialisation scheme
+    through :func:`~featstore.encoders.random_init.rebuild_options`. Raises
+    :class:`EncoderError` when this featstore cannot build that encoder again.
+
+    >>> stored_options("fsfm", random_init=False, extra={"pooling": "cls"})  # doctest: +SKIP
+    {'pooling': 'cls'}
+    """
+    from featstore.encoders.random_init import rebuild_options
+
+    spec = get_spec(name)
+    options = {k: extra[k] for k in spec.recorded_options if k in extra}
+    options.update(rebuild_options(spec, random_init=random_init, extra=extra))
+    return options

@@ -81,6 +81,10 @@ class EncoderSpec:
     preprocessing_version: str = "1"
     # the architecture's own initialisation (random_init=True; None: weight-free)
     init_scheme: InitScheme | None = None
+    # loader options that change what a row means, recorded with the features under the
+    # same name in ``EncoderInfo.extra`` (``info_extra``), so that the encoder that made
+    # stored rows can be built again (``featstore.encoders.stored_options``)
+    recorded_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:

@@ -118,6 +118,7 @@ SPEC = EncoderSpec(
         "pre-training: mean of the normed patch tokens)"
     ),
     init_scheme=INIT_SCHEME,
+    recorded_options=("pooling",),
 )
 # VGGFace2 face statistics as FSFM publishes them (FSFM-CVPR25 fsfm-3c/util/datasets.py,
 # the fallback when no pretrain_ds_mean_std.txt is found; fsfm-3c/pretrain/main_pretrain.py)

@@ -31,6 +31,7 @@ import os
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from trainers.kinds.base import Detector, RunFormatError, VideoScore, probability
+from trainers.runcard import RunCard
 from trainers.runs import FORMAT, Run, RunError, load_run
 
 if TYPE_CHECKING:
@@ -132,12 +133,14 @@ def load(run: Run | str | os.PathLike[str], *, device: str = "cpu") -> Detector:
     doc = current_config(run)
     kind = get(run.kind)
     try:
-        return kind.from_run(run, doc, device=device)
+        detector = kind.from_run(run, doc, device=device)
+        detector.card = RunCard.from_doc(doc)
+        return detector
     except RunError as exc:
         if str(run.path) in str(exc):
             raise
         raise type(exc)(f"{run.path}: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:  # MetricError of a bad card is one too
         raise RunError(
             f"{run.path}: malformed {run.kind} run config ({type(exc).__name__}: {exc}); "
             f"re-run {kind.rerun} --out {run.path} --overwrite"

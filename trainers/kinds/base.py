@@ -13,10 +13,17 @@ A run kind is one module under ``trainers/kinds/`` holding:
   role), ``score_rows(rows) -> VideoScore`` (one video from its stored rows,
   e.g. an upload's encoder output), ``score_selection(store, selection)``
   (many stored videos at once, the fast path; equal to ``score_rows`` video
-  by video), ``frame_hz`` and ``calibrated``;
+  by video), ``frame_hz`` and ``calibrated``; ``min_rows`` when the kind
+  cannot score shorter inputs (with ``min_rows_reason``);
 - ``upgrade_v1(doc)``: how to read the kind's run configs written before the
   config format had a version (format 1), or a :class:`RunFormatError` that
   names the command to re-run.
+
+What every kind shares is written once here: :meth:`Detector.score_video`
+(the kind's minimum, windows of the training length: ``trainers.windows``)
+and the run's card (``detector.card``: the calibrated frame threshold and
+segment rules, ``trainers.calibration`` / ``trainers.localization``, and the
+training lengths), attached by ``trainers.kinds.load`` from the run config.
 
 Scores follow one convention for every kind: the video score ``s`` is a
 logit, higher = more fake, the label threshold is 0 and ``sigmoid(2 s)`` is
@@ -48,13 +55,17 @@ from trainers.inputs import (
     select_videos,
     unique_features,
 )
+from trainers.runcard import LEGACY, RunCard, input_lengths
 from trainers.runs import Run, RunError, Scored
+from trainers.windows import WindowedScore, WindowRule, slice_rows, window_rule
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from featstore.spatial import FrameHead
     from featstore.store import FeatureStore
+    from trainers.calibration import LocalizationCard
+    from trainers.windows import LengthProfile
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +133,7 @@ class Detector(ABC):
         self.config = config
         self.run = run
         self.device = device
+        self.card: RunCard = LEGACY  # ``trainers.kinds.load`` sets the run's own
 
     # ------------------------------------------------------------ loading
 
@@ -163,6 +175,38 @@ class Detector(ABC):
         return False
 
     @property
+    def min_rows(self) -> int:
+        """The fewest input rows (at ``frame_hz``) the kind scores; kinds that need more
+        context override it and ``min_rows_reason``."""
+        return 1
+
+    @property
+    def min_rows_reason(self) -> str:
+        return "there is no row to score"
+
+    # ------------------------------------------------------------ the run's card
+
+    @property
+    def localization(self) -> LocalizationCard:
+        """The frame threshold and segment rules of the run (``trainers.calibration``)."""
+        return self.card.localization
+
+    @property
+    def lengths(self) -> LengthProfile | None:
+        """The lengths of the run's training videos (None: not recorded)."""
+        return self.card.lengths
+
+    @property
+    def window_rule(self) -> WindowRule:
+        """How inputs are scored by length: minimums and windows (``trainers.windows``)."""
+        return window_rule(
+            self.lengths,
+            kind_min_rows=self.min_rows,
+            kind_reason=self.min_rows_reason,
+            frame_hz=self.frame_hz,
+        )
+
+    @property
     def name(self) -> str:
         return self.run.name if self.run is not None else self.kind
 
@@ -189,6 +233,50 @@ class Detector(ABC):
             "to explain spatially (probe runs do)"
         )
 
+    def input_rows(self, rows: Mapping[FeatureKey, np.ndarray]) -> int:
+        """Rows at ``frame_hz`` of the input these stored rows make (the shortest input)."""
+        n = []
+        for inp in self.inputs:
+            lengths = []
+            for f in inp.features:
+                x = rows.get(f.key)
+                if x is None:
+                    raise InputError(
+                        f"the {inp.role} input needs {f.key} rows, which were not given"
+                    )
+                lengths.append(len(x))
+            n.append(int(inp.n_rows(lengths) * self.frame_hz / inp.frame_hz + 1e-9))
+        return min(n)
+
+    def score_video(
+        self,
+        rows: Mapping[FeatureKey, np.ndarray],
+        *,
+        leading_silence_s: float | None = None,
+        windowed: bool = True,
+        service: bool = False,
+    ) -> WindowedScore:
+        """One video's score, checked against the minimum and, with ``windowed``, taken
+        over windows of the training length when it is longer (``trainers.windows``).
+
+        ``service``: apply the service's minimum (from the training lengths) as
+        well as the kind's. Raises :class:`~trainers.windows.InputTooShortError`.
+        """
+        rule = self.window_rule
+        n = self.input_rows(rows)
+        rule.check(n, service=service, who=f"the {self.kind} run {self.name}")
+        whole = self.score_rows(rows, leading_silence_s=leading_silence_s)
+        plan = rule.plan(n) if windowed else []
+        windows = []
+        for first, end in plan:
+            silence = leading_silence_s if first == 0 else (0.0 if self.needs_silence else None)
+            part = slice_rows(rows, self.features, self.frame_hz, first, end)
+            windows.append(
+                (first, end, float(self.score_rows(part, leading_silence_s=silence).score))
+            )
+        score = max(w[2] for w in windows) if windows else float(whole.score)
+        return WindowedScore(score, whole.frame_scores, float(whole.score), tuple(windows), n)
+
     def check_store(self, store: FeatureStore, dataset: str) -> None:
         """``dataset`` holds the features this detector reads as it was trained on them."""
         for inp in self.inputs:
@@ -198,15 +286,46 @@ class Detector(ABC):
                 raise RunError(f"{self.where()} cannot score {dataset}: {exc}") from None
 
     def select(
-        self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
+        self,
+        store: FeatureStore,
+        selection: Selection | str,
+        *,
+        allow_missing: bool = False,
+        keep_short: bool = False,
     ) -> tuple[Selection, pd.DataFrame]:
-        """The selection (bare name = its test split) and its rows with every feature."""
+        """The selection (bare name = its test split) and its rows with every feature.
+
+        Videos shorter than the kind's ``min_rows`` are left out (logged, and
+        listed in the rows' ``attrs["too_short"]``) unless ``keep_short``.
+        """
         sel = Selection.parse(selection, default_split="test")
         rows = select_videos(
             store, sel, [f.key for f in self.features], allow_missing=allow_missing
         )
         self.check_store(store, sel.dataset)
-        return sel, rows
+        if keep_short or self.min_rows <= 1:
+            return sel, rows
+        return sel, self._drop_short(store, sel, rows)
+
+    def _drop_short(self, store: FeatureStore, sel: Selection, rows: pd.DataFrame) -> pd.DataFrame:
+        lengths = input_lengths(self, store, sel.dataset, rows)  # [N]
+        short = lengths < self.min_rows
+        if not short.any():
+            return rows
+        ids = rows["video_id"].astype(str).to_numpy()[short].tolist()
+        if short.all():
+            raise SelectionError(
+                f"every video of {sel} is shorter than the {self.min_rows} rows "
+                f"{self.where()} needs ({self.min_rows_reason})"
+            )
+        log.warning(
+            "%s: leaving out %d videos shorter than %d rows (%s), e.g. %s",
+            sel, len(ids), self.min_rows, self.min_rows_reason, ids[0],
+        )  # fmt: skip
+        attrs = dict(rows.attrs)
+        out = rows[~short].reset_index(drop=True)
+        out.attrs = {**attrs, "too_short": {"min_rows": self.min_rows, "video_ids": ids}}
+        return out
 
     def score_selection(
         self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
@@ -232,6 +351,27 @@ class Detector(ABC):
             else:
                 frames.append(np.asarray(result.frame_scores, dtype=np.float32))
         return self.scored(sel, rows, scores, frames if has_frames else None)
+
+    def score_windows(
+        self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
+    ) -> tuple[Scored, list[WindowedScore]]:
+        """Every video of ``selection`` by :meth:`score_video` (windows of the training
+        length when longer), one video at a time (read ahead by :func:`stream_rows`); scores
+        are the windowed ones."""
+        sel, rows = self.select(store, selection, allow_missing=allow_missing)
+        silences = silence_column(rows) if self.needs_silence else None
+        keys = [f.key for f in self.features]
+        results = [
+            self.score_video(
+                stored, leading_silence_s=None if silences is None else float(silences[i])
+            )
+            for i, stored in stream_rows(store, sel.dataset, rows, keys)
+        ]
+        scores = np.array([r.score for r in results], dtype=np.float64)  # [N]
+        frames = None
+        if all(r.frame_scores is not None for r in results):
+            frames = [np.asarray(r.frame_scores, dtype=np.float32) for r in results]
+        return self.scored(sel, rows, scores, frames), results
 
     def scored(
         self,
@@ -364,4 +504,5 @@ def v1_feature(doc: Mapping[str, Any], *, encoder: str, layer: Any, dim: Any) ->
         checkpoint_sha256=info.get("checkpoint_sha256"),
         random_init=bool(info.get("random_init", False)),
         preprocessing_version=info.get("preprocessing_version"),
+        extra=info.get("extra") if isinstance(info.get("extra"), Mapping) else None,
     )

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.data import FeatureKey, Selection
+from trainers.data import AUTO, Auto, FeatureKey, Selection
 from trainers.inputs import FeatureInput
 from trainers.kinds import load, register
 from trainers.kinds.base import Detector, VideoScore, strict_fields, upgraded
 from trainers.runs import CONFIG, MEMBERS, MODEL, Run, RunError, Scored, check_writable, save_run
+from trainers.windows import WindowRule
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
@@ -184,6 +185,34 @@ class FusionDetector(Detector):
         return math.lcm(*(m.score_batch_videos for m in self.members))
 
     @property
+    def min_rows(self) -> int:
+        """The most any member needs, in rows at the fusion's rate."""
+        return max(math.ceil(m.min_rows * self.frame_hz / m.frame_hz - 1e-9) for m in self.members)
+
+    @property
+    def min_rows_reason(self) -> str:
+        m = max(self.members, key=lambda m: m.min_rows / m.frame_hz)
+        return f"member {m.name} ({m.kind}): {m.min_rows_reason}"
+
+    @property
+    def window_rule(self) -> WindowRule:
+        """Windows as short as the shortest member's, minimums as long as the longest's
+        (every member scores only inputs it would score alone)."""
+        rules = [m.window_rule for m in self.members]
+        hz = self.frame_hz
+        windows = [r.window_rows * hz / r.frame_hz for r in rules if r.window_rows]
+        strictest = max(rules, key=lambda r: r.min_rows / r.frame_hz)
+        window = round(min(windows)) if windows else 0
+        return WindowRule(
+            window_rows=window,
+            hop_rows=max(1, window // 2) if window else 0,
+            min_rows=math.ceil(strictest.min_rows * hz / strictest.frame_hz - 1e-9),
+            kind_min_rows=self.min_rows,
+            frame_hz=hz,
+            reason=strictest.reason,
+        )
+
+    @property
     def names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.config.members)
 
@@ -305,17 +334,55 @@ def _copy_member(src: Run, dst: Path) -> None:
         shutil.copytree(src.path / MEMBERS, dst / MEMBERS)
 
 
+def _shared_val(fusion: FusionDetector) -> Selection | None:
+    """The validation selection every member was trained with, when they share one."""
+    vals = {
+        (m.run.config.get("val") or {}).get("selection") if m.run is not None else None
+        for m in fusion.members
+    }
+    if len(vals) != 1 or None in vals:
+        return None
+    return Selection.parse(str(vals.pop()))
+
+
+def _card(
+    fusion: FusionDetector,
+    store: FeatureStore | None,
+    calibrate_on: Selection | str | Auto | None,
+    *,
+    allow_missing: bool,
+) -> dict[str, Any]:
+    """The fusion's card: its frame threshold (no lengths: windows come from the members)."""
+    from trainers.calibration import calibrate_scored
+    from trainers.runcard import RunCard, uncalibrated
+
+    if isinstance(calibrate_on, Auto):
+        calib = _shared_val(fusion)
+        note = "its members were not validated on one shared selection (fuse --calibrate-on)"
+    else:
+        calib = None if calibrate_on is None else Selection.parse(calibrate_on, default_split="val")
+        note = "no selection to calibrate on (fuse --calibrate-on NAME:SPLIT)"
+    if store is None or calib is None:
+        return RunCard(uncalibrated(note if store is not None else "no store given")).to_doc()
+    scored = fusion.score_selection(store, calib, allow_missing=allow_missing)
+    return RunCard(calibrate_scored(scored)).to_doc()
+
+
 def train(
     fusion: FusionDetector,
     *,
     out: str | os.PathLike[str],
     store: FeatureStore | None = None,
     fused_on: Selection | str | None = None,
+    calibrate_on: Selection | str | Auto | None = AUTO,
+    allow_missing: bool = False,
     overwrite: bool = False,
 ) -> Run:
     """Write ``fusion`` (e.g. :func:`in_memory`'s) as a run at ``out``, members copied in.
 
-    Nothing is fitted: late fusion has no parameters but its weights.
+    Nothing is fitted: late fusion has no parameters but its weights, and the
+    frame threshold, calibrated on ``calibrate_on`` (``AUTO``: the validation
+    selection all members were trained with, when they share one).
     """
     from trainers.kinds.base import store_location
 
@@ -346,6 +413,7 @@ def train(
         if fused_on is None
         else str(Selection.parse(fused_on, default_split="test")),
         "store": None if store is None else store_location(store),
+        **_card(fusion, store, calibrate_on, allow_missing=allow_missing),
     }
     n = len(runs)
     w = np.full(n, 1.0 / n) if config.weights is None else np.asarray(config.weights, float)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainers import runcard
 from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, selection_summary
 from trainers.inputs import FEATURES, FeatureInput, select_videos
 from trainers.kinds import register
@@ -138,6 +139,14 @@ class NTPDetector(Detector):
     def inputs(self) -> tuple[FeatureInput, ...]:
         return (self.config.features,)
 
+    @property
+    def min_rows(self) -> int:
+        return 2
+
+    @property
+    def min_rows_reason(self) -> str:
+        return "a single frame has no next frame to predict"
+
     def _verdicts(self, errors: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         from trainers.ntp import frame_logits, video_logits, video_scores
 
@@ -163,14 +172,7 @@ class NTPDetector(Detector):
         from trainers.ntp import frame_errors
 
         sel, rows = self.select(store, selection, allow_missing=allow_missing)
-        source = StoreSource(store, sel.dataset, self.config.features, rows)
-        n_single = int((source.lengths < 2).sum())
-        if n_single:
-            log.warning(
-                "%d videos of %s have a single frame: nothing to predict, scored as error 0",
-                n_single,
-                sel,
-            )
+        source = StoreSource(store, sel.dataset, self.config.features, rows)  # >= 2 rows each
         errors = frame_errors(
             self.model, source, batch_videos=self.score_batch_videos, device=self.device
         )
@@ -234,9 +236,17 @@ def train(
     threshold_src, learnt_on = (val_src, "val") if val_src is not None else (train_src, "train")
     errors = frame_errors(result.model, threshold_src, device=hyper.device)
     thresholds = fit_thresholds(errors, hyper.threshold_quantile)
+    run_config = NTPRunConfig(inp, hyper)
+    card = runcard.record(
+        NTPDetector(run_config, result.model, thresholds, device=hyper.device),
+        store,
+        lengths_of=(train_sel, train_rows),
+        calibrate_on=val_sel or train_sel,
+        allow_missing=allow_missing,
+    )
     doc = {
         "kind": KIND,
-        "config": NTPRunConfig(inp, hyper).to_dict(),
+        "config": run_config.to_dict(),
         "learnt": {"thresholds": {**thresholds.to_dict(), "learnt_on": learnt_on}},
         "score": {
             "video": "0.5 * log(max_t e_t / thresholds.video)",
@@ -257,6 +267,7 @@ def train(
         "store": store_location(store),
         "train": selection_summary(train_sel, train_rows),
         "val": None if val_rows is None else selection_summary(val_sel, val_rows),
+        **card,
     }
     history = [
         {

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainers import runcard
 from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, selection_summary
 from trainers.inputs import FEATURES, FeatureInput, select_videos
 from trainers.kinds import register
@@ -209,9 +210,17 @@ def train(
         train_src.nbytes / 2**20,
     )
     result = fit_probe(train_src, val_src, hyper, on_epoch=on_epoch)
+    run_config = ProbeRunConfig(inp, hyper)
+    card = runcard.record(
+        ProbeDetector(run_config, result.params),
+        store,
+        lengths_of=(train_sel, train_rows),
+        calibrate_on=val_sel or train_sel,
+        allow_missing=allow_missing,
+    )
     doc = {
         "kind": KIND,
-        "config": ProbeRunConfig(inp, hyper).to_dict(),
+        "config": run_config.to_dict(),
         "fit": {
             "best_epoch": int(result.best_epoch),
             "epochs": len(result.history),
@@ -227,6 +236,7 @@ def train(
         "store": store_location(store),
         "train": selection_summary(train_sel, train_rows),
         "val": None if val_rows is None else selection_summary(val_sel, val_rows),
+        **card,
     }
     history = [
         {

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainers import runcard
 from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, selection_summary
 from trainers.inputs import AUDIO, VISUAL, FeatureInput
 from trainers.kinds import register
@@ -59,6 +60,8 @@ from trainers.streams import PairSource
 from trainers.sync_feed import packed_nbytes
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from featstore.store import FeatureStore
     from trainers.sync import EpochStats, SyncConfig, SyncNet
 
@@ -181,6 +184,18 @@ class SyncDetector(Detector):
     def needs_silence(self) -> bool:
         return self.config.trim_silence
 
+    @property
+    def min_rows(self) -> int:
+        return 2 * self.config.hyperparameters.tau + 1
+
+    @property
+    def min_rows_reason(self) -> str:
+        tau = self.config.hyperparameters.tau
+        return (
+            f"each frame is scored against the audio {tau} rows either side of it; in a clip "
+            f"shorter than {2 * tau + 1} rows no frame has that context inside the clip"
+        )
+
     def score_rows(
         self, rows: Mapping[FeatureKey, np.ndarray], *, leading_silence_s: float | None = None
     ) -> VideoScore:
@@ -215,15 +230,16 @@ def _real_pairs(
     *,
     allow_missing: bool,
     trim_silence: bool,
-) -> tuple[PairSource, dict[str, Any]]:
-    """The real videos of ``sel``, paired (read lazily), and what the run config records."""
+) -> tuple[PairSource, dict[str, Any], pd.DataFrame]:
+    """The real videos of ``sel``, paired (read lazily), what the run config records about
+    them, their rows."""
     try:
         rows = select_pairs(store, sel, audio, visual, real_only=True, allow_missing=allow_missing)
     except SelectionError as exc:
         raise SelectionError(f"{exc}; the sync network trains on real videos only") from None
     source = PairSource(store, sel.dataset, audio, visual, rows, trim_silence=trim_silence)
     summary = {**selection_summary(sel, rows), "n_frames": int(source.lengths.sum())}
-    return source, summary
+    return source, summary, rows
 
 
 def _thresholds(net: SyncNet, pairs: PairSource) -> dict[str, float]:
@@ -274,12 +290,12 @@ def train(
     check_writable(out, overwrite=overwrite)  # fail before a long fit
     a_in, v_in = pair_inputs(store, train_sel.dataset, audio, visual, frame_hz=frame_hz)
     kwargs = {"allow_missing": allow_missing, "trim_silence": trim_silence}
-    train_pairs, train_summary = _real_pairs(store, train_sel, a_in, v_in, **kwargs)
+    train_pairs, train_summary, train_rows = _real_pairs(store, train_sel, a_in, v_in, **kwargs)
     val_pairs = val_summary = None
     if val_sel is not None:
         a_in.check_store(store, val_sel.dataset)
         v_in.check_store(store, val_sel.dataset)
-        val_pairs, val_summary = _real_pairs(store, val_sel, a_in, v_in, **kwargs)
+        val_pairs, val_summary, _ = _real_pairs(store, val_sel, a_in, v_in, **kwargs)
     log.info(
         "training a sync network on %s %s + %s (%d real videos)",
         train_sel,
@@ -290,10 +306,19 @@ def train(
     result = fit_sync(train_pairs, val_pairs, hyper, on_epoch=on_epoch)
     reference, learnt_on = (val_pairs, "val") if val_pairs is not None else (train_pairs, "train")
     net = result.net
+    run_config = SyncRunConfig(a_in, v_in, hyper, trim_silence=bool(trim_silence))
+    thresholds = {**_thresholds(net, reference), "learnt_on": learnt_on}
+    card = runcard.record(
+        SyncDetector(run_config, net, thresholds, device=hyper.device),
+        store,
+        lengths_of=(train_sel, train_rows),
+        calibrate_on=val_sel or train_sel,
+        allow_missing=allow_missing,
+    )
     doc = {
         "kind": KIND,
-        "config": SyncRunConfig(a_in, v_in, hyper, trim_silence=bool(trim_silence)).to_dict(),
-        "learnt": {"thresholds": {**_thresholds(net, reference), "learnt_on": learnt_on}},
+        "config": run_config.to_dict(),
+        "learnt": {"thresholds": thresholds},
         "architecture": {
             "type": "AVH-Align: L2-normalised inputs, projections, MLP on [visual; audio]",
             "audio_dim": net.audio_dim,
@@ -320,6 +345,7 @@ def train(
         "store": store_location(store),
         "train": train_summary,
         "val": val_summary,
+        **card,
     }
     history = [
         {

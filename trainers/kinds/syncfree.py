@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainers import runcard
 from trainers.cluster import PARTITIONS, clear_partitions, score_on_cluster
-from trainers.data import FeatureKey, Selection
+from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, default_val
 from trainers.inputs import AUDIO, VISUAL, FeatureInput, StoredFeature
 from trainers.kinds import register
 from trainers.kinds.base import (
@@ -41,10 +42,13 @@ from trainers.kinds.base import (
     upgraded,
 )
 from trainers.pairs import PairingError, pair_inputs, pair_rows
+from trainers.runcard import RunCard
 from trainers.runs import Run, RunError, Scored, check_writable, save_run
 from trainers.syncfree import SyncConfig, SyncError, VideoSync, pad_skipped, sync_video
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from featstore.store import FeatureStore
     from trainers.cluster import TaskProgress
 
@@ -174,6 +178,18 @@ class SyncFreeDetector(Detector):
     def needs_silence(self) -> bool:
         return self.config.trim_silence
 
+    @property
+    def min_rows(self) -> int:
+        return 2 * self.config.sync.shift + 1
+
+    @property
+    def min_rows_reason(self) -> str:
+        d = self.config.sync.shift
+        return (
+            f"Eq. 3 compares the streams at shifts -{d}..{d}; a clip shorter than {2 * d + 1} "
+            "rows has shifts under which the streams barely overlap"
+        )
+
     def sync_rows(
         self, rows: Mapping[FeatureKey, np.ndarray], *, leading_silence_s: float | None = None
     ) -> tuple[VideoSync, int]:
@@ -252,12 +268,17 @@ def train(
     config: SyncConfig,
     frame_hz: float | None = None,
     trim_silence: bool = False,
+    calibrate_on: Selection | str | Auto | None = AUTO,
+    allow_missing: bool = False,
     overwrite: bool = False,
 ) -> Run:
-    """Write a syncfree run at ``out``; nothing is fitted.
+    """Write a syncfree run at ``out``; nothing is fitted but the frame threshold.
 
     The features are resolved (rates, widths, checkpoints) as the dataset of
-    ``on`` stores them; ``frame_hz`` is needed when their rates differ.
+    ``on`` stores them; ``frame_hz`` is needed when their rates differ. The
+    run records the lengths of the videos of ``on`` and calibrates its frame
+    threshold on ``calibrate_on`` (``AUTO``: the ``val`` split of ``on``'s
+    dataset when it has one and ``on`` is another split; ``None``: the paper's 0).
     """
     sel = Selection.parse(on, default_split="test")
     check_writable(out, overwrite=overwrite)
@@ -265,13 +286,53 @@ def train(
         store, sel.dataset, audio, visual, config=config, frame_hz=frame_hz,
         trim_silence=trim_silence,
     )  # fmt: skip
-    return _save(det, store, out, overwrite=overwrite)
+    _, rows = det.select(store, sel, allow_missing=allow_missing)
+    card = _card(det, store, sel, rows, calibrate_on, allow_missing=allow_missing)
+    return _save(det, store, out, card, overwrite=overwrite)
+
+
+def _card(
+    det: SyncFreeDetector,
+    store: FeatureStore,
+    on: Selection,
+    rows: pd.DataFrame,
+    calibrate_on: Selection | str | Auto | None,
+    *,
+    allow_missing: bool,
+) -> dict[str, Any]:
+    """The run's card: lengths of ``on``'s videos, the threshold learnt on ``calibrate_on``."""
+    note = "no selection to calibrate on (syncscore --calibrate-on NAME:SPLIT)"
+    if isinstance(calibrate_on, Auto):
+        calib = default_val(store, on)
+        if calib is not None:
+            try:
+                det.select(store, calib, allow_missing=allow_missing)
+            except SelectionError as exc:
+                log.warning("not calibrating on %s: %s", calib, exc)
+                note, calib = f"{calib} cannot be scored: {exc}", None
+    else:
+        calib = None if calibrate_on is None else Selection.parse(calibrate_on, default_split="val")
+    if calib is not None and calib == on:
+        log.warning("calibrating the frame threshold on %s, the selection scored", on)
+    return runcard.record(
+        det,
+        store,
+        lengths_of=(on, rows),
+        calibrate_on=calib,
+        allow_missing=allow_missing,
+        no_calibration=note,
+    )
 
 
 def _save(
-    det: SyncFreeDetector, store: FeatureStore, out: str | os.PathLike[str], *, overwrite: bool
+    det: SyncFreeDetector,
+    store: FeatureStore,
+    out: str | os.PathLike[str],
+    card: dict[str, Any],
+    *,
+    overwrite: bool,
 ) -> Run:
-    doc = {"kind": KIND, "config": det.config.to_dict(), "store": store_location(store)}
+    doc = {"kind": KIND, "config": det.config.to_dict(), "store": store_location(store), **card}
     return save_run(out, config=doc, overwrite=overwrite)
 
 
@@ -284,12 +345,13 @@ def run_syncscore(
     config: SyncConfig,
     out: str | os.PathLike[str] | None = None,
     ci: bool = False,
-    threshold: float = 0.0,
+    threshold: str | float | None = None,
     allow_missing: bool = False,
-    all_fakes: bool = False,
+    fakes: str = "paper",
     segment_metrics: str = "official",
     trim_silence: bool = False,
     frame_hz: float | None = None,
+    calibrate_on: Selection | str | Auto | None = AUTO,
     overwrite: bool = False,
     cluster: Any = None,
     n_workers: int = 2,
@@ -297,8 +359,8 @@ def run_syncscore(
 ) -> dict[str, Any]:
     """Score ``on`` training-free and compute eval's metrics (plus the best-shift histogram).
 
-    ``all_fakes`` counts every fake in AUC/AP and the temporal AUC instead of
-    the evaluation filter; ``segment_metrics`` picks AV-Deepfake1M's AP/AR
+    ``fakes`` is the evaluation filter (``paper`` or ``all``) of AUC/AP, the
+    temporal AUC and AP/AR; ``segment_metrics`` picks AV-Deepfake1M's AP/AR
     semantics (``"official"`` or ``"corrected"``).
     With ``out`` the result is also a run directory of kind ``syncfree``
     (``config.json``, ``metrics.json``, ``predictions/NAME_SPLIT.*``) that
@@ -309,8 +371,7 @@ def run_syncscore(
     same numbers; with ``out`` an interrupted run resumes from the partitions
     it finished (kept under ``out`` until the run is written).
     """
-    from trainers.evaluate import scored_metrics
-    from trainers.runs import write_metrics, write_predictions
+    from trainers.evaluate import record_evaluation, scored_metrics
 
     sel = Selection.parse(on, default_split="test")
     if out is not None:
@@ -335,13 +396,19 @@ def run_syncscore(
             on_progress=on_progress,
         )
         best_shifts = extras["best_shift"]
-    metrics, mask, segments = scored_metrics(
+    det.card = RunCard.from_doc(
+        _card(det, store, sel, scored.manifest, calibrate_on, allow_missing=allow_missing)
+    )
+    rules, name = det.localization.resolve(threshold)
+    metrics, _, segments = scored_metrics(
         scored,
         kind=KIND,
         ci=ci,
-        threshold=threshold,
-        all_fakes=all_fakes,
+        rules=rules,
+        threshold_name=name,
+        fakes=fakes,
         segment_metrics=segment_metrics,
+        card=det.card,
     )
     values, counts = np.unique(best_shifts, return_counts=True)
     metrics["best_shift_counts"] = {
@@ -349,9 +416,8 @@ def run_syncscore(
     }
     metrics["sync"] = config.to_dict()
     if out is not None:
-        run = _save(det, store, out, overwrite=overwrite)
-        write_metrics(run, str(sel), metrics)
-        write_predictions(run, scored, evaluated=mask, segments=segments, slug=sel.slug)
+        run = _save(det, store, out, det.card.to_doc(), overwrite=overwrite)
+        record_evaluation(run, scored, metrics, segments, slug=sel.slug)
         clear_partitions(resume, sel)
         metrics["out"] = str(run.path)
     return metrics
