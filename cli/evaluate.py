@@ -14,7 +14,17 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.options import fakes_option, plot_file, plot_format_option, plot_suffix
+from cli.group import deprecated_aliases
+from cli.options import (
+    DATASET_ALIASES,
+    ON_DATASET,
+    dataset_name,
+    fakes_option,
+    plot_file,
+    plot_format_option,
+    plot_suffix,
+)
+from cli.output import json_option, print_json
 
 explain_app = typer.Typer(help="Explain a run's decisions on stored videos.", no_args_is_help=True)
 
@@ -23,7 +33,8 @@ STORE = typer.Option(
     "--store",
     "-s",
     metavar="URL",
-    help="Store location (default: the store the run was trained from, else $FEATSTORE_STORE).",
+    show_default="the store the run was trained from, else $FEATSTORE_STORE",
+    help="Store location.",
 )
 ON = typer.Option(
     ..., "--on", help="Videos to evaluate: NAME[@VIEW][:SPLIT] (bare NAME = its test split)."
@@ -104,17 +115,22 @@ SEGMENT_METRICS = typer.Option(
 THRESHOLD = typer.Option(
     None,
     "--threshold",
+    show_default="the run's chosen one",
     help="Frame threshold of the segments: a number, or a name of the run's card (segment_f1, "
-    "real_videos: calibrated at training; paper: 0). Default: the run's chosen one.",
+    "real_videos: calibrated at training; paper: 0).",
 )
 SMOOTH_S = typer.Option(
-    None, "--smooth-s", min=0.0, help="Running-median window of frame scores, s (default: run's)."
+    None,
+    "--smooth-s",
+    min=0.0,
+    show_default="run's",
+    help="Running-median window of frame scores, s.",
 )
 MIN_SEGMENT_S = typer.Option(
-    None, "--min-segment-s", min=0.0, help="Drop shorter segments, s (default: run's)."
+    None, "--min-segment-s", min=0.0, show_default="run's", help="Drop shorter segments, s."
 )
 MERGE_GAP_S = typer.Option(
-    None, "--merge-gap-s", min=0.0, help="Merge segments this close, s (default: run's)."
+    None, "--merge-gap-s", min=0.0, show_default="run's", help="Merge segments this close, s."
 )
 CALIBRATE_ON = typer.Option(
     None,
@@ -229,6 +245,7 @@ def localization_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+@deprecated_aliases({"--all-fakes": "--fakes=all"})
 def eval_command(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     store: str | None = STORE,
@@ -241,8 +258,9 @@ def eval_command(
     windows: bool = typer.Option(
         False,
         "--windows",
+        show_default="whole clips, as the paper",
         help="Score videos longer than the run's training clips in windows of that length, "
-        "the video score their maximum (default: whole clips, as the paper).",
+        "the video score their maximum.",
     ),
     allow_missing: bool = typer.Option(
         False, "--allow-missing", help="Skip videos without features."
@@ -315,12 +333,12 @@ def fuse_command(
     no_calibration: bool = NO_CALIBRATION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
     fakes: str = FAKES,
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: bool = json_option("every member's and the fusion's metrics"),
 ) -> None:
     """Late fusion (average of probabilities): every member and the fusion on the same videos.
 
-    With --out, the fusion run's frame threshold is calibrated on --calibrate-on (default:
-    the validation selection its members share, if they do).
+    With --out, the fusion run's frame threshold is calibrated on --calibrate-on, or else
+    on the validation selection its members share, if they do.
     """
     with user_errors():
         from trainers.evaluate import fuse
@@ -330,7 +348,7 @@ def fuse_command(
             calibrate_on=calibrate_on(calibrate, no_calibration), fakes=fakes,
         )  # fmt: skip
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
+        print_json(result)
         return
 
     f = result["filter"]
@@ -364,7 +382,7 @@ def correlate_command(
     metric: str = typer.Option("auc", "--metric", help="auc or ap, for the relative improvement."),
     plot_format: str | None = plot_format_option(),
     fakes: str = FAKES,
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: bool = json_option("the correlations, the improvements and the files written"),
 ) -> None:
     """Pearson correlation of the runs' predictions and pairwise-fusion improvement (Fig. 5)."""
     with user_errors():
@@ -380,7 +398,7 @@ def correlate_command(
             fakes=fakes,
         )
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
+        print_json({**result, "out": str(out)})
         return
 
     names = result["names"]
@@ -415,13 +433,22 @@ def correlate_command(
 def grid_command(
     config: Path = typer.Argument(..., help="Grid TOML file (see trainers.grid)."),
     epoch_every: int = typer.Option(
-        10, "--epoch-every", min=1, help="Print every N-th training epoch (1: all)."
+        10, "--epoch-every", min=1, metavar="N", help="Print every N-th training epoch (1: all)."
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Print no progress lines: only the tables."
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the grid (features, trains, tests, rows) and its files as JSON; progress "
+        "lines go to stderr.",
     ),
     fakes: str | None = fakes_option(
         None,
         help="Which videos count on every test set: paper (reals and the fakes with both "
-        "modalities manipulated, where the dataset says which) or all (every fake). "
-        "Default: each dataset's `fakes` in the TOML (paper unless set).",
+        "modalities manipulated, where the dataset says which) or all (every fake).",
+        show_default="each dataset's `fakes` in the TOML, paper unless set",
     ),
     cluster: str | None = CLUSTER,
     n_workers: int = N_WORKERS,
@@ -438,19 +465,23 @@ def grid_command(
 
         cfg = load_config(config)
 
+        def say(text: str) -> None:
+            if not quiet:
+                typer.echo(text, err=as_json)
+
         def show(event: GridEvent) -> None:
             where = f"[{event.feature} | {event.train}]"
             if event.kind == "train":
-                typer.echo(f"{where} training -> {event.run_dir}")
+                say(f"{where} training -> {event.run_dir}")
             elif event.kind == "trained":
-                typer.echo(f"{where} trained -> {event.run_dir}")
+                say(f"{where} trained -> {event.run_dir}")
             elif event.kind == "reuse":
-                typer.echo(f"{where} reusing complete run {event.run_dir}")
+                say(f"{where} reusing complete run {event.run_dir}")
             elif event.kind == "epoch" and (event.epoch.epoch % epoch_every == 0):
-                typer.echo(f"{where} {format_epoch(event.epoch)}")
+                say(f"{where} {format_epoch(event.epoch)}")
             elif event.kind == "result":
                 r = event.result
-                typer.echo(
+                say(
                     f"{where} test {event.test}: AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n} "
                     f"({r.n_real} real / {r.n_fake} fake, filter {r.fakes})"
                 )
@@ -458,6 +489,11 @@ def grid_command(
         outcome = run_grid(cfg, on_event=show, fakes=fakes, cluster=cluster, n_workers=n_workers)
         from trainers.report import paper_grid
 
+    if as_json:
+        doc = json.loads(outcome.table.to_json())
+        doc["files"] = {name: str(path) for name, path in outcome.files.items()}
+        typer.echo(json.dumps(doc, indent=2))
+        return
     typer.echo(outcome.table.to_markdown())
     typer.echo(outcome.table.filter_caption())
     typer.echo(paper_grid(outcome.table, "auc").to_markdown(bold_best=True))
@@ -466,10 +502,11 @@ def grid_command(
 
 
 @explain_app.command("temporal")
+@deprecated_aliases(DATASET_ALIASES)
 def explain_temporal_command(
     run_dir: Path = typer.Argument(..., help="Run directory of any kind."),
     store: str | None = STORE,
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset of the stored video."),
+    on: str = ON_DATASET,
     video: str = typer.Option(..., "--video", help="video_id in the dataset's manifest."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write the plot to this file (.png, .pdf or .svg)."
@@ -479,6 +516,7 @@ def explain_temporal_command(
     as_json: bool = typer.Option(False, "--json", help="Print the explanation as JSON."),
 ) -> None:
     """Per-frame scores of one stored video and the fake segments they imply (paper Fig. 3)."""
+    dataset = dataset_name(on)
     if out is not None:
         out = plot_file(out, plot_format)
     with user_errors():
@@ -512,4 +550,6 @@ def register(app: typer.Typer) -> None:
     app.command("fuse")(fuse_command)
     app.command("correlate")(correlate_command)
     app.command("grid")(grid_command)
-    app.add_typer(explain_app, name="explain")
+    from cli.group import FeatstoreGroup
+
+    app.add_typer(explain_app, name="explain", cls=FeatstoreGroup)

@@ -39,9 +39,12 @@ STORE_ENV = "FEATSTORE_STORE"
 PLOT_FORMATS = ("png", "pdf", "svg")
 
 __all__ = [
+    "DATASET_ALIASES",
+    "ON_DATASET",
     "PLOT_FORMATS",
     "STORE_ENV",
     "complete_features",
+    "dataset_name",
     "env_store",
     "fakes_option",
     "fallback_store",
@@ -148,6 +151,30 @@ def shift_store(
     return store, others
 
 
+# ------------------------------------------------------------------ the videos a command reads
+
+# ``--on`` names the videos a command works on, everywhere: ``NAME[@VIEW][:SPLIT]``.
+# Commands about stored videos picked one by one (``--video ID``) take the dataset
+# alone; ``--dataset``/``-d`` were their old spelling (deprecated, still accepted).
+DATASET_ALIASES = {"--dataset": "--on", "-d": "--on"}
+ON_DATASET = typer.Option(
+    ...,
+    "--on",
+    metavar="NAME",
+    help="Dataset of the stored video(s) (--video picks them).",
+)
+
+
+def dataset_name(on: str) -> str:
+    """``--on NAME`` of a command whose ``--video`` picks the videos: a bare dataset name."""
+    name = on.strip()
+    if not name or any(c in name for c in "@:/"):
+        raise typer.BadParameter(
+            f"{on!r}: give the dataset NAME alone (--video picks the videos)", param_hint="--on"
+        )
+    return name
+
+
 # ------------------------------------------------------------------ completion
 
 
@@ -186,7 +213,8 @@ def plot_format_option() -> Any:
         "--format",
         metavar="png|pdf|svg",
         autocompletion=_complete_format,
-        help="Plot file format (default: the --out file's suffix, else png).",
+        show_default="the --out file's suffix, else png",
+        help="Plot file format.",
     )
 
 
@@ -232,7 +260,9 @@ FAKES_HELP = (
 )
 
 
-def fakes_option(default: str | None = "paper", help: str = FAKES_HELP) -> Any:
+def fakes_option(
+    default: str | None = "paper", help: str = FAKES_HELP, show_default: bool | str = True
+) -> Any:
     """``--fakes paper|all``: the evaluation filter, one name and one meaning on every
     command that computes a metric (``trainers.evaluation_filter`` decides it)."""
     return typer.Option(
@@ -241,5 +271,6 @@ def fakes_option(default: str | None = "paper", help: str = FAKES_HELP) -> Any:
         metavar="paper|all",
         callback=_check_fakes,
         autocompletion=_complete_fakes,
+        show_default=show_default,
         help=help,
     )

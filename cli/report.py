@@ -13,7 +13,17 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.options import fakes_option, plot_file, plot_format_option, store_option
+from cli.group import deprecated_aliases
+from cli.options import (
+    DATASET_ALIASES,
+    ON_DATASET,
+    dataset_name,
+    fakes_option,
+    plot_file,
+    plot_format_option,
+    store_option,
+)
+from cli.output import json_option, print_json
 
 app = typer.Typer(
     help="The paper's tables and figures: Tab. 6, Fig. 2, Fig. 3.", no_args_is_help=True
@@ -33,12 +43,16 @@ def _store(url: str) -> Any:
 
 
 @app.command("table6")
+@deprecated_aliases({"--all-fakes": "--fakes=all"})
 def table6_command(
     store: str = STORE,
     audio: str = typer.Option(..., "--audio", help="Audio feature ENCODER[:LAYER]."),
     visual: str = typer.Option(..., "--visual", help="Visual feature ENCODER[:LAYER]."),
     on: list[str] = typer.Option(
-        ..., "--on", help="Test set NAME[:SPLIT] (bare NAME = its test split); repeat per column."
+        ...,
+        "--on",
+        metavar="NAME[:SPLIT]",
+        help="Test set NAME[:SPLIT] (bare NAME = its test split); repeat per column.",
     ),
     shifts: str = typer.Option(
         "0,15", "--shifts", help="Shift windows D (frames), comma-separated."
@@ -49,8 +63,8 @@ def table6_command(
     padding: str | None = typer.Option(
         None,
         "--padding",
-        help="zero or exclude for every pool (default: mean zero, as SpeechForensics; others "
-        "exclude).",
+        show_default="zero for the mean pool, as SpeechForensics; exclude for the others",
+        help="zero or exclude for every pool.",
     ),
     frame_hz: float | None = typer.Option(
         None, "--frame-hz", help="Resample both streams to this rate (when the rates differ)."
@@ -115,7 +129,11 @@ def fig2_command(
         ..., "--on", help="The test set whose stored metrics to plot: NAME[:SPLIT]."
     ),
     label: list[str] | None = typer.Option(
-        None, "--label", help="Bar label per run, in order (default: the run directory names)."
+        None,
+        "--label",
+        metavar="TEXT",
+        show_default="the run directory names",
+        help="Bar label per run, in order.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Figure file: .png, .pdf or .svg."),
     plot_format: str | None = plot_format_option(),
@@ -125,6 +143,7 @@ def fig2_command(
         help="Which stored results to plot: those of `eval --fakes paper` (reals and the fakes "
         "with both modalities manipulated, where the dataset says which) or `--fakes all`."
     ),
+    as_json: bool = json_option("the bars, the caption and the files written"),
 ) -> None:
     """Paper Fig. 2: temporal localization AUC (solid) beside video AUC (hatched) per run."""
     out = plot_file(out, plot_format)
@@ -152,6 +171,18 @@ def fig2_command(
                 "bars": [asdict(b) for b in bars],
             },
         )
+    if as_json:
+        print_json(
+            {
+                "selection": selection,
+                "fakes": fakes,
+                "caption": text,
+                "bars": bars,
+                "figure": path,
+                "data": data,
+            }
+        )
+        return
     for b in bars:
         typer.echo(
             f"{b.label:<24} {b.modality:<12} localization {100 * b.temporal_auc:5.1f}  "
@@ -162,6 +193,7 @@ def fig2_command(
 
 
 @app.command("fig3")
+@deprecated_aliases(DATASET_ALIASES)
 def fig3_command(
     run: Path = typer.Argument(..., help="Run directory with per-frame scores."),
     store: str | None = typer.Option(
@@ -169,23 +201,26 @@ def fig3_command(
         "--store",
         "-s",
         metavar="URL",
-        help="Store location (default: the store the run records, else $FEATSTORE_STORE).",
+        show_default="the store the run records, else $FEATSTORE_STORE",
+        help="Store location.",
     ),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset of the stored video."),
+    on: str = ON_DATASET,
     video: str = typer.Option(..., "--video", help="video_id in the dataset's manifest."),
     at: str | None = typer.Option(
         None,
         "--at",
-        help="Times (s) of the frames to show, comma-separated (default: the highest- and "
-        "lowest-scoring frames and the middle one).",
+        show_default="the highest- and lowest-scoring frames and the middle one",
+        help="Times (s) of the frames to show, comma-separated.",
     ),
     threshold: float = typer.Option(0.0, "--threshold", help="Decision threshold on the score."),
     out: Path = typer.Option(..., "--out", "-o", help="Figure file: .png, .pdf or .svg."),
     plot_format: str | None = plot_format_option(),
     width: float = WIDTH,
     caption: bool = CAPTION,
+    as_json: bool = json_option("the caption and the files written"),
 ) -> None:
     """Paper Fig. 3: a video's score curve, its Mel spectrogram and frames under it."""
+    dataset = dataset_name(on)
     out = plot_file(out, plot_format)
     with user_errors():
         from cli.evaluate import open_run_store
@@ -201,5 +236,8 @@ def fig3_command(
         )
         path = score_figure(data, out, width_in=width, caption=caption)
         sidecar = write_json(path, {"caption": video_caption(data), **data.to_dict()})
+    if as_json:
+        print_json({"caption": video_caption(data), "figure": path, "data": sidecar})
+        return
     typer.echo(video_caption(data))
     typer.echo(f"figure: {path}\ndata: {sidecar}")

@@ -27,12 +27,15 @@ from cli.evaluate import (
     result_table,
     show_progress,
 )
+from cli.group import deprecated_aliases
 from cli.options import complete_features, plot_format_option, plot_suffix, store_option
+from cli.output import json_option, print_json
 
 STORE = store_option()
 AUDIO = typer.Option(
     ...,
     "--audio",
+    metavar="ENCODER[:LAYER]",
     autocompletion=complete_features,
     help="Audio features ENCODER[:LAYER] (e.g. avhubert-a:last); several joined by '+' (or the "
     "option repeated) are concatenated per frame.",
@@ -40,6 +43,7 @@ AUDIO = typer.Option(
 VISUAL = typer.Option(
     ...,
     "--visual",
+    metavar="ENCODER[:LAYER]",
     autocompletion=complete_features,
     help="Visual features ENCODER[:LAYER] (e.g. avhubert-v:last); several joined by '+' (or the "
     "option repeated) are concatenated per frame.",
@@ -57,8 +61,9 @@ POOL = typer.Option(
 PADDING = typer.Option(
     None,
     "--padding",
-    help="Positions a shift pushes out of the video: zero (count as cosine 0, SpeechForensics; "
-    "the mean pool's default) or exclude (left out; every other pool's default). With --shift.",
+    show_default="zero for the mean pool, exclude for the others",
+    help="Positions a shift pushes out of the video: zero (count as cosine 0, as "
+    "SpeechForensics does) or exclude (left out). With --shift.",
 )
 FRAME_HZ = typer.Option(
     None, "--frame-hz", help="Resample both streams to this rate (when the encoders' rates differ)."
@@ -78,6 +83,7 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+@deprecated_aliases({"--all-fakes": "--fakes=all"})
 def syncscore_command(
     store: str = STORE,
     audio: list[str] = AUDIO,
@@ -112,8 +118,8 @@ def syncscore_command(
 
     With --out the run is a ``syncfree`` run: ``eval``, ``fuse``, ``explain`` and
     ``serve`` (uploads included) take it like any trained run; its frame threshold is
-    calibrated on --calibrate-on (default: the val split of the --on dataset, when that
-    is another split). With --cluster the videos are scored on Dask, a partition per
+    calibrated on --calibrate-on, or else on the val split of the --on dataset, when that
+    is another split. With --cluster the videos are scored on Dask, a partition per
     task (the same numbers); with --out an interrupted run resumes from the partitions
     it finished.
     """
@@ -177,17 +183,20 @@ def syncscore_command(
         typer.echo(f"run written to {metrics['out']}")
 
 
+@deprecated_aliases({"--all-fakes": "--fakes=all"})
 def layers_command(
     store: str = STORE,
     audio: str = typer.Option(
         ...,
         "--audio",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help="Audio ENCODER (sweep its layers) or ENCODER:LAYER (fixed).",
     ),
     visual: str = typer.Option(
         ...,
         "--visual",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help="Visual ENCODER (sweep its layers) or ENCODER:LAYER (fixed).",
     ),
@@ -205,6 +214,7 @@ def layers_command(
     allow_missing: bool = ALLOW_MISSING,
     cluster: str | None = CLUSTER,
     n_workers: int = N_WORKERS,
+    as_json: bool = json_option("every layer pair's AUC/AP, the best pair and the files"),
 ) -> None:
     """Eq. 3 on every stored layer (paper Fig. 7): equal layers, or one side fixed.
 
@@ -222,7 +232,8 @@ def layers_command(
         def show(r: Any) -> None:
             typer.echo(
                 f"audio {r.audio_layer:>5}  visual {r.visual_layer:>5}  "
-                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n} ({r.n_real} real / {r.n_fake} fake)"
+                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n} ({r.n_real} real / {r.n_fake} fake)",
+                err=as_json,
             )
 
         sweep = sweep_layers(
@@ -240,8 +251,15 @@ def layers_command(
             cluster=cluster,
             n_workers=n_workers,
         )
-    typer.echo(filter_text(sweep.fakes))
+    typer.echo(filter_text(sweep.fakes), err=as_json)
     best = sweep.best
+    if as_json:
+        from trainers.layers import JSON_NAME
+
+        # layers.json's document (the same shape as the file), with the files written
+        doc = json.loads((out / JSON_NAME).read_text())
+        print_json({**doc, "files": sweep.files})
+        return
     typer.echo(f"best: audio {best.audio_layer} / visual {best.visual_layer}, AUC {_pct(best.auc)}")
     for name, path in sweep.files.items():
         typer.echo(f"{name}: {path}")

@@ -26,19 +26,19 @@ python scripts/demo_tracks.py "$STORE" sample              # nothing left to do
 
 step "5. Extract features (the weight-free baselines, then tiny random Hugging Face models)"
 featstore encoders list
-featstore extract --encoder logfbank --dataset sample --store "$STORE"
-featstore extract --encoder mouth-pixels --dataset sample --store "$STORE"   # reuses the cached tracks
+featstore extract --encoder logfbank --on sample --store "$STORE"
+featstore extract --encoder mouth-pixels --on sample --store "$STORE"   # reuses the cached tracks
 python scripts/demo_checkpoints.py "$OUT/checkpoints" wav2vec2 clip avhubert
 featstore extract --encoder wav2vec2 --checkpoint "$OUT/checkpoints/wav2vec2" --layers all \
-  --dataset sample --store "$STORE" --dry-run
+  --on sample --store "$STORE" --dry-run
 featstore extract --encoder wav2vec2 --checkpoint "$OUT/checkpoints/wav2vec2" --layers all \
-  --dataset sample --store "$STORE" --limit 30                      # as if interrupted part way
+  --on sample --store "$STORE" --limit 30                      # as if interrupted part way
 featstore extract --encoder wav2vec2 --checkpoint "$OUT/checkpoints/wav2vec2" --layers all \
-  --dataset sample --store "$STORE"                                 # resume: only the rest run
-featstore extract --encoder clip --checkpoint "$OUT/checkpoints/clip" --dataset sample --store "$STORE"
+  --on sample --store "$STORE"                                 # resume: only the rest run
+featstore extract --encoder clip --checkpoint "$OUT/checkpoints/clip" --on sample --store "$STORE"
 for enc in avhubert-a avhubert-v; do   # a fairseq-format file, read without unpickling code
   featstore extract --encoder $enc --checkpoint "$OUT/checkpoints/avhubert.pt" --layers all \
-    --dataset sample --store "$STORE"
+    --on sample --store "$STORE"
 done
 
 step "6. Inspect and maintain the store"
@@ -56,7 +56,7 @@ step "8. Train a linear probe (paper Eq. 1) on the training split"
 # lr 0.05, not the paper's 1e-3: 70 videos x 100 epochs are 7k Adam steps, the paper's 23k
 # training videos give 2.3M; at 1e-3 a probe barely moves on a set this small.
 featstore train probe --store "$STORE" --encoder logfbank --train sample:train --no-val \
-  --lr 0.05 --out "$OUT/runs/logfbank" | sed -n '1,3p;98,$p'
+  --lr 0.05 --out "$OUT/runs/logfbank" --epoch-every 25
 
 step "9. Evaluate it on the held-out split (every fake counted: the sample is small)"
 featstore eval "$OUT/runs/logfbank" --on sample:val --fakes all
@@ -96,12 +96,12 @@ featstore fuse "$RUNS/logfbank-last/sample" "$RUNS/mouth-pixels-last/sample" --o
   --fakes all --out "$OUT/runs/fusion"
 featstore correlate "$RUNS"/*/sample --on sample:val --fakes all --out "$OUT/correlation"
 FAKE=$(python -c "import featstore; m = featstore.open_store('$STORE').manifest('sample'); print(m[(m.split == 'val') & (m.label == 1)].video_id.iloc[0])")
-featstore explain temporal "$OUT/runs/logfbank" --dataset sample --video "$FAKE" \
+featstore explain temporal "$OUT/runs/logfbank" --on sample --video "$FAKE" \
   --out "$OUT/explain-logfbank.png"
 # spatial: Grad-CAM of the CLIP probe (centre crop), the exact decomposition of mouth-pixels (mouth ROI)
-featstore explain spatial "$RUNS/clip-last/sample" --dataset sample --video "$FAKE" --top-k 3 \
+featstore explain spatial "$RUNS/clip-last/sample" --on sample --video "$FAKE" --top-k 3 \
   --out "$OUT/explain-spatial-clip"
-featstore explain spatial "$RUNS/mouth-pixels-last/sample" --dataset sample --video "$FAKE" --top-k 3 \
+featstore explain spatial "$RUNS/mouth-pixels-last/sample" --on sample --video "$FAKE" --top-k 3 \
   --out "$OUT/explain-spatial-mouth"
 
 step "12. Detectors trained on real clips only: AVH-Align sync and next-token prediction"
@@ -125,7 +125,7 @@ featstore report table6 --store "$STORE" --audio avhubert-a --visual avhubert-v 
   --fakes all --out "$OUT/table6" | sed -n '/pool (AUC)/,/^$/p'
 featstore report fig2 "$RUNS"/*/sample --on sample:val --fakes all --out "$OUT/fig2.pdf" \
   | grep -v '^data:'
-featstore report fig3 "$OUT/runs/logfbank" --dataset sample --video "$FAKE" --out "$OUT/fig3.png" \
+featstore report fig3 "$OUT/runs/logfbank" --on sample --video "$FAKE" --out "$OUT/fig3.png" \
   | grep '^figure:'
 
 step "13. Score a clip over HTTP with runs of every kind (featstore serve; curl in the README)"

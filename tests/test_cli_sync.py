@@ -83,7 +83,7 @@ def test_syncscore_prints_metrics_and_writes_a_run(synced, tmp_path):
     png = tmp_path / "v01.png"
     explained = runner.invoke(
         app,
-        ["explain", "temporal", str(out), "--dataset", "syn", "--video", "v01", "--out", str(png)],
+        ["explain", "temporal", str(out), "--on", "syn", "--video", "v01", "--out", str(png)],
     )
     assert explained.exit_code == 0, explained.output
     assert "label fake" in explained.output and png.read_bytes()[:4] == b"\x89PNG"
@@ -235,3 +235,18 @@ def test_layers_numbers_equal_syncscore_under_the_same_filter(synced, tmp_path, 
 def test_plot_format_option_is_checked(synced, tmp_path):
     bad = runner.invoke(app, ["layers", *_args(synced, "--out", str(tmp_path), "--format", "jpg")])
     assert bad.exit_code == 1 and bad.output.startswith("error: --format must be one of png, pdf")
+
+
+def test_layers_json_is_the_written_document(synced, tmp_path):
+    out = tmp_path / "layers"
+    result = runner.invoke(app, ["layers", *_args(synced, "--out", str(out)), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    files = doc.pop("files")
+    assert doc == json.loads((out / "layers.json").read_text())
+    assert files == {
+        "csv": str(out / "layers.csv"),
+        "json": str(out / "layers.json"),
+        "png": str(out / "layers.png"),
+    }
+    assert "audio " in result.stderr and "AUC" in result.stderr  # one line per layer pair

@@ -235,6 +235,15 @@ def test_fig2_command(sync_runs, tmp_path):
     missing = runner.invoke(app, ["report", "fig2", str(root / "sf"), "--on", "wild",
                                   "--out", str(out)])  # fmt: skip
     assert missing.exit_code == 1 and "featstore eval" in missing.output
+    as_json = runner.invoke(
+        app, ["report", "fig2", str(root / "sf"), str(root / "factor"), "--on", "lab",
+              "--out", str(tmp_path / "j.svg"), "--json"],
+    )  # fmt: skip
+    assert as_json.exit_code == 0, as_json.output
+    doc = json.loads(as_json.stdout)
+    sidecar = json.loads((tmp_path / "j.json").read_text())
+    assert doc["bars"] == sidecar["bars"] and doc["caption"] == sidecar["caption"]
+    assert doc["figure"] == str(tmp_path / "j.svg") and doc["data"] == str(tmp_path / "j.json")
 
 
 # ------------------------------------------------------------------ Fig. 3
@@ -317,15 +326,24 @@ def test_fig3_decodes_a_segment_rows_span(media_run):
 def test_fig3_command(media_run, tmp_path):
     store, run, video, _, _ = media_run
     out = tmp_path / "fig3.pdf"
-    result = runner.invoke(app, ["report", "fig3", str(run), "--store", store.url, "--dataset",
+    result = runner.invoke(app, ["report", "fig3", str(run), "--store", store.url, "--on",
                                  "sample", "--video", video, "--at", "0.5,1.5", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert out.read_bytes().startswith(b"%PDF") and f"sample/{video}" in result.output
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["thumbnail_times_s"] == [0.5, 1.5] and len(doc["frame_scores"]) > 0
-    bad = runner.invoke(app, ["report", "fig3", str(run), "--dataset", "sample", "--video",
+    bad = runner.invoke(app, ["report", "fig3", str(run), "--on", "sample", "--video",
                               "nope", "--out", str(out)])  # fmt: skip
     assert bad.exit_code == 1 and "nope" in bad.output
+    old = runner.invoke(app, ["report", "fig3", str(run), "--store", store.url, "-d", "sample",
+                              "--video", video, "--out", str(out), "--json"])  # fmt: skip
+    assert old.exit_code == 0, old.output
+    assert old.stderr.startswith("warning: -d is deprecated here and will be removed: use --on")
+    assert json.loads(old.stdout) == {
+        "caption": doc["caption"],
+        "figure": str(out),
+        "data": str(out.with_suffix(".json")),
+    }
 
 
 def test_shifted_cosines_reference_helper():

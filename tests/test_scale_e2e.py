@@ -111,7 +111,7 @@ def test_s3_and_a_dask_cluster_end_to_end(tmp_path: Path, s3: dict, monkeypatch:
         killer = kill_one_worker(cluster.scheduler, "featstore-extract")
         cluster.scheduler.add_plugin(killer)
         address = cluster.scheduler_address
-        done = invoke("extract", "--encoder", "logfbank", "--dataset", "sample", "--store", url,
+        done = invoke("extract", "--encoder", "logfbank", "--on", "sample", "--store", url,
                       "--cluster", address)  # fmt: skip
         assert killer.killed, "no worker was busy when the first task finished"
         (tmp_path / "grid.toml").write_text(GRID.format(store=url, out=tmp_path / "grid"))

@@ -491,7 +491,7 @@ def run_grid(
 
         for i, cell in enumerate(cells):
             label, name = cell.feature.label, cell.dataset.name
-            if is_complete(cell.run_dir):
+            if is_complete(cell.run_dir) and not load_run(cell.run_dir).interrupted:
                 run = load_run(cell.run_dir)
                 _check_reused(run, cell.feature, cell.train_hash, hyper)
                 emit(GridEvent("reuse", label, name, run_dir=cell.run_dir))

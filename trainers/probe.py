@@ -24,7 +24,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +46,13 @@ from trainers.sources import (
     prefetch_batches,
     row_norms,
 )
-from trainers.training import EarlyStopping, resolve_device
+from trainers.training import (
+    Interruption,
+    StateFunctions,
+    TrainingControl,
+    resolve_device,
+    train_epochs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +227,8 @@ class FitResult:
     stopped_early: bool
     batch_videos: int = 1
     lr: float = 1e-3
+    interruption: Interruption | None = None  # set when SIGINT/SIGTERM ended the fit early
+    resumed_from: int | None = None  # the checkpoint epoch the fit continued from
 
 
 # ----------------------------------------------------------------------------- maths
@@ -372,6 +380,7 @@ def fit_probe(
     config: ProbeConfig = ProbeConfig(),  # frozen, so sharing the default is safe
     *,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    control: TrainingControl | None = None,
 ) -> FitResult:
     """Train the probe on ``train``; early-stop on ``val``'s loss and restore the best weights.
 
@@ -383,7 +392,9 @@ def fit_probe(
     from ``torch.Generator().manual_seed(seed)``. Sources whose bytes fit in
     ``cache_bytes`` (train first, then val; ``None``: ``trainers.memory``'s
     default) are held in memory; the rest are streamed with read-ahead, in
-    the same batches, to the same weights.
+    the same batches, to the same weights. ``control`` checkpoints, resumes
+    and catches interrupts (``trainers.training``; the result's
+    ``interruption`` says when one ended the fit).
     """
     _check_source(train, "training")
     labels = np.asarray(train.labels)
@@ -428,9 +439,7 @@ def fit_probe(
     train_labels = torch.from_numpy(labels.astype(np.float32)).to(device)
     val_labels = None if val is None else np.asarray(val.labels)
 
-    history: list[EpochStats] = []
-    stop = EarlyStopping(config.patience, snapshot=lambda: (w.detach().clone(), b.detach().clone()))
-    for epoch in range(1, config.max_epochs + 1):
+    def run_epoch(epoch: int) -> tuple[EpochStats, float | None]:
         start = time.perf_counter()
         total = torch.zeros((), dtype=torch.float64, device=device)
         with feed.batches(batch_order(len(train), bsz, rng)) as batches:
@@ -458,16 +467,42 @@ def fit_probe(
             if val_labels.min() != val_labels.max():
                 val_auc = float(roc_auc_score(val_labels, s))
         stats = EpochStats(epoch, train_loss, val_loss, val_auc, time.perf_counter() - start)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
-        if stop.update(epoch, val_loss):
-            break
-    w_best, b_best = stop.best
+        return stats, val_loss
+
+    def save_state() -> dict[str, Any]:
+        return {"w": w, "b": b, "optimizer": opt.state_dict(), "rng": rng.bit_generator.state}
+
+    def load_state(state: Mapping[str, Any]) -> None:
+        with torch.no_grad():
+            w.copy_(state["w"])
+            b.copy_(state["b"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+
+    loop = train_epochs(
+        run_epoch,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+        snapshot=lambda: (w.detach().clone(), b.detach().clone()),
+        state=StateFunctions(save_state, load_state),
+        stats_type=EpochStats,
+        on_epoch=on_epoch,
+        control=control,
+    )
+    w_best, b_best = loop.best
     params = ProbeParams(
         w=w_best.cpu().numpy(), b=float(b_best.cpu()[0]), l2_normalize=config.l2_normalize
     )
-    return FitResult(params, history, stop.best_epoch, stop.stopped, bsz, lr)
+    return FitResult(
+        params,
+        loop.history,
+        loop.best_epoch,
+        loop.stopped_early,
+        bsz,
+        lr,
+        interruption=loop.interruption,
+        resumed_from=loop.resumed_from,
+    )
 
 
 # ----------------------------------------------------------------------------- scoring

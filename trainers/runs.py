@@ -124,6 +124,15 @@ class Run:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def interrupted(self) -> dict[str, Any] | None:
+        """How training was cut short (``fit.interrupted``: signal, epochs), None if it was not.
+
+        An interrupted run holds the best weights up to then and scores like any
+        other; a grid or a resume trains it again."""
+        fit = self.config.get("fit")
+        return fit.get("interrupted") if isinstance(fit, Mapping) else None
+
     def tensors(self) -> dict[str, np.ndarray]:
         """The arrays of ``model.safetensors``."""
         from safetensors.numpy import load_file
