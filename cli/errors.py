@@ -29,6 +29,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_VIDEOS_FAILED = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # SIGTERM: `featstore train` saves its best-so-far run first
 
 
 def fail(message: str, *, code: int = EXIT_ERROR) -> NoReturn:

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_VIDEOS_FAILED
+from cli.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    EXIT_VIDEOS_FAILED,
+)
 from cli.main import app
 from cli.progress import Every, LineProgress
 
@@ -105,8 +112,8 @@ def _readme_exit_codes() -> set[int]:
 
 
 def test_the_readme_table_has_exactly_the_codes_the_cli_uses():
-    used = {EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_VIDEOS_FAILED, EXIT_INTERRUPTED}
-    assert _readme_exit_codes() == used == {0, 1, 2, 3, 130}
+    used = {EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_VIDEOS_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED}
+    assert _readme_exit_codes() == used == {0, 1, 2, 3, 130, 143}
 
 
 def test_exit_0_1_2(tmp_path, monkeypatch):

@@ -183,15 +183,16 @@ def test_video_groups_prefers_identity_then_source():
 
 
 def interrupt_after(monkeypatch, k: int) -> None:
-    """A test hook: the epoch printer raises KeyboardInterrupt (Ctrl-C) after epoch ``k``."""
-    printer = cli.train._print_epoch
+    """A test hook: the epoch line's formatter raises KeyboardInterrupt (Ctrl-C) after epoch ``k``."""
+    line = cli.train.format_epoch
 
     def hook(stats):
-        printer(stats)
+        text = line(stats)
         if stats.epoch == k:
             raise KeyboardInterrupt
+        return text
 
-    monkeypatch.setattr(cli.train, "_print_epoch", hook)
+    monkeypatch.setattr(cli.train, "format_epoch", hook)
 
 
 def test_interrupt_saves_the_best_run_and_resume_ends_as_uninterrupted(
