@@ -13,6 +13,7 @@ TensorBoard folder when ``--tensorboard`` logs the training curves.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,6 @@ def format_epoch(stats: Any) -> str:
 
 def _config(default: Any, **overrides: Any) -> Any:
     """``default`` with the options the user gave (``None``: not given) replaced."""
-    import dataclasses
-
     return dataclasses.replace(default, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -139,6 +138,20 @@ def _recording(
 
 def _print_epoch(stats: Any) -> None:
     typer.echo(format_epoch(stats))
+
+
+def _batch_videos(text: str | None) -> int | None:
+    """``--batch-videos``: absent -> 1 (the authors' loop), ``auto`` -> None, else an integer."""
+    if text is None:
+        return 1
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected a number of videos or 'auto', got {text!r}", param_hint="--batch-videos"
+        ) from None
 
 
 def _validation(val: str | None, no_val: bool) -> Any:
@@ -178,7 +191,21 @@ def probe(
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 100)."),
     lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3)."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
-    batch_videos: int | None = typer.Option(None, "--batch-videos", help="Videos per batch."),
+    batch_videos: str | None = typer.Option(
+        None,
+        "--batch-videos",
+        help="Videos per Adam step (default 1, the authors' loop). N > 1 steps on the mean loss "
+        "of N videos at lr x N (see --no-scale-lr); 'auto': clamp(videos // 512, 1, 16).",
+    ),
+    center_bias: bool = typer.Option(
+        False,
+        "--center-bias",
+        help="Start the bias at -log(median frames): even odds before training (the authors "
+        "start at nn.Linear's draw).",
+    ),
+    no_scale_lr: bool = typer.Option(
+        False, "--no-scale-lr", help="With --batch-videos N, keep lr instead of lr x N."
+    ),
     frame_hz: float | None = FRAME_HZ,
     no_l2: bool = NO_L2,
     seed: int | None = SEED,
@@ -187,22 +214,30 @@ def probe(
     allow_missing: bool = ALLOW_MISSING,
     tensorboard: Path | None = TENSORBOARD,
 ) -> None:
-    """Linear probe (paper Eq. 1): per-frame logits, logsumexp over time, early stopping."""
+    """Linear probe (paper Eq. 1): per-frame logits, logsumexp over time, early stopping.
+
+    The defaults are the authors' loop: one video per Adam step, lr 1e-3, nn.Linear's
+    initialisation, up to 100 epochs, patience 10 on the validation loss, seed 43.
+    """
     with user_errors():
         from featstore import open_store
         from trainers.inputs import parse_feature_set
         from trainers.kinds import probe as probe_kind
         from trainers.probe import ProbeConfig
 
-        config = _config(
-            ProbeConfig(),
-            max_epochs=epochs,
-            lr=lr,
-            patience=patience,
-            batch_videos=batch_videos,
-            seed=seed,
-            device=device,
-            l2_normalize=False if no_l2 else None,
+        config = dataclasses.replace(
+            _config(
+                ProbeConfig(),
+                max_epochs=epochs,
+                lr=lr,
+                patience=patience,
+                seed=seed,
+                device=device,
+                l2_normalize=False if no_l2 else None,
+                center_bias=True if center_bias else None,
+                scale_lr=False if no_scale_lr else None,
+            ),
+            batch_videos=_batch_videos(batch_videos),
         )
         with _recording(ctx, tensorboard, _print_epoch) as on_epoch:
             run = probe_kind.train(

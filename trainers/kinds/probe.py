@@ -222,6 +222,7 @@ def train(
             "stopped_early": bool(result.stopped_early),
             "batch_videos": int(result.batch_videos),
             "lr": float(result.lr),
+            "engine": result.engine,
         },
         "store": store_location(store),
         "train": selection_summary(train_sel, train_rows),
