@@ -21,9 +21,9 @@ Two implementations of the same step, each compared with an autograd
 ``nn.Linear`` + ``torch.optim.Adam`` loop in tests/test_probe.py:
 
 - :func:`train_steps` (CPU): a numba-compiled loop over a whole epoch. A
-  float16 video is read once from memory, converted row by row into a float32
-  scratch that stays in cache for the gradient pass; nothing runs in Python
-  between steps.
+  float16 video is read from memory once (its second pass, for the gradient,
+  finds it in cache) and converted to float32 in registers; nothing runs in
+  Python between steps.
 - :class:`TorchSteps` (any torch device, e.g. CUDA): one step per batch in
   torch operations.
 
@@ -38,8 +38,9 @@ from dataclasses import dataclass
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
 from numba import types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 __all__ = [
     "BETA1",
@@ -85,88 +86,46 @@ class Packed:
     def max_len(self) -> int:
         return int(np.diff(self.offsets).max(initial=1))
 
-    def scratch(self) -> tuple[np.ndarray, np.ndarray]:
-        """A float32 ``[max_len, D]`` scratch and its ``uint32`` view (float16 data only)."""
-        rows = self.max_len if self.data.dtype == np.uint16 else 1
-        bits = np.empty((rows, self.data.shape[1]), dtype=np.uint32)
-        return bits, bits.view(np.float32)
-
 
 # ----------------------------------------------------------------------------- CPU kernels
 
 
-@nb.njit(**_JIT)
-def _half_row(src, bits, out):  # pragma: no cover - compiled
-    """float16 bits ``src [D]`` -> float32 ``out [D]`` (``bits`` is ``out``'s uint32 view).
+@intrinsic
+def _half_bits_to_float(typingctx, bits):  # pragma: no cover - compiled
+    """float16 bits (uint16) -> float32: LLVM's ``fpext half``, one ``vcvtph2ps`` per 8 or 16
+    values on x86 with F16C (every x86-64 CPU since 2012), ``fcvt`` on ARM; exact."""
+    if bits != types.uint16:
+        return None
 
-    Exponent and mantissa shifted into float32's fields, then scaled by 2^112
-    (the bias difference; subnormal halves come out exact as well), inf/NaN
-    patched, sign copied. Three simple loops that the compiler vectorises.
-    """
-    n = src.shape[0]
-    for d in range(n):
-        bits[d] = np.uint32(src[d] & 0x7FFF) << np.uint32(13)
-    for d in range(n):
-        out[d] = out[d] * np.float32(5.192296858534828e33)  # 2 ** 112
-    for d in range(n):
-        b = bits[d]
-        if out[d] >= np.float32(65536.0):  # exponent 31: inf or NaN
-            b |= np.uint32(0x7F800000)
-        bits[d] = b | (np.uint32(src[d] & 0x8000) << np.uint32(16))
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
 
 
-def _row(data, r, bits, scratch, t):  # pragma: no cover - replaced in compiled code
+def _value(x):  # pragma: no cover - replaced in compiled code
     raise NotImplementedError
 
 
-@overload(_row, jit_options=_JIT)
-def _row_impl(data, r, bits, scratch, t):
-    """Row ``r`` of ``data`` as float32: converted into ``scratch[t]`` for float16 bits."""
-    if isinstance(data, types.Array) and data.dtype == types.uint16:
-
-        def half(data, r, bits, scratch, t):
-            _half_row(data[r], bits[t], scratch[t])
-            return scratch[t]
-
-        return half
-
-    def single(data, r, bits, scratch, t):
-        return data[r]
-
-    return single
-
-
-def _kept_row(data, r, scratch, t):  # pragma: no cover - replaced in compiled code
-    raise NotImplementedError
-
-
-@overload(_kept_row, jit_options=_JIT)
-def _kept_row_impl(data, r, scratch, t):
-    """The float32 row ``_row`` gave earlier in the same video (still in cache)."""
-    if isinstance(data, types.Array) and data.dtype == types.uint16:
-
-        def half(data, r, scratch, t):
-            return scratch[t]
-
-        return half
-
-    def single(data, r, scratch, t):
-        return data[r]
-
-    return single
+@overload(_value, jit_options=_JIT)
+def _value_impl(x):
+    """A feature value as float32: float16 bits are converted, float32 passes through."""
+    if x == types.uint16:
+        return lambda x: _half_bits_to_float(x)
+    return lambda x: x
 
 
 @nb.njit(**_JIT)
-def _frame_logits(data, a, n, norms, params, bits, scratch, z):  # pragma: no cover - compiled
+def _frame_logits(data, a, n, norms, params, z):  # pragma: no cover - compiled
     """``z[:n]`` = frame logits of rows ``a .. a+n``; returns their max."""
     dim = params.shape[0] - 1
     b = params[dim]
     zmax = -np.inf
     for t in range(n):
-        row = _row(data, a + t, bits, scratch, t)
+        row = data[a + t]
         acc = np.float32(0.0)
         for d in range(dim):
-            acc += row[d] * params[d]
+            acc += _value(row[d]) * params[d]
         zt = acc / norms[a + t] + b
         z[t] = zt
         if zt > zmax:
@@ -225,15 +184,16 @@ def adam_update(params, grad, m, v, step, lr, beta1, beta2, eps):  # pragma: no 
 
 @nb.njit(**_JIT)
 def train_steps(
-    data, offsets, norms, labels, order, group, params, m, v, step, lr, bits, scratch, z, grad
+    data, offsets, norms, labels, order, group, params, m, v, step, lr, z, grad
 ):  # pragma: no cover - compiled
     """Adam steps over the videos ``order`` in groups of ``group``; returns ``(step, loss_sum)``.
 
     ``params [D+1]`` (``w`` then ``b``), ``m``, ``v`` float32, updated in place;
     ``step`` is the number of steps taken before; ``lr`` the step's learning
-    rate. ``loss_sum`` adds each video's loss before its step. ``bits`` /
-    ``scratch`` (``Packed.scratch``), ``z [max_len]`` float32 and ``grad [D+1]``
-    float32 are work space.
+    rate. ``loss_sum`` adds each video's loss before its step. ``z [max_len]``
+    and ``grad [D+1]`` (float32) are work space. Each video is read twice: the
+    frame logits, then the gradient, from cache (a 225 x 1024 float16 video is
+    460 kB; the CPU's L2 holds it).
     """
     dim = params.shape[0] - 1
     n_order = order.shape[0]
@@ -247,16 +207,16 @@ def train_steps(
             i = order[k]
             a = offsets[i]
             n = offsets[i + 1] - a
-            zmax = _frame_logits(data, a, n, norms, params, bits, scratch, z)
+            zmax = _frame_logits(data, a, n, norms, params, z)
             s = _logsumexp(z, n, zmax)
             y = labels[i]
             loss_sum += _softplus(2.0 * s * (1.0 - 2.0 * y))
             ds = 2.0 * (_sigmoid(2.0 * s) - y) * scale  # d(batch loss) / ds
             for t in range(n):
                 c = np.float32(ds * math.exp(np.float64(z[t]) - s) / norms[a + t])
-                row = _kept_row(data, a + t, scratch, t)
+                row = data[a + t]
                 for d in range(dim):
-                    grad[d] += c * row[d]
+                    grad[d] += c * _value(row[d])
             grad[dim] += np.float32(ds)
         step += 1
         adam_update(params, grad, m, v, step, lr, BETA1, BETA2, EPS)
@@ -264,22 +224,27 @@ def train_steps(
 
 
 @nb.njit(**_JIT)
-def video_logits(data, offsets, norms, params, bits, scratch, z, out):  # pragma: no cover
+def video_logits(data, offsets, norms, params, z, out):  # pragma: no cover - compiled
     """``out[i]`` = the video logit ``s`` of every video (float64)."""
     for i in range(offsets.shape[0] - 1):
         a = offsets[i]
         n = offsets[i + 1] - a
-        zmax = _frame_logits(data, a, n, norms, params, bits, scratch, z)
+        zmax = _frame_logits(data, a, n, norms, params, z)
         out[i] = _logsumexp(z, n, zmax)
+
+
+@nb.njit(**_JIT)
+def _half_to_float(bits, out):  # pragma: no cover - compiled
+    for r in range(bits.shape[0]):
+        for d in range(bits.shape[1]):
+            out[r, d] = _value(bits[r, d])
 
 
 def half_to_float(bits: np.ndarray) -> np.ndarray:
     """float16 values given as their bits ``[n, D]`` (uint16) -> float32, as the kernels read them."""
     bits = np.ascontiguousarray(bits, dtype=np.uint16)
-    out_bits = np.empty(bits.shape, dtype=np.uint32)
-    out = out_bits.view(np.float32)
-    for r in range(bits.shape[0]):
-        _half_row(bits[r], out_bits[r], out[r])
+    out = np.empty(bits.shape, dtype=np.float32)
+    _half_to_float(bits, out)
     return out
 
 
@@ -294,7 +259,6 @@ class CpuSteps:
 
     def train(self, packed: Packed, order: np.ndarray, group: int, lr: float) -> float:
         """Adam steps over ``order`` in groups of ``group``; returns the sum of the videos' losses."""
-        bits, scratch = packed.scratch()
         z = np.empty(packed.max_len, dtype=np.float32)
         grad = np.empty_like(self.params)
         self.step, loss_sum = train_steps(
@@ -309,8 +273,6 @@ class CpuSteps:
             self.v,
             self.step,
             float(lr),
-            bits,
-            scratch,
             z,
             grad,
         )
@@ -318,10 +280,9 @@ class CpuSteps:
 
     def logits(self, packed: Packed) -> np.ndarray:
         """Video logits ``[N]`` (float64) of every video of ``packed``."""
-        bits, scratch = packed.scratch()
         z = np.empty(packed.max_len, dtype=np.float32)
         out = np.empty(len(packed), dtype=np.float64)
-        video_logits(packed.data, packed.offsets, packed.norms, self.params, bits, scratch, z, out)
+        video_logits(packed.data, packed.offsets, packed.norms, self.params, z, out)
         return out
 
     def weights(self) -> np.ndarray:
