@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from api.models import DatasetEncoder, DatasetInfo, EvaluationSummary, ViewInfo
 from featstore.layout import layer_key
+from trainers.evaluation_filter import recorded_fakes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,7 +73,7 @@ def evaluation_summaries(metrics: Mapping[str, Any]) -> dict[str, EvaluationSumm
         out[str(key)] = EvaluationSummary(
             selection=_text(entry.get("selection")) or str(key),
             view=_text(entry.get("view")),
-            fakes=_text(entry.get("fakes")),
+            fakes=recorded_fakes(entry),
             n_scored=_count(entry.get("n_scored")),
             n_evaluated=_count(entry.get("n_evaluated", binary.get("n"))),
             n_real=_count(binary.get("n_real")),

@@ -364,7 +364,9 @@ class EvaluationSummary(BaseModel):
     view: str | None = None
     fakes: str | None = Field(
         None,
-        description="which fakes counted: 'evaluation filter' (the paper's rule) or 'all'",
+        description="the evaluation filter: 'paper' (reals and the fakes with both modalities "
+        "manipulated, where the dataset says which) or 'all' (every fake); older entries' "
+        "spellings read as these (trainers.evaluation_filter.recorded_fakes)",
     )
     n_scored: int | None = None
     n_evaluated: int | None = Field(None, description="videos the metrics count")

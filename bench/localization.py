@@ -170,18 +170,18 @@ def run(args: argparse.Namespace) -> str:
         for name, path in runs.items():
             readings = {
                 "before (0, raw)": evaluate(
-                    path, store, "heldout:*", all_fakes=True, threshold="paper", smooth_s=0,
+                    path, store, "heldout:*", fakes="all", threshold="paper", smooth_s=0,
                     min_segment_s=0, merge_gap_s=0, write=False,
                 ),
                 "budget (real_videos)": evaluate(
-                    path, store, "heldout:*", all_fakes=True, threshold="real_videos", write=False
+                    path, store, "heldout:*", fakes="all", threshold="real_videos", write=False
                 ),
-                "after (run card)": evaluate(path, store, "heldout:*", all_fakes=True, write=False),
+                "after (run card)": evaluate(path, store, "heldout:*", fakes="all", write=False),
             }  # fmt: skip
             cards[name] = _card(path)
             table += _localization_rows(name, readings)
             loops[name] = _loops(store, path, (1, 3, 10))
-            windowed = evaluate(path, store, "heldout:*", all_fakes=True, windows=True, write=False)
+            windowed = evaluate(path, store, "heldout:*", fakes="all", windows=True, write=False)
             bias[name] = (readings["after (run card)"]["duration"], windowed["duration"])
     elapsed = time.perf_counter() - t0
     lines = [

@@ -4,7 +4,7 @@ The file's keys are the command's option names, with or without the leading
 dashes and with ``-`` or ``_`` (``batch-videos`` or ``batch_videos``);
 values have the option's type (a list for repeatable options, where one
 value is also accepted; ``true``/``false`` for flags). Relative paths (``out``,
-``tensorboard``, a local ``store``) are taken from the file's folder, as the
+``resume``, ``tensorboard``, a local ``store``) are taken from the file's folder, as the
 grid's TOML file does (``trainers.grid``). An unknown key is an error naming
 the allowed ones.
 
@@ -30,7 +30,12 @@ from cli.errors import fail
 
 META_KEY = "featstore.config_file"
 _NOT_FROM_FILES = {"config", "config_file", "help"}
-PATH_OPTIONS = ("out", "tensorboard", "store")  # relative values are from the file's folder
+PATH_OPTIONS = (
+    "out",
+    "resume",
+    "tensorboard",
+    "store",
+)  # relative values are from the file's folder
 # click's ParameterSource names (typer's copy of click has its own enum: compare names)
 _SOURCES = {
     "COMMANDLINE": "command_line",

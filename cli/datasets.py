@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.errors import user_errors
+from cli.errors import EXIT_INTERRUPTED, user_errors
+from cli.group import deprecated_aliases
 from cli.options import store_option
+from cli.output import json_option, print_json
+from cli.progress import Every, every_items_option, every_s_option, progress
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,6 +37,23 @@ DEFAULT = typer.Option(
 REPLACE = typer.Option(False, "--replace", help="Replace a view of the same name.")
 MAX_PROBLEMS = typer.Option(20, "--max-problems", help="Problems to print.")
 SHOWN_COLUMNS = ["video_id", "label", "split", "modify_type", "fake_segments", "duration_s"]
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return frame.to_dict(orient="records")
+
+
+def _counts(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Videos per split, label and modify_type, as JSON records."""
+    from featstore.datasets import manifest_counts
+
+    return _records(manifest_counts(df))
+
+
+def _view_counts(manifest: pd.DataFrame, view: str) -> list[dict[str, Any]]:
+    from featstore.datasets import resolve_view, view_counts
+
+    return _records(view_counts(manifest, resolve_view(manifest, view).splits))
 
 
 def _counts_text(df: pd.DataFrame) -> str:
@@ -72,10 +92,11 @@ def _protocol_info(protocol: str, seed: int) -> dict[str, Any]:
 
 
 @app.command("import")
+@deprecated_aliases({"-n": "--name"})
 def import_dataset(
     fmt: str = typer.Argument(..., metavar="FORMAT", help=f"One of: {', '.join(FORMAT_NAMES)}."),
     root: Path = ROOT,
-    name: str = typer.Option(..., "--name", "-n", help="Dataset name in the store."),
+    name: str = typer.Option(..., "--name", help="Dataset name in the store."),
     store: str = STORE,
     strict: bool = typer.Option(
         False, "--strict", help="Fail on any problem instead of dropping bad rows."
@@ -91,6 +112,7 @@ def import_dataset(
         True, "--check-files/--no-check-files", help="Report rows whose media file is missing."
     ),
     max_problems: int = MAX_PROBLEMS,
+    as_json: bool = json_option("what was imported (counts, views, dropped and corrected rows)"),
 ) -> None:
     """Read, validate and store a dataset's manifest (every valid video, official splits)."""
     with user_errors():
@@ -132,6 +154,23 @@ def import_dataset(
             splits = protocol_splits(view, manifest, seed=seed)
             manifest = add_view(manifest, view, splits, _protocol_info(view, seed), default=True)
         open_store(store, mode="a").write_manifest(name, manifest, attrs=manifest.attrs)
+    if as_json:
+        print_json(
+            {
+                "dataset": name,
+                "format": fmt,
+                "root": str(result.root),
+                "videos": len(manifest),
+                "protocol": protocol,
+                "seed": seed if protocol else None,
+                "default_view": view,
+                "counts": _counts(manifest),
+                "view_counts": None if view is None else _view_counts(manifest, view),
+                "dropped": [str(p) for p in result.problems],
+                "corrected": [str(p) for p in result.corrections],
+            }
+        )
+        return
     typer.echo(
         f"imported {len(manifest)} videos into {name!r} ({fmt}"
         + (f", protocol {protocol}, seed {seed}" if protocol else "")
@@ -154,28 +193,50 @@ def _views_line(attrs: dict[str, Any]) -> str:
 
 
 @app.command("list")
-def list_datasets(store: str = STORE) -> None:
+def list_datasets(
+    store: str = STORE,
+    as_json: bool = json_option("one object per dataset (videos, real, fake, splits, views)"),
+) -> None:
     """Datasets in the store with their video counts and views (* = default view)."""
     with user_errors():
         from featstore import open_store
+        from featstore.datasets import views_of
         from featstore.errors import ManifestError
 
         fs = open_store(store, mode="r")
         lines = []
+        docs: list[dict[str, Any]] = []
         for name in fs.datasets():
             try:
                 df = fs.manifest(name)
             except ManifestError:
                 lines.append(f"{name}\t(no manifest)")
+                docs.append({"name": name, "manifest": False})
                 continue
             attrs = df.attrs
             splits = df["split"].value_counts().sort_index() if "split" in df.columns else {}
             split_text = " ".join(f"{k}={v}" for k, v in dict(splits).items())
             n_fake = int((df["label"] == 1).sum()) if "label" in df.columns else 0
+            docs.append(
+                {
+                    "name": name,
+                    "manifest": True,
+                    "videos": len(df),
+                    "real": len(df) - n_fake,
+                    "fake": n_fake,
+                    "splits": {str(k): int(v) for k, v in dict(splits).items()},
+                    "format": attrs.get("format"),
+                    "views": sorted(views_of(attrs)),
+                    "default_view": attrs.get("default_view"),
+                }
+            )
             lines.append(
                 f"{name}\t{len(df)} videos ({len(df) - n_fake} real, {n_fake} fake)\t"
                 f"{split_text}\tformat={attrs.get('format', '?')} views={_views_line(attrs)}"
             )
+    if as_json:
+        print_json(docs)
+        return
     typer.echo("\n".join(lines) if lines else "(no datasets)")
 
 
@@ -200,13 +261,15 @@ def _view_lines(df: pd.DataFrame) -> list[str]:
 
 
 @app.command("show")
+@deprecated_aliases({"-l": "--limit"})
 def show_dataset(
     name: str = NAME,
     store: str = STORE,
-    limit: int = typer.Option(10, "--limit", "-l", help="Rows to print."),
+    limit: int = typer.Option(10, "--limit", "-n", help="Rows to print."),
     view: str | None = typer.Option(
         None, "--view", help="Also print this view's composition (split x modify_type)."
     ),
+    as_json: bool = json_option("the import details, views, counts and first rows"),
 ) -> None:
     """A dataset's import details, views, counts and first rows."""
     with user_errors():
@@ -216,6 +279,25 @@ def show_dataset(
 
         df = open_store(store, mode="r").manifest(name)
         composition = None if view is None else _view_text(df, view)
+        if as_json:
+            from featstore.datasets import views_of
+
+            shown = [c for c in SHOWN_COLUMNS if c in df.columns]
+            print_json(
+                {
+                    "name": name,
+                    "attrs": {
+                        k: v for k, v in df.attrs.items() if k not in ("views", "default_view")
+                    },
+                    "views": views_of(df.attrs),
+                    "default_view": df.attrs.get("default_view"),
+                    "videos": len(df),
+                    "counts": _counts(df),
+                    "view_counts": None if view is None else _view_counts(df, view),
+                    "rows": _records(df[shown].head(limit)),
+                }
+            )
+            return
     for key, value in df.attrs.items():
         if key not in ("views", "default_view"):
             typer.echo(f"{key}: {value}")
@@ -259,11 +341,12 @@ def add_protocol(
     protocol: str = typer.Option(
         ..., "--protocol", "-p", help=f"One of: {', '.join(PROTOCOL_NAMES)}."
     ),
-    view: str | None = typer.Option(None, "--as", help="View name (default: the protocol's)."),
+    view: str | None = typer.Option(None, "--as", show_default="the protocol's", help="View name."),
     seed: int = SEED,
     store: str = STORE,
     default: bool = DEFAULT,
     replace: bool = REPLACE,
+    as_json: bool = json_option("the view added and its composition"),
 ) -> None:
     """Add a protocol as a view of an imported dataset (features are shared, not re-extracted).
 
@@ -281,6 +364,18 @@ def add_protocol(
         splits = protocol_splits(protocol, manifest, seed=seed)
         manifest = add_view(manifest, view, splits, _protocol_info(protocol, seed), default=default)
         fs.write_manifest(name, manifest, attrs=manifest.attrs)
+    if as_json:
+        print_json(
+            {
+                "dataset": name,
+                "view": view,
+                "protocol": protocol,
+                "seed": seed,
+                "default": default,
+                "view_counts": _view_counts(manifest, view),
+            }
+        )
+        return
     typer.echo(
         f"added view {view!r} to {name!r} (protocol {protocol}, seed {seed}"
         + (", default" if default else "")
@@ -300,6 +395,7 @@ def apply_splits(
     default: bool = DEFAULT,
     replace: bool = REPLACE,
     max_problems: int = MAX_PROBLEMS,
+    as_json: bool = json_option("the view added, the lines matched and those unmatched"),
 ) -> None:
     """Apply published split files (lines `path,label` or `video_id`) to a dataset as a view.
 
@@ -322,6 +418,20 @@ def apply_splits(
         }
         manifest = add_view(manifest, view, result.splits, info, default=default)
         fs.write_manifest(name, manifest, attrs=manifest.attrs)
+    if as_json:
+        print_json(
+            {
+                "dataset": name,
+                "view": view,
+                "files": info["files"],
+                "default": default,
+                "matched": dict(result.matched),
+                "duplicates": result.duplicates,
+                "unmatched": [str(u) for u in result.unmatched],
+                "view_counts": _view_counts(manifest, view),
+            }
+        )
+        return
     matched = ", ".join(f"{k} {v}" for k, v in result.matched.items())
     typer.echo(f"added view {view!r} to {name!r}: matched {matched}; select {name}@{view}:SPLIT")
     typer.echo(_view_text(manifest, view))
@@ -335,6 +445,7 @@ def drop_view_command(
     name: str = NAME,
     view: str = typer.Argument(..., help="The view to remove."),
     store: str = STORE,
+    as_json: bool = json_option("the dataset and the view removed"),
 ) -> None:
     """Remove a view (the videos and their features stay)."""
     with user_errors():
@@ -344,6 +455,9 @@ def drop_view_command(
         fs = open_store(store, mode="a")
         manifest = drop_view(fs.manifest(name), view)
         fs.write_manifest(name, manifest, attrs=manifest.attrs)
+    if as_json:
+        print_json({"dataset": name, "removed_view": view})
+        return
     typer.echo(f"removed view {view!r} from {name!r}")
 
 
@@ -352,6 +466,7 @@ def default_view_command(
     name: str = NAME,
     view: str = typer.Argument(..., help="A view, or 'official' for the split column."),
     store: str = STORE,
+    as_json: bool = json_option("the dataset and its default view"),
 ) -> None:
     """Choose the view that selections without @VIEW use."""
     with user_errors():
@@ -361,6 +476,9 @@ def default_view_command(
         fs = open_store(store, mode="a")
         manifest = set_default_view(fs.manifest(name), view)
         fs.write_manifest(name, manifest, attrs=manifest.attrs)
+    if as_json:
+        print_json({"dataset": name, "default_view": view})
+        return
     typer.echo(f"{name}:SPLIT now selects view {view!r}")
 
 
@@ -370,9 +488,15 @@ def measure_silence(
     store: str = STORE,
     workers: int = typer.Option(4, "--workers", "-w", min=1, help="Videos decoded at once."),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Measure every video again (default: only those without one)."
+        False,
+        "--overwrite",
+        show_default="only those without one",
+        help="Measure every video again.",
     ),
     max_problems: int = typer.Option(20, "--max-problems", help="Failures to print."),
+    progress_every_s: float = every_s_option(),
+    progress_every: int = every_items_option(),
+    as_json: bool = json_option("the summary (measured, skipped, failed, statistics, failures)"),
 ) -> None:
     """Measure each video's leading silence into the manifest column leading_silence_s.
 
@@ -386,7 +510,16 @@ def measure_silence(
 
         fs = open_store(store, mode="a")
         try:
-            with _silence_progress() as on_progress:
+            with progress(
+                f"silence {name}", every=Every(progress_every_s, progress_every)
+            ) as shown:
+                failed = 0
+
+                def on_progress(done: int, total: int, result: Any) -> None:
+                    nonlocal failed
+                    failed += 0 if result.ok else 1
+                    shown.update(done, total, f"{failed} failed")
+
                 summary = measure_store_silence(
                     fs, name, workers=workers, overwrite=overwrite, progress=on_progress
                 )
@@ -396,7 +529,10 @@ def measure_silence(
                 err=True,
                 fg=typer.colors.YELLOW,
             )
-            raise typer.Exit(code=130) from None
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
+    if as_json:
+        print_json({"dataset": name, **dataclasses.asdict(summary)})
+        return
     stats = (
         "-"
         if math.isnan(summary.mean_s)
@@ -417,33 +553,6 @@ def measure_silence(
             typer.echo(f"  ... and {summary.failed - len(shown)} more")
 
 
-@contextlib.contextmanager
-def _silence_progress() -> Iterator[Callable[[int, int, Any], None]]:
-    """A progress bar on stderr (videos done / total, failures); silent when not a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    failed = 0
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task("silence", total=None)
-
-        def update(done: int, total: int, result: Any) -> None:
-            nonlocal failed
-            failed += 0 if result.ok else 1
-            bar.update(task, completed=done, total=total, description=f"silence ({failed} failed)")
-
-        yield update
-
-
 ASD_NAMES = ("talknet", "sync")  # literal for a fast --help; a test checks the registry
 
 
@@ -460,20 +569,24 @@ def segment_dataset(
     asd: str | None = typer.Option(
         None,
         "--asd",
-        help=f"Active speaker detector: {' or '.join(ASD_NAMES)} (default: talknet when its "
-        "checkpoint is found, else sync, said on stderr).",
+        show_default="talknet when its checkpoint is found, else sync, said on stderr",
+        help=f"Active speaker detector: {' or '.join(ASD_NAMES)}.",
     ),
     checkpoint: str | None = typer.Option(
         None,
         "--checkpoint",
-        help="TalkNet checkpoint (default: pretrain_TalkSet.model in $FEATSTORE_CHECKPOINTS).",
+        show_default="pretrain_TalkSet.model in $FEATSTORE_CHECKPOINTS",
+        help="TalkNet checkpoint.",
     ),
     device: str = typer.Option("cpu", "--device", help="Device for TalkNet (cpu, cuda, cuda:N)."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Videos processed at once."),
     as_name: str | None = typer.Option(
-        None, "--as", help="Name of the segment dataset (default: NAME-segments)."
+        None, "--as", show_default="NAME-segments", help="Name of the segment dataset."
     ),
     max_problems: int = typer.Option(20, "--max-problems", help="Failures to print."),
+    progress_every_s: float = every_s_option(),
+    progress_every: int = every_items_option(),
+    as_json: bool = json_option("the summary (videos, segments, hours kept, drops, failures)"),
 ) -> None:
     """Cut a dataset's videos into single-speaker segments (paper Supp. C) as a new dataset.
 
@@ -495,7 +608,17 @@ def segment_dataset(
         target = as_name or f"{name}-segments"
         fs = open_store(store, mode="a")
         try:
-            with _segment_progress() as on_progress:
+            with progress(
+                f"segment {name}", every=Every(progress_every_s, progress_every)
+            ) as shown:
+                found = failed = 0
+
+                def on_progress(done: int, total: int, result: Any) -> None:
+                    nonlocal found, failed
+                    found += len(result.rows)
+                    failed += 0 if result.ok else 1
+                    shown.update(done, total, f"{found} segments, {failed} failed")
+
                 summary = build_segment_dataset(
                     fs,
                     name,
@@ -511,7 +634,10 @@ def segment_dataset(
                 err=True,
                 fg=typer.colors.YELLOW,
             )
-            raise typer.Exit(code=130) from None
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
+    if as_json:
+        print_json({"dataset": target, "source": name, **dataclasses.asdict(summary)})
+        return
     typer.echo(
         f"{target}: {summary.videos_in} videos in ({summary.processed} processed, "
         f"{summary.skipped} done before, {summary.failed} failed); "
@@ -547,36 +673,3 @@ def _default_asd(checkpoint: str | None) -> str:
         )
         return "sync"
     return "talknet"
-
-
-@contextlib.contextmanager
-def _segment_progress() -> Iterator[Callable[[int, int, Any], None]]:
-    """A progress bar on stderr (videos, segments found, failures); silent when not a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    found = failed = 0
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task("segment", total=None)
-
-        def update(done: int, total: int, result: Any) -> None:
-            nonlocal found, failed
-            found += len(result.rows)
-            failed += 0 if result.ok else 1
-            bar.update(
-                task,
-                completed=done,
-                total=total,
-                description=f"segment ({found} segments, {failed} failed)",
-            )
-
-        yield update

@@ -200,10 +200,14 @@ def convert_checkpoint(
         "--trust-checkpoint",
         help="Unpickle with full torch.load: runs any code in the file; only for files you trust.",
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print the directory written as JSON."),
 ) -> None:
     """Convert a pickled checkpoint into a safe, fast directory (later: --checkpoint DIR)."""
     with user_errors():
         from featstore.encoders.convert import convert_encoder
 
         path = convert_encoder(name, checkpoint, out, trust_checkpoint=trust_checkpoint)
+    if as_json:
+        typer.echo(json.dumps({"encoder": name, "checkpoint": str(path)}, indent=2))
+        return
     typer.echo(f"wrote {path} (load it with --checkpoint {path})")

@@ -29,7 +29,8 @@ def env_command(
         "--store",
         "-s",
         metavar="URL",
-        help=f"Check that this store answers (default: ${STORE_ENV}, when set).",
+        show_default=f"${STORE_ENV}, when set",
+        help="Check that this store answers.",
     ),
     devices: bool = typer.Option(
         True, "--devices/--no-devices", help="Look for CUDA / MPS devices (imports torch)."

@@ -5,9 +5,13 @@ Exit codes of ``featstore`` (README "Exit codes"):
 - 0: done;
 - 1: an error a user can cause (bad input, missing store, unknown dataset, ...),
   printed as one ``error: ...`` line;
-- 2: the command line itself does not parse (click's usage errors);
+- 2: the command line itself does not parse (an unknown option or command, a
+  missing or ill-typed value, an unknown encoder name, two options that
+  contradict each other), also printed as one ``error: ...`` line
+  (:class:`cli.group.FeatstoreGroup`); a group given no command prints its help;
 - 3: ``extract --fail-on-error`` finished but some videos failed;
-- 130: interrupted (Ctrl-C).
+- 130: interrupted (Ctrl-C); 143: ``featstore train`` stopped by SIGTERM (both save
+  the best-so-far run first, ``cli.train``).
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ import typer
 
 from featstore.errors import FeatstoreError
 
+EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_VIDEOS_FAILED = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # SIGTERM: `featstore train` saves its best-so-far run first
 
 
 def fail(message: str, *, code: int = EXIT_ERROR) -> NoReturn:

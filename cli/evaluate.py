@@ -14,7 +14,17 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.options import plot_file, plot_format_option, plot_suffix
+from cli.group import deprecated_aliases
+from cli.options import (
+    DATASET_ALIASES,
+    ON_DATASET,
+    dataset_name,
+    fakes_option,
+    plot_file,
+    plot_format_option,
+    plot_suffix,
+)
+from cli.output import json_option, print_json
 
 explain_app = typer.Typer(help="Explain a run's decisions on stored videos.", no_args_is_help=True)
 
@@ -23,11 +33,13 @@ STORE = typer.Option(
     "--store",
     "-s",
     metavar="URL",
-    help="Store location (default: the store the run was trained from, else $FEATSTORE_STORE).",
+    show_default="the store the run was trained from, else $FEATSTORE_STORE",
+    help="Store location.",
 )
 ON = typer.Option(
     ..., "--on", help="Videos to evaluate: NAME[@VIEW][:SPLIT] (bare NAME = its test split)."
 )
+FAKES = fakes_option()
 
 
 def _console() -> Any:
@@ -85,17 +97,22 @@ SEGMENT_METRICS = typer.Option(
 THRESHOLD = typer.Option(
     None,
     "--threshold",
+    show_default="the run's chosen one",
     help="Frame threshold of the segments: a number, or a name of the run's card (segment_f1, "
-    "real_videos: calibrated at training; paper: 0). Default: the run's chosen one.",
+    "real_videos: calibrated at training; paper: 0).",
 )
 SMOOTH_S = typer.Option(
-    None, "--smooth-s", min=0.0, help="Running-median window of frame scores, s (default: run's)."
+    None,
+    "--smooth-s",
+    min=0.0,
+    show_default="run's",
+    help="Running-median window of frame scores, s.",
 )
 MIN_SEGMENT_S = typer.Option(
-    None, "--min-segment-s", min=0.0, help="Drop shorter segments, s (default: run's)."
+    None, "--min-segment-s", min=0.0, show_default="run's", help="Drop shorter segments, s."
 )
 MERGE_GAP_S = typer.Option(
-    None, "--merge-gap-s", min=0.0, help="Merge segments this close, s (default: run's)."
+    None, "--merge-gap-s", min=0.0, show_default="run's", help="Merge segments this close, s."
 )
 CALIBRATE_ON = typer.Option(
     None,
@@ -120,17 +137,39 @@ def _num(value: Any, fmt: str = ".3f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def result_table(title: str, fakes: str, record: dict[str, Any] | None = None) -> Any:
+    """A Rich table of a command's numbers: its title kept on one line, the evaluation
+    filter as its caption."""
+    from rich.table import Table
+
+    return Table(title=title, caption=filter_text(fakes, record), min_width=len(title) + 4)
+
+
+def filter_text(fakes: str, record: dict[str, Any] | None = None) -> str:
+    """The evaluation filter as printed under every command's numbers: what it keeps, and
+    with its ``record`` (``trainers.evaluation_filter.FilterRecord``) what it left out."""
+    from trainers.evaluation_filter import describe
+
+    text = describe(fakes)
+    left = (record or {}).get("n_left_out") or 0
+    if left:
+        text += f" ({left} {'video' if left == 1 else 'videos'} left out)"
+    return text
+
+
 def localization_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """Table rows of the temporal AUC, the AP/AR (each labelled with its protocol), the
     segments at the frame threshold, the length bias and the videos left out."""
     rows = []
     temporal = metrics.get("temporal")
     if temporal:
-        fakes = temporal.get("fakes", metrics.get("fakes", ""))
+        from trainers.evaluation_filter import recorded_fakes
+
+        fakes = recorded_fakes(temporal if "fakes" in temporal else metrics)
         rows.append(
             (
                 "temporal AUC %",
-                f"{_pct(temporal['mean'])} ({temporal['n_videos']} fake videos, {fakes})",
+                f"{_pct(temporal['mean'])} ({temporal['n_videos']} fake videos, filter {fakes})",
             )
         )
     localization = metrics.get("localization") or {}
@@ -138,6 +177,8 @@ def localization_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     for key, value in localization.items():
         if key.startswith(("AP@", "AR@")):
             rows.append((f"{key} % ({semantics})", _pct(value)))
+    if localization:
+        rows.append(("AP/AR videos", f"{localization['n_videos']}"))
     frame = metrics.get("frame_threshold") or {}
     at = metrics.get("at_threshold")
     if frame:
@@ -186,6 +227,7 @@ def localization_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+@deprecated_aliases({"--all-fakes": "--fakes=all"})
 def eval_command(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     store: str | None = STORE,
@@ -198,22 +240,22 @@ def eval_command(
     windows: bool = typer.Option(
         False,
         "--windows",
+        show_default="whole clips, as the paper",
         help="Score videos longer than the run's training clips in windows of that length, "
-        "the video score their maximum (default: whole clips, as the paper).",
+        "the video score their maximum.",
     ),
     allow_missing: bool = typer.Option(
         False, "--allow-missing", help="Skip videos without features."
     ),
-    all_fakes: bool = typer.Option(
-        False,
-        "--all-fakes",
-        help="Count every fake in AUC/AP and the temporal AUC (default: the paper's filter, "
-        "both modalities faked).",
-    ),
+    fakes: str = FAKES,
     segment_metrics: str = SEGMENT_METRICS,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
-    """AUC / AP / EER (and temporal / segment metrics); writes metrics.json and predictions."""
+    """AUC / AP / EER (and temporal / segment metrics); writes metrics.json and predictions.
+
+    The result is stored under its selection and filter, so --fakes paper and
+    --fakes all keep one entry each.
+    """
     with user_errors():
         from trainers.evaluate import evaluate
         from trainers.segments import check_semantics
@@ -229,16 +271,17 @@ def eval_command(
             merge_gap_s=merge_gap_s,
             windows=windows,
             allow_missing=allow_missing,
-            all_fakes=all_fakes,
+            fakes=fakes,
             segment_metrics=check_semantics(segment_metrics),
         )
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return
-    from rich.table import Table
 
     b = metrics["binary"]
-    table = Table(title=f"{run_dir} on {metrics['selection']}")
+    table = result_table(
+        f"{run_dir} on {metrics['selection']}", metrics["fakes"], metrics["filter"]
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("videos (real / fake)", f"{b['n']} ({b['n_real']} / {b['n_fake']})")
@@ -264,22 +307,32 @@ def fuse_command(
     calibrate: str | None = CALIBRATE_ON,
     no_calibration: bool = NO_CALIBRATION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
+    fakes: str = FAKES,
+    as_json: bool = json_option("every member's and the fusion's metrics"),
 ) -> None:
     """Late fusion (average of probabilities): every member and the fusion on the same videos.
 
-    With --out, the fusion run's frame threshold is calibrated on --calibrate-on (default:
-    the validation selection its members share, if they do).
+    With --out, the fusion run's frame threshold is calibrated on --calibrate-on, or else
+    on the validation selection its members share, if they do.
     """
     with user_errors():
         from trainers.evaluate import fuse
 
         result = fuse(
             run_dirs, _open(store, run_dirs), on, out=out, how=how, ci=ci, overwrite=overwrite,
-            calibrate_on=calibrate_on(calibrate, no_calibration),
+            calibrate_on=calibrate_on(calibrate, no_calibration), fakes=fakes,
         )  # fmt: skip
-    from rich.table import Table
+    if as_json:
+        print_json(result)
+        return
 
-    table = Table(title=f"late fusion on {result['selection']} ({result['n_evaluated']} videos)")
+    f = result["filter"]
+    table = result_table(
+        f"late fusion on {result['selection']} ({result['n_evaluated']} videos: "
+        f"{f['n_real']} real / {f['n_fake']} fake)",
+        result["fakes"],
+        f,
+    )
     for col in ("model", "AUC %", "AP %", "EER %"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in [*result["members"].items(), ("fused", result["fused"])]:
@@ -303,6 +356,8 @@ def correlate_command(
     ),
     metric: str = typer.Option("auc", "--metric", help="auc or ap, for the relative improvement."),
     plot_format: str | None = plot_format_option(),
+    fakes: str = FAKES,
+    as_json: bool = json_option("the correlations, the improvements and the files written"),
 ) -> None:
     """Pearson correlation of the runs' predictions and pairwise-fusion improvement (Fig. 5)."""
     with user_errors():
@@ -315,8 +370,11 @@ def correlate_command(
             out_dir=out,
             metric=metric,
             plot_format=plot_suffix(plot_format),
+            fakes=fakes,
         )
-    from rich.table import Table
+    if as_json:
+        print_json({**result, "out": str(out)})
+        return
 
     names = result["names"]
     for title, key, fmt in (
@@ -327,7 +385,12 @@ def correlate_command(
             "{:+.1f}",
         ),
     ):
-        table = Table(title=f"{title} ({result['selection']}, {result['n']} videos)")
+        table = result_table(
+            f"{title} ({result['selection']}, {result['n']} videos: "
+            f"{result['n_real']} real / {result['n_fake']} fake)",
+            result["fakes"],
+            result["filter"],
+        )
         table.add_column("")
         for name in names:
             table.add_column(name, justify="right")
@@ -345,7 +408,22 @@ def correlate_command(
 def grid_command(
     config: Path = typer.Argument(..., help="Grid TOML file (see trainers.grid)."),
     epoch_every: int = typer.Option(
-        10, "--epoch-every", min=1, help="Print every N-th training epoch (1: all)."
+        10, "--epoch-every", min=1, metavar="N", help="Print every N-th training epoch (1: all)."
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Print no progress lines: only the tables."
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the grid (features, trains, tests, rows) and its files as JSON; progress "
+        "lines go to stderr.",
+    ),
+    fakes: str | None = fakes_option(
+        None,
+        help="Which videos count on every test set: paper (reals and the fakes with both "
+        "modalities manipulated, where the dataset says which) or all (every fake).",
+        show_default="each dataset's `fakes` in the TOML, paper unless set",
     ),
 ) -> None:
     """Train one probe per (feature, training dataset), test on every dataset, write the tables."""
@@ -355,34 +433,46 @@ def grid_command(
 
         cfg = load_config(config)
 
+        def say(text: str) -> None:
+            if not quiet:
+                typer.echo(text, err=as_json)
+
         def show(event: GridEvent) -> None:
             where = f"[{event.feature} | {event.train}]"
             if event.kind == "train":
-                typer.echo(f"{where} training -> {event.run_dir}")
+                say(f"{where} training -> {event.run_dir}")
             elif event.kind == "reuse":
-                typer.echo(f"{where} reusing complete run {event.run_dir}")
+                say(f"{where} reusing complete run {event.run_dir}")
             elif event.kind == "epoch" and (event.epoch.epoch % epoch_every == 0):
-                typer.echo(f"{where} {format_epoch(event.epoch)}")
+                say(f"{where} {format_epoch(event.epoch)}")
             elif event.kind == "result":
                 r = event.result
-                typer.echo(
-                    f"{where} test {event.test}: AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n}"
+                say(
+                    f"{where} test {event.test}: AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n} "
+                    f"({r.n_real} real / {r.n_fake} fake, filter {r.fakes})"
                 )
 
-        outcome = run_grid(cfg, on_event=show)
+        outcome = run_grid(cfg, on_event=show, fakes=fakes)
         from trainers.report import paper_grid
 
+    if as_json:
+        doc = json.loads(outcome.table.to_json())
+        doc["files"] = {name: str(path) for name, path in outcome.files.items()}
+        typer.echo(json.dumps(doc, indent=2))
+        return
     typer.echo(outcome.table.to_markdown())
+    typer.echo(outcome.table.filter_caption())
     typer.echo(paper_grid(outcome.table, "auc").to_markdown(bold_best=True))
     for name, path in outcome.files.items():
         typer.echo(f"{name}: {path}")
 
 
 @explain_app.command("temporal")
+@deprecated_aliases(DATASET_ALIASES)
 def explain_temporal_command(
     run_dir: Path = typer.Argument(..., help="Run directory of any kind."),
     store: str | None = STORE,
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset of the stored video."),
+    on: str = ON_DATASET,
     video: str = typer.Option(..., "--video", help="video_id in the dataset's manifest."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write the plot to this file (.png, .pdf or .svg)."
@@ -392,6 +482,7 @@ def explain_temporal_command(
     as_json: bool = typer.Option(False, "--json", help="Print the explanation as JSON."),
 ) -> None:
     """Per-frame scores of one stored video and the fake segments they imply (paper Fig. 3)."""
+    dataset = dataset_name(on)
     if out is not None:
         out = plot_file(out, plot_format)
     with user_errors():
@@ -425,4 +516,6 @@ def register(app: typer.Typer) -> None:
     app.command("fuse")(fuse_command)
     app.command("correlate")(correlate_command)
     app.command("grid")(grid_command)
-    app.add_typer(explain_app, name="explain")
+    from cli.group import FeatstoreGroup
+
+    app.add_typer(explain_app, name="explain", cls=FeatstoreGroup)

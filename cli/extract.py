@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import typer
 
 from cli.errors import EXIT_INTERRUPTED, EXIT_VIDEOS_FAILED, user_errors
+from cli.group import deprecated_aliases
 from cli.options import store_option
+from cli.progress import Every, every_items_option, every_s_option, progress
 from featstore.decode_limits import (
     DEFAULT_MAX_DECODED_BYTES,
     DEFAULT_MAX_FRAME_PIXELS,
@@ -66,6 +68,36 @@ def parse_options(items: Sequence[str], *, trust_checkpoint: bool = False) -> di
     return options
 
 
+def extract_selection(on: str, split: str | None = None) -> tuple[str, str | None]:
+    """``--on NAME[@VIEW][:SPLIT]`` as the extraction takes it: the dataset and
+    ``SPLIT``, ``@VIEW``, ``@VIEW:SPLIT`` or ``None`` (every video). ``split``: the
+    deprecated ``--split``, only with a bare NAME (it warns)."""
+    head, sep, split_text = on.strip().partition(":")
+    name, at, view = head.partition("@")
+    name, view, split_text = name.strip(), view.strip(), split_text.strip()
+    if not name or (sep and not split_text) or (at and not view) or "@" in view + split_text:
+        raise typer.BadParameter(
+            f"{on!r} is not NAME, NAME:SPLIT, NAME@VIEW or NAME@VIEW:SPLIT", param_hint="--on"
+        )
+    if split is not None:
+        if sep or at:
+            raise typer.BadParameter(
+                f"--on {on} already selects its videos; drop --split {split}", param_hint="--split"
+            )
+        typer.secho(
+            f"warning: --split is deprecated and will be removed: use --on {name}:{split}"
+            if not split.startswith("@")
+            else f"warning: --split is deprecated and will be removed: use --on {name}{split}",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+        return name, split
+    split_text = "" if split_text == "*" else split_text
+    if view:
+        return name, f"@{view}:{split_text}" if split_text else f"@{view}"
+    return name, split_text or None
+
+
 def decode_limits(
     max_duration_s: float, max_frame_pixels: int, max_decode_mb: float
 ) -> DecodeLimits:
@@ -77,16 +109,24 @@ def decode_limits(
     )
 
 
+@deprecated_aliases({"--dataset": "--on"})
 def extract_command(
     encoder: str = typer.Option(
         ...,
         "--encoder",
+        "-e",
         parser=_encoder_name,
         autocompletion=_complete_encoder,
         metavar="NAME",
         help="A registered encoder (featstore encoders list).",
     ),
-    dataset: str = typer.Option(..., "--dataset", help="Dataset name in the store."),
+    on: str = typer.Option(
+        ...,
+        "--on",
+        metavar="NAME[@VIEW][:SPLIT]",
+        help="Videos to extract: a dataset in the store, a view's or a split's videos "
+        "(bare NAME: every video of the dataset's default view, or of the dataset).",
+    ),
     store: str = store_option(),
     checkpoint: str | None = typer.Option(
         None, "--checkpoint", help="Local path or Hugging Face id in the local cache."
@@ -128,13 +168,10 @@ def extract_command(
         DEFAULT_NUM_WORKERS, "--num-workers", help="Decode threads (0: decode inline)."
     ),
     split: str | None = typer.Option(
-        None,
-        "--split",
-        help="Only these videos: SPLIT, @VIEW or @VIEW:SPLIT "
-        "(default: every video of the dataset's default view, or of the dataset).",
+        None, "--split", hidden=True, help="Deprecated: --on NAME:SPLIT or NAME@VIEW:SPLIT."
     ),
     limit: int | None = typer.Option(
-        None, "--limit", help="Only the first N videos (of the split)."
+        None, "--limit", "-n", help="Only the first N videos (of the selection)."
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print what would run and its store size; write nothing."
@@ -152,7 +189,8 @@ def extract_command(
     max_frame_pixels: int = typer.Option(
         DEFAULT_MAX_FRAME_PIXELS,
         "--max-frame-pixels",
-        help="A video whose frames have more pixels fails (default 3840x2160); 0: no limit.",
+        show_default="3840x2160",
+        help="A video whose frames have more pixels fails; 0: no limit.",
     ),
     max_decode_mb: float = typer.Option(
         DEFAULT_MAX_DECODED_BYTES / 2**20,
@@ -160,6 +198,14 @@ def extract_command(
         help="A video whose decoded frames + audio take more MiB fails (bounds the memory "
         "per video); 0: no limit.",
     ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the summary (or the --dry-run plan) as JSON on stdout; progress and the "
+        "failures' reasons stay on stderr.",
+    ),
+    progress_every_s: float = every_s_option(),
+    progress_every: int = every_items_option(),
     fail_on_error: bool = typer.Option(
         False,
         "--fail-on-error",
@@ -177,6 +223,7 @@ def extract_command(
     from featstore.extract import extract, plan_extraction
 
     options = parse_options(option, trust_checkpoint=trust_checkpoint)
+    dataset, split = extract_selection(on, split)
     with user_errors():
         limits = decode_limits(max_duration_s, max_frame_pixels, max_decode_mb)
         if dry_run:
@@ -194,11 +241,21 @@ def extract_command(
                 encoder_options=options,
                 decode_limits=limits,
             )
-            _print_plan(plan)
+            if as_json:
+                typer.echo(json.dumps(_plan_dict(plan), indent=2))
+            else:
+                _print_plan(plan)
             return
         started_ns = time.time_ns()
+        label = f"extract {_label(encoder, store_as)} on {on}"
+        every = Every(seconds=progress_every_s, items=progress_every)
         try:
-            with _progress_bar() as on_progress:
+            with progress(label, every=every) as shown:
+
+                def on_progress(p: Any) -> None:
+                    detail = f"{p.videos_failed} failed, {p.frames_per_s:.0f} frames/s"
+                    shown.update(p.videos_finished, p.videos_total, detail)
+
                 summary = extract(
                     store,
                     dataset=dataset,
@@ -226,16 +283,32 @@ def extract_command(
                 fg=typer.colors.YELLOW,
             )
             raise typer.Exit(code=EXIT_INTERRUPTED) from None
-    typer.echo(
-        f"{_label(encoder, store_as)} on {dataset}: {summary.videos_done} videos extracted, "
-        f"{summary.videos_skipped} already in the store, {summary.videos_failed} failed; "
-        f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.frames_per_s:.1f} frames/s); "
-        f"{format_bytes(summary.bytes_written)} written in {summary.parts_written} parts"
-    )
+    if not as_json:
+        typer.echo(
+            f"{_label(encoder, store_as)} on {dataset}: {summary.videos_done} videos extracted, "
+            f"{summary.videos_skipped} already in the store, {summary.videos_failed} failed; "
+            f"{summary.frames} frames in {summary.seconds:.1f} s "
+            f"({summary.frames_per_s:.1f} frames/s); "
+            f"{format_bytes(summary.bytes_written)} written in {summary.parts_written} parts"
+        )
+    report = None
     if summary.videos_failed:
-        _print_failures(store, dataset, store_as or encoder, summary.videos_failed, started_ns)
-        if fail_on_error:
-            raise typer.Exit(code=EXIT_VIDEOS_FAILED)
+        report = _print_failures(
+            store, dataset, store_as or encoder, summary.videos_failed, started_ns
+        )
+    if as_json:
+        doc = {
+            "dataset": dataset,
+            "selection": on,
+            "encoder": store_as or encoder,
+            "source_encoder": encoder,
+            **dataclasses.asdict(summary),
+            "frames_per_s": summary.frames_per_s,
+            "failure_groups": [] if report is None else report.to_dict()["groups"],
+        }
+        typer.echo(json.dumps(doc, indent=2))
+    if summary.videos_failed and fail_on_error:
+        raise typer.Exit(code=EXIT_VIDEOS_FAILED)
 
 
 # Failure records carry their writer's clock: allow for workers whose clock is behind.
@@ -243,9 +316,12 @@ _CLOCK_SLACK_NS = 60 * 10**9
 _REASONS_SHOWN = 5
 
 
-def _print_failures(store: str, dataset: str, encoder: str, failed: int, started_ns: int) -> None:
+def _print_failures(
+    store: str, dataset: str, encoder: str, failed: int, started_ns: int
+) -> Any | None:
     """The most common reasons of this run's failures, a few videos each, and the
-    command that lists them all (on stderr, after the summary line)."""
+    command that lists them all (on stderr, after the summary line); returns the
+    :class:`featstore.failures.FailureReport` (None when unreadable)."""
     import shlex
 
     from featstore.errors import FeatstoreError
@@ -281,11 +357,38 @@ def _print_failures(store: str, dataset: str, encoder: str, failed: int, started
         if rest > 0:
             say(f"  ... and {rest} other error types")
     say(f"all of them: {listing}")
+    return report
 
 
 def _label(encoder: str, store_as: str | None) -> str:
     """``clip-random (clip)`` when stored under another name, else ``clip``."""
     return f"{store_as} ({encoder})" if store_as and store_as != encoder else encoder
+
+
+def _plan_dict(plan: Any) -> dict[str, Any]:
+    """``extract --dry-run --json``: the plan without its list of videos."""
+    from featstore.layout import layer_key
+
+    return {
+        "dry_run": True,
+        "dataset": plan.dataset,
+        "encoder": plan.stored_name,
+        "source_encoder": plan.encoder,
+        "checkpoint": plan.checkpoint,
+        "frame_hz": plan.frame_hz,
+        "dtype": plan.dtype,
+        "videos_selected": plan.videos_selected,
+        "videos_skipped": plan.videos_skipped,
+        "videos_to_run": plan.videos_to_run,
+        "frames": plan.frames,
+        "unknown_duration": plan.unknown_duration,
+        "layers": [
+            {"layer": layer_key(e.layer), "dim": e.dim, "rows": e.rows, "bytes": e.bytes}
+            for e in plan.layers
+        ],
+        "bytes_total": plan.bytes_total,
+        "warnings": list(plan.warnings),
+    }
 
 
 def _print_plan(plan: Any) -> None:
@@ -309,41 +412,3 @@ def _print_plan(plan: Any) -> None:
     console.print(table)
     for warning in plan.warnings:
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
-
-
-@contextlib.contextmanager
-def _progress_bar() -> Iterator[Callable[[Any], None]]:
-    """A bar on stderr with videos/s, frames/s, failures and ETA; silent when not a terminal."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rates]}"),
-        TextColumn("[red]{task.fields[failed]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task("extract", total=None, rates="", failed="")
-
-        def update(p: Any) -> None:
-            bar.update(
-                task,
-                completed=p.videos_finished,
-                total=p.videos_total,
-                rates=f"{p.videos_per_s:.1f} videos/s {p.frames_per_s:.0f} frames/s",
-                failed=f"{p.videos_failed} failed" if p.videos_failed else "",
-            )
-
-        yield update

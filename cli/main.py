@@ -22,24 +22,32 @@ from cli import store as store_cmd
 from cli import sync as sync_cmd
 from cli import train as train_cmd
 from cli.extract import extract_command
+from cli.group import FeatstoreGroup
 from cli.serve import serve_command
 from featstore import __version__
 
+# Help is plain text (rich_markup_mode=None): Rich markup would eat "[@VIEW]" in
+# "NAME[@VIEW][:SPLIT]", and click's plain layout shows flags as flags.
 app = typer.Typer(
     name="featstore",
     help="Feature store of self-supervised embeddings for audio-visual deepfake detection.",
+    cls=FeatstoreGroup,
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-app.add_typer(store_cmd.app, name="store")
-app.add_typer(datasets_cmd.app, name="datasets")
-app.add_typer(encoders_cmd.app, name="encoders")
-app.add_typer(media_cmd.app, name="media")
-app.add_typer(sample_cmd.app, name="sample")
-app.add_typer(train_cmd.app, name="train")
-app.add_typer(asd_cmd.app, name="asd")
-app.add_typer(report_cmd.app, name="report")
+for _name, _group in (
+    ("store", store_cmd.app),
+    ("datasets", datasets_cmd.app),
+    ("encoders", encoders_cmd.app),
+    ("media", media_cmd.app),
+    ("sample", sample_cmd.app),
+    ("train", train_cmd.app),
+    ("asd", asd_cmd.app),
+    ("report", report_cmd.app),
+):
+    app.add_typer(_group, name=_name, cls=FeatstoreGroup)
 evaluate_cmd.register(app)
 spatial_cmd.register(evaluate_cmd.explain_app)
 sync_cmd.register(app)
@@ -59,15 +67,32 @@ def main(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at debug level."),
+    verbose: int = typer.Option(
+        0,
+        "--verbose",
+        "-v",
+        count=True,
+        show_default=False,
+        help="-v: featstore's debug messages; -vv: other libraries' too.",
+    ),
 ) -> None:
     """featstore: extract once, train cheap detectors, score over HTTP."""
+    configure_logging(verbose)
+
+
+# The project's own loggers: -v opens these, -vv every library's.
+OWN_LOGGERS = ("featstore", "trainers", "api", "cli")
+
+
+def configure_logging(verbose: int) -> None:
+    """Warnings only by default; ``-v``: DEBUG for the project's loggers; ``-vv``: DEBUG
+    for every logger (torch, urllib3, fsspec, ...)."""
     import logging
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 1 else logging.NOTSET)
 
 
 if __name__ == "__main__":  # pragma: no cover

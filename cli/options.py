@@ -1,4 +1,4 @@
-"""Options many commands share, declared once: the store and the plot format.
+"""Options many commands share, declared once: the store, the plot format, the filter.
 
 **The store.** Every command that reads or writes a store takes it as
 ``--store URL`` (or, for ``featstore store ...``, as the positional ``URL``);
@@ -14,9 +14,14 @@ A command that writes into a directory uses it as the files' suffix
 from that file's suffix, and ``--format`` then must agree with it (or adds the
 suffix when the name has none): :func:`plot_file`.
 
-Only typer and the standard library are imported here, so every command
-module can use it without slowing ``featstore --help``. (Typer carries its own
-copy of click: contexts and parameters are typer's, never the click package's.)
+**The evaluation filter.** Every command that computes a metric takes
+``--fakes paper|all`` (:func:`fakes_option`): ``paper`` (the default) counts
+reals and the fakes with both modalities manipulated where the dataset says
+which, ``all`` every fake.
+
+Only typer and the standard library are imported here (the filter's check is
+imported when a command runs), so every command module can use it without
+slowing ``featstore --help``. (Typer carries its own copy of click: contexts and parameters are typer's, never the click package's.)
 """
 
 from __future__ import annotations
@@ -34,10 +39,14 @@ STORE_ENV = "FEATSTORE_STORE"
 PLOT_FORMATS = ("png", "pdf", "svg")
 
 __all__ = [
+    "DATASET_ALIASES",
+    "ON_DATASET",
     "PLOT_FORMATS",
     "STORE_ENV",
     "complete_features",
+    "dataset_name",
     "env_store",
+    "fakes_option",
     "fallback_store",
     "plot_file",
     "plot_format_option",
@@ -142,6 +151,30 @@ def shift_store(
     return store, others
 
 
+# ------------------------------------------------------------------ the videos a command reads
+
+# ``--on`` names the videos a command works on, everywhere: ``NAME[@VIEW][:SPLIT]``.
+# Commands about stored videos picked one by one (``--video ID``) take the dataset
+# alone; ``--dataset``/``-d`` were their old spelling (deprecated, still accepted).
+DATASET_ALIASES = {"--dataset": "--on", "-d": "--on"}
+ON_DATASET = typer.Option(
+    ...,
+    "--on",
+    metavar="NAME",
+    help="Dataset of the stored video(s) (--video picks them).",
+)
+
+
+def dataset_name(on: str) -> str:
+    """``--on NAME`` of a command whose ``--video`` picks the videos: a bare dataset name."""
+    name = on.strip()
+    if not name or any(c in name for c in "@:/"):
+        raise typer.BadParameter(
+            f"{on!r}: give the dataset NAME alone (--video picks the videos)", param_hint="--on"
+        )
+    return name
+
+
 # ------------------------------------------------------------------ completion
 
 
@@ -180,7 +213,8 @@ def plot_format_option() -> Any:
         "--format",
         metavar="png|pdf|svg",
         autocompletion=_complete_format,
-        help="Plot file format (default: the --out file's suffix, else png).",
+        show_default="the --out file's suffix, else png",
+        help="Plot file format.",
     )
 
 
@@ -200,3 +234,43 @@ def plot_file(out: Path, fmt: str | None) -> Path:
     if fmt is not None and fmt != suffix:
         fail(f"--format {fmt} disagrees with the suffix of {str(out)!r}")
     return out
+
+
+# --------------------------------------------------------- evaluation filter
+
+
+def _check_fakes(value: str | None) -> str | None:
+    from trainers.evaluation_filter import FilterError, check_fakes
+
+    if value is None:
+        return None
+    try:
+        return check_fakes(value)
+    except FilterError as exc:
+        fail(str(exc))
+
+
+def _complete_fakes(incomplete: str) -> list[str]:
+    return [f for f in ("paper", "all") if f.startswith(incomplete)]
+
+
+FAKES_HELP = (
+    "Which videos count: paper (reals and the fakes with both modalities manipulated, where "
+    "the dataset says which, as the paper evaluates) or all (every fake)."
+)
+
+
+def fakes_option(
+    default: str | None = "paper", help: str = FAKES_HELP, show_default: bool | str = True
+) -> Any:
+    """``--fakes paper|all``: the evaluation filter, one name and one meaning on every
+    command that computes a metric (``trainers.evaluation_filter`` decides it)."""
+    return typer.Option(
+        default,
+        "--fakes",
+        metavar="paper|all",
+        callback=_check_fakes,
+        autocompletion=_complete_fakes,
+        show_default=show_default,
+        help=help,
+    )

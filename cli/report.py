@@ -13,7 +13,17 @@ from typing import Any
 import typer
 
 from cli.errors import user_errors
-from cli.options import plot_file, plot_format_option, store_option
+from cli.group import deprecated_aliases
+from cli.options import (
+    DATASET_ALIASES,
+    ON_DATASET,
+    dataset_name,
+    fakes_option,
+    plot_file,
+    plot_format_option,
+    store_option,
+)
+from cli.output import json_option, print_json
 
 app = typer.Typer(
     help="The paper's tables and figures: Tab. 6, Fig. 2, Fig. 3.", no_args_is_help=True
@@ -33,12 +43,16 @@ def _store(url: str) -> Any:
 
 
 @app.command("table6")
+@deprecated_aliases({"--all-fakes": "--fakes=all"})
 def table6_command(
     store: str = STORE,
     audio: str = typer.Option(..., "--audio", help="Audio feature ENCODER[:LAYER]."),
     visual: str = typer.Option(..., "--visual", help="Visual feature ENCODER[:LAYER]."),
     on: list[str] = typer.Option(
-        ..., "--on", help="Test set NAME[:SPLIT] (bare NAME = its test split); repeat per column."
+        ...,
+        "--on",
+        metavar="NAME[:SPLIT]",
+        help="Test set NAME[:SPLIT] (bare NAME = its test split); repeat per column.",
     ),
     shifts: str = typer.Option(
         "0,15", "--shifts", help="Shift windows D (frames), comma-separated."
@@ -49,15 +63,13 @@ def table6_command(
     padding: str | None = typer.Option(
         None,
         "--padding",
-        help="zero or exclude for every pool (default: mean zero, as SpeechForensics; others "
-        "exclude).",
+        show_default="zero for the mean pool, as SpeechForensics; exclude for the others",
+        help="zero or exclude for every pool.",
     ),
     frame_hz: float | None = typer.Option(
         None, "--frame-hz", help="Resample both streams to this rate (when the rates differ)."
     ),
-    all_fakes: bool = typer.Option(
-        False, "--all-fakes", help="Count every fake (default: the paper's evaluation filter)."
-    ),
+    fakes: str = fakes_option(),
     allow_missing: bool = typer.Option(
         False, "--allow-missing", help="Skip videos without both features."
     ),
@@ -92,7 +104,7 @@ def table6_command(
             pools=pool_list,
             padding=padding,
             frame_hz=frame_hz,
-            all_fakes=all_fakes,
+            fakes=fakes,
             allow_missing=allow_missing,
             on_selection=show,
         )
@@ -100,6 +112,9 @@ def table6_command(
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
+    from cli.evaluate import filter_text
+
+    typer.echo(filter_text(result.settings["fakes"]))
     for metric in ("auc", "ap"):
         typer.echo("")
         typer.echo(result.table(metric).to_markdown(bold_best=True), nl=False)
@@ -114,12 +129,21 @@ def fig2_command(
         ..., "--on", help="The test set whose stored metrics to plot: NAME[:SPLIT]."
     ),
     label: list[str] | None = typer.Option(
-        None, "--label", help="Bar label per run, in order (default: the run directory names)."
+        None,
+        "--label",
+        metavar="TEXT",
+        show_default="the run directory names",
+        help="Bar label per run, in order.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Figure file: .png, .pdf or .svg."),
     plot_format: str | None = plot_format_option(),
     width: float = WIDTH,
     caption: bool = CAPTION,
+    fakes: str = fakes_option(
+        help="Which stored results to plot: those of `eval --fakes paper` (reals and the fakes "
+        "with both modalities manipulated, where the dataset says which) or `--fakes all`."
+    ),
+    as_json: bool = json_option("the bars, the caption and the files written"),
 ) -> None:
     """Paper Fig. 2: temporal localization AUC (solid) beside video AUC (hatched) per run."""
     out = plot_file(out, plot_format)
@@ -135,12 +159,30 @@ def fig2_command(
         )
 
         selection = str(Selection.parse(on, default_split="test"))
-        bars = localization_bars(runs, selection, labels=label or None)
+        bars = localization_bars(runs, selection, labels=label or None, fakes=fakes)
         path = localization_figure(bars, out, selection=selection, width_in=width, caption=caption)
         text = localization_caption(bars, selection)
         data = write_json(
-            path, {"selection": selection, "caption": text, "bars": [asdict(b) for b in bars]}
+            path,
+            {
+                "selection": selection,
+                "fakes": fakes,
+                "caption": text,
+                "bars": [asdict(b) for b in bars],
+            },
         )
+    if as_json:
+        print_json(
+            {
+                "selection": selection,
+                "fakes": fakes,
+                "caption": text,
+                "bars": bars,
+                "figure": path,
+                "data": data,
+            }
+        )
+        return
     for b in bars:
         typer.echo(
             f"{b.label:<24} {b.modality:<12} localization {100 * b.temporal_auc:5.1f}  "
@@ -151,6 +193,7 @@ def fig2_command(
 
 
 @app.command("fig3")
+@deprecated_aliases(DATASET_ALIASES)
 def fig3_command(
     run: Path = typer.Argument(..., help="Run directory with per-frame scores."),
     store: str | None = typer.Option(
@@ -158,23 +201,26 @@ def fig3_command(
         "--store",
         "-s",
         metavar="URL",
-        help="Store location (default: the store the run records, else $FEATSTORE_STORE).",
+        show_default="the store the run records, else $FEATSTORE_STORE",
+        help="Store location.",
     ),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset of the stored video."),
+    on: str = ON_DATASET,
     video: str = typer.Option(..., "--video", help="video_id in the dataset's manifest."),
     at: str | None = typer.Option(
         None,
         "--at",
-        help="Times (s) of the frames to show, comma-separated (default: the highest- and "
-        "lowest-scoring frames and the middle one).",
+        show_default="the highest- and lowest-scoring frames and the middle one",
+        help="Times (s) of the frames to show, comma-separated.",
     ),
     threshold: float = typer.Option(0.0, "--threshold", help="Decision threshold on the score."),
     out: Path = typer.Option(..., "--out", "-o", help="Figure file: .png, .pdf or .svg."),
     plot_format: str | None = plot_format_option(),
     width: float = WIDTH,
     caption: bool = CAPTION,
+    as_json: bool = json_option("the caption and the files written"),
 ) -> None:
     """Paper Fig. 3: a video's score curve, its Mel spectrogram and frames under it."""
+    dataset = dataset_name(on)
     out = plot_file(out, plot_format)
     with user_errors():
         from cli.evaluate import open_run_store
@@ -190,5 +236,8 @@ def fig3_command(
         )
         path = score_figure(data, out, width_in=width, caption=caption)
         sidecar = write_json(path, {"caption": video_caption(data), **data.to_dict()})
+    if as_json:
+        print_json({"caption": video_caption(data), "figure": path, "data": sidecar})
+        return
     typer.echo(video_caption(data))
     typer.echo(f"figure: {path}\ndata: {sidecar}")

@@ -11,7 +11,11 @@ from cli.options import store_option
 def serve_command(
     store: str = store_option("Store location (opened read-only)."),
     run: list[str] = typer.Option(
-        ..., "--run", "-r", help="Run directory, or NAME=DIR (repeat for several runs)."
+        ...,
+        "--run",
+        "-r",
+        metavar="[NAME=]DIR",
+        help="Run directory, or NAME=DIR (repeat for several runs).",
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
@@ -29,6 +33,7 @@ def serve_command(
     checkpoint: list[str] = typer.Option(
         [],
         "--checkpoint",
+        metavar="ENCODER=PATH",
         help="ENCODER=PATH: load this checkpoint instead of the one the run recorded.",
     ),
     max_batch: int = typer.Option(
@@ -52,13 +57,14 @@ def serve_command(
     asd: str | None = typer.Option(
         None,
         "--asd",
-        help="Active speaker detector that segments uploads (?segment=true): talknet or sync "
-        "(default: talknet when its checkpoint is found, else sync).",
+        show_default="talknet when its checkpoint is found, else sync",
+        help="Active speaker detector that segments uploads (?segment=true): talknet or sync.",
     ),
     asd_checkpoint: str | None = typer.Option(
         None,
         "--asd-checkpoint",
-        help="TalkNet checkpoint (default: pretrain_TalkSet.model in $FEATSTORE_CHECKPOINTS).",
+        show_default="pretrain_TalkSet.model in $FEATSTORE_CHECKPOINTS",
+        help="TalkNet checkpoint.",
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:

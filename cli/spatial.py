@@ -14,23 +14,29 @@ from pathlib import Path
 import typer
 
 from cli.errors import user_errors
+from cli.group import deprecated_aliases
+from cli.options import DATASET_ALIASES, ON_DATASET, dataset_name
 
 STORE = typer.Option(
     None,
     "--store",
     "-s",
     metavar="URL",
-    help="Store location (default: the store the run was trained from, else $FEATSTORE_STORE).",
+    show_default="the store the run was trained from, else $FEATSTORE_STORE",
+    help="Store location.",
 )
 DEVICE = typer.Option("cpu", "--device", help="Where the encoder runs (cpu, cuda, cuda:N).")
 CHECKPOINT = typer.Option(
-    None, "--checkpoint", help="The encoder's checkpoint (default: the one the run records)."
+    None, "--checkpoint", show_default="the one the run records", help="The encoder's checkpoint."
 )
 OPTION = typer.Option(
-    [], "--option", help="An encoder loader option KEY=VALUE (repeatable), as for extract."
+    [],
+    "--option",
+    metavar="KEY=VALUE",
+    help="An encoder loader option KEY=VALUE (repeatable), as for extract.",
 )
 MEDIA_ROOT = typer.Option(
-    None, "--media-root", help="Where the dataset's videos are (default: the root at import)."
+    None, "--media-root", show_default="the root at import", help="Where the dataset's videos are."
 )
 
 
@@ -45,12 +51,16 @@ def _frames(text: str) -> str | list[int]:
         ) from None
 
 
+@deprecated_aliases(DATASET_ALIASES)
 def spatial_command(
     run_dir: Path = typer.Argument(..., help="Run directory of a probe on one visual feature."),
     store: str | None = STORE,
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset of the stored videos."),
+    on: str = ON_DATASET,
     video: list[str] = typer.Option(
-        ..., "--video", help="video_id in the manifest (repeatable; a contact sheet shows all)."
+        ...,
+        "--video",
+        metavar="ID",
+        help="video_id in the manifest (repeatable; a contact sheet shows all).",
     ),
     frames: str = typer.Option(
         "top",
@@ -69,6 +79,7 @@ def spatial_command(
     from cli.evaluate import _open
     from cli.extract import parse_options
 
+    dataset = dataset_name(on)
     chosen = _frames(frames)
     options = parse_options(option)
     with user_errors():
@@ -108,19 +119,28 @@ def clicks_command(
         "exddv:test", "--on", help="Videos with clicks: NAME[@VIEW][:SPLIT] (ExDDV's manifest)."
     ),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output directory (default: RUN_DIR/clicks-NAME-SPLIT)."
+        None, "--out", "-o", show_default="RUN_DIR/clicks-NAME-SPLIT", help="Output directory."
     ),
     predictions: list[Path] = typer.Option(
-        [], "--predictions", help="CSV of video_id,frame,x,y: an extra baseline (repeatable)."
+        [],
+        "--predictions",
+        metavar="CSV",
+        help="CSV of video_id,frame,x,y: an extra baseline (repeatable).",
     ),
     coords: str = typer.Option(
         "frame", "--coords", help="Clicks relative to the frame, or to ExDDV's tool (exddv-tool)."
     ),
     click_fps: float | None = typer.Option(
-        None, "--click-fps", help="Frame rate of the click frame indices (default: each file's)."
+        None,
+        "--click-fps",
+        show_default="each file's",
+        help="Frame rate of the click frame indices.",
     ),
     thresholds: str | None = typer.Option(
-        None, "--thresholds", help="Minimum scores of the curve, e.g. 0,0.5,0.9 (default 0..0.95)."
+        None,
+        "--thresholds",
+        show_default="0..0.95",
+        help="Minimum scores of the curve, e.g. 0,0.5,0.9.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random-position baseline."),
     track_faces: bool = typer.Option(

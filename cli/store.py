@@ -5,23 +5,24 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import typer
 
 from cli.errors import fail, user_errors
 from cli.options import STORE_ENV, shift_store
+from cli.output import json_option, print_json
+from cli.progress import progress
 
 app = typer.Typer(help="Inspect and maintain a feature store.", no_args_is_help=True)
 
 URL = typer.Argument(
     None,
     metavar="[URL]",
-    show_default=False,
-    help=f"Store location: a local path or an fsspec URL (s3://...); default ${STORE_ENV}.",
+    show_default=f"${STORE_ENV}",
+    help="Store location: a local path or an fsspec URL (s3://...).",
 )
 
 
@@ -42,30 +43,6 @@ def _console() -> Any:
     return console
 
 
-@contextlib.contextmanager
-def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar on stderr fed by ``callback(done, total)``; silent when not a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
-
-
 @app.command()
 def info(
     url: str = URL,
@@ -80,8 +57,6 @@ def info(
 
         summary = summarize(open_store(url, mode="r"), dataset)
     if as_json:
-        import dataclasses
-
         typer.echo(json.dumps(dataclasses.asdict(summary), indent=2, default=str))
         return
     from rich.table import Table
@@ -202,6 +177,7 @@ def ls(
     encoder: str | None = typer.Argument(None, help="List this encoder's videos."),
     layer: str | None = typer.Option(None, "--layer", "-l", help="Layer for the video listing."),
     limit: int = typer.Option(50, "--limit", "-n", help="At most this many videos (0 = all)."),
+    as_json: bool = json_option("the listing (datasets, encoders or videos)"),
 ) -> None:
     """List datasets, a dataset's encoders, or an encoder's videos."""
     url, (dataset, encoder) = shift_store(
@@ -212,23 +188,53 @@ def ls(
 
         store = open_store(url, mode="r")
         if dataset is None:
-            for name in store.datasets():
-                encs = store.encoders(name)
+            found = [(name, store.encoders(name)) for name in store.datasets()]
+            if as_json:
+                print_json({"datasets": [{"name": n, "encoders": e} for n, e in found]})
+                return
+            for name, encs in found:
                 typer.echo(f"{name}\t{len(encs)} encoders: {', '.join(encs) or '-'}")
             return
         if encoder is None:
-            for name in store.encoders(dataset):
-                state_layers = store.layers(dataset, name)
-                info = store.encoder_info(dataset, name)
+            rows = [
+                (name, store.encoder_info(dataset, name).frame_hz, store.layers(dataset, name))
+                for name in store.encoders(dataset)
+            ]
+            if as_json:
+                print_json(
+                    {
+                        "dataset": dataset,
+                        "encoders": [
+                            {"name": n, "frame_hz": hz, "layers": [str(x) for x in layers]}
+                            for n, hz, layers in rows
+                        ],
+                    }
+                )
+                return
+            for name, hz, state_layers in rows:
                 layers = ", ".join(str(x) for x in state_layers) or "-"
-                typer.echo(f"{name}\t{info.frame_hz:g} Hz\tlayers: {layers}")
+                typer.echo(f"{name}\t{hz:g} Hz\tlayers: {layers}")
             return
         layers = store.layers(dataset, encoder)
         chosen = layer if layer is not None else (layers[-1] if layers else "last")
         ids = store.video_ids(dataset, encoder, chosen)
         shown = ids if limit <= 0 else ids[:limit]
-        for vid in shown:
-            loc = store.locate(dataset, encoder, vid, chosen)
+        locations = [(vid, store.locate(dataset, encoder, vid, chosen)) for vid in shown]
+        if as_json:
+            print_json(
+                {
+                    "dataset": dataset,
+                    "encoder": encoder,
+                    "layer": str(chosen),
+                    "total": len(ids),
+                    "videos": [
+                        {"video_id": v, "n_frames": loc.n_frames, "part": loc.part_id}
+                        for v, loc in locations
+                    ],
+                }
+            )
+            return
+        for vid, loc in locations:
             typer.echo(f"{vid}\t{loc.n_frames} frames\tpart {loc.part_id}")
         if len(shown) < len(ids):
             typer.echo(f"... {len(ids) - len(shown)} more (use --limit 0)")
@@ -240,6 +246,7 @@ def verify(
     dataset: str | None = typer.Option(None, "--dataset", "-d"),
     encoder: str | None = typer.Option(None, "--encoder", "-e"),
     no_checksums: bool = typer.Option(False, "--no-checksums", help="Check shapes only (fast)."),
+    as_json: bool = json_option("the parts and rows checked and every problem"),
 ) -> None:
     """Check every committed part against its commit record; exit 1 on any problem."""
     url, _ = shift_store(url, [], names=[], required=0)
@@ -248,6 +255,18 @@ def verify(
         from featstore.store import open_store
 
         report = run_verify(open_store(url, mode="r"), dataset, encoder, checksums=not no_checksums)
+    if as_json:
+        print_json(
+            {
+                "ok": report.ok,
+                "parts": report.parts,
+                "rows": report.rows,
+                "problems": [str(p) for p in report.problems],
+            }
+        )
+        if not report.ok:
+            raise typer.Exit(code=1)
+        return
     for problem in report.problems:
         typer.secho(f"problem: {problem}", err=True, fg=typer.colors.RED)
     typer.echo(
@@ -271,6 +290,7 @@ def gc_command(
         "whatever this says.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed."),
+    as_json: bool = json_option("what was (or would be) removed"),
 ) -> None:
     """Remove uncommitted parts left by crashed writers and fully superseded parts."""
     url, _ = shift_store(url, [], names=[], required=0)
@@ -281,6 +301,9 @@ def gc_command(
         report = gc(
             open_store(url, mode="a"), dataset, encoder, older_than_s=older_than, dry_run=dry_run
         )
+    if as_json:
+        print_json({"dry_run": dry_run, **dataclasses.asdict(report)})
+        return
     verb = "would remove" if dry_run else "removed"
     for label, items in (
         ("uncommitted part", report.removed_uncommitted),
@@ -312,6 +335,7 @@ def compact(
     dataset: str = typer.Argument(None, metavar="DATASET", help="Dataset to compact."),
     encoder: str = typer.Argument(None, metavar="ENCODER", help="Encoder to compact."),
     target_mb: float = typer.Option(128.0, "--target-mb", help="Target part size per layer (MiB)."),
+    as_json: bool = json_option("the parts merged and written"),
 ) -> None:
     """Merge many small parts into few large ones; readers never see a gap."""
     url, (dataset, encoder) = shift_store(
@@ -321,14 +345,17 @@ def compact(
         from featstore.maintenance import compact as run_compact
         from featstore.store import open_store
 
-        with _progress("compacting parts") as progress:
+        with progress(f"compact {dataset}/{encoder}", noun="parts") as shown:
             report = run_compact(
                 open_store(url, mode="a"),
                 dataset,
                 encoder,
                 target_part_bytes=int(target_mb * 2**20),
-                progress=progress,
+                progress=lambda done, total: shown.update(done, total),
             )
+    if as_json:
+        print_json({"dataset": dataset, "encoder": encoder, **dataclasses.asdict(report)})
+        return
     if not report.merged:
         typer.echo(f"nothing to compact: {report.parts_before} parts")
         return
@@ -426,8 +453,6 @@ def rm_command(
     record is removed, and readers refuse a marked encoder. Stop extractions writing
     it first. Without --yes it asks on a terminal and refuses otherwise.
     """
-    import dataclasses
-
     url, (dataset, encoder) = shift_store(
         url, [dataset, encoder], names=["DATASET", "ENCODER"], required=2
     )

@@ -15,18 +15,24 @@ import typer
 from cli.errors import user_errors
 from cli.evaluate import (
     CALIBRATE_ON,
+    FAKES,
     NO_CALIBRATION,
     SEGMENT_METRICS,
     THRESHOLD,
     calibrate_on,
+    filter_text,
     localization_rows,
+    result_table,
 )
+from cli.group import deprecated_aliases
 from cli.options import complete_features, plot_format_option, plot_suffix, store_option
+from cli.output import json_option, print_json
 
 STORE = store_option()
 AUDIO = typer.Option(
     ...,
     "--audio",
+    metavar="ENCODER[:LAYER]",
     autocompletion=complete_features,
     help="Audio features ENCODER[:LAYER] (e.g. avhubert-a:last); several joined by '+' (or the "
     "option repeated) are concatenated per frame.",
@@ -34,6 +40,7 @@ AUDIO = typer.Option(
 VISUAL = typer.Option(
     ...,
     "--visual",
+    metavar="ENCODER[:LAYER]",
     autocompletion=complete_features,
     help="Visual features ENCODER[:LAYER] (e.g. avhubert-v:last); several joined by '+' (or the "
     "option repeated) are concatenated per frame.",
@@ -51,8 +58,9 @@ POOL = typer.Option(
 PADDING = typer.Option(
     None,
     "--padding",
-    help="Positions a shift pushes out of the video: zero (count as cosine 0, SpeechForensics; "
-    "the mean pool's default) or exclude (left out; every other pool's default). With --shift.",
+    show_default="zero for the mean pool, exclude for the others",
+    help="Positions a shift pushes out of the video: zero (count as cosine 0, as "
+    "SpeechForensics does) or exclude (left out). With --shift.",
 )
 FRAME_HZ = typer.Option(
     None, "--frame-hz", help="Resample both streams to this rate (when the encoders' rates differ)."
@@ -72,6 +80,7 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+@deprecated_aliases({"--all-fakes": "--fakes=all"})
 def syncscore_command(
     store: str = STORE,
     audio: list[str] = AUDIO,
@@ -88,12 +97,7 @@ def syncscore_command(
     calibrate: str | None = CALIBRATE_ON,
     no_calibration: bool = NO_CALIBRATION,
     ci: bool = typer.Option(False, "--ci", help="95% bootstrap intervals of AUC and AP."),
-    all_fakes: bool = typer.Option(
-        False,
-        "--all-fakes",
-        help="Count every fake in AUC/AP and the temporal AUC (default: the paper's filter, "
-        "both modalities faked).",
-    ),
+    fakes: str = FAKES,
     segment_metrics: str = SEGMENT_METRICS,
     trim_silence: bool = typer.Option(
         False,
@@ -109,8 +113,8 @@ def syncscore_command(
 
     With --out the run is a ``syncfree`` run: ``eval``, ``fuse``, ``explain`` and
     ``serve`` (uploads included) take it like any trained run; its frame threshold is
-    calibrated on --calibrate-on (default: the val split of the --on dataset, when that
-    is another split).
+    calibrated on --calibrate-on, or else on the val split of the --on dataset, when that
+    is another split.
     """
     with user_errors():
         from featstore import open_store
@@ -129,7 +133,7 @@ def syncscore_command(
             ci=ci,
             threshold=threshold,
             allow_missing=allow_missing,
-            all_fakes=all_fakes,
+            fakes=fakes,
             segment_metrics=check_semantics(segment_metrics),
             trim_silence=trim_silence,
             frame_hz=frame_hz,
@@ -140,13 +144,14 @@ def syncscore_command(
         typer.echo(json.dumps(metrics, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
 
     b, sync = metrics["binary"], metrics["sync"]
-    table = Table(
-        title=f"{'+'.join(map(str, audio_set))} vs {'+'.join(map(str, visual_set))} "
+    table = result_table(
+        f"{'+'.join(map(str, audio_set))} vs {'+'.join(map(str, visual_set))} "
         f"on {metrics['selection']} "
-        f"(shift {sync['shift']}, pool {sync['pool']}, padding {sync['padding']})"
+        f"(shift {sync['shift']}, pool {sync['pool']}, padding {sync['padding']})",
+        metrics["fakes"],
+        metrics["filter"],
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -168,17 +173,20 @@ def syncscore_command(
         typer.echo(f"run written to {metrics['out']}")
 
 
+@deprecated_aliases({"--all-fakes": "--fakes=all"})
 def layers_command(
     store: str = STORE,
     audio: str = typer.Option(
         ...,
         "--audio",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help="Audio ENCODER (sweep its layers) or ENCODER:LAYER (fixed).",
     ),
     visual: str = typer.Option(
         ...,
         "--visual",
+        metavar="ENCODER[:LAYER]",
         autocompletion=complete_features,
         help="Visual ENCODER (sweep its layers) or ENCODER:LAYER (fixed).",
     ),
@@ -190,15 +198,11 @@ def layers_command(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Directory for layers.csv, layers.json and the plot."
     ),
-    all_fakes: bool = typer.Option(
-        False,
-        "--all-fakes",
-        help="Count every fake (default: the paper's filter, both modalities faked), as "
-        "syncscore --all-fakes does.",
-    ),
+    fakes: str = FAKES,
     plot_format: str | None = plot_format_option(),
     frame_hz: float | None = FRAME_HZ,
     allow_missing: bool = ALLOW_MISSING,
+    as_json: bool = json_option("every layer pair's AUC/AP, the best pair and the files"),
 ) -> None:
     """Eq. 3 on every stored layer (paper Fig. 7): equal layers, or one side fixed.
 
@@ -214,7 +218,8 @@ def layers_command(
         def show(r: Any) -> None:
             typer.echo(
                 f"audio {r.audio_layer:>5}  visual {r.visual_layer:>5}  "
-                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n}"
+                f"AUC {_pct(r.auc)}  AP {_pct(r.ap)}  n {r.n} ({r.n_real} real / {r.n_fake} fake)",
+                err=as_json,
             )
 
         sweep = sweep_layers(
@@ -227,10 +232,18 @@ def layers_command(
             allow_missing=allow_missing,
             frame_hz=frame_hz,
             on_layer=show,
-            all_fakes=all_fakes,
+            fakes=fakes,
             plot_format=plot_suffix(plot_format),
         )
+    typer.echo(filter_text(sweep.fakes), err=as_json)
     best = sweep.best
+    if as_json:
+        from trainers.layers import JSON_NAME
+
+        # layers.json's document (the same shape as the file), with the files written
+        doc = json.loads((out / JSON_NAME).read_text())
+        print_json({**doc, "files": sweep.files})
+        return
     typer.echo(f"best: audio {best.audio_layer} / visual {best.visual_layer}, AUC {_pct(best.auc)}")
     for name, path in sweep.files.items():
         typer.echo(f"{name}: {path}")

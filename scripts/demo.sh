@@ -26,19 +26,19 @@ python scripts/demo_tracks.py "$STORE" sample              # nothing left to do
 
 step "5. Extract features (the weight-free baselines, then tiny random Hugging Face models)"
 featstore encoders list
-featstore extract --encoder logfbank --dataset sample --store "$STORE"
-featstore extract --encoder mouth-pixels --dataset sample --store "$STORE"   # reuses the cached tracks
+featstore extract --encoder logfbank --on sample --store "$STORE"
+featstore extract --encoder mouth-pixels --on sample --store "$STORE"   # reuses the cached tracks
 python scripts/demo_checkpoints.py "$OUT/checkpoints" wav2vec2 clip avhubert
 featstore extract --encoder wav2vec2 --checkpoint "$OUT/checkpoints/wav2vec2" --layers all \
-  --dataset sample --store "$STORE" --dry-run
+  --on sample --store "$STORE" --dry-run
 featstore extract --encoder wav2vec2 --checkpoint "$OUT/checkpoints/wav2vec2" --layers all \
-  --dataset sample --store "$STORE" --limit 30                      # as if interrupted part way
+  --on sample --store "$STORE" --limit 30                      # as if interrupted part way
 featstore extract --encoder wav2vec2 --checkpoint "$OUT/checkpoints/wav2vec2" --layers all \
-  --dataset sample --store "$STORE"                                 # resume: only the rest run
-featstore extract --encoder clip --checkpoint "$OUT/checkpoints/clip" --dataset sample --store "$STORE"
+  --on sample --store "$STORE"                                 # resume: only the rest run
+featstore extract --encoder clip --checkpoint "$OUT/checkpoints/clip" --on sample --store "$STORE"
 for enc in avhubert-a avhubert-v; do   # a fairseq-format file, read without unpickling code
   featstore extract --encoder $enc --checkpoint "$OUT/checkpoints/avhubert.pt" --layers all \
-    --dataset sample --store "$STORE"
+    --on sample --store "$STORE"
 done
 
 step "6. Inspect and maintain the store"
@@ -58,10 +58,10 @@ step "8. Train a linear probe (paper Eq. 1) on the training split"
 # (an option; the authors' bias starts at nn.Linear's draw, so an untrained probe says
 # s ~ log T): even odds from the first step, so those few steps go into w, not the bias.
 featstore train probe --store "$STORE" --encoder logfbank --train sample:train --no-val \
-  --lr 0.05 --center-bias --out "$OUT/runs/logfbank" | sed -n '1,3p;98,$p'
+  --lr 0.05 --center-bias --out "$OUT/runs/logfbank" --epoch-every 25
 
 step "9. Evaluate it on the held-out split (every fake counted: the sample is small)"
-featstore eval "$OUT/runs/logfbank" --on sample:val --all-fakes
+featstore eval "$OUT/runs/logfbank" --on sample:val --fakes all
 
 step "10. The cross-dataset grid (paper Tab. 2 shape; here one dataset, four features)"
 cat > "$OUT/grid.toml" <<TOML
@@ -94,16 +94,17 @@ cat "$OUT/grid/grid.md"
 
 step "11. Late fusion, correlation, a temporal and two spatial explanations"
 RUNS="$OUT/grid/runs"
+# every fake counted, as in steps 9 and 10: the same videos, so the same numbers as the grid
 featstore fuse "$RUNS/logfbank-last/sample" "$RUNS/mouth-pixels-last/sample" --on sample:val \
-  --out "$OUT/runs/fusion"
-featstore correlate "$RUNS"/*/sample --on sample:val --out "$OUT/correlation"
+  --fakes all --out "$OUT/runs/fusion"
+featstore correlate "$RUNS"/*/sample --on sample:val --fakes all --out "$OUT/correlation"
 FAKE=$(python -c "import featstore; m = featstore.open_store('$STORE').manifest('sample'); print(m[(m.split == 'val') & (m.label == 1)].video_id.iloc[0])")
-featstore explain temporal "$OUT/runs/logfbank" --dataset sample --video "$FAKE" \
+featstore explain temporal "$OUT/runs/logfbank" --on sample --video "$FAKE" \
   --out "$OUT/explain-logfbank.png"
 # spatial: Grad-CAM of the CLIP probe (centre crop), the exact decomposition of mouth-pixels (mouth ROI)
-featstore explain spatial "$RUNS/clip-last/sample" --dataset sample --video "$FAKE" --top-k 3 \
+featstore explain spatial "$RUNS/clip-last/sample" --on sample --video "$FAKE" --top-k 3 \
   --out "$OUT/explain-spatial-clip"
-featstore explain spatial "$RUNS/mouth-pixels-last/sample" --dataset sample --video "$FAKE" --top-k 3 \
+featstore explain spatial "$RUNS/mouth-pixels-last/sample" --on sample --video "$FAKE" --top-k 3 \
   --out "$OUT/explain-spatial-mouth"
 
 step "12. Detectors trained on real clips only: AVH-Align sync and next-token prediction"
@@ -114,19 +115,20 @@ featstore train sync --store "$STORE" --audio logfbank --visual mouth-pixels --t
 featstore train ntp --store "$STORE" --encoder logfbank+mouth-pixels --train sample:train --no-val \
   --epochs 20 --out "$OUT/runs/ntp" | tail -2
 for run in logfbank sync ntp; do
-  featstore eval "$OUT/runs/$run" --on sample:val --all-fakes --json \
+  featstore eval "$OUT/runs/$run" --on sample:val --fakes all --json \
     | python -c "import json, sys; m = json.load(sys.stdin); b = m['binary']; t = m['temporal'] or {}; print(f\"  {'$run':9s} ({m['kind']:5s}) AUC {100 * b['auc']:5.1f}  AP {100 * b['ap']:5.1f}  temporal AUC {100 * t.get('mean', float('nan')):5.1f}\")"
 done
 featstore syncscore --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val \
-  --preset speechforensics --all-fakes --out "$OUT/runs/syncscore"   # a run like any other
+  --preset speechforensics --fakes all --out "$OUT/runs/syncscore"   # a run like any other
 featstore layers --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val \
-  --all-fakes --out "$OUT/layers"   # the same videos as the syncscore table above: same numbers
+  --fakes all --out "$OUT/layers"   # the same videos as the syncscore table above: same numbers
 # The paper's Tab. 6 (Eq. 3: shifts x pools), Fig. 2 (localization vs classification of the grid's
 # probes) and Fig. 3 (one clip's scores over its spectrogram and frames), one command each.
 featstore report table6 --store "$STORE" --audio avhubert-a --visual avhubert-v --on sample:val \
-  --all-fakes --out "$OUT/table6" | sed -n '/pool (AUC)/,/^$/p'
-featstore report fig2 "$RUNS"/*/sample --on sample:val --out "$OUT/fig2.pdf" | grep -v '^data:'
-featstore report fig3 "$OUT/runs/logfbank" --dataset sample --video "$FAKE" --out "$OUT/fig3.png" \
+  --fakes all --out "$OUT/table6" | sed -n '/pool (AUC)/,/^$/p'
+featstore report fig2 "$RUNS"/*/sample --on sample:val --fakes all --out "$OUT/fig2.pdf" \
+  | grep -v '^data:'
+featstore report fig3 "$OUT/runs/logfbank" --on sample --video "$FAKE" --out "$OUT/fig3.png" \
   | grep '^figure:'
 
 step "13. Score a clip over HTTP with runs of every kind (featstore serve; curl in the README)"

@@ -98,7 +98,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             out=root / "runs" / run,
             config=ProbeConfig(max_epochs=2),
         )
-        _cli("eval", root / "runs" / run, "--store", url, "--on", "sample:*", "--all-fakes")
+        _cli("eval", root / "runs" / run, "--store", url, "--on", "sample:*", "--fakes", "all")
     manifest = store.manifest("sample")
     clips = {row.video_id: root / "sample" / row.path for row in manifest.itertuples()}
     return {"root": root, "url": url, "clips": clips, "checkpoints": checkpoints}

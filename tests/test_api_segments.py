@@ -80,7 +80,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     store.write_manifest("up", upload, attrs={"root": str(video.path.parent)})
     _cli("datasets", "segment", "up", "--store", url, "--asd", "sync")
     for encoder in ("logfbank", "mouth-pixels"):
-        _cli("extract", "--encoder", encoder, "--dataset", "up-segments", "--store", url)
+        _cli("extract", "--encoder", encoder, "--on", "up-segments", "--store", url)
     settings = Settings(
         store_url=url,
         runs=(RunSpec("audio", root / "audio"), RunSpec("mouth", root / "mouth")),

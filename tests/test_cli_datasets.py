@@ -63,7 +63,7 @@ def test_import_with_protocol_and_unknown_flags(tmp_path: Path) -> None:
     ]
     root = write_favc(tmp_path / "favc", rows=rows)
     result = invoke(
-        "import", "favc", root, "-n", "favc", "-s", store, "--protocol", "favc", "--seed", "3"
+        "import", "favc", root, "--name", "favc", "-s", store, "--protocol", "favc", "--seed", "3"
     )
     assert result.exit_code == 0, result.output
     from featstore import open_store
@@ -79,7 +79,7 @@ def test_import_with_protocol_and_unknown_flags(tmp_path: Path) -> None:
     assert "view 'favc' (default" in result.output and "both_modified" in result.output
 
     exddv = write_exddv(tmp_path / "exddv")  # unknown audio_fake (NA) survives the store
-    assert invoke("import", "exddv", exddv, "-n", "exddv", "-s", store).exit_code == 0
+    assert invoke("import", "exddv", exddv, "--name", "exddv", "-s", store).exit_code == 0
     stored = coerce_schema(open_store(str(store)).manifest("exddv"))
     assert stored["audio_fake"].isna().tolist() == [True, False]
     assert stored.loc[0, "clicks"][0] == {"frame": 3, "x": 1.02, "y": 0.9}
@@ -89,10 +89,10 @@ def test_import_lenient_reports_and_strict_fails(tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
     train = [av1m_entry("a.mp4", "real", []), av1m_entry("b.mp4", "real", [[1.0, 2.0]])]
     root = write_av1m(tmp_path / "av1m", train=train, val=[])
-    lenient = invoke("import", "av1m", root, "-n", "d", "-s", store)
+    lenient = invoke("import", "av1m", root, "--name", "d", "-s", store)
     assert lenient.exit_code == 0
     assert "1 row(s) dropped" in lenient.output and "label_mismatch" in lenient.output
-    strict = invoke("import", "av1m", root, "-n", "d2", "-s", store, "--strict")
+    strict = invoke("import", "av1m", root, "--name", "d2", "-s", store, "--strict")
     assert strict.exit_code == 1
     assert "error: 1 problem(s)" in strict.output and "train/b" in strict.output
     from featstore import open_store
@@ -103,22 +103,22 @@ def test_import_lenient_reports_and_strict_fails(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["import", "nope", ".", "-n", "x"], "unknown dataset format"),
-        (["import", "av1m", "{root}", "-n", "x", "--protocol", "nope"], "unknown protocol"),
+        (["import", "nope", ".", "--name", "x"], "unknown dataset format"),
+        (["import", "av1m", "{root}", "--name", "x", "--protocol", "nope"], "unknown protocol"),
         (["show", "missing"], "no dataset 'missing'"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     store = tmp_path / "s.zarr"
     root = write_av1m(tmp_path / "av1m")
-    invoke("import", "av1m", root, "-n", "a", "-s", store)
+    invoke("import", "av1m", root, "--name", "a", "-s", store)
     result = invoke(*[a.format(root=root) for a in args], "--store", store)
     assert result.exit_code == 1 and message in result.output
 
 
 def test_import_with_no_valid_rows_fails(tmp_path: Path) -> None:
     root = write_av1m(tmp_path / "av1m", train=[av1m_entry("a.mp4", "both_modified", [])], val=[])
-    result = invoke("import", "av1m", root, "-n", "x", "-s", tmp_path / "s.zarr")
+    result = invoke("import", "av1m", root, "--name", "x", "-s", tmp_path / "s.zarr")
     assert result.exit_code == 1 and "nothing to import" in result.output
 
 
@@ -144,7 +144,7 @@ def test_sub_app_mounts_as_featstore_datasets(tmp_path: Path) -> None:
     root = write_av1m(tmp_path / "av1m")
     (root / "train/id0/vid/real.mp4").unlink()
     store = str(tmp_path / "s.zarr")
-    args = ["datasets", "import", "av1m", str(root), "-n", "a", "-s", store, "--no-check-files"]
+    args = ["datasets", "import", "av1m", str(root), "--name", "a", "-s", store, "--no-check-files"]
     result = runner.invoke(root_app, args, catch_exceptions=False)
     assert result.exit_code == 0 and "imported 6 videos" in result.output
     result = runner.invoke(root_app, ["datasets", "list", "-s", store], catch_exceptions=False)
@@ -167,7 +167,7 @@ def test_protocols_are_views_of_one_import(tmp_path: Path) -> None:
     from featstore import open_store
 
     store = tmp_path / "s.zarr"
-    assert invoke("import", "av1m", av1m_root(tmp_path), "-n", "a", "-s", store).exit_code == 0
+    assert invoke("import", "av1m", av1m_root(tmp_path), "--name", "a", "-s", store).exit_code == 0
     before = open_store(str(store)).manifest("a")
     added = invoke("protocol", "a", "--protocol", "av1m", "-s", store)
     assert added.exit_code == 0, added.output
@@ -216,7 +216,7 @@ def test_views_feed_extraction_without_a_second_import(tmp_path: Path) -> None:
 
     store = tmp_path / "s.zarr"
     root = av1m_root(tmp_path)
-    assert invoke("import", "av1m", root, "-n", "a", "-s", store, "-p", "av1m").exit_code == 0
+    assert invoke("import", "av1m", root, "--name", "a", "-s", store, "-p", "av1m").exit_code == 0
     fs = open_store(str(store))
     df = fs.manifest("a")
 
@@ -244,7 +244,7 @@ def test_published_split_files_keep_the_metadata(tmp_path: Path) -> None:
     from featstore import open_store
 
     store = tmp_path / "s.zarr"
-    assert invoke("import", "av1m", av1m_root(tmp_path), "-n", "a", "-s", store).exit_code == 0
+    assert invoke("import", "av1m", av1m_root(tmp_path), "--name", "a", "-s", store).exit_code == 0
     before = open_store(str(store)).manifest("a")
     # the authors' format: paths relative to the official split's folder, float labels
     train = write_lines(
@@ -301,7 +301,7 @@ def test_split_files_that_contradict_the_manifest(
     from featstore import open_store
 
     store = tmp_path / "s.zarr"
-    assert invoke("import", "av1m", av1m_root(tmp_path), "-n", "a", "-s", store).exit_code == 0
+    assert invoke("import", "av1m", av1m_root(tmp_path), "--name", "a", "-s", store).exit_code == 0
     before = open_store(str(store)).manifest("a")
     train = write_lines(tmp_path / "train.csv", lines)
     result = invoke("split", "a", "--train", train, "-s", store)
@@ -312,7 +312,7 @@ def test_split_files_that_contradict_the_manifest(
 
 def test_split_files_video_in_two_splits(tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
-    assert invoke("import", "av1m", av1m_root(tmp_path), "-n", "a", "-s", store).exit_code == 0
+    assert invoke("import", "av1m", av1m_root(tmp_path), "--name", "a", "-s", store).exit_code == 0
     train = write_lines(tmp_path / "train.csv", ["id0/v/real.mp4,0"])
     test = write_lines(tmp_path / "test.csv", ["train/id0/v/real"])
     result = invoke("split", "a", "--train", train, "--test", test, "-s", store)
@@ -324,6 +324,31 @@ def test_split_files_video_in_two_splits(tmp_path: Path) -> None:
 def test_import_reports_corrections(tmp_path: Path) -> None:
     train = [av1m_entry("a.mp4", "both_modified", [[2.0, 2.5], [0.5, 1.0]])]
     root = write_av1m(tmp_path / "av1m", train=train, val=[])
-    result = invoke("import", "av1m", root, "-n", "a", "-s", tmp_path / "s.zarr")
+    result = invoke("import", "av1m", root, "--name", "a", "-s", tmp_path / "s.zarr")
     assert result.exit_code == 0
     assert "1 row(s) corrected:" in result.output and "not in time order: sorted" in result.output
+
+
+def test_import_and_split_json(tmp_path: Path) -> None:
+    import json
+
+    store = tmp_path / "s.zarr"
+    train = [av1m_entry("a.mp4", "real", []), av1m_entry("b.mp4", "real", [[1.0, 2.0]])]
+    root = write_av1m(tmp_path / "av1m", train=train, val=[])
+    result = runner.invoke(
+        app, ["import", "av1m", str(root), "--name", "d", "-s", str(store), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["dataset"] == "d" and doc["videos"] == 1 and doc["format"] == "av1m"
+    assert len(doc["dropped"]) == 1 and "label_mismatch" in doc["dropped"][0]
+    assert sum(c["videos"] for c in doc["counts"]) == 1
+    listing = tmp_path / "test.txt"
+    listing.write_text("train/a.mp4\nnope.mp4\n")
+    split = runner.invoke(
+        app, ["split", "d", "--test", str(listing), "--as", "mine", "-s", str(store), "--json"]
+    )
+    assert split.exit_code == 0, split.output
+    doc = json.loads(split.stdout)
+    assert doc["view"] == "mine" and doc["matched"] == {"test": 1}
+    assert len(doc["unmatched"]) == 1

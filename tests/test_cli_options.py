@@ -50,7 +50,7 @@ def test_store_option_defaults_to_the_environment(url, tmp_path, monkeypatch):
         ["datasets", "list"],
         ["train", "probe", "--encoder", "x", "--train", "ds", "--out", "run"],
         ["syncscore", "--audio", "a", "--visual", "v", "--on", "ds"],
-        ["extract", "--encoder", "logfbank", "--dataset", "ds"],
+        ["extract", "--encoder", "logfbank", "--on", "ds"],
     ],
 )
 def test_no_store_is_one_line_naming_the_variable(url, args):

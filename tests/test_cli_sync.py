@@ -83,13 +83,13 @@ def test_syncscore_prints_metrics_and_writes_a_run(synced, tmp_path):
     png = tmp_path / "v01.png"
     explained = runner.invoke(
         app,
-        ["explain", "temporal", str(out), "--dataset", "syn", "--video", "v01", "--out", str(png)],
+        ["explain", "temporal", str(out), "--on", "syn", "--video", "v01", "--out", str(png)],
     )
     assert explained.exit_code == 0, explained.output
     assert "label fake" in explained.output and png.read_bytes()[:4] == b"\x89PNG"
 
     every = runner.invoke(
-        app, ["syncscore", *_args(synced, "--preset", "factor", "--all-fakes", "--json")]
+        app, ["syncscore", *_args(synced, "--preset", "factor", "--fakes", "all", "--json")]
     )
     assert every.exit_code == 0, every.output
     assert json.loads(every.output)["fakes"] == "all"
@@ -207,14 +207,14 @@ def test_layers_numbers_equal_syncscore_under_the_same_filter(synced, tmp_path, 
     partial = manifest["video_id"].isin(["v01", "v03"])  # fakes with one modality faked
     manifest.loc[partial, "modify_type"] = "audio_modified"
     synced.write_manifest("syn", manifest)
-    flag = ["--all-fakes"] if all_fakes else []
+    flag = ["--fakes", "all"] if all_fakes else []
     out = tmp_path / "layers"
     swept = runner.invoke(
         app, ["layers", *_args(synced, "--out", str(out), "--format", "svg", *flag)]
     )
     assert swept.exit_code == 0, swept.output
     doc = json.loads((out / "layers.json").read_text())
-    assert doc["fakes"] == ("all" if all_fakes else "evaluation filter")
+    assert doc["fakes"] == ("all" if all_fakes else "paper")
     last = next(r for r in doc["results"] if r["audio_layer"] == "last")
     scored = runner.invoke(
         app,
@@ -228,10 +228,25 @@ def test_layers_numbers_equal_syncscore_under_the_same_filter(synced, tmp_path, 
     svg = (out / "layers.svg").read_text()
     assert svg.startswith("<?xml") and not (out / "layers.png").exists()
     assert f"n = {last['n']} videos" in svg
-    assert ("every fake counted" if all_fakes else "evaluation filter") in svg
+    assert f"evaluation filter {'all' if all_fakes else 'paper'}" in svg
     assert f"AUC {100 * last['auc']:.2f}" in swept.output  # the printed table, in % like the plot
 
 
 def test_plot_format_option_is_checked(synced, tmp_path):
     bad = runner.invoke(app, ["layers", *_args(synced, "--out", str(tmp_path), "--format", "jpg")])
     assert bad.exit_code == 1 and bad.output.startswith("error: --format must be one of png, pdf")
+
+
+def test_layers_json_is_the_written_document(synced, tmp_path):
+    out = tmp_path / "layers"
+    result = runner.invoke(app, ["layers", *_args(synced, "--out", str(out)), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    files = doc.pop("files")
+    assert doc == json.loads((out / "layers.json").read_text())
+    assert files == {
+        "csv": str(out / "layers.csv"),
+        "json": str(out / "layers.json"),
+        "png": str(out / "layers.png"),
+    }
+    assert "audio " in result.stderr and "AUC" in result.stderr  # one line per layer pair

@@ -1,5 +1,6 @@
-"""What ``eval`` counts: the evaluation filter for AUC/AP and the temporal AUC alike, and the
-AV-Deepfake1M AP/AR semantics recorded beside the numbers (issue 15, items 9 and 10)."""
+"""What ``eval`` counts: the evaluation filter for AUC/AP, the temporal AUC and AP/AR alike,
+and the AV-Deepfake1M AP/AR semantics recorded beside the numbers (issue 15, items 9 and 10;
+issue 20, item 4)."""
 
 from __future__ import annotations
 
@@ -76,14 +77,14 @@ def test_temporal_auc_applies_the_evaluation_filter(seed: int) -> None:
     mean, n = _reference_temporal(scored, truth, {"both_modified"})
     assert metrics["temporal"]["mean"] == pytest.approx(mean, abs=1e-12)
     assert metrics["temporal"]["n_videos"] == n == metrics["binary"]["n_fake"]
-    assert metrics["temporal"]["fakes"] == metrics["fakes"] == "evaluation filter"
+    assert metrics["temporal"]["fakes"] == metrics["fakes"] == "paper"
     assert mask.sum() == metrics["n_evaluated"] < metrics["n_scored"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_all_fakes_counts_every_fake_for_both(seed: int) -> None:
     scored, truth = _scored(seed)
-    metrics, mask, _ = scored_metrics(scored, kind="probe", all_fakes=True)
+    metrics, mask, _ = scored_metrics(scored, kind="probe", fakes="all")
     mean, n = _reference_temporal(scored, truth, set(KINDS))
     assert metrics["temporal"]["mean"] == pytest.approx(mean, abs=1e-12)
     assert metrics["temporal"]["n_videos"] == n == metrics["binary"]["n_fake"]
@@ -93,11 +94,11 @@ def test_all_fakes_counts_every_fake_for_both(seed: int) -> None:
 
 def test_localization_semantics_are_recorded() -> None:
     scored, _ = _scored(2)
-    official, _, _ = scored_metrics(scored, kind="probe")
-    corrected, _, _ = scored_metrics(scored, kind="probe", segment_metrics="corrected")
+    official, _, _ = scored_metrics(scored, kind="probe", fakes="all")
+    corrected, _, _ = scored_metrics(scored, kind="probe", segment_metrics="corrected", fakes="all")
     assert official["localization"]["semantics"] == "official"
     assert corrected["localization"]["semantics"] == "corrected"
-    assert official["localization"]["n_videos"] == len(scored.scores)  # every scored video
+    assert official["localization"]["n_videos"] == len(scored.scores)  # every video counted
     keys = [k for k in official["localization"] if k.startswith(("AP@", "AR@"))]
     assert keys == [k for k in corrected["localization"] if k.startswith(("AP@", "AR@"))]
     assert len(keys) == 9 and all(0 <= official["localization"][k] <= 1 for k in keys)
@@ -106,3 +107,38 @@ def test_localization_semantics_are_recorded() -> None:
     assert any(official["localization"][k] != corrected["localization"][k] for k in keys)
     with pytest.raises(MetricError, match="semantics"):
         scored_metrics(scored, kind="probe", segment_metrics="tool")
+
+
+@pytest.mark.parametrize("fakes", ["paper", "all"])
+def test_ap_ar_follow_the_evaluation_filter(fakes: str) -> None:
+    """AP/AR are computed over the videos the filter keeps, reals included, as the official
+    tool runs over its metadata file: the same as the tool on the re-selected videos."""
+    from trainers.segments import localization_metrics
+    from trainers.temporal import proposals_from_scores
+
+    scored, _ = _scored(3)
+    metrics, _, _ = scored_metrics(scored, kind="probe", fakes=fakes)
+    m = scored.manifest
+    keep = m["modify_type"].isin(["real", "both_modified"]) if fakes == "paper" else m["label"] >= 0
+    ids = m["video_id"][keep].tolist()
+    frames = dict(zip(m["video_id"], scored.frame_scores, strict=True))
+    truth = {
+        v: [tuple(s) for s in json.loads(t)]
+        for v, t in zip(m["video_id"], m["fake_segments"], strict=True)
+    }
+    reference = localization_metrics(
+        {v: proposals_from_scores(frames[v], FRAME_HZ) for v in ids},
+        {v: truth[v] for v in ids},
+        semantics="official",
+    )
+    got = metrics["localization"]
+    assert got["n_videos"] == len(ids) and got["fakes"] == fakes
+    assert {k: got[k] for k in reference} == pytest.approx(dict(reference), abs=1e-12)
+    record = metrics["filter"]
+    y = m["label"][keep]
+    assert (record["fakes"], record["n_real"], record["n_fake"]) == (
+        fakes,
+        int((y == 0).sum()),
+        int((y == 1).sum()),
+    )
+    assert record["n_left_out"] == int((~keep).sum())

@@ -648,7 +648,7 @@ def test_cli_extract_dry_run_and_errors(tmp_path, sample_root) -> None:
     runner = CliRunner()
     url = str(tmp_path / "s.zarr")
     fresh_store(Path(url), sample_root)
-    base = ["extract", "--encoder", "toy-visual", "--dataset", "sample", "--store", url]
+    base = ["extract", "--encoder", "toy-visual", "--on", "sample", "--store", url]
     dry = runner.invoke(app, [*base, "--dry-run", "--layers", "all"])
     assert dry.exit_code == 0, dry.output
     assert "6 videos to extract" in dry.output and "total" in dry.output
@@ -658,14 +658,12 @@ def test_cli_extract_dry_run_and_errors(tmp_path, sample_root) -> None:
     assert "4 videos extracted, 0 already in the store, 0 failed" in run.output
     again = runner.invoke(app, base)
     assert "2 videos extracted, 4 already in the store" in again.output
-    unknown = runner.invoke(
-        app, ["extract", "--encoder", "nope", "--dataset", "sample", "--store", url]
-    )
+    unknown = runner.invoke(app, ["extract", "--encoder", "nope", "--on", "sample", "--store", url])
     assert unknown.exit_code == 2 and "not a registered encoder" in unknown.output
     for args, message in [
-        (["--dataset", "missing"], "error: no dataset 'missing'"),
+        (["--on", "missing"], "error: no dataset 'missing'"),
         (["--layers", "9"], "error: encoder toy-visual has no layer '9'"),
-        (["--split", "nope"], "error: dataset sample has no videos in split 'nope'"),
+        (["--on", "sample:nope"], "error: dataset sample has no videos in split 'nope'"),
         (["--cluster", "udp://x"], "error: cluster must be 'local' or a tcp:// address"),
     ]:
         result = runner.invoke(app, [*base, *args])
@@ -682,7 +680,7 @@ def test_cli_store_as_and_loader_options(tmp_path, sample_root) -> None:
     runner = CliRunner()
     url = str(tmp_path / "s.zarr")
     fresh_store(Path(url), sample_root)
-    base = ["extract", "--encoder", "toy-options", "--dataset", "sample", "--store", url]
+    base = ["extract", "--encoder", "toy-options", "--on", "sample", "--store", url]
     assert runner.invoke(app, [*base, "--limit", "2"]).exit_code == 0
     refused = runner.invoke(app, [*base, "--random-init"])
     assert refused.exit_code == 1
@@ -726,7 +724,7 @@ def test_cli_reports_failures(tmp_path, sample_root) -> None:
 
     url = str(tmp_path / "s.zarr")
     broken = broken_dataset(open_store(url, mode="a"), sample_root, tmp_path / "broken")
-    args = ["extract", "--encoder", "toy-audio", "--dataset", "broken", "--store", url]
+    args = ["extract", "--encoder", "toy-audio", "--on", "broken", "--store", url]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "2 videos extracted, 0 already in the store, 5 failed" in result.output
@@ -748,14 +746,14 @@ def test_cli_reports_failures(tmp_path, sample_root) -> None:
     assert listed.exit_code == 0, listed.output
     doc = json.loads(listed.output)
     assert {f["video_id"]: f["error_type"] for f in doc["failures"]} == expected
-    assert {g["error_type"]: g["videos"] for g in doc["groups"]} == dict(
-        Counter(expected.values())
-    )
+    assert {g["error_type"]: g["videos"] for g in doc["groups"]} == dict(Counter(expected.values()))
     # --fail-on-error: the same run in a pipeline exits 3 (the failed videos are retried)
     again = CliRunner().invoke(app, [*args, "--fail-on-error"])
     assert again.exit_code == EXIT_VIDEOS_FAILED == 3, again.output
     assert "0 videos extracted, 2 already in the store, 5 failed" in again.output
-    good = CliRunner().invoke(app, [*args, "--split", "test", "--limit", "2", "--fail-on-error"])
+    good = CliRunner().invoke(
+        app, [*args, "--on", "broken:test", "--limit", "2", "--fail-on-error"]
+    )
     assert good.exit_code == 0, good.output
 
 

@@ -125,7 +125,7 @@ def test_cli_local_cluster_of_processes(tmp_path, sample_root) -> None:  # noqa:
 
     url = str(tmp_path / "s.zarr")
     fresh_store(tmp_path / "s.zarr", sample_root)
-    args = ["extract", "--encoder", "logfbank", "--dataset", "sample", "--store", url]
+    args = ["extract", "--encoder", "logfbank", "--on", "sample", "--store", url]
     result = CliRunner().invoke(app, [*args, "--cluster", "local", "--n-workers", "2"])
     assert result.exit_code == 0, result.output
     assert "6 videos extracted" in result.output

@@ -200,7 +200,7 @@ def test_cli_extract_with_limits_dry_run_and_verify(tmp_path: Path, corpus: Path
     url = str(tmp_path / "s.zarr")
     dataset(open_store(url, mode="a"), "hostile", corpus, list(CASES))
     runner = CliRunner()
-    base = ["extract", "--encoder", "toy-visual", "--dataset", "hostile", "--store", url]
+    base = ["extract", "--encoder", "toy-visual", "--on", "hostile", "--store", url]
     limits = ["--max-duration-s", "20", "--max-frame-pixels", str(64 * 64)]
     plan = runner.invoke(app, [*base, *limits, "--dry-run"])
     assert plan.exit_code == 0, plan.output

@@ -29,6 +29,7 @@ from trainers.inputs import (
     FeatureInput,
     InputError,
     InputSource,
+    LayerConflictError,
     StoredFeature,
     parse_feature_set,
     read_video,
@@ -250,10 +251,14 @@ def test_parse_feature_set() -> None:
         FeatureKey("avhubert-a", "last"),
         FeatureKey("avhubert-v", 12),
     )
-    assert parse_feature_set(["a", "b:3+c"], layer=6) == (
-        FeatureKey("a", 6), FeatureKey("b", 3), FeatureKey("c", 6),
+    assert parse_feature_set(["a", "b:6+c"], layer=6) == (
+        FeatureKey("a", 6), FeatureKey("b", 6), FeatureKey("c", 6),
     )  # fmt: skip
-    assert parse_feature_set("a:2", layer=6) == (FeatureKey("a", 2),)  # a named layer wins
+    # a named layer and another --layer: an error naming both, never one silently winning
+    with pytest.raises(LayerConflictError, match="--encoder a:2 names its layer and --layer 6"):
+        parse_feature_set("a:2", layer=6)
+    with pytest.raises(LayerConflictError, match="b:3"):
+        parse_feature_set(["a", "b:3+c"], layer=6)
     with pytest.raises(SelectionError, match="named twice"):
         parse_feature_set("a+a:last")
     with pytest.raises(SelectionError, match="joined by '\\+'"):

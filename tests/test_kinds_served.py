@@ -94,7 +94,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     _cli("train", "sync", "--audio", "logfbank", "--visual", "mouth-pixels", *common,
          "--epochs", "2", "--lr", "1e-3", "--trim-silence", "--out", runs / "sync")  # fmt: skip
     _cli("syncscore", "--store", url, "--audio", "avhubert-a", "--visual", "avhubert-v",
-         "--on", "sample:val", "--preset", "speechforensics", "--all-fakes",
+         "--on", "sample:val", "--preset", "speechforensics", "--fakes", "all",
          "--out", runs / "syncfree")  # fmt: skip
     old = runs / "syncfree-v1"  # what featstore 0.1 wrote without --frame-hz
     old.mkdir()
@@ -103,7 +103,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     _cli("fuse", runs / "probe", runs / "sync", "--store", url, "--on", "sample:train",
          "--out", runs / "fusion")  # fmt: skip
     for name in RUNS:
-        _cli("eval", runs / name, "--store", url, "--on", "sample:val", "--all-fakes")
+        _cli("eval", runs / name, "--store", url, "--on", "sample:val", "--fakes", "all")
     settings = Settings(
         store_url=url,
         runs=tuple(RunSpec(name, runs / name) for name in RUNS),

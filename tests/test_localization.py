@@ -299,7 +299,7 @@ def test_eval_reports_localization_duration_and_windows(
     from cli.main import app
 
     store, path = fixed_length
-    metrics = evaluate(path, store, "toy:test", all_fakes=True)
+    metrics = evaluate(path, store, "toy:test", fakes="all")
     at, frame = metrics["at_threshold"], metrics["frame_threshold"]
     assert frame["name"] == SEGMENT_F1 and frame["rules"]["smooth_s"] == 0.2
     assert "segment F1" in frame["run_card"] and metrics["windows"] is None
@@ -311,7 +311,7 @@ def test_eval_reports_localization_duration_and_windows(
     assert at["n_truth"] == n_true
     assert at["n_predicted"] == sum(len(s) for s in segments.values())
     assert metrics["duration"] is None  # every video lasts 2 s
-    paper = evaluate(path, store, "toy:test", all_fakes=True, threshold="paper", smooth_s=0,
+    paper = evaluate(path, store, "toy:test", fakes="all", threshold="paper", smooth_s=0,
                      min_segment_s=0, merge_gap_s=0, write=False)  # fmt: skip
     assert paper["frame_threshold"]["value"] == 0.0
     windowed = evaluate(path, store, "toy:test", windows=True, write=False)

@@ -107,7 +107,7 @@ def test_missing_visual_features(store):
 
 def test_evaluation_filter_and_selection_errors(store):
     _write(store, modify={"b": "audio_modified"})
-    rows = select_pairs(store, "toy:test", "aud", "vis", evaluation=True)
+    rows = select_pairs(store, "toy:test", "aud", "vis", fakes="paper")
     assert rows["video_id"].tolist() == ["a", "c", "d"]
     with pytest.raises(SelectionError, match="no split 'val'"):
         load_pairs(store, "toy:val", "aud", "vis")

@@ -160,6 +160,9 @@ def test_grid_result_validation_and_to_dict():
         "auc": 0.5,
         "ap": 0.25,
         "n": 7,
+        "fakes": "paper",  # the evaluation filter (default: the paper's)
+        "n_real": None,
+        "n_fake": None,
     }
     assert type(r.n) is int and type(r.auc) is float
     json.dumps(r.to_dict())

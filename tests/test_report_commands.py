@@ -141,7 +141,7 @@ def test_table6_layout_and_settings(two_sets):
     assert table.values[0][3] == result.cell("wild:test", 15, "mean").auc
     assert "n = 14 (8 real / 6 fake)" in table.caption and "evaluation filter" in table.caption
     assert "average: unpaired positions count as cosine 0" in table.caption
-    every = sync_table(store, ["lab"], AUDIO, VISUAL, pools=["max"], all_fakes=True)
+    every = sync_table(store, ["lab"], AUDIO, VISUAL, pools=["max"], fakes="all")
     assert every.cell("lab:test", 0, "max").n == 16 and every.settings["fakes"] == "all"
     assert every.settings["evaluated_hashes"] != result.settings["evaluated_hashes"]
 
@@ -185,7 +185,7 @@ def test_fig2_bars_come_from_the_runs_metrics(sync_runs, tmp_path):
     for bar, name in zip(bars, ("sf", "factor"), strict=True):
         stored = load_run(root / name).metrics()["lab:test"]
         assert bar.temporal_auc == stored["temporal"]["mean"] and bar.auc == stored["binary"]["auc"]
-        assert bar.n == 14 and bar.n_temporal == 6 and bar.fakes == "evaluation filter"
+        assert bar.n == 14 and bar.n_temporal == 6 and bar.fakes == "paper"
         assert bar.modality == "audio-visual"
     for suffix, magic in MAGIC.items():
         path = localization_figure(bars, tmp_path / f"fig2{suffix}", selection="lab:test")
@@ -235,6 +235,15 @@ def test_fig2_command(sync_runs, tmp_path):
     missing = runner.invoke(app, ["report", "fig2", str(root / "sf"), "--on", "wild",
                                   "--out", str(out)])  # fmt: skip
     assert missing.exit_code == 1 and "featstore eval" in missing.output
+    as_json = runner.invoke(
+        app, ["report", "fig2", str(root / "sf"), str(root / "factor"), "--on", "lab",
+              "--out", str(tmp_path / "j.svg"), "--json"],
+    )  # fmt: skip
+    assert as_json.exit_code == 0, as_json.output
+    doc = json.loads(as_json.stdout)
+    sidecar = json.loads((tmp_path / "j.json").read_text())
+    assert doc["bars"] == sidecar["bars"] and doc["caption"] == sidecar["caption"]
+    assert doc["figure"] == str(tmp_path / "j.svg") and doc["data"] == str(tmp_path / "j.json")
 
 
 # ------------------------------------------------------------------ Fig. 3
@@ -277,7 +286,7 @@ def media_run(tmp_path_factory):
     clips["span"] = clips[str(first["video_id"])]
     split = str(manifest["split"].iloc[0])
     run_syncscore(store, f"sample:{split}", AUDIO, VISUAL, config=SyncConfig(3, "max"),
-                  out=root / "run", all_fakes=True)  # the one fake is audio-only  # fmt: skip
+                  out=root / "run", fakes="all")  # the one fake is audio-only  # fmt: skip
     fake = manifest[manifest["label"] == 1]
     video = str((fake if len(fake) else manifest)["video_id"].iloc[0])
     return store, root / "run", video, clips[video], clips["span"]
@@ -317,15 +326,24 @@ def test_fig3_decodes_a_segment_rows_span(media_run):
 def test_fig3_command(media_run, tmp_path):
     store, run, video, _, _ = media_run
     out = tmp_path / "fig3.pdf"
-    result = runner.invoke(app, ["report", "fig3", str(run), "--store", store.url, "--dataset",
+    result = runner.invoke(app, ["report", "fig3", str(run), "--store", store.url, "--on",
                                  "sample", "--video", video, "--at", "0.5,1.5", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert out.read_bytes().startswith(b"%PDF") and f"sample/{video}" in result.output
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["thumbnail_times_s"] == [0.5, 1.5] and len(doc["frame_scores"]) > 0
-    bad = runner.invoke(app, ["report", "fig3", str(run), "--dataset", "sample", "--video",
+    bad = runner.invoke(app, ["report", "fig3", str(run), "--on", "sample", "--video",
                               "nope", "--out", str(out)])  # fmt: skip
     assert bad.exit_code == 1 and "nope" in bad.output
+    old = runner.invoke(app, ["report", "fig3", str(run), "--store", store.url, "-d", "sample",
+                              "--video", video, "--out", str(out), "--json"])  # fmt: skip
+    assert old.exit_code == 0, old.output
+    assert old.stderr.startswith("warning: -d is deprecated here and will be removed: use --on")
+    assert json.loads(old.stdout) == {
+        "caption": doc["caption"],
+        "figure": str(out),
+        "data": str(out.with_suffix(".json")),
+    }
 
 
 def test_shifted_cosines_reference_helper():

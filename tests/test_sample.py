@@ -254,3 +254,22 @@ def test_cli_make_prints_a_summary(tmp_path: Path) -> None:
     assert "train_metadata.json" in result.output
     result = runner.invoke(app, ["make", str(tmp_path / "s"), "--clips", "2"])
     assert result.exit_code == 1 and "not empty" in result.output
+
+
+def test_cli_make_json_and_the_deprecated_short_option(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(
+        app, ["sample", "make", str(tmp_path / "s"), "-n", "2", "--size", "64", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(
+        "warning: -n is deprecated here and will be removed: use --clips"
+    )
+    doc = json.loads(result.stdout)
+    assert doc["n_clips"] == 2 and doc["root"] == str(tmp_path / "s")
+    assert json.loads(Path(doc["train_metadata"]).read_text())  # the paths it names exist

@@ -124,8 +124,8 @@ def test_dfe2024_protocol_on_segments_keeps_each_source_in_one_split(
         n_val = int((splits[train] == "val").sum())
         assert n_val > 0 and abs(n_val - 0.1 * train.sum()) <= 3
     # select it by name, as extract / train / eval do
-    args = ["--encoder", "logfbank", "--dataset", "dfe-segs", "--store", store]
-    out = runner.invoke(app, ["extract", *args, "--split", "@dfe2024:val", "--dry-run"])
+    args = ["--encoder", "logfbank", "--on", "dfe-segs@dfe2024:val", "--store", store]
+    out = runner.invoke(app, ["extract", *args, "--dry-run"])
     assert out.exit_code == 0, out.output
     assert f"{int((splits == 'val').sum())} selected" in out.output, out.output
 

@@ -50,7 +50,7 @@ def invoke(*args: str) -> str:
 
 
 def explain(setup: SpatialSetup, out: Path, videos: list[str], frames: str, *extra: str) -> None:
-    args = ["explain", "spatial", str(setup.run_dir), "--dataset", "exddv", "--frames", frames]
+    args = ["explain", "spatial", str(setup.run_dir), "--on", "exddv", "--frames", frames]
     for v in videos:
         args += ["--video", v]
     invoke(*args, "--out", str(out), *extra)
@@ -88,7 +88,7 @@ def test_explain_spatial_frame_list_and_errors(setup: SpatialSetup, tmp_path: Pa
     assert np.load(out / f"{setup.fakes[0]}.npz")["frames"].tolist() == [29, 0]
     bad = CliRunner().invoke(
         app,
-        ["explain", "spatial", str(setup.run_dir), "--dataset", "exddv", "--video",
+        ["explain", "spatial", str(setup.run_dir), "--on", "exddv", "--video",
          setup.fakes[0], "--frames", "40", "--out", str(out)],
     )  # fmt: skip
     assert bad.exit_code == 1 and bad.output.startswith("error:") and "outside" in bad.output

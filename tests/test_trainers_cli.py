@@ -143,15 +143,15 @@ def test_eval_ood_without_segments_and_json(env):
 
 
 def test_eval_filter_and_all_fakes(env):
-    # beta has single-modality fakes: the paper's filter drops them unless --all-fakes
+    # beta has single-modality fakes: the paper's filter drops them unless --fakes all
     _, _, runs = env
     filtered = json.loads(invoke("eval", runs["enc"][0], "--on", "beta:test", "--json").output)
     everything = json.loads(
-        invoke("eval", runs["enc"][0], "--on", "beta:test", "--all-fakes", "--json").output
+        invoke("eval", runs["enc"][0], "--on", "beta:test", "--fakes", "all", "--json").output
     )
     assert filtered["n_evaluated"] < filtered["n_scored"] == everything["n_evaluated"]
     assert everything["binary"]["n_fake"] > filtered["binary"]["n_fake"]
-    assert (filtered["fakes"], everything["fakes"]) == ("evaluation filter", "all")
+    assert (filtered["fakes"], everything["fakes"]) == ("paper", "all")
 
 
 def test_eval_errors(env, tmp_path):
@@ -207,7 +207,7 @@ def test_correlate_writes_matrices(env):
     for stem in ("correlation", "improvement"):
         assert (out / f"{stem}.png").read_bytes()[:8] == PNG
         assert (out / f"{stem}.csv").read_text().startswith("model,run-enc,run-wide")
-    assert doc["n"] == doc["n_real"] + doc["n_fake"] and doc["fakes"] == "evaluation filter"
+    assert doc["n"] == doc["n_real"] + doc["n_fake"] and doc["fakes"] == "paper"
     # the table shows no number for a model fused with itself
     table = result.output[result.output.index("relative AUC improvement") :]
     row = next(line for line in table.splitlines() if line.lstrip("│ ").startswith("run-enc"))
@@ -229,24 +229,24 @@ def test_explain_temporal(env):
     fake = manifest[(manifest["label"] == 1) & (manifest["split"] == "test")].iloc[0]
     png = root / "explain.png"
     result = invoke(
-        "explain", "temporal", runs["enc"][0], "--store", url, "--dataset", "alpha",
+        "explain", "temporal", runs["enc"][0], "--store", url, "--on", "alpha",
         "--video", fake["video_id"], "--out", png, "--threshold", "-2",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "label fake" in result.output and "annotated fake segments: none" not in result.output
     assert png.read_bytes()[:8] == PNG
     svg = invoke(
-        "explain", "temporal", runs["enc"][0], "--store", url, "--dataset", "alpha",
+        "explain", "temporal", runs["enc"][0], "--store", url, "--on", "alpha",
         "--video", fake["video_id"], "--out", root / "explain", "--format", "svg",
     )  # fmt: skip
     assert svg.exit_code == 0, svg.output
     assert (root / "explain.svg").read_text().startswith("<?xml")
     clash = invoke(
-        "explain", "temporal", runs["enc"][0], "--store", url, "--dataset", "alpha",
+        "explain", "temporal", runs["enc"][0], "--store", url, "--on", "alpha",
         "--video", fake["video_id"], "--out", png, "--format", "pdf",
     )  # fmt: skip
     assert clash.exit_code == 1 and "--format pdf disagrees with the suffix" in clash.output
-    missing = invoke("explain", "temporal", runs["enc"][0], "--dataset", "alpha", "--video", "nope")
+    missing = invoke("explain", "temporal", runs["enc"][0], "--on", "alpha", "--video", "nope")
     assert missing.exit_code == 1 and "no video 'nope' in alpha" in missing.output
 
 
@@ -328,7 +328,7 @@ def test_grid_fakes_all_counts_single_modality_fakes(env, tmp_path):
     bad = GRID.format(store=url).replace('name = "beta"', 'name = "beta"\nfakes = "some"')
     config.write_text(bad)
     result = invoke("grid", config)
-    assert result.exit_code == 1 and "datasets[1].fakes must be 'filter' or 'all'" in result.output
+    assert result.exit_code == 1 and "datasets[1].fakes must be one of paper, all" in result.output
 
 
 def _csv_rows(path):
@@ -391,3 +391,62 @@ def test_grid_writes_the_paper_layout_and_honours_cross(env, tmp_path):
     config.write_text(GRID.format(store=url).replace('name = "beta"', 'name = "beta"\ncross = 1'))
     bad = invoke("grid", config)
     assert bad.exit_code == 1 and "datasets[1].cross must be true or false" in bad.output
+
+
+# ------------------------------------------------------------------ output: --json, --quiet
+
+
+def test_train_quiet_epoch_every_and_json(env, tmp_path):
+    _, url, _ = env
+    base = ["train", "probe", "--store", url, "--encoder", "enc", "--train", "alpha", *FAST]
+    every = invoke(*base, "--out", tmp_path / "a", "--epoch-every", "3", "--patience", "30")
+    assert every.exit_code == 0, every.output
+    epochs = [
+        int(line.split()[1]) for line in every.output.splitlines() if line.startswith("epoch")
+    ]
+    assert epochs and all(e % 3 == 0 for e in epochs) and len(epochs) == 30 // 3
+    quiet = invoke(*base, "--out", tmp_path / "b", "-q")
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.output.splitlines()[0].startswith("best epoch ")
+    assert not any(line.startswith("epoch") for line in quiet.output.splitlines())
+    result = runner.invoke(app, [str(a) for a in (*base, "--out", tmp_path / "c", "--json")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)  # the epoch lines went to stderr
+    assert doc["run"] == str(tmp_path / "c") and doc["kind"] == "probe"
+    assert doc["config"] == json.loads((tmp_path / "c" / "config.json").read_text())
+    assert result.stderr.startswith("epoch   1  loss ")
+
+
+def test_fuse_and_correlate_json(env):
+    root, url, runs = env
+    members = [runs["enc"][0], runs["wide"][0]]
+    fused = runner.invoke(
+        app, ["fuse", *map(str, members), "--store", url, "--on", "alpha:test", "--json"]
+    )
+    assert fused.exit_code == 0, fused.output
+    doc = json.loads(fused.stdout)
+    assert set(doc["members"]) == {"run-enc", "run-wide"} and doc["fused"]["auc"] > 0.95
+    assert doc["selection"] == "alpha:test" and doc["n_evaluated"] > 0
+    out = root / "corr-json"
+    args = ["--store", url, "--on", "alpha:test", "--json", "--out", str(out)]
+    corr = runner.invoke(app, ["correlate", *map(str, members), *args])
+    assert corr.exit_code == 0, corr.output
+    doc = json.loads(corr.stdout)
+    assert doc["names"] == ["run-enc", "run-wide"] and doc["pearson"][0][0] == pytest.approx(1)
+    assert doc["pearson"] == json.loads((out / "correlation.json").read_text())["matrix"]
+    assert doc["out"] == str(out)
+
+
+def test_grid_json_and_quiet(env, tmp_path):
+    _, url, _ = env
+    config = tmp_path / "grid.toml"
+    config.write_text(GRID.format(store=url))
+    result = runner.invoke(app, ["grid", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    written = json.loads((tmp_path / "grid-out" / "grid.json").read_text())
+    assert {k: v for k, v in doc.items() if k != "files"} == written
+    assert "training ->" in result.stderr
+    quiet = invoke("grid", config, "-q")  # reuses the runs: only the tables
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.output.startswith("| feature | train |"), quiet.output

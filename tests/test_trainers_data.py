@@ -15,6 +15,7 @@ from trainers.data import (
     select,
     split_hash,
 )
+from trainers.evaluation_filter import FilterError
 from trainers.inputs import FEATURES, FeatureInput, InputSource
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
@@ -113,7 +114,7 @@ def test_select_missing_features_error_and_allow(planted, caplog):
 def test_select_evaluation_filter_and_real_only(planted):
     store, data = planted
     m = data.manifest[data.manifest["split"] == "train"]
-    rows = select(store, "toy:train", "enc", evaluation=True)
+    rows = select(store, "toy:train", "enc", fakes="paper")
     kept = m[(m["label"] == 0) | (m["modify_type"] == "both_modified")]["video_id"].tolist()
     assert rows["video_id"].tolist() == kept
     assert (m["modify_type"] == "audio_modified").any()  # the filter had something to drop
@@ -141,7 +142,7 @@ def test_evaluation_mask_policies():
     assert evaluation_mask(frame, {}).tolist() == [True, True, False, True]
     assert evaluation_mask(frame, {"evaluation": "all"}).all()
     assert evaluation_mask(frame.drop(columns="modify_type"), {}).all()
-    with pytest.raises(SelectionError, match="evaluation"):
+    with pytest.raises(FilterError, match="evaluation"):
         evaluation_mask(frame, {"evaluation": "sometimes"})
 
 

@@ -106,11 +106,11 @@ def test_default_view_and_official(tmp_path) -> None:
 def test_evaluation_policy_of_a_view(env) -> None:
     _, _, store, manifest, _ = env
     test = manifest[manifest["split"] == "test"]
-    filtered = select(store, "toy:test", "aud", evaluation=True)
+    filtered = select(store, "toy:test", "aud", fakes="paper")
     assert filtered["video_id"].tolist() == ids_where(
         test, (test["label"] == 0) | (test["modify_type"] == "both_modified")
     )
-    everything = select(store, "toy@everyfake:test", "aud", evaluation=True)
+    everything = select(store, "toy@everyfake:test", "aud", fakes="paper")
     assert everything["video_id"].tolist() == test["video_id"].tolist()
     assert (test["modify_type"] == "audio_modified").any() and everything.attrs[
         "evaluation"

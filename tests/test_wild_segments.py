@@ -255,7 +255,7 @@ def test_a_segment_without_its_track_fails_and_is_not_tracked_again(
     fs.write_manifest("wild-untracked", seg, attrs=seg.attrs)  # the rows without their tracks
     out = runner.invoke(
         app,
-        ["extract", "--encoder", "mouth-pixels", "--dataset", "wild-untracked", "--store", store],
+        ["extract", "--encoder", "mouth-pixels", "--on", "wild-untracked", "--store", store],
     )
     assert out.exit_code == 0, out.output
     failures = open_store(store).failures("wild-untracked", "mouth-pixels")

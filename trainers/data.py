@@ -29,6 +29,7 @@ import numpy as np
 
 from featstore.errors import FeatstoreError, StoreError
 from featstore.layout import LAST, Layer, layer_key, normalize_layer
+from trainers.evaluation_filter import EVALUATION_ATTR, evaluated, paper_mask
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ALL_SPLITS = "*"
-EVALUATION_ATTR = "evaluation"  # manifest attr: "both_modified" (default) or "all"
 VIEW_ATTR = "view"  # attr of a selected frame: the view it was selected in
 _SHOWN_IDS = 3
 
@@ -159,28 +159,9 @@ def _preview(ids: Sequence[str]) -> str:
 
 
 def evaluation_mask(manifest: pd.DataFrame, attrs: dict[str, Any] | None = None) -> np.ndarray:
-    """Rows kept for evaluation: reals, and fakes with both modalities manipulated where known.
-
-    The paper (Sec. 5.2) scores only fakes with both audio and visual
-    manipulations "where this information is available": ``audio_modified`` /
-    ``visual_modified`` fakes are dropped, ``unknown`` ones stay (the filter of
-    ``featstore.datasets.keep_both_modified_fakes``). A manifest imported with
-    the attr ``evaluation = "all"`` keeps every row, and so does a frame
-    selected in a view whose protocol already composed the evaluation set (the
-    authors' AV1M test, ``select`` records that in the frame's attrs).
-    """
-    attrs = manifest.attrs if attrs is None else attrs
-    policy = attrs.get(EVALUATION_ATTR) or "both_modified"
-    if policy not in ("both_modified", "all"):
-        raise SelectionError(
-            f"manifest attr {EVALUATION_ATTR!r} must be 'both_modified' or 'all', got {policy!r}"
-        )
-    n = len(manifest)
-    if policy == "all" or "modify_type" not in manifest.columns:
-        return np.ones(n, dtype=bool)
-    labels = manifest["label"].to_numpy()
-    kinds = manifest["modify_type"].astype(str).to_numpy()
-    return (labels == 0) | np.isin(kinds, ["both_modified", "unknown"])
+    """The paper filter's rows (``trainers.evaluation_filter.paper_mask``; kept for callers
+    of the older name). Commands choose a filter with ``evaluation_filter.evaluated``."""
+    return paper_mask(manifest, attrs)
 
 
 def _view(manifest: pd.DataFrame, selection: Selection) -> ViewSplits:
@@ -214,7 +195,7 @@ def select(
     selection: Selection | str,
     feature: FeatureKey | str,
     *,
-    evaluation: bool = False,
+    fakes: str | None = None,
     real_only: bool = False,
     allow_missing: bool = False,
 ) -> pd.DataFrame:
@@ -222,8 +203,9 @@ def select(
 
     The selection's view (``featstore.datasets.views``; the dataset's default
     view when it names none) says which videos are in which split.
-    ``evaluation`` applies the evaluation filter (``evaluation_mask``, with the
-    view's policy), ``real_only`` keeps label-0 rows (anomaly detectors). Rows
+    ``fakes`` (``paper`` or ``all``) keeps the rows that evaluation filter
+    counts (``trainers.evaluation_filter.evaluated``, with the view's policy;
+    ``None``: no filter), ``real_only`` keeps label-0 rows (anomaly detectors). Rows
     without features are an error naming a few of them, or with
     ``allow_missing`` a warning. The result keeps manifest order, has a fresh
     index and carries the manifest attrs plus ``selection``, ``view`` (the
@@ -260,8 +242,8 @@ def select(
             )
     if real_only:
         frame = frame[frame["label"] == 0]
-    if evaluation:
-        frame = frame[evaluation_mask(frame, attrs)]
+    if fakes is not None:
+        frame = frame[evaluated(frame, fakes, attrs)]
     committed = set(store.video_ids(selection.dataset, feature.encoder, feature.layer))
     has = frame["video_id"].isin(committed).to_numpy()
     if not has.all():

@@ -1,16 +1,20 @@
 """Evaluating runs on stored datasets: metrics, late fusion and correlation (thin shells).
 
-- ``evaluate``: video-level AUC / AP / EER on the dataset's evaluation subset
-  (``trainers.data.evaluation_mask``: only fakes with both modalities
-  manipulated where the dataset says so), temporal AUC over the evaluated fake
-  videos with annotated segments (paper Sec. 5.2), and AV-Deepfake1M's AP@IoU /
-  AR@N (official semantics by default) for the segment proposals implied by
-  the per-frame scores.
+- ``evaluate``: video-level AUC / AP / EER on the videos the evaluation
+  filter counts (``trainers.evaluation_filter``: ``fakes="paper"``, the
+  default, keeps reals and the fakes with both modalities manipulated where
+  the dataset says so; ``"all"`` every fake), temporal AUC over the evaluated
+  fake videos with annotated segments (paper Sec. 5.2), and AV-Deepfake1M's
+  AP@IoU / AR@N (official semantics by default) for the segment proposals
+  implied by the per-frame scores of the evaluated videos.
 - ``fuse``: late fusion (average of probabilities) of several runs, with each
   member evaluated on the same videos; optionally a ``fusion`` run directory
   that holds copies of its members and scores like any other run.
 - ``correlate``: Pearson correlation of the runs' probabilities and the
   relative improvement of each pair's fusion over each model (paper Fig. 5).
+
+All three take the same ``fakes`` filter and record it with its counts, so a
+run gives the same numbers on the same videos whichever of them computes them.
 
 Runs of every kind are scored through ``trainers.kinds`` (``load(run)``, then
 the detector's ``score_selection``): nothing here knows what a kind is.
@@ -26,9 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.data import AUTO, Auto, Selection, evaluation_mask, split_hash
+from trainers.data import AUTO, Auto, Selection, split_hash
+from trainers.evaluation_filter import PAPER, check_fakes, evaluated, filter_record
 from trainers.kinds import Detector, load
-from trainers.runs import Run, RunError, Scored, write_metrics, write_predictions
+from trainers.metrics_file import save_metrics
+from trainers.runs import Run, RunError, Scored, write_predictions
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
@@ -37,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["correlate", "evaluate", "fuse", "scored_metrics"]
+__all__ = ["correlate", "evaluate", "fuse", "record_evaluation", "scored_metrics"]
 
 RunLike = Detector | Run | str | os.PathLike[str]
 
@@ -46,8 +52,9 @@ def _detector(run: RunLike) -> Detector:
     return run if isinstance(run, Detector) else load(run)
 
 
-def _mask(scored: Scored) -> np.ndarray:
-    return evaluation_mask(scored.manifest, scored.manifest.attrs)
+def _mask(scored: Scored, fakes: str) -> np.ndarray:
+    """``[N]`` the scored videos ``fakes`` counts (``trainers.evaluation_filter.evaluated``)."""
+    return evaluated(scored.manifest, fakes, scored.manifest.attrs)
 
 
 def _temporal(scored: Scored, mask: np.ndarray, fakes: str) -> dict[str, Any] | None:
@@ -93,27 +100,37 @@ def _localize(scored: Scored, rules: SegmentRules) -> list[Localization] | None:
 
 
 def _localization(
-    scored: Scored, found: list[Localization] | None, semantics: str
+    scored: Scored,
+    found: list[Localization] | None,
+    mask: np.ndarray,
+    semantics: str,
+    fakes: str,
 ) -> dict[str, Any] | None:
     """AV1M's AP@IoU / AR@N of the ranked proposals of the (smoothed) per-frame scores.
 
-    Over every scored video (as the official evaluation runs over its whole
-    metadata file); ``semantics`` is ``"official"`` (the tool's) or
+    Over every evaluated video, reals included (as the official evaluation
+    runs over its whole metadata file, here the one the filter ``mask``
+    selects, as for AUC/AP); ``semantics`` is ``"official"`` (the tool's) or
     ``"corrected"`` (``trainers.segments``), recorded beside the numbers.
     """
     from trainers.segments import check_semantics, localization_metrics
 
     check_semantics(semantics)
-    segments = scored.fake_segments()
-    if found is None or not any(segments):
+    if found is None:
         return None
-    ids = scored.video_ids
-    proposals = {v: list(loc.proposals) for v, loc in zip(ids, found, strict=True)}
+    keep = np.flatnonzero(mask)
+    all_segments = scored.fake_segments()
+    segments = [all_segments[i] for i in keep]
+    if not any(segments):
+        return None
+    ids = [scored.video_ids[i] for i in keep]
+    proposals = {v: list(found[i].proposals) for v, i in zip(ids, keep, strict=True)}
     truth = dict(zip(ids, segments, strict=True))
     values = localization_metrics(proposals, truth, semantics=semantics)
     return {
         "semantics": semantics,
         "n_videos": len(ids),
+        "fakes": fakes,
         "smooth_s": found[0].rules.smooth_s if found else 0.0,
         "min_segment_s": found[0].rules.min_segment_s if found else 0.0,
     } | {k: float(v) for k, v in values.items()}
@@ -193,7 +210,7 @@ def scored_metrics(
     rules: SegmentRules | None = None,
     threshold_name: str = "paper",
     card: RunCard | None = None,
-    all_fakes: bool = False,
+    fakes: str = PAPER,
     segment_metrics: str = "official",
 ) -> tuple[dict[str, Any], np.ndarray, list[list[list[float]]] | None]:
     """``(metrics, evaluated mask, segments)`` of scored videos, as ``evaluate`` reports them
@@ -201,25 +218,29 @@ def scored_metrics(
 
     ``rules`` reads the per-frame scores (None: the paper's, threshold 0 and no
     post-processing); ``threshold_name`` and ``card`` say where they come from.
+    ``fakes`` is the evaluation filter (``paper`` or ``all``) of AUC/AP/EER,
+    the temporal AUC, AP/AR and the at-threshold scores alike; ``metrics``
+    records it (``fakes``) and its counts (``filter``).
     """
     from trainers.localization import PAPER_RULES
 
     rules = PAPER_RULES if rules is None else rules
-    mask = np.ones(len(scored.scores), dtype=bool) if all_fakes else _mask(scored)
-    fakes = "all" if all_fakes else "evaluation filter"
+    fakes = check_fakes(fakes)
+    mask = _mask(scored, fakes)
     found = _localize(scored, rules)
     localization_card = None if card is None else card.localization
     metrics: dict[str, Any] = {
         "selection": str(scored.selection),
         "view": scored.manifest.attrs.get("view"),  # the view a NAME:SPLIT resolved to
         "fakes": fakes,
+        "filter": filter_record(scored.labels, mask, fakes).to_dict(),
         "kind": kind,
         "n_scored": len(scored.scores),
         "n_evaluated": int(mask.sum()),
         "split_hash": split_hash(scored.video_ids),
         "binary": _binary(scored.labels[mask], scored.scores[mask], ci=ci, n_resamples=n_resamples),
         "temporal": _temporal(scored, mask, fakes),
-        "localization": _localization(scored, found, segment_metrics),
+        "localization": _localization(scored, found, mask, segment_metrics, fakes),
         "threshold": rules.threshold,
         "frame_threshold": {
             "value": rules.threshold,
@@ -235,6 +256,23 @@ def scored_metrics(
     return metrics, mask, segments
 
 
+def record_evaluation(
+    run: Run,
+    scored: Scored,
+    metrics: dict[str, Any],
+    segments: list[list[list[float]]] | None,
+    *,
+    slug: str,
+) -> str:
+    """Store a result in the run: ``metrics.json`` under its (selection, filter) key (the
+    other filter's entry is kept) and ``predictions/<slug>.*``, whose ``evaluated``
+    column marks the videos the paper's filter counts (every one counts under ``all``)."""
+    key = save_metrics(run, metrics)
+    paper = _mask(scored, PAPER)
+    write_predictions(run, scored, evaluated=paper, segments=segments, slug=slug)
+    return key
+
+
 def evaluate(
     run_dir: RunLike,
     store: FeatureStore,
@@ -248,15 +286,16 @@ def evaluate(
     merge_gap_s: float | None = None,
     windows: bool = False,
     allow_missing: bool = False,
-    all_fakes: bool = False,
+    fakes: str = PAPER,
     segment_metrics: str = "official",
     write: bool = True,
 ) -> dict[str, Any]:
     """Score ``on`` (``NAME[@VIEW][:SPLIT]``, bare name = ``test``) with a run and compute its metrics.
 
-    Video-level metrics use the dataset's evaluation subset (the paper's rule:
-    only fakes with both modalities manipulated, where known), and so does the
-    temporal localization AUC; ``all_fakes=True`` counts every fake in both.
+    Video-level metrics count the videos of the evaluation filter ``fakes``:
+    ``"paper"`` (the paper's rule: reals and only the fakes with both
+    modalities manipulated, where known) or ``"all"`` (every fake); so do the
+    temporal localization AUC and AP/AR.
     AV-Deepfake1M's AP/AR use ``segment_metrics`` semantics: ``"official"``
     (the official tool's, the default) or ``"corrected"``.
 
@@ -272,13 +311,15 @@ def evaluate(
     with their length.
 
     ``run_dir`` is a run directory of any kind or a loaded detector. Writes
-    ``metrics.json`` (under the key ``NAME:SPLIT``) and
+    ``metrics.json`` (under the key ``NAME:SPLIT``, ``NAME:SPLIT|fakes=all``
+    for the ``all`` filter: ``trainers.metrics_file``) and
     ``predictions/NAME_SPLIT.*`` into the run unless ``write=False`` (or the
     detector has no run directory); returns
     the metrics dict: ``binary`` (AUC, AP, EER, optional 95 % CIs),
     ``temporal`` and ``localization`` (``None`` when the dataset has no
     segments or the run no per-frame scores).
     """
+    fakes = check_fakes(fakes)  # before scoring: a typo fails at once
     detector = _detector(run_dir)
     sel = Selection.parse(on, default_split="test")
     rules, name = detector.localization.resolve(
@@ -294,7 +335,7 @@ def evaluate(
         }
     else:
         scored = detector.score_selection(store, sel, allow_missing=allow_missing)
-    metrics, mask, segments = scored_metrics(
+    metrics, _, segments = scored_metrics(
         scored,
         kind=detector.kind,
         ci=ci,
@@ -302,13 +343,12 @@ def evaluate(
         rules=rules,
         threshold_name=name,
         card=detector.card,
-        all_fakes=all_fakes,
+        fakes=fakes,
         segment_metrics=segment_metrics,
     )
     metrics["windows"] = windowed
     if write and detector.run is not None:
-        write_metrics(detector.run, str(sel), metrics)
-        write_predictions(detector.run, scored, evaluated=mask, segments=segments, slug=sel.slug)
+        record_evaluation(detector.run, scored, metrics, segments, slug=sel.slug)
     return metrics
 
 
@@ -343,13 +383,17 @@ def fuse(
     calibrate_on: Selection | str | Auto | None = AUTO,
     overwrite: bool = False,
     allow_missing: bool = False,
+    fakes: str = PAPER,
 ) -> dict[str, Any]:
     """Late fusion of runs on ``on``: metrics of every member and of the fusion, same videos.
 
-    With ``out``, writes a ``fusion`` run holding copies of its members (so
-    it stays valid when the originals move), its metrics and predictions;
-    its frame threshold is calibrated on ``calibrate_on`` (``AUTO``: the
-    validation selection all members were trained with, when they share one).
+    The videos are those every member scored, counted by the evaluation
+    filter ``fakes`` (``paper`` or ``all``), so a member's numbers equal
+    ``evaluate``'s on the same videos. With ``out``, writes a ``fusion`` run
+    holding copies of its members (so it stays valid when the originals
+    move), its metrics and predictions; its frame threshold is calibrated on
+    ``calibrate_on`` (``AUTO``: the validation selection all members were
+    trained with, when they share one).
     """
     from trainers.kinds import fusion as fusion_kind
     from trainers.runs import check_writable
@@ -357,13 +401,16 @@ def fuse(
     fusion = _fusion(run_dirs, "fusion", how, weights)
     if out is not None:
         check_writable(out, overwrite=overwrite)
+    fakes = check_fakes(fakes)
     sel = Selection.parse(on, default_split="test")
     result_scores = fusion.score_members(store, sel, allow_missing=allow_missing)
     fused, probs = result_scores.fused, result_scores.probabilities  # [N], [M, N]
-    mask = _mask(fused)
+    mask = _mask(fused, fakes)
     labels = fused.labels[mask]
     result: dict[str, Any] = {
         "selection": str(sel),
+        "fakes": fakes,
+        "filter": filter_record(fused.labels, mask, fakes).to_dict(),
         "n_scored": len(fused.scores),
         "n_evaluated": int(mask.sum()),
         "split_hash": split_hash(fused.video_ids),
@@ -380,12 +427,11 @@ def fuse(
         )  # fmt: skip
         fusion.card = load(run).card  # the card fusion_kind.train recorded
         rules, name = fusion.localization.resolve()
-        metrics, mask, segments = scored_metrics(
+        metrics, _, segments = scored_metrics(
             fused, kind=fusion_kind.KIND, ci=ci, n_resamples=n_resamples, rules=rules,
-            threshold_name=name, card=fusion.card,
+            threshold_name=name, card=fusion.card, fakes=fakes,
         )  # fmt: skip
-        write_metrics(run, str(sel), metrics)
-        write_predictions(run, fused, evaluated=mask, segments=segments, slug=sel.slug)
+        record_evaluation(run, fused, metrics, segments, slug=sel.slug)
         result["out"] = str(run.path)
     return result
 
@@ -412,10 +458,12 @@ def correlate(
     metric: str = "auc",
     allow_missing: bool = False,
     plot_format: str = "png",
+    fakes: str = PAPER,
 ) -> dict[str, Any]:
     """Pearson correlation and pairwise-fusion relative improvement of runs on ``on``.
 
-    Computed on the evaluation subset of the videos every run scored. Writes
+    Computed on the videos every run scored that the evaluation filter
+    ``fakes`` (``paper`` or ``all``) counts. Writes
     ``correlation.{csv,json}`` and ``improvement.{csv,json}`` (rows: the model
     being improved, columns: its fusion partner; percent) and a heatmap of each
     as ``<stem>.<plot_format>`` (png, pdf or svg): Pearson on a fixed [-1, 1]
@@ -428,11 +476,12 @@ def correlate(
     from trainers.figures import filter_text, short_labels
     from trainers.plots import heatmap_png
 
+    fakes = check_fakes(fakes)
     fusion = _fusion(run_dirs, "correlation")
     sel = Selection.parse(on, default_split="test")
     scores = fusion.score_members(store, sel, allow_missing=allow_missing)
     names = list(scores.names)
-    mask = _mask(scores.fused)
+    mask = _mask(scores.fused, fakes)
     probs, labels = scores.probabilities[:, mask], scores.fused.labels[mask]  # [M, N], [N]
     pearson = pearson_matrix(probs)  # [M, M]
     improvement = relative_improvement(labels, probs, metric=metric)  # [M, M], percent
@@ -440,10 +489,8 @@ def correlate(
     out.mkdir(parents=True, exist_ok=True)
     n, n_fake = int(mask.sum()), int(np.sum(labels == 1))
     short, dropped = short_labels(names)
-    videos = (
-        f"{sel}, n = {n} videos ({n - n_fake} real / {n_fake} fake), "
-        f"{filter_text('evaluation filter')}"
-        + (f"; model names without their common '{dropped}'" if dropped else "")
+    videos = f"{sel}, n = {n} videos ({n - n_fake} real / {n_fake} fake), {filter_text(fakes)}" + (
+        f"; model names without their common '{dropped}'" if dropped else ""
     )
     files: dict[str, str] = {}
     for stem, matrix, heatmap in (
@@ -482,7 +529,7 @@ def correlate(
             "n": n,
             "n_real": n - n_fake,
             "n_fake": n_fake,
-            "fakes": "evaluation filter",
+            "fakes": fakes,
             "names": names,
             "matrix": matrix.tolist(),
         }
@@ -502,7 +549,8 @@ def correlate(
         "n": n,
         "n_real": n - n_fake,
         "n_fake": n_fake,
-        "fakes": "evaluation filter",
+        "fakes": fakes,
+        "filter": filter_record(scores.fused.labels, mask, fakes).to_dict(),
         "names": names,
         "metric": metric,
         "pearson": pearson.tolist(),

@@ -143,16 +143,15 @@ def short_labels(names: Sequence[str]) -> tuple[list[str], str]:
     return short, suffix
 
 
-FILTER_TEXT = {
-    "evaluation filter": "evaluation filter: reals and the fakes with both modalities "
-    "manipulated, where the dataset says which",
-    "all": "every fake counted",
-}
-
-
 def filter_text(fakes: str) -> str:
-    """What a metrics record's ``fakes`` field (``evaluation filter`` or ``all``) means."""
-    return FILTER_TEXT.get(fakes, fakes)
+    """What a result's ``fakes`` field (``paper`` or ``all``; older records' spellings too)
+    means, for captions (``trainers.evaluation_filter.describe``)."""
+    from trainers.evaluation_filter import FilterError, describe
+
+    try:
+        return describe(fakes)
+    except FilterError:
+        return fakes
 
 
 # ------------------------------------------------------------------ Fig. 2
@@ -201,7 +200,7 @@ class LocalizationBar:
     n: int  # videos in the video-level AUC
     n_real: int
     n_fake: int
-    fakes: str  # "evaluation filter" or "all"
+    fakes: str  # the evaluation filter: "paper" or "all"
 
 
 def localization_bars(
@@ -209,10 +208,16 @@ def localization_bars(
     selection: str,
     *,
     labels: Sequence[str] | None = None,
+    fakes: str = "paper",
 ) -> list[LocalizationBar]:
-    """Each run's stored metrics on ``selection`` (``NAME[:SPLIT]``) as a Fig. 2 bar."""
+    """Each run's stored metrics on ``selection`` (``NAME[:SPLIT]``) under the evaluation
+    filter ``fakes`` (``paper`` or ``all``) as a Fig. 2 bar."""
     from trainers.data import Selection
+    from trainers.evaluation_filter import PAPER, check_fakes
+    from trainers.metrics_file import find_metrics
     from trainers.runs import Run, load_run
+
+    fakes = check_fakes(fakes)
 
     if not runs:
         raise FigureError("give at least one run")
@@ -223,11 +228,12 @@ def localization_bars(
     names = labels if labels is not None else _run_labels(loaded)
     bars = []
     for i, run in enumerate(loaded):
-        metrics = run.metrics().get(key)
+        metrics = find_metrics(run, key, fakes)
         if metrics is None:
+            option = "" if fakes == PAPER else f" --fakes {fakes}"
             raise FigureError(
-                f"run {run.path} has no metrics for {key}; run `featstore eval {run.path} "
-                f"--on {key}` first"
+                f"run {run.path} has no metrics for {key} with the {fakes} filter; run "
+                f"`featstore eval {run.path} --on {key}{option}` first"
             )
         temporal = metrics.get("temporal")
         if not temporal:
@@ -248,16 +254,26 @@ def localization_bars(
                 n_real=int(binary["n_real"]),
                 n_fake=int(binary["n_fake"]),
                 # Metrics from before the temporal AUC recorded its filter counted every fake.
-                fakes=str(temporal.get("fakes", "all fakes (unfiltered, older metrics)")),
+                fakes=_temporal_filter(temporal),
             )
         )
     filters = sorted({b.fakes for b in bars})
     if len(filters) > 1:
         raise FigureError(
             f"the runs' metrics use different evaluation filters ({', '.join(filters)}); "
-            f"evaluate them alike (featstore eval RUN --on {key})"
+            f"evaluate them alike (featstore eval RUN --on {key} --fakes {fakes})"
         )
     return bars
+
+
+def _temporal_filter(temporal: Mapping[str, Any]) -> str:
+    """The filter a stored temporal AUC used (``paper``/``all``; older records said which
+    in other words, and the oldest counted every fake without saying so)."""
+    from trainers.evaluation_filter import recorded_fakes
+
+    if "fakes" not in temporal:
+        return "all fakes (unfiltered, older metrics)"
+    return recorded_fakes(temporal)
 
 
 def _run_labels(runs: Sequence[Run]) -> list[str]:

@@ -8,7 +8,7 @@ out = "grid-out"                 # relative to this file
 
 [[datasets]]
 name = "favc"                    # train = "train", val = "val", test = "test" by default
-fakes = "filter"                 # or "all": count every fake, not only both-modality ones
+fakes = "paper"                  # the evaluation filter, or "all": count every fake
 [[datasets]]
 name = "av1m@av1m"               # NAME@VIEW: the splits of one view of the dataset
 [[datasets]]
@@ -29,8 +29,9 @@ max_epochs = 100
 
 One probe per (feature, training dataset) goes to
 ``out/runs/<encoder>-<layer>/<dataset>``; each is evaluated on every
-dataset's test split with the evaluation filter (only on its own with
-``cross = false``). Complete runs and their stored metrics are reused, so an
+dataset's test split with that dataset's evaluation filter (``fakes``: ``paper``,
+the default, or ``all``, as every command's ``--fakes``; ``run_grid``'s
+``fakes`` overrides every dataset's), only on its own with ``cross = false``. Complete runs and their stored metrics are reused, so an
 interrupted grid resumes where it stopped. Results go to ``out/results.csv``,
 ``out/grid.{md,csv,json}`` (a row per feature and training set) and the
 paper's layout, ``out/grid_paper_auc.*`` (Tab. 2) and ``out/grid_paper_ap.*``
@@ -50,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 from featstore.errors import FeatstoreError
 from trainers.data import FeatureKey, Selection, has_split, select, split_hash
+from trainers.evaluation_filter import FAKES, PAPER, FilterError, check_fakes
+from trainers.metrics_file import find_metrics
 from trainers.runs import Run, is_complete, load_run
 
 if TYPE_CHECKING:
@@ -93,7 +96,7 @@ class GridDataset:
     train: str | None = "train"
     val: str | None = "val"
     test: str = "test"
-    fakes: str = "filter"  # "filter": the paper's evaluation filter; "all": every fake counts
+    fakes: str = PAPER  # the evaluation filter: "paper" (the paper's) or "all" (every fake)
     cross: bool = True  # False: its probe is tested on itself only (the paper's DFE-2024)
 
     def selection(self, split: str) -> Selection:
@@ -164,6 +167,14 @@ def _str(value: Any, key: str, *, allow_false: bool = False) -> str | None:
     return value.strip()
 
 
+def _fakes(value: Any, key: str) -> str:
+    """A dataset's evaluation filter (``paper`` or ``all``; older files' ``filter`` = ``paper``)."""
+    try:
+        return check_fakes(_str(value, key) or "")
+    except FilterError:
+        raise GridConfigError(f"{key} must be one of {', '.join(FAKES)}, got {value!r}") from None
+
+
 def _unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(table) - allowed)
     if extra:
@@ -209,17 +220,13 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path = Path(".")) -> GridC
                 train=_str(item.get("train", "train"), f"{where}.train", allow_false=True),
                 val=_str(item.get("val", "val"), f"{where}.val", allow_false=True),
                 test=_str(item.get("test", "test"), f"{where}.test"),
-                fakes=_str(item.get("fakes", "filter"), f"{where}.fakes"),
+                fakes=_fakes(item.get("fakes", PAPER), f"{where}.fakes"),
                 cross=item.get("cross", True),
             )
         )
         if not isinstance(datasets[-1].cross, bool):
             raise GridConfigError(
                 f"{where}.cross must be true or false, got {datasets[-1].cross!r}"
-            )
-        if datasets[-1].fakes not in ("filter", "all"):
-            raise GridConfigError(
-                f"{where}.fakes must be 'filter' or 'all', got {datasets[-1].fakes!r}"
             )
     names = [d.name for d in datasets]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -319,10 +326,11 @@ def _check_reused(
 
 def _older_protocol(metrics: Mapping[str, Any]) -> bool:
     """Stored metrics from before the temporal AUC followed the evaluation filter, or before
-    AP/AR recorded their semantics: evaluate again rather than mix protocols in a table."""
+    AP/AR recorded their semantics and followed the filter: evaluate again rather than mix
+    protocols in a table."""
     temporal, localization = metrics.get("temporal"), metrics.get("localization")
     return bool(temporal and "fakes" not in temporal) or bool(
-        localization and "semantics" not in localization
+        localization and ("semantics" not in localization or "fakes" not in localization)
     )
 
 
@@ -331,8 +339,13 @@ def run_grid(
     *,
     store: FeatureStore | None = None,
     on_event: Callable[[GridEvent], None] | None = None,
+    fakes: str | None = None,
 ) -> GridOutcome:
-    """Train what is missing, evaluate what is not yet evaluated, write the tables."""
+    """Train what is missing, evaluate what is not yet evaluated, write the tables.
+
+    ``fakes`` (``paper`` or ``all``) is the evaluation filter of every test
+    set; ``None`` keeps each dataset's own (``fakes`` in the TOML).
+    """
     from featstore import open_store
     from trainers.evaluate import evaluate
     from trainers.kinds import probe
@@ -356,7 +369,7 @@ def run_grid(
             train_sel = d.selection(d.train)
             run_dir = config.out / "runs" / feature.run_name / d.name
             train_rows = select(store, train_sel, feature.key, allow_missing=config.allow_missing)
-            if is_complete(run_dir):
+            if is_complete(run_dir) and not load_run(run_dir).interrupted:
                 run = load_run(run_dir)
                 _check_reused(run, feature, split_hash(train_rows["video_id"]), hyper)
                 emit(GridEvent("reuse", label, d.name, run_dir=run_dir))
@@ -382,15 +395,14 @@ def run_grid(
             for tested, test in tests:
                 if not d.cross and tested.name != d.name:
                     continue
-                metrics = stored.get(str(test))
+                test_fakes = check_fakes(fakes or tested.fakes)
+                metrics = find_metrics(stored, str(test), test_fakes)
                 if (feature.key, test) not in test_hashes:
                     ids = select(store, test, feature.key, allow_missing=config.allow_missing)
                     test_hashes[feature.key, test] = split_hash(ids["video_id"])
-                all_fakes = tested.fakes == "all"
                 if (
                     metrics is None
                     or metrics.get("split_hash") != test_hashes[feature.key, test]
-                    or (metrics.get("fakes") == "all") != all_fakes
                     or _older_protocol(metrics)
                 ):
                     emit(GridEvent("evaluate", label, d.name, test=tested.name, run_dir=run_dir))
@@ -399,7 +411,7 @@ def run_grid(
                         store,
                         test,
                         allow_missing=config.allow_missing,
-                        all_fakes=all_fakes,
+                        fakes=test_fakes,
                     )
                 binary = metrics["binary"]
                 result = GridResult(
@@ -409,6 +421,9 @@ def run_grid(
                     auc=binary["auc"],
                     ap=binary["ap"],
                     n=int(binary["n"]),
+                    fakes=test_fakes,
+                    n_real=int(binary["n_real"]),
+                    n_fake=int(binary["n_fake"]),
                 )
                 results.append(result)
                 temporal = metrics.get("temporal") or {}
@@ -426,6 +441,7 @@ def run_grid(
                         "n": binary["n"],
                         "n_real": binary["n_real"],
                         "n_fake": binary["n_fake"],
+                        "fakes": test_fakes,
                         "temporal_auc": temporal.get("mean"),
                         "run_dir": str(run_dir),
                     }

@@ -64,16 +64,24 @@ class InputError(SelectionError):
     """Features cannot be read as a detector needs them (widths, rates, feature sets)."""
 
 
+class LayerConflictError(SelectionError):
+    """A feature names its layer and ``--layer`` names another (a usage error: exit 2)."""
+
+    exit_code = 2
+
+
 def parse_feature_set(
     texts: str | FeatureKey | Sequence[str | FeatureKey], *, layer: Layer | None = None
 ) -> tuple[FeatureKey, ...]:
     """``ENCODER[:LAYER]`` keys joined by ``+`` (one string, or several: a repeated option).
 
-    ``layer`` is the layer of every member that names none (default ``last``).
-    An encoder whose own name holds ``+`` cannot be named in a set.
+    ``layer`` (``--layer``) is the layer of every member that names none (default
+    ``last``); a member naming another layer is a :class:`LayerConflictError`
+    (the layer is given in one place, never silently overridden). An encoder
+    whose own name holds ``+`` cannot be named in a set.
 
-    >>> parse_feature_set(["clip", "wav2vec2:6"], layer=3)
-    (FeatureKey(encoder='clip', layer=3), FeatureKey(encoder='wav2vec2', layer=6))
+    >>> parse_feature_set(["clip", "wav2vec2"], layer=3)
+    (FeatureKey(encoder='clip', layer=3), FeatureKey(encoder='wav2vec2', layer=3))
     """
     items = [texts] if isinstance(texts, str | FeatureKey) else list(texts)
     keys: list[FeatureKey] = []
@@ -88,7 +96,14 @@ def parse_feature_set(
                     f"'{SET_SEPARATOR}' (e.g. avhubert-a+avhubert-v)"
                 )
             named = ":" in part
-            keys.append(FeatureKey.parse(part, None if named or layer is None else layer))
+            key = FeatureKey.parse(part, None if named or layer is None else layer)
+            if named and layer is not None and key.layer != normalize_layer(layer):
+                raise LayerConflictError(
+                    f"--encoder {part.strip()} names its layer and --layer {layer_key(layer)} "
+                    f"gives another: give the layer in one place ({key.encoder}:"
+                    f"{layer_key(layer)}, or {key.encoder} with --layer)"
+                )
+            keys.append(key)
     if not keys:
         raise SelectionError("no features given")
     seen = set()
@@ -333,7 +348,7 @@ def select_videos(
     selection: Selection | str,
     keys: Sequence[FeatureKey],
     *,
-    evaluation: bool = False,
+    fakes: str | None = None,
     real_only: bool = False,
     allow_missing: bool = False,
 ) -> pd.DataFrame:
@@ -346,7 +361,7 @@ def select_videos(
     selection = Selection.parse(selection)
     if not keys:
         raise SelectionError("no features to select videos by")
-    kwargs = {"evaluation": evaluation, "real_only": real_only, "allow_missing": allow_missing}
+    kwargs = {"fakes": fakes, "real_only": real_only, "allow_missing": allow_missing}
     rows = select(store, selection, keys[0], **kwargs)
     if len(keys) == 1:
         return rows

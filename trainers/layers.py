@@ -7,10 +7,11 @@ default: every layer stored for both encoders, paired by equal index
 (``last`` with ``last``). Naming a layer for one side (``avhubert-v:last``)
 instead holds that side fixed and sweeps every stored layer of the other.
 
-Metrics are computed on the dataset's evaluation subset (only fakes with both
-modalities manipulated where known), as ``featstore eval`` and ``syncscore``
-do, or on every fake with ``all_fakes`` (their ``--all-fakes``): the same
-setting gives the same numbers as ``syncscore`` on that layer pair.
+Metrics count the videos of the evaluation filter ``fakes``
+(``trainers.evaluation_filter``: ``paper``, the default, keeps reals and the
+fakes with both modalities manipulated where known; ``all`` every fake), as
+every command's ``--fakes`` does: the same filter gives the same numbers as
+``syncscore`` (and ``eval`` of its run) on that layer pair.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from featstore.layout import Layer, layer_key
 from trainers.data import FeatureKey, Selection, SelectionError
+from trainers.evaluation_filter import PAPER, check_fakes
 from trainers.metrics import binary_metrics
 from trainers.pairs import select_pairs
 from trainers.syncfree import SyncConfig
@@ -66,7 +68,7 @@ class LayerSweep:
     config: SyncConfig
     results: tuple[LayerResult, ...]
     files: dict[str, Path] = field(default_factory=dict)
-    fakes: str = "evaluation filter"  # or "all": every fake counted
+    fakes: str = PAPER  # the evaluation filter: "paper" or "all" (every fake counted)
 
     @property
     def best(self) -> LayerResult:
@@ -124,18 +126,19 @@ def sweep_layers(
     allow_missing: bool = False,
     frame_hz: float | None = None,
     on_layer: Callable[[LayerResult], None] | None = None,
-    all_fakes: bool = False,
+    fakes: str = PAPER,
     plot_format: str = "png",
 ) -> LayerSweep:
     """Eq. 3's AUC / AP / EER for every layer pair; with ``out``, CSV, JSON and a Fig. 7
     plot (``layers.<plot_format>``: png, pdf or svg).
 
     Each layer pair is a ``syncfree`` detector (``trainers.kinds.syncfree``)
-    scoring the evaluation subset (every fake with ``all_fakes``), one video in
+    scoring the videos the evaluation filter ``fakes`` counts, one video in
     memory at a time.
     """
     from trainers.kinds import syncfree
 
+    fakes = check_fakes(fakes)
     sel = Selection.parse(on, default_split="test")
     swept, pairs = layer_pairs(store, sel.dataset, audio, visual)
     a_enc, v_enc = _split(audio)[0], _split(visual)[0]
@@ -145,9 +148,7 @@ def sweep_layers(
         detector = syncfree.detector(
             store, sel.dataset, a_key, v_key, config=config, frame_hz=frame_hz
         )
-        rows = select_pairs(
-            store, sel, a_key, v_key, evaluation=not all_fakes, allow_missing=allow_missing
-        )
+        rows = select_pairs(store, sel, a_key, v_key, fakes=fakes, allow_missing=allow_missing)
         scored = detector.score_selection(store, Selection.of_videos(sel.dataset, rows["video_id"]))
         m = binary_metrics(scored.labels, scored.scores)
         result = LayerResult(
@@ -171,7 +172,7 @@ def sweep_layers(
         swept=swept,
         config=config,
         results=tuple(results),
-        fakes="all" if all_fakes else "evaluation filter",
+        fakes=fakes,
     )
     if out is None:
         return sweep

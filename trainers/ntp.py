@@ -53,7 +53,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,15 @@ from torch import nn
 
 from featstore.errors import FeatstoreError
 from trainers.sources import FeatureCache, VideoSource, batch_order, prefetch_batches
-from trainers.training import EarlyStopping, resolve_device
+from trainers.training import (
+    Interruption,
+    StateFunctions,
+    TrainingControl,
+    resolve_device,
+    set_torch_rng_state,
+    torch_rng_state,
+    train_epochs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +371,8 @@ class NTPFitResult:
     best_epoch: int
     stopped_early: bool
     planned_steps: int
+    interruption: Interruption | None = None  # set when SIGINT/SIGTERM ended the fit early
+    resumed_from: int | None = None  # the checkpoint epoch the fit continued from
 
 
 def _windows_of(lengths: np.ndarray, max_context: int) -> list[list[tuple[int, int, int]]]:
@@ -401,6 +411,7 @@ def fit_ntp(
     config: NTPConfig = NTPConfig(),  # frozen, so sharing the default is safe
     *,
     on_epoch: Callable[[NTPEpochStats], None] | None = None,
+    control: TrainingControl | None = None,
 ) -> NTPFitResult:
     """Train the next-frame predictor on ``train`` (real videos); early-stop on ``val``'s loss.
 
@@ -408,7 +419,8 @@ def fit_ntp(
     all ``max_epochs`` run and the last weights are kept. The cosine schedule
     anneals from ``lr`` to 0 over ``max_epochs`` epochs of steps, whether or
     not training stops early. Weights, dropout and batch order all follow
-    ``seed`` (the global torch RNG is forked, not disturbed).
+    ``seed`` (the global torch RNG is forked, not disturbed). ``control``
+    checkpoints, resumes and catches interrupts (``trainers.training``).
     """
     _check_source(train, "training")
     lengths = np.asarray(train.lengths, dtype=np.int64)
@@ -434,9 +446,8 @@ def fit_ntp(
             opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, planned) / planned))
         )
         rng = np.random.default_rng(config.seed)
-        history: list[NTPEpochStats] = []
-        stop = EarlyStopping(config.patience, snapshot=lambda: _snapshot(model))
-        for epoch in range(1, config.max_epochs + 1):
+
+        def run_epoch(epoch: int) -> tuple[NTPEpochStats, float | None]:
             start = time.perf_counter()
             model.train()
             total = torch.zeros((), dtype=torch.float64)
@@ -471,14 +482,45 @@ def fit_ntp(
                 float(sched.get_last_lr()[0]),
                 time.perf_counter() - start,
             )
-            history.append(stats)
-            if on_epoch is not None:
-                on_epoch(stats)
-            if stop.update(epoch, val_loss):
-                break
+            return stats, val_loss
+
+        def save_state() -> dict[str, Any]:
+            return {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "schedule": sched.state_dict(),
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch_rng_state(device),  # dropout
+            }
+
+        def load_state(state: Mapping[str, Any]) -> None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["schedule"])
+            rng.bit_generator.state = state["rng"]
+            set_torch_rng_state(device, state["torch_rng"])
+
+        loop = train_epochs(
+            run_epoch,
+            max_epochs=config.max_epochs,
+            patience=config.patience,
+            snapshot=lambda: _snapshot(model),
+            state=StateFunctions(save_state, load_state),
+            stats_type=NTPEpochStats,
+            on_epoch=on_epoch,
+            control=control,
+        )
     model = model.cpu()
-    model.load_state_dict(stop.best)
-    return NTPFitResult(model.eval(), history, stop.best_epoch, stop.stopped, planned)
+    model.load_state_dict(loop.best)
+    return NTPFitResult(
+        model.eval(),
+        loop.history,
+        loop.best_epoch,
+        loop.stopped_early,
+        planned,
+        interruption=loop.interruption,
+        resumed_from=loop.resumed_from,
+    )
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -127,7 +127,7 @@ def select_pairs(
     audio: FeatureKey | str | FeatureInput,
     visual: FeatureKey | str | FeatureInput,
     *,
-    evaluation: bool = False,
+    fakes: str | None = None,
     real_only: bool = False,
     allow_missing: bool = False,
 ) -> pd.DataFrame:
@@ -142,7 +142,7 @@ def select_pairs(
         store,
         selection,
         list(dict.fromkeys(keys)),
-        evaluation=evaluation,
+        fakes=fakes,
         real_only=real_only,
         allow_missing=allow_missing,
     )
@@ -249,7 +249,7 @@ def iter_pairs(
     audio: FeatureKey | str,
     visual: FeatureKey | str,
     *,
-    evaluation: bool = False,
+    fakes: str | None = None,
     real_only: bool = False,
     allow_missing: bool = False,
     trim_silence: bool = False,
@@ -265,7 +265,7 @@ def iter_pairs(
         selection,
         audio,
         visual,
-        evaluation=evaluation,
+        fakes=fakes,
         real_only=real_only,
         allow_missing=allow_missing,
     )
@@ -283,7 +283,7 @@ def load_pairs(
     audio: FeatureKey | str,
     visual: FeatureKey | str,
     *,
-    evaluation: bool = False,
+    fakes: str | None = None,
     real_only: bool = False,
     allow_missing: bool = False,
     trim_silence: bool = False,
@@ -291,7 +291,7 @@ def load_pairs(
 ) -> list[PairedVideo]:
     """Every video of ``selection`` with both features, reconciled to a common length.
 
-    ``evaluation`` / ``real_only`` / ``allow_missing`` filter as
+    ``fakes`` (the evaluation filter) / ``real_only`` / ``allow_missing`` filter as
     ``trainers.data.select`` does; both encoders must share ``frame_hz`` unless
     ``frame_hz`` names a common rate to resample to; ``trim_silence`` drops
     the leading silence (manifest column ``leading_silence_s``) from both
@@ -303,7 +303,7 @@ def load_pairs(
             selection,
             audio,
             visual,
-            evaluation=evaluation,
+            fakes=fakes,
             real_only=real_only,
             allow_missing=allow_missing,
             trim_silence=trim_silence,

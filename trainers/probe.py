@@ -28,7 +28,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,7 +48,13 @@ from trainers.sources import (
     prefetch_batches,
     row_norms,
 )
-from trainers.training import EarlyStopping, resolve_device
+from trainers.training import (
+    Interruption,
+    StateFunctions,
+    TrainingControl,
+    resolve_device,
+    train_epochs,
+)
 
 if TYPE_CHECKING:  # the step kernels import numba: only a fit needs them
     from trainers.probe_step import CpuSteps, Packed, TorchSteps
@@ -246,6 +252,8 @@ class FitResult:
     batch_videos: int = 1
     lr: float = 1e-3
     engine: str = "numba"
+    interruption: Interruption | None = None  # set when SIGINT/SIGTERM ended the fit early
+    resumed_from: int | None = None  # the checkpoint epoch the fit continued from
 
 
 # ----------------------------------------------------------------------------- maths
@@ -376,6 +384,12 @@ class _AuthorsDraws:
     def validated(self) -> None:
         self._seed()  # the validation DataLoader iterator's worker base seed
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.gen.set_state(state["generator"])
+
 
 class _NumpyDraws:
     """The draws of runs trained before (``rng="numpy"``): init from
@@ -398,6 +412,12 @@ class _NumpyDraws:
 
     def validated(self) -> None:
         pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rng.bit_generator.state = dict(state["generator"])
 
 
 # ----------------------------------------------------------------------------- training
@@ -488,6 +508,7 @@ def fit_probe(
     config: ProbeConfig = ProbeConfig(),  # frozen, so sharing the default is safe
     *,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    control: TrainingControl | None = None,
 ) -> FitResult:
     """Train the probe on ``train``; early-stop on ``val``'s loss and restore the best weights.
 
@@ -498,7 +519,9 @@ def fit_probe(
     training loss keeps falling on separable data, so stopping on it would
     only ever fire on noise). Sources whose bytes fit in ``cache_bytes`` (train
     first, then val) are held in memory; the rest are read chunk by chunk with
-    read-ahead, in the same order, to the same weights.
+    read-ahead, in the same order, to the same weights. ``control`` checkpoints, resumes
+    and catches interrupts (``trainers.training``; the result's
+    ``interruption`` says when one ended the fit).
     """
     from trainers.probe_step import CpuSteps, TorchSteps
 
@@ -545,9 +568,7 @@ def fit_probe(
     )
     val_labels = None if val is None else np.asarray(val.labels)
 
-    history: list[EpochStats] = []
-    stop = EarlyStopping(config.patience, snapshot=steps.weights)
-    for epoch in range(1, config.max_epochs + 1):
+    def run_epoch(epoch: int) -> tuple[EpochStats, float | None]:
         start = time.perf_counter()
         order = draws.epoch_order(len(train))
         total = 0.0
@@ -566,14 +587,38 @@ def fit_probe(
             if val_labels.min() != val_labels.max():
                 val_auc = float(roc_auc_score(val_labels, s))
         stats = EpochStats(epoch, train_loss, val_loss, val_auc, time.perf_counter() - start)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
-        if stop.update(epoch, val_loss):
-            break
-    best = stop.best
+        return stats, val_loss
+
+    def save_state() -> dict[str, Any]:
+        return {"steps": steps.state_dict(), "draws": draws.state_dict()}
+
+    def load_state(state: Mapping[str, Any]) -> None:
+        steps.load_state_dict(state["steps"])
+        draws.load_state_dict(state["draws"])
+
+    loop = train_epochs(
+        run_epoch,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+        snapshot=steps.weights,
+        state=StateFunctions(save_state, load_state),
+        stats_type=EpochStats,
+        on_epoch=on_epoch,
+        control=control,
+    )
+    best = loop.best
     params_out = ProbeParams(w=best[:-1], b=float(best[-1]), l2_normalize=config.l2_normalize)
-    return FitResult(params_out, history, stop.best_epoch, stop.stopped, bsz, lr, engine)
+    return FitResult(
+        params_out,
+        loop.history,
+        loop.best_epoch,
+        loop.stopped_early,
+        bsz,
+        lr,
+        engine,
+        interruption=loop.interruption,
+        resumed_from=loop.resumed_from,
+    )
 
 
 # ----------------------------------------------------------------------------- scoring

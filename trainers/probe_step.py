@@ -34,13 +34,17 @@ bits, ``uint16``) or float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
+
+from trainers.checkpoints import CheckpointError
 
 __all__ = [
     "BETA1",
@@ -288,6 +292,25 @@ class CpuSteps:
     def weights(self) -> np.ndarray:
         return self.params.copy()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, Adam's moments and step count (a checkpoint's trainer state)."""
+        return {
+            "params": self.params.copy(),
+            "m": self.m.copy(),
+            "v": self.v.copy(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for name in ("params", "m", "v"):
+            value = np.asarray(state[name], dtype=np.float32)
+            if value.shape != self.params.shape:
+                raise CheckpointError(
+                    f"{name} is {value.shape}, the probe's state {self.params.shape}"
+                )
+            getattr(self, name)[...] = value
+        self.step = int(state["step"])
+
 
 # ----------------------------------------------------------------------------- any torch device
 
@@ -364,3 +387,24 @@ class TorchSteps:
 
     def weights(self) -> np.ndarray:
         return self.params.detach().cpu().numpy().copy()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, Adam's moments and step count (a checkpoint's trainer state)."""
+        return {
+            "params": self.params.detach().clone(),
+            "m": self.m.detach().clone(),
+            "v": self.v.detach().clone(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        torch = self.torch
+        for name in ("params", "m", "v"):
+            value = torch.as_tensor(state[name], dtype=torch.float32)
+            target = getattr(self, name)
+            if tuple(value.shape) != tuple(target.shape):
+                raise CheckpointError(
+                    f"{name} is {tuple(value.shape)}, the probe's state {tuple(target.shape)}"
+                )
+            target.copy_(value.to(self.device))
+        self.step = int(state["step"])

@@ -72,6 +72,9 @@ class GridResult:
     auc: float
     ap: float
     n: int
+    fakes: str = "paper"  # the evaluation filter of the test set (trainers.evaluation_filter)
+    n_real: int | None = None
+    n_fake: int | None = None
 
     def __post_init__(self) -> None:
         for field in ("feature", "train", "test"):
@@ -139,6 +142,18 @@ class GridTable:
     features: tuple[str, ...]
     trains: tuple[str, ...]
     tests: tuple[str, ...]
+    filters: tuple[tuple[str, str], ...] = ()  # (test, evaluation filter) of every test set
+
+    def filter_caption(self) -> str:
+        """Which videos each test set counted (the evaluation filter of its results)."""
+        by_filter: dict[str, list[str]] = {}
+        for test, fakes in self.filters:
+            by_filter.setdefault(fakes, []).append(test)
+        parts = [
+            f"{_describe(fakes)} (test set{'s' if len(tests) > 1 else ''} {', '.join(tests)})"
+            for fakes, tests in by_filter.items()
+        ]
+        return ("Videos counted: " + "; ".join(parts) + ".") if parts else ""
 
     def columns(self) -> list[tuple[str, str]]:
         """The value columns as (group, metric): in-domain, each test, mean OOD."""
@@ -199,6 +214,7 @@ class GridTable:
             "features": list(self.features),
             "trains": list(self.trains),
             "tests": list(self.tests),
+            "filters": dict(self.filters),
             "rows": [
                 {
                     "feature": row.feature,
@@ -224,6 +240,15 @@ class GridTable:
         paths["csv"].write_text(self.to_csv(), encoding="utf-8")
         paths["json"].write_text(self.to_json(), encoding="utf-8")
         return paths
+
+
+def _describe(fakes: str) -> str:
+    from trainers.evaluation_filter import FilterError, describe
+
+    try:
+        return describe(fakes)
+    except FilterError:
+        return fakes
 
 
 def _escape(name: str) -> str:
@@ -293,6 +318,13 @@ def grid_table(
             f"test dataset names {reserved} clash with the summary columns; rename them"
         )
 
+    filters: dict[str, str] = {}
+    for result in results:
+        if filters.setdefault(result.test, result.fakes) != result.fakes:
+            raise ReportError(
+                f"test set {result.test!r} has results under two evaluation filters "
+                f"({filters[result.test]}, {result.fakes})"
+            )
     seen_pairs = {(f, t) for f, t, _ in cells}
     rows = []
     for feature in features:
@@ -313,7 +345,13 @@ def grid_table(
                     mean_ood=_mean_ood(ood),
                 )
             )
-    return GridTable(rows=tuple(rows), features=features, trains=trains, tests=tests)
+    return GridTable(
+        rows=tuple(rows),
+        features=features,
+        trains=trains,
+        tests=tests,
+        filters=tuple((t, filters[t]) for t in tests if t in filters),
+    )
 
 
 # ------------------------------------------------------------ paper layout
@@ -379,6 +417,7 @@ def paper_grid(table: GridTable, metric: str = "auc") -> Table:
         caption=(
             f"{metric.upper()} (%) of probes trained on one dataset and tested on another "
             f"(train→test), grouped by test set, in-domain first. {mean_text}"
+            + (f" {table.filter_caption()}" if table.filters else "")
         ),
         meta={
             "metric": metric,
@@ -387,6 +426,7 @@ def paper_grid(table: GridTable, metric: str = "auc") -> Table:
                 for x, (train, test) in zip(letters, columns, strict=True)
             ],
             "n": counts,
+            "filters": dict(table.filters),
         },
     )
 

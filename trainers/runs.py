@@ -7,8 +7,10 @@
                                learnt values, training record, datasets + split hashes,
                                package version, created time -- written LAST
   history.csv                  one row per epoch (when the kind trains by epochs)
-  metrics.json                 {"<dataset>:<split>": {...}} for every evaluated selection
+  metrics.json                 {"<dataset>:<split>[|fakes=all]": {...}} for every evaluated
+                               selection and evaluation filter (``trainers.metrics_file``)
   predictions/<dataset>_<split>.csv           video_id, label, score, probability, evaluated
+                                              (1: counted by the paper's evaluation filter)
   predictions/<dataset>_<split>.frames.npz    per-frame scores (ragged: ids, offsets, scores)
   predictions/<dataset>_<split>.segments.json fake segments the frame scores imply (seconds)
   members/                     a fusion run's copies of its member runs
@@ -121,6 +123,15 @@ class Run:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def interrupted(self) -> dict[str, Any] | None:
+        """How training was cut short (``fit.interrupted``: signal, epochs), None if it was not.
+
+        An interrupted run holds the best weights up to then and scores like any
+        other; a grid or a resume trains it again."""
+        fit = self.config.get("fit")
+        return fit.get("interrupted") if isinstance(fit, Mapping) else None
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The arrays of ``model.safetensors``."""

@@ -35,7 +35,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,7 +46,13 @@ from torch import nn
 
 from featstore.errors import FeatstoreError
 from featstore.timebase import reconcile
-from trainers.training import EarlyStopping, resolve_device
+from trainers.training import (
+    Interruption,
+    StateFunctions,
+    TrainingControl,
+    resolve_device,
+    train_epochs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +163,8 @@ class FitResult:
     history: list[EpochStats]
     best_epoch: int
     stopped_early: bool
+    interruption: Interruption | None = None  # set when SIGINT/SIGTERM ended the fit early
+    resumed_from: int | None = None  # the checkpoint epoch the fit continued from
 
 
 # ----------------------------------------------------------------------------- network
@@ -395,6 +403,7 @@ def fit_sync(
     config: SyncConfig = SyncConfig(),  # frozen, so sharing the default is safe
     *,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    control: TrainingControl | None = None,
 ) -> FitResult:
     """Train ``Phi`` on real videos ``train``; schedule and early-stop on ``val``'s loss.
 
@@ -403,7 +412,8 @@ def fit_sync(
     follows the training loss, all ``max_epochs`` run and the last weights are
     returned. Seeded: the same inputs and config give the same weights on the
     CPU (on CUDA the scatter-adds of the candidate gather may differ in the
-    last bits between runs).
+    last bits between runs). ``control`` checkpoints, resumes and catches
+    interrupts (``trainers.training``).
     """
     train_videos = _reconciled(train, "training")
     da, dv = train_videos[0][0].shape[1], train_videos[0][1].shape[1]
@@ -426,9 +436,7 @@ def fit_sync(
     rng = np.random.default_rng(config.seed)
     log.info("sync: %d videos, %d frames, %s", len(train_videos), packed.n_frames, device)
 
-    history: list[EpochStats] = []
-    stop = EarlyStopping(config.patience, snapshot=lambda: copy.deepcopy(net.state_dict()))
-    for epoch in range(1, config.max_epochs + 1):
+    def run_epoch(epoch: int) -> tuple[EpochStats, float | None]:
         start = time.perf_counter()
         lr = float(opt.param_groups[0]["lr"])
         net.train()
@@ -449,16 +457,42 @@ def fit_sync(
         val_loss = None
         if val_packed is not None:
             val_loss = _mean_loss(net, val_packed, config.tau, config.batch_frames)
-        stats = EpochStats(epoch, train_loss, val_loss, lr, time.perf_counter() - start)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
-        monitored = train_loss if val_loss is None else val_loss
-        plateau.step(monitored)
-        if stop.update(epoch, val_loss):
-            break
-    net.load_state_dict(stop.best)
-    return FitResult(net.cpu().eval(), history, stop.best_epoch, stop.stopped)
+        plateau.step(train_loss if val_loss is None else val_loss)
+        return EpochStats(epoch, train_loss, val_loss, lr, time.perf_counter() - start), val_loss
+
+    def save_state() -> dict[str, Any]:
+        return {
+            "net": net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "plateau": plateau.state_dict(),
+            "rng": rng.bit_generator.state,
+        }
+
+    def load_state(state: Mapping[str, Any]) -> None:
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["optimizer"])
+        plateau.load_state_dict(state["plateau"])
+        rng.bit_generator.state = state["rng"]
+
+    loop = train_epochs(
+        run_epoch,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+        snapshot=lambda: copy.deepcopy(net.state_dict()),
+        state=StateFunctions(save_state, load_state),
+        stats_type=EpochStats,
+        on_epoch=on_epoch,
+        control=control,
+    )
+    net.load_state_dict(loop.best)
+    return FitResult(
+        net.cpu().eval(),
+        loop.history,
+        loop.best_epoch,
+        loop.stopped_early,
+        interruption=loop.interruption,
+        resumed_from=loop.resumed_from,
+    )
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -5,8 +5,9 @@ For each test set, every video's audio and visual features are read once;
 pool is taken from that matrix with ``trainers.syncfree.best_shift``, the very
 function ``featstore syncscore`` uses, so each cell equals
 ``featstore syncscore --shift D --pool P`` on the same videos. Metrics follow
-``featstore eval``: the evaluation filter (reals and both-modified fakes where
-the dataset says which) unless ``all_fakes``.
+``featstore eval``: the evaluation filter ``fakes`` (``paper``: reals and
+both-modified fakes where the dataset says which; ``all``: every fake), decided
+by ``trainers.evaluation_filter`` as for every other command.
 
 Rows are the paper's pools in its order (average; max, log-sum-exp,
 percentile-97; min, percentile-3), columns each test set at ``Delta = 0`` and
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainers.data import FeatureKey, Selection, split_hash
+from trainers.evaluation_filter import PAPER, check_fakes, describe
 from trainers.metrics import binary_metrics
 from trainers.pairs import read_pairs, select_pairs
 from trainers.syncfree import SyncConfig, SyncError, best_shift, shifted_cosines
@@ -114,12 +116,7 @@ class SyncTable:
             f"{s}: n = {c['n']} ({c['n_real']} real / {c['n_fake']} fake)"
             for s, c in self.settings["counts"].items()
         )
-        fakes = self.settings["fakes"]
-        which = (
-            "every fake counted"
-            if fakes == "all"
-            else "evaluation filter: reals and fakes with both modalities manipulated, where known"
-        )
+        which = describe(self.settings["fakes"])
         paddings = self.settings["paddings"]
         zero = [POOL_NAMES.get(p, p) for p in self.pools if paddings[p] == "zero"]
         excluded = [POOL_NAMES.get(p, p) for p in self.pools if paddings[p] == "exclude"]
@@ -174,7 +171,7 @@ def sync_table(
     pools: Sequence[str] = TABLE6_POOLS,
     padding: str | None = None,
     frame_hz: float | None = None,
-    all_fakes: bool = False,
+    fakes: str = PAPER,
     allow_missing: bool = False,
     on_selection: Callable[[str, int], None] | None = None,
 ) -> SyncTable:
@@ -184,6 +181,7 @@ def sync_table(
     is called before each test set is scored.
     """
     configs = _check(list(shifts), list(pools), padding)
+    fakes = check_fakes(fakes)
     if not on:
         raise SyncError("give at least one test set")
     selections = [Selection.parse(s, default_split="test") for s in on]
@@ -195,9 +193,7 @@ def sync_table(
     counts: dict[str, dict[str, int]] = {}
     hashes: dict[str, str] = {}
     for sel in selections:
-        rows = select_pairs(
-            store, sel, audio, visual, evaluation=not all_fakes, allow_missing=allow_missing
-        )
+        rows = select_pairs(store, sel, audio, visual, fakes=fakes, allow_missing=allow_missing)
         if on_selection is not None:
             on_selection(str(sel), len(rows))
         hashes[str(sel)] = split_hash(rows["video_id"].astype(str))
@@ -239,7 +235,7 @@ def sync_table(
         pools=tuple(pools),
         cells=tuple(cells),
         settings={
-            "fakes": "all" if all_fakes else "evaluation filter",
+            "fakes": fakes,
             "frame_hz": frame_hz,
             "paddings": {c.pool: c.padding for c in configs},
             "evaluated_hashes": hashes,  # split_hash of each test set's evaluated videos

@@ -259,6 +259,53 @@ def _groups(df: pd.DataFrame) -> pd.Series:
     return df["video_id"].astype(str)
 
 
+def grouped_holdout(
+    groups: pd.Series, labels: pd.Series, *, fraction: float, seed: int = DEFAULT_SEED
+) -> np.ndarray:
+    """Rows held out: about ``fraction`` of the rows of each label, whole groups at a time.
+
+    A group (e.g. the segments of one source video, or an identity's real
+    videos and the fakes made from them) is never split; it counts under the
+    largest label of its rows (fake if any row is fake). Per label, groups are
+    ranked by a seeded hash of their name and cut where the running row count
+    comes closest to ``fraction``. Returns a boolean mask ``[N]`` in row order.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ProtocolError(f"the held-out fraction must be in [0, 1), got {fraction}")
+    names_of = groups.astype(str).to_numpy()
+    group_label = pd.Series(labels.to_numpy()).groupby(names_of).max()
+    sizes_of = pd.Series(names_of).value_counts()
+    held = np.zeros(len(names_of), dtype=bool)
+    for label in sorted(group_label.unique()):
+        names = group_label.index[group_label.to_numpy() == label].to_numpy(dtype=object)
+        sizes = sizes_of.reindex(names).to_numpy()
+        order = _rank(names, seed)
+        cumulative = np.concatenate([[0], np.cumsum(sizes[order])])
+        cut = _closest_cut(cumulative, fraction * cumulative[-1])
+        held |= np.isin(names_of, names[order][:cut])
+    return held
+
+
+def video_groups(df: pd.DataFrame) -> tuple[pd.Series, str]:
+    """What must stay on one side of a split, and its name: ``identity``, ``source_id`` or ``video``.
+
+    The identity (an ``idNNNNN`` folder in the path, as AV-Deepfake1M and
+    FakeAVCeleb lay out their files: the person and the real video a fake was
+    made from) when every row has one; else the source video of segment rows
+    (``source_id``); else each video on its own.
+    """
+    if "path" in df.columns and len(df):
+        folders = df["path"].astype(str).str.rsplit("/", n=1).str[0]
+        ident = folders.map(
+            lambda f: next((p for p in reversed(f.split("/")) if _IDENTITY_RE.match(p)), None)
+        )
+        if ident.notna().all():
+            return ident.astype(str), "identity"
+    if SOURCE_COLUMN in df.columns and df[SOURCE_COLUMN].notna().any():
+        return _groups(df), SOURCE_COLUMN
+    return df["video_id"].astype(str), "video"
+
+
 def dfe2024_splits(
     df: pd.DataFrame, *, seed: int = DEFAULT_SEED, val_fraction: float = DFE_VAL_FRACTION
 ) -> pd.Series:
@@ -266,7 +313,8 @@ def dfe2024_splits(
 
     Validation videos are drawn per label (so both classes are in it) by a
     seeded hash of their group: rows sharing a ``source_id`` (segments of one
-    video) stay together, and ``val_fraction`` counts rows (segments).
+    video) stay together, and ``val_fraction`` counts rows (segments)
+    (``grouped_holdout``).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ProtocolError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -278,17 +326,9 @@ def dfe2024_splits(
     train = df.loc[(split == "train").to_numpy()]
     if train.empty:
         return out
-    groups = _groups(train)
-    group_label = train["label"].groupby(groups.to_numpy()).max()  # fake if any row is fake
     out.loc[train.index] = "train"
-    for label in sorted(group_label.unique()):
-        names = group_label.index[group_label.to_numpy() == label].to_numpy(dtype=object)
-        sizes = groups[groups.isin(names)].value_counts().reindex(names).to_numpy()
-        order = _rank(names, seed)
-        cumulative = np.concatenate([[0], np.cumsum(sizes[order])])
-        cut = _closest_cut(cumulative, val_fraction * cumulative[-1])
-        chosen = set(names[order][:cut])
-        out.loc[train.index[groups.isin(chosen).to_numpy()]] = "val"
+    held = grouped_holdout(_groups(train), train["label"], fraction=val_fraction, seed=seed)
+    out.loc[train.index[held]] = "val"
     return out
 
 

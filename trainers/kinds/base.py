@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from scipy.special import expit
 
-from trainers.data import Auto, FeatureKey, Selection, SelectionError, default_val
+from trainers.data import FeatureKey, Selection, SelectionError
 from trainers.inputs import (
     FeatureInput,
     InputError,
@@ -78,7 +78,6 @@ __all__ = [
     "probability",
     "store_location",
     "strict_fields",
-    "training_selections",
 ]
 
 
@@ -406,21 +405,6 @@ def finite(value: float, what: str) -> float:
 
 
 # ------------------------------------------------------------------ what train() shares
-
-
-def training_selections(
-    store: FeatureStore, train: Selection | str, val: Selection | str | Auto | None
-) -> tuple[Selection, Selection | None]:
-    """``train`` (bare name = its train split) and ``val`` (``AUTO``: the training
-    dataset's val split when it has one; ``None``: no validation)."""
-    train_sel = Selection.parse(train, default_split="train")
-    if isinstance(val, Auto):
-        val_sel = default_val(store, train_sel)
-    else:
-        val_sel = None if val is None else Selection.parse(val, default_split="val")
-    if val_sel == train_sel:
-        raise SelectionError(f"validation selection {val_sel} is the training selection")
-    return train_sel, val_sel
 
 
 def store_location(store: FeatureStore) -> str:

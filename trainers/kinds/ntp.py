@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainers import runcard
-from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, selection_summary
+from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError
 from trainers.inputs import FEATURES, FeatureInput, InputSource, select_videos
 from trainers.kinds import register
 from trainers.kinds.base import (
@@ -33,11 +33,20 @@ from trainers.kinds.base import (
     feature_input,
     store_location,
     strict_fields,
-    training_selections,
     upgraded,
     v1_feature,
 )
-from trainers.runs import Run, Scored, check_writable, save_run
+from trainers.kinds.fitting import (
+    Holdout,
+    finish,
+    fit_record,
+    nothing_to_save,
+    prepare_run_dir,
+    run_control,
+    training_rows,
+    training_selections,
+)
+from trainers.runs import Run, Scored, save_run
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
@@ -186,6 +195,9 @@ def train(
     on_epoch: Callable[[NTPEpochStats], None] | None = None,
     overwrite: bool = False,
     allow_missing: bool = False,
+    holdout: Holdout | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> Run:
     """Fit the next-token predictor on the *real* videos of ``train`` and write a run at ``out``.
 
@@ -193,16 +205,21 @@ def train(
     members at different rates need ``frame_hz``). Fakes in ``train`` /
     ``val`` are ignored (the paper trains on real videos only); a selection
     without real videos is an error. ``val=AUTO`` uses the training
-    dataset's ``val`` split when it has one, ``val=None`` none (no early
-    stopping). Thresholds (``threshold_quantile`` of real frame errors and
+    dataset's ``val`` split when it has one (a warning when it has none),
+    ``val=None`` none (no early stopping), ``holdout`` a seeded part of the
+    training reals. Thresholds (``threshold_quantile`` of real frame errors and
     video scores) are learnt on the validation reals when there are some,
     else on the training reals (optimistic: the model has seen them).
+    ``checkpoint_every``, ``resume`` and interrupts as in
+    :func:`trainers.kinds.probe.train`.
     """
     from trainers.ntp import NTPConfig, fit_ntp, fit_thresholds, frame_errors
 
     hyper = config or NTPConfig()
-    train_sel, val_sel = training_selections(store, train, val)
-    check_writable(out, overwrite=overwrite)  # fail before a long fit
+    train_sel, val_sel = training_selections(
+        store, train, val, holdout=holdout, max_epochs=hyper.max_epochs
+    )
+    prepare_run_dir(out, resume=resume, overwrite=overwrite)  # fail before a long fit
     inp = feature_input(store, train_sel.dataset, FEATURES, features, frame_hz=frame_hz)
 
     def reals(sel: Selection) -> Any:
@@ -211,13 +228,17 @@ def train(
         except SelectionError as exc:
             raise SelectionError(f"{exc}; the next-token predictor trains on real videos") from None
 
-    train_rows = reals(train_sel)
-    train_src = InputSource(store, train_sel.dataset, inp, train_rows)
-    val_rows = val_src = None
-    if val_sel is not None:
-        inp.check_store(store, val_sel.dataset)
-        val_rows = reals(val_sel)
-        val_src = InputSource(store, val_sel.dataset, inp, val_rows)
+    rows = training_rows(
+        train_sel,
+        val_sel,
+        holdout,
+        reals,
+        check_val=lambda dataset: inp.check_store(store, dataset),
+    )
+    train_src = InputSource(store, train_sel.dataset, inp, rows.train)
+    val_src = None
+    if rows.val is not None and rows.val_dataset is not None:
+        val_src = InputSource(store, rows.val_dataset, inp, rows.val)
     log.info(
         "training a next-token predictor on %s %s (%d real videos, %.1f MB)",
         train_sel,
@@ -225,21 +246,33 @@ def train(
         len(train_src),
         train_src.nbytes / 2**20,
     )
-    result = fit_ntp(train_src, val_src, hyper, on_epoch=on_epoch)
+    run_config = NTPRunConfig(inp, hyper).to_dict()
+    control = run_control(
+        out,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        fingerprint={
+            "kind": KIND,
+            "config": run_config,
+            "train": rows.train_summary,
+            "val": rows.val_summary,
+        },
+    )
+    result = fit_ntp(train_src, val_src, hyper, on_epoch=on_epoch, control=control)
+    nothing_to_save(result.interruption)
     threshold_src, learnt_on = (val_src, "val") if val_src is not None else (train_src, "train")
     errors = frame_errors(result.model, threshold_src, device=hyper.device)
     thresholds = fit_thresholds(errors, hyper.threshold_quantile)
-    run_config = NTPRunConfig(inp, hyper)
     card = runcard.record(
-        NTPDetector(run_config, result.model, thresholds, device=hyper.device),
+        NTPDetector(NTPRunConfig(inp, hyper), result.model, thresholds, device=hyper.device),
         store,
-        lengths_of=(train_sel, train_rows),
+        lengths_of=(train_sel, rows.train),
         calibrate_on=val_sel or train_sel,
         allow_missing=allow_missing,
     )
     doc = {
         "kind": KIND,
-        "config": run_config.to_dict(),
+        "config": run_config,
         "learnt": {"thresholds": {**thresholds.to_dict(), "learnt_on": learnt_on}},
         "score": {
             "video": "0.5 * log(max_t e_t / thresholds.video)",
@@ -251,10 +284,11 @@ def train(
             "epochs": len(result.history),
             "planned_steps": int(result.planned_steps),
             "stopped_early": bool(result.stopped_early),
+            **fit_record(result, control),
         },
         "store": store_location(store),
-        "train": selection_summary(train_sel, train_rows),
-        "val": None if val_rows is None else selection_summary(val_sel, val_rows),
+        "train": rows.train_summary,
+        "val": rows.val_summary,
         **card,
     }
     history = [
@@ -267,6 +301,7 @@ def train(
         }
         for h in result.history
     ]
-    return save_run(
+    run = save_run(
         out, config=doc, tensors=result.model.to_state(), history=history, overwrite=True
     )
+    return finish(run, result.interruption, control)

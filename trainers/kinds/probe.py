@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainers import runcard
-from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, selection_summary
+from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError
 from trainers.inputs import FEATURES, FeatureInput, InputSource, select_videos
 from trainers.kinds import register
 from trainers.kinds.base import (
@@ -33,11 +33,20 @@ from trainers.kinds.base import (
     feature_input,
     store_location,
     strict_fields,
-    training_selections,
     upgraded,
     v1_feature,
 )
-from trainers.runs import Run, RunError, Scored, check_writable, save_run
+from trainers.kinds.fitting import (
+    Holdout,
+    finish,
+    fit_record,
+    nothing_to_save,
+    prepare_run_dir,
+    run_control,
+    training_rows,
+    training_selections,
+)
+from trainers.runs import Run, RunError, Scored, save_run
 
 if TYPE_CHECKING:
     from featstore.spatial import FrameHead
@@ -172,6 +181,9 @@ def train(
     on_epoch: Callable[[EpochStats], None] | None = None,
     overwrite: bool = False,
     allow_missing: bool = False,
+    holdout: Holdout | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> Run:
     """Fit a linear probe on stored features and write its run directory at ``out``.
 
@@ -179,24 +191,37 @@ def train(
     members at different rates need ``frame_hz``. ``train`` / ``val`` are
     ``NAME[@VIEW][:SPLIT]`` selections (a bare name means the ``train`` / ``val``
     split); ``val=AUTO`` uses the training dataset's ``val`` split when it
-    has one, ``val=None`` trains without validation (no early stopping). An
-    existing complete run at ``out`` is an error unless ``overwrite``.
+    has one (a warning when it has none), ``val=None`` trains without
+    validation (no early stopping), ``holdout`` validates on a seeded part of
+    the training videos instead (``trainers.kinds.fitting``). An existing
+    complete run at ``out`` is an error unless ``overwrite``.
+    ``checkpoint_every`` N checkpoints the fit into ``out`` every N epochs;
+    ``resume`` continues from that checkpoint (same arguments otherwise). On
+    SIGINT/SIGTERM the best-so-far run is saved, marked interrupted, and
+    :class:`~trainers.training.TrainingInterrupted` is raised.
     """
     from trainers.probe import ProbeConfig, fit_probe
 
     hyper = config or ProbeConfig()
-    train_sel, val_sel = training_selections(store, train, val)
-    check_writable(out, overwrite=overwrite)  # fail before a long fit
+    train_sel, val_sel = training_selections(
+        store, train, val, holdout=holdout, max_epochs=hyper.max_epochs
+    )
+    prepare_run_dir(out, resume=resume, overwrite=overwrite)  # fail before a long fit
     inp = feature_input(store, train_sel.dataset, FEATURES, features, frame_hz=frame_hz)
-    train_rows = select_videos(store, train_sel, inp.keys, allow_missing=allow_missing)
-    if train_rows["label"].nunique() < 2:
-        raise SelectionError(f"{train_sel} needs both real and fake videos to train a probe")
-    train_src = InputSource(store, train_sel.dataset, inp, train_rows)
-    val_rows = val_src = None
-    if val_sel is not None:
-        inp.check_store(store, val_sel.dataset)
-        val_rows = select_videos(store, val_sel, inp.keys, allow_missing=allow_missing)
-        val_src = InputSource(store, val_sel.dataset, inp, val_rows)
+    rows = training_rows(
+        train_sel,
+        val_sel,
+        holdout,
+        lambda sel: select_videos(store, sel, inp.keys, allow_missing=allow_missing),
+        check_val=lambda dataset: inp.check_store(store, dataset),
+    )
+    if rows.train["label"].nunique() < 2:
+        held = " once validation is held out" if holdout is not None else ""
+        raise SelectionError(f"{train_sel} needs both real and fake videos to train a probe{held}")
+    train_src = InputSource(store, train_sel.dataset, inp, rows.train)
+    val_src = None
+    if rows.val is not None and rows.val_dataset is not None:
+        val_src = InputSource(store, rows.val_dataset, inp, rows.val)
     log.info(
         "training a probe on %s %s (%d videos, %.1f MB)",
         train_sel,
@@ -204,18 +229,30 @@ def train(
         len(train_src),
         train_src.nbytes / 2**20,
     )
-    result = fit_probe(train_src, val_src, hyper, on_epoch=on_epoch)
-    run_config = ProbeRunConfig(inp, hyper)
+    run_config = ProbeRunConfig(inp, hyper).to_dict()
+    control = run_control(
+        out,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        fingerprint={
+            "kind": KIND,
+            "config": run_config,
+            "train": rows.train_summary,
+            "val": rows.val_summary,
+        },
+    )
+    result = fit_probe(train_src, val_src, hyper, on_epoch=on_epoch, control=control)
+    nothing_to_save(result.interruption)
     card = runcard.record(
-        ProbeDetector(run_config, result.params),
+        ProbeDetector(ProbeRunConfig(inp, hyper), result.params),
         store,
-        lengths_of=(train_sel, train_rows),
+        lengths_of=(train_sel, rows.train),
         calibrate_on=val_sel or train_sel,
         allow_missing=allow_missing,
     )
     doc = {
         "kind": KIND,
-        "config": run_config.to_dict(),
+        "config": run_config,
         "fit": {
             "best_epoch": int(result.best_epoch),
             "epochs": len(result.history),
@@ -223,10 +260,11 @@ def train(
             "batch_videos": int(result.batch_videos),
             "lr": float(result.lr),
             "engine": result.engine,
+            **fit_record(result, control),
         },
         "store": store_location(store),
-        "train": selection_summary(train_sel, train_rows),
-        "val": None if val_rows is None else selection_summary(val_sel, val_rows),
+        "train": rows.train_summary,
+        "val": rows.val_summary,
         **card,
     }
     history = [
@@ -239,6 +277,7 @@ def train(
         }
         for h in result.history
     ]
-    return save_run(
+    run = save_run(
         out, config=doc, tensors=result.params.to_state(), history=history, overwrite=True
     )
+    return finish(run, result.interruption, control)

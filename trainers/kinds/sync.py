@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainers import runcard
-from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, selection_summary
+from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError
 from trainers.inputs import AUDIO, VISUAL, FeatureInput
 from trainers.kinds import register
 from trainers.kinds.base import (
@@ -48,12 +48,21 @@ from trainers.kinds.base import (
     finite,
     store_location,
     strict_fields,
-    training_selections,
     upgraded,
     v1_feature,
 )
+from trainers.kinds.fitting import (
+    Holdout,
+    finish,
+    fit_record,
+    nothing_to_save,
+    prepare_run_dir,
+    run_control,
+    training_rows,
+    training_selections,
+)
 from trainers.pairs import PairingError, pair_inputs, pair_rows, read_pairs, select_pairs
-from trainers.runs import Run, RunError, check_writable, save_run
+from trainers.runs import Run, RunError, save_run
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -219,23 +228,33 @@ class SyncDetector(Detector):
         return VideoScore(raw - self.video_threshold, frames)
 
 
-def _real_pairs(
+def _real_rows(
     store: FeatureStore,
     sel: Selection,
     audio: FeatureInput,
     visual: FeatureInput,
     *,
     allow_missing: bool,
-    trim_silence: bool,
-) -> tuple[list[PairedVideo], dict[str, Any], pd.DataFrame]:
-    """The real videos of ``sel`` paired, what the run config records about them, their rows."""
+) -> pd.DataFrame:
+    """The manifest rows of the real videos of ``sel`` with both inputs."""
     try:
-        rows = select_pairs(store, sel, audio, visual, real_only=True, allow_missing=allow_missing)
+        return select_pairs(store, sel, audio, visual, real_only=True, allow_missing=allow_missing)
     except SelectionError as exc:
         raise SelectionError(f"{exc}; the sync network trains on real videos only") from None
-    pairs = list(read_pairs(store, sel.dataset, rows, audio, visual, trim_silence=trim_silence))
-    summary = {**selection_summary(sel, rows), "n_frames": int(sum(p.n_rows for p in pairs))}
-    return pairs, summary, rows
+
+
+def _read(
+    store: FeatureStore,
+    dataset: str,
+    rows: pd.DataFrame,
+    audio: FeatureInput,
+    visual: FeatureInput,
+    *,
+    trim_silence: bool,
+) -> tuple[list[PairedVideo], int]:
+    """The videos of ``rows`` paired, and their frame count (recorded in the run config)."""
+    pairs = list(read_pairs(store, dataset, rows, audio, visual, trim_silence=trim_silence))
+    return pairs, int(sum(p.n_rows for p in pairs))
 
 
 def _thresholds(net: SyncNet, pairs: Sequence[PairedVideo]) -> dict[str, float]:
@@ -267,30 +286,52 @@ def train(
     on_epoch: Callable[[EpochStats], None] | None = None,
     overwrite: bool = False,
     allow_missing: bool = False,
+    holdout: Holdout | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> Run:
     """Fit the sync network on the *real* videos of ``train`` and write a run at ``out``.
 
     ``audio`` / ``visual`` are ``ENCODER[:LAYER]`` keys or feature sets; all
     their features must run at one rate unless ``frame_hz`` names a common
     one. Fakes in ``train`` / ``val`` are ignored. ``val=AUTO`` uses the
-    training dataset's ``val`` split when it has one, ``val=None`` none (no
-    early stopping; thresholds then come from the training videos,
-    optimistic as the network has seen them). An existing complete run is
-    an error unless ``overwrite``.
+    training dataset's ``val`` split when it has one (a warning when it has
+    none), ``val=None`` none (no early stopping; thresholds then come from the
+    training videos, optimistic as the network has seen them), ``holdout`` a
+    seeded part of the training reals. An existing complete run is an error
+    unless ``overwrite``. ``checkpoint_every``, ``resume`` and interrupts as in
+    :func:`trainers.kinds.probe.train`.
     """
     from trainers.sync import SyncConfig, fit_sync, net_to_state
 
     hyper = config or SyncConfig()
-    train_sel, val_sel = training_selections(store, train, val)
-    check_writable(out, overwrite=overwrite)  # fail before a long fit
+    train_sel, val_sel = training_selections(
+        store, train, val, holdout=holdout, max_epochs=hyper.max_epochs
+    )
+    prepare_run_dir(out, resume=resume, overwrite=overwrite)  # fail before a long fit
     a_in, v_in = pair_inputs(store, train_sel.dataset, audio, visual, frame_hz=frame_hz)
-    kwargs = {"allow_missing": allow_missing, "trim_silence": trim_silence}
-    train_pairs, train_summary, train_rows = _real_pairs(store, train_sel, a_in, v_in, **kwargs)
-    val_pairs = val_summary = None
-    if val_sel is not None:
-        a_in.check_store(store, val_sel.dataset)
-        v_in.check_store(store, val_sel.dataset)
-        val_pairs, val_summary, _ = _real_pairs(store, val_sel, a_in, v_in, **kwargs)
+
+    def check_val(dataset: str) -> None:
+        a_in.check_store(store, dataset)
+        v_in.check_store(store, dataset)
+
+    rows = training_rows(
+        train_sel,
+        val_sel,
+        holdout,
+        lambda sel: _real_rows(store, sel, a_in, v_in, allow_missing=allow_missing),
+        check_val=check_val,
+    )
+    train_pairs, n_frames = _read(
+        store, train_sel.dataset, rows.train, a_in, v_in, trim_silence=trim_silence
+    )
+    train_summary = {**rows.train_summary, "n_frames": n_frames}
+    val_pairs, val_summary = None, rows.val_summary
+    if rows.val is not None and rows.val_dataset is not None:
+        val_pairs, n_frames = _read(
+            store, rows.val_dataset, rows.val, a_in, v_in, trim_silence=trim_silence
+        )
+        val_summary = {**rows.val_summary, "n_frames": n_frames}
     log.info(
         "training a sync network on %s %s + %s (%d real videos)",
         train_sel,
@@ -298,21 +339,38 @@ def train(
         v_in.label,
         len(train_pairs),
     )
-    result = fit_sync(train_pairs, val_pairs, hyper, on_epoch=on_epoch)
+    run_config = SyncRunConfig(a_in, v_in, hyper, trim_silence=bool(trim_silence)).to_dict()
+    control = run_control(
+        out,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        fingerprint={
+            "kind": KIND,
+            "config": run_config,
+            "train": train_summary,
+            "val": val_summary,
+        },
+    )
+    result = fit_sync(train_pairs, val_pairs, hyper, on_epoch=on_epoch, control=control)
+    nothing_to_save(result.interruption)
     reference, learnt_on = (val_pairs, "val") if val_pairs is not None else (train_pairs, "train")
     net = result.net
-    run_config = SyncRunConfig(a_in, v_in, hyper, trim_silence=bool(trim_silence))
     thresholds = {**_thresholds(net, reference), "learnt_on": learnt_on}
     card = runcard.record(
-        SyncDetector(run_config, net, thresholds, device=hyper.device),
+        SyncDetector(
+            SyncRunConfig(a_in, v_in, hyper, trim_silence=bool(trim_silence)),
+            net,
+            thresholds,
+            device=hyper.device,
+        ),
         store,
-        lengths_of=(train_sel, train_rows),
+        lengths_of=(train_sel, rows.train),
         calibrate_on=val_sel or train_sel,
         allow_missing=allow_missing,
     )
     doc = {
         "kind": KIND,
-        "config": run_config.to_dict(),
+        "config": run_config,
         "learnt": {"thresholds": thresholds},
         "architecture": {
             "type": "AVH-Align: L2-normalised inputs, projections, MLP on [visual; audio]",
@@ -331,6 +389,7 @@ def train(
             "best_epoch": int(result.best_epoch),
             "epochs": len(result.history),
             "stopped_early": bool(result.stopped_early),
+            **fit_record(result, control),
         },
         "store": store_location(store),
         "train": train_summary,
@@ -347,4 +406,5 @@ def train(
         }
         for h in result.history
     ]
-    return save_run(out, config=doc, tensors=net_to_state(net), history=history, overwrite=True)
+    run = save_run(out, config=doc, tensors=net_to_state(net), history=history, overwrite=True)
+    return finish(run, result.interruption, control)

@@ -343,7 +343,7 @@ def run_syncscore(
     ci: bool = False,
     threshold: str | float | None = None,
     allow_missing: bool = False,
-    all_fakes: bool = False,
+    fakes: str = "paper",
     segment_metrics: str = "official",
     trim_silence: bool = False,
     frame_hz: float | None = None,
@@ -352,15 +352,14 @@ def run_syncscore(
 ) -> dict[str, Any]:
     """Score ``on`` training-free and compute eval's metrics (plus the best-shift histogram).
 
-    ``all_fakes`` counts every fake in AUC/AP and the temporal AUC instead of
-    the evaluation filter; ``segment_metrics`` picks AV-Deepfake1M's AP/AR
+    ``fakes`` is the evaluation filter (``paper`` or ``all``) of AUC/AP, the
+    temporal AUC and AP/AR; ``segment_metrics`` picks AV-Deepfake1M's AP/AR
     semantics (``"official"`` or ``"corrected"``).
     With ``out`` the result is also a run directory of kind ``syncfree``
     (``config.json``, ``metrics.json``, ``predictions/NAME_SPLIT.*``) that
     ``eval``, ``fuse``, ``correlate``, ``explain`` and ``serve`` take like any run.
     """
-    from trainers.evaluate import scored_metrics
-    from trainers.runs import write_metrics, write_predictions
+    from trainers.evaluate import record_evaluation, scored_metrics
 
     sel = Selection.parse(on, default_split="test")
     if out is not None:
@@ -374,13 +373,13 @@ def run_syncscore(
         _card(det, store, sel, scored.manifest, calibrate_on, allow_missing=allow_missing)
     )
     rules, name = det.localization.resolve(threshold)
-    metrics, mask, segments = scored_metrics(
+    metrics, _, segments = scored_metrics(
         scored,
         kind=KIND,
         ci=ci,
         rules=rules,
         threshold_name=name,
-        all_fakes=all_fakes,
+        fakes=fakes,
         segment_metrics=segment_metrics,
         card=det.card,
     )
@@ -391,7 +390,6 @@ def run_syncscore(
     metrics["sync"] = config.to_dict()
     if out is not None:
         run = _save(det, store, out, det.card.to_doc(), overwrite=overwrite)
-        write_metrics(run, str(sel), metrics)
-        write_predictions(run, scored, evaluated=mask, segments=segments, slug=sel.slug)
+        record_evaluation(run, scored, metrics, segments, slug=sel.slug)
         metrics["out"] = str(run.path)
     return metrics
