@@ -264,6 +264,7 @@ def train(
             "stopped_early": bool(result.stopped_early),
             "batch_videos": int(result.batch_videos),
             "lr": float(result.lr),
+            "engine": result.engine,
             **fit_record(result, control),
         },
         "execution": execution_record(
