@@ -42,6 +42,24 @@ ON = typer.Option(
 FAKES = fakes_option()
 
 
+CLUSTER = typer.Option(
+    None,
+    "--cluster",
+    help="Run on Dask: 'local' (worker processes on this machine) or a scheduler address "
+    "tcp://HOST:PORT. The store must be reachable from the workers under the same URL.",
+)
+N_WORKERS = typer.Option(2, "--n-workers", min=1, help="Worker processes for --cluster local.")
+
+
+def show_progress(progress: Any) -> None:
+    """One stderr line per finished cluster task (stdout stays for results and --json)."""
+    reused = f", {progress.reused} reused" if progress.reused else ""
+    typer.echo(
+        f"[{progress.done}/{progress.total}{reused}] {progress.name} ({progress.elapsed_s:.1f}s)",
+        err=True,
+    )
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -250,11 +268,15 @@ def eval_command(
     fakes: str = FAKES,
     segment_metrics: str = SEGMENT_METRICS,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    cluster: str | None = CLUSTER,
+    n_workers: int = N_WORKERS,
 ) -> None:
     """AUC / AP / EER (and temporal / segment metrics); writes metrics.json and predictions.
 
     The result is stored under its selection and filter, so --fakes paper and
-    --fakes all keep one entry each.
+    --fakes all keep one entry each. With --cluster the videos are scored on Dask,
+    a partition per task (the same numbers); an interrupted run resumes from the
+    partitions it finished.
     """
     with user_errors():
         from trainers.evaluate import evaluate
@@ -273,6 +295,9 @@ def eval_command(
             allow_missing=allow_missing,
             fakes=fakes,
             segment_metrics=check_semantics(segment_metrics),
+            cluster=cluster,
+            n_workers=n_workers,
+            on_progress=show_progress,
         )
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
@@ -425,8 +450,15 @@ def grid_command(
         "modalities manipulated, where the dataset says which) or all (every fake).",
         show_default="each dataset's `fakes` in the TOML, paper unless set",
     ),
+    cluster: str | None = CLUSTER,
+    n_workers: int = N_WORKERS,
 ) -> None:
-    """Train one probe per (feature, training dataset), test on every dataset, write the tables."""
+    """Train one probe per (feature, training dataset), test on every dataset, write the tables.
+
+    With --cluster every probe and every (probe, test set) evaluation is a Dask
+    task; the files are those of a local run. Complete runs and their stored
+    metrics are reused, so an interrupted grid resumes where it stopped.
+    """
     with user_errors():
         from cli.train import format_epoch
         from trainers.grid import GridEvent, load_config, run_grid
@@ -441,6 +473,8 @@ def grid_command(
             where = f"[{event.feature} | {event.train}]"
             if event.kind == "train":
                 say(f"{where} training -> {event.run_dir}")
+            elif event.kind == "trained":
+                say(f"{where} trained -> {event.run_dir}")
             elif event.kind == "reuse":
                 say(f"{where} reusing complete run {event.run_dir}")
             elif event.kind == "epoch" and (event.epoch.epoch % epoch_every == 0):
@@ -452,7 +486,7 @@ def grid_command(
                     f"({r.n_real} real / {r.n_fake} fake, filter {r.fakes})"
                 )
 
-        outcome = run_grid(cfg, on_event=show, fakes=fakes)
+        outcome = run_grid(cfg, on_event=show, fakes=fakes, cluster=cluster, n_workers=n_workers)
         from trainers.report import paper_grid
 
     if as_json:

@@ -15,7 +15,9 @@ import typer
 from cli.errors import user_errors
 from cli.evaluate import (
     CALIBRATE_ON,
+    CLUSTER,
     FAKES,
+    N_WORKERS,
     NO_CALIBRATION,
     SEGMENT_METRICS,
     THRESHOLD,
@@ -23,6 +25,7 @@ from cli.evaluate import (
     filter_text,
     localization_rows,
     result_table,
+    show_progress,
 )
 from cli.group import deprecated_aliases
 from cli.options import complete_features, plot_format_option, plot_suffix, store_option
@@ -108,13 +111,17 @@ def syncscore_command(
     allow_missing: bool = ALLOW_MISSING,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete run at --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    cluster: str | None = CLUSTER,
+    n_workers: int = N_WORKERS,
 ) -> None:
     """Score videos by audio-visual feature agreement (no training); AUC / AP / EER.
 
     With --out the run is a ``syncfree`` run: ``eval``, ``fuse``, ``explain`` and
     ``serve`` (uploads included) take it like any trained run; its frame threshold is
     calibrated on --calibrate-on, or else on the val split of the --on dataset, when that
-    is another split.
+    is another split. With --cluster the videos are scored on Dask, a partition per
+    task (the same numbers); with --out an interrupted run resumes from the partitions
+    it finished.
     """
     with user_errors():
         from featstore import open_store
@@ -139,6 +146,9 @@ def syncscore_command(
             frame_hz=frame_hz,
             calibrate_on=calibrate_on(calibrate, no_calibration),
             overwrite=overwrite,
+            cluster=cluster,
+            n_workers=n_workers,
+            on_progress=show_progress,
         )
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
@@ -202,11 +212,15 @@ def layers_command(
     plot_format: str | None = plot_format_option(),
     frame_hz: float | None = FRAME_HZ,
     allow_missing: bool = ALLOW_MISSING,
+    cluster: str | None = CLUSTER,
+    n_workers: int = N_WORKERS,
     as_json: bool = json_option("every layer pair's AUC/AP, the best pair and the files"),
 ) -> None:
     """Eq. 3 on every stored layer (paper Fig. 7): equal layers, or one side fixed.
 
     Without --preset/--shift/--pool it uses the paper's setting (speechforensics).
+    Each layer pair is a task (on Dask with --cluster); finished pairs are kept
+    under --out, so an interrupted sweep resumes where it stopped.
     """
     with user_errors():
         from featstore import open_store
@@ -234,6 +248,8 @@ def layers_command(
             on_layer=show,
             fakes=fakes,
             plot_format=plot_suffix(plot_format),
+            cluster=cluster,
+            n_workers=n_workers,
         )
     typer.echo(filter_text(sweep.fakes), err=as_json)
     best = sweep.best

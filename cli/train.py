@@ -4,7 +4,8 @@
 prediction) and ``sync`` (AVH-Align) are trained on real videos only. Each prints
 one line per epoch (``--quiet``: none; ``--epoch-every N``: every N-th; ``--json``:
 on stderr) and writes a run directory that ``featstore eval`` reads. The
-commands call the run kinds' ``train`` (``trainers.kinds``). Features may be
+commands call the run kinds' ``train`` (``trainers.kinds``). ``--cache-gb`` bounds the
+memory they hold videos in; larger sets stream from the store (``trainers.memory``). Features may be
 feature sets: ``--encoder avhubert-a+avhubert-v`` or a repeated ``--encoder``.
 Options may come from a TOML/YAML file (``--config``, ``cli.config_file``); where
 each came from is recorded in the run's ``config.json`` (``invocation``), with the
@@ -17,6 +18,7 @@ best-so-far run and prints one line saying where (``trainers.kinds.fitting``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,15 @@ FEATURES_HELP = (
     "ENCODER[:LAYER]; several joined by '+' (or the option repeated) are read together, "
     "concatenated per frame (a feature set)"
 )
+CACHE_GB = typer.Option(
+    None,
+    "--cache-gb",
+    min=0.0,
+    metavar="GIB",
+    show_default="half the machine's memory",
+    help="Memory budget (GiB) for holding the training, then validation, videos; what does "
+    "not fit is streamed from the store batch by batch, to the same model.",
+)
 FRAME_HZ = typer.Option(
     None,
     "--frame-hz",
@@ -150,8 +161,6 @@ def format_epoch(stats: Any) -> str:
 
 def _config(default: Any, **overrides: Any) -> Any:
     """``default`` with the options the user gave (``None``: not given) replaced."""
-    import dataclasses
-
     return dataclasses.replace(default, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -217,6 +226,20 @@ def _print_run(run: Any, lines: list[str], as_json: bool) -> None:
     for line in lines:
         typer.echo(line)
     typer.echo(f"run written to {run.path}")
+
+
+def _batch_videos(text: str | None) -> int | None:
+    """``--batch-videos``: absent -> 1 (the authors' loop), ``auto`` -> None, else an integer."""
+    if text is None:
+        return 1
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected a number of videos or 'auto', got {text!r}", param_hint="--batch-videos"
+        ) from None
 
 
 def _validation(val: str | None, no_val: bool) -> Any:
@@ -328,12 +351,31 @@ def probe(
     out: Path | None = OUT,
     epochs: int | None = typer.Option(None, "--epochs", show_default="100", help="Maximum epochs."),
     lr: float | None = typer.Option(None, "--lr", show_default="1e-3", help="Adam learning rate."),
-    patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience."),
-    batch_videos: int | None = typer.Option(None, "--batch-videos", help="Videos per batch."),
+    patience: int | None = typer.Option(
+        None, "--patience", show_default="10", help="Early-stopping patience."
+    ),
+    batch_videos: str | None = typer.Option(
+        None,
+        "--batch-videos",
+        show_default="1",
+        metavar="N|auto",
+        help="Videos per Adam step (1: the authors' loop). N > 1 steps on the mean loss "
+        "of N videos at lr x N (see --no-scale-lr); 'auto': clamp(videos // 512, 1, 16).",
+    ),
+    center_bias: bool = typer.Option(
+        False,
+        "--center-bias",
+        help="Start the bias at -log(median frames): even odds before training (the authors "
+        "start at nn.Linear's draw).",
+    ),
+    no_scale_lr: bool = typer.Option(
+        False, "--no-scale-lr", help="With --batch-videos N, keep lr instead of lr x N."
+    ),
     frame_hz: float | None = FRAME_HZ,
     no_l2: bool = NO_L2,
     seed: int | None = SEED,
     device: str | None = DEVICE,
+    cache_gb: float | None = CACHE_GB,
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
     tensorboard: Path | None = TENSORBOARD,
@@ -343,22 +385,32 @@ def probe(
     epoch_every: int = EPOCH_EVERY,
     as_json: bool = AS_JSON,
 ) -> None:
-    """Linear probe (paper Eq. 1): per-frame logits, logsumexp over time, early stopping."""
+    """Linear probe (paper Eq. 1): per-frame logits, logsumexp over time, early stopping.
+
+    The defaults are the authors' loop: one video per Adam step, lr 1e-3, nn.Linear's
+    initialisation, up to 100 epochs, patience 10 on the validation loss, seed 43.
+    """
     with _interrupts(), user_errors():
         from featstore import open_store
         from trainers.inputs import parse_feature_set
         from trainers.kinds import probe as probe_kind
+        from trainers.memory import cache_bytes_of_gb
         from trainers.probe import ProbeConfig
 
-        config = _config(
-            ProbeConfig(),
-            max_epochs=epochs,
-            lr=lr,
-            patience=patience,
-            batch_videos=batch_videos,
-            seed=seed,
-            device=device,
-            l2_normalize=False if no_l2 else None,
+        config = dataclasses.replace(
+            _config(
+                ProbeConfig(),
+                max_epochs=epochs,
+                lr=lr,
+                patience=patience,
+                seed=seed,
+                device=device,
+                l2_normalize=False if no_l2 else None,
+                center_bias=True if center_bias else None,
+                scale_lr=False if no_scale_lr else None,
+                cache_bytes=cache_bytes_of_gb(cache_gb),
+            ),
+            batch_videos=_batch_videos(batch_videos),
         )
         show = epoch_printer(format_epoch, quiet=quiet, every=epoch_every, to_stderr=as_json)
         with _recording(ctx, tensorboard, show) as on_epoch:
@@ -431,6 +483,7 @@ def ntp(
     no_l2: bool = NO_L2,
     seed: int | None = SEED,
     device: str | None = DEVICE,
+    cache_gb: float | None = CACHE_GB,
     overwrite: bool = OVERWRITE,
     allow_missing: bool = ALLOW_MISSING,
     tensorboard: Path | None = TENSORBOARD,
@@ -445,6 +498,7 @@ def ntp(
         from featstore import open_store
         from trainers.inputs import parse_feature_set
         from trainers.kinds import ntp as ntp_kind
+        from trainers.memory import cache_bytes_of_gb
         from trainers.ntp import NTPConfig
 
         config = _config(
@@ -457,6 +511,7 @@ def ntp(
             seed=seed,
             device=device,
             l2_normalize=False if no_l2 else None,
+            cache_bytes=cache_bytes_of_gb(cache_gb),
         )
         show = epoch_printer(format_epoch, quiet=quiet, every=epoch_every, to_stderr=as_json)
         with _recording(ctx, tensorboard, show) as on_epoch:
@@ -529,6 +584,7 @@ def sync(
     frame_hz: float | None = FRAME_HZ,
     seed: int | None = SEED,
     device: str | None = DEVICE,
+    cache_gb: float | None = CACHE_GB,
     trim_silence: bool = typer.Option(
         False,
         "--trim-silence",
@@ -548,6 +604,7 @@ def sync(
         from featstore import open_store
         from trainers.inputs import parse_feature_set
         from trainers.kinds import sync as sync_kind
+        from trainers.memory import cache_bytes_of_gb
         from trainers.sync import SyncConfig
 
         config = _config(
@@ -558,6 +615,7 @@ def sync(
             batch_frames=batch_frames,
             seed=seed,
             device=device,
+            cache_bytes=cache_bytes_of_gb(cache_gb),
         )
         val_selection = _validation(val, no_val)
 

@@ -102,6 +102,9 @@ class Backend(abc.ABC):
     url: str
     read_only: bool
     durable: bool
+    read_gap_bytes: int = 0
+    """Readers fetch two byte ranges of one object in one read when at most this far apart
+    (``featstore.lazy``): what one more request costs, in bytes."""
 
     def __init__(self) -> None:
         self._zarr_lock = threading.Lock()
@@ -317,6 +320,8 @@ class LocalBackend(Backend):
     a descriptor of a file removed by ``compact`` still reads the old bytes.
     """
 
+    read_gap_bytes = 0  # back-to-back ranges only: the kernel's read-ahead covers near ones
+
     def __init__(
         self, url: str, root: str, *, read_only: bool, durable: bool = True, max_open: int = 128
     ) -> None:
@@ -516,6 +521,8 @@ class LocalBackend(Backend):
 
 class FsspecBackend(Backend):
     """Objects on any fsspec filesystem (object stores: one PUT per object, atomic)."""
+
+    read_gap_bytes = 4 * 2**20  # a request's latency, at object-store throughput
 
     def __init__(
         self,

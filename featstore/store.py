@@ -62,6 +62,7 @@ from featstore.layout import (
     layer_sort_key,
     normalize_layer,
 )
+from featstore.lazy import LayerLayout, load_part_rows
 from featstore.shards import ShardReader, load_layout
 from featstore.writer import StoreWriter
 
@@ -320,54 +321,53 @@ class FeatureStore:
         import xarray as xr
         from dask.highlevelgraph import HighLevelGraph
 
-        state = self._state(dataset, encoder)
-        index = state.index(layer)
-        if len(index.dims) != 1:
-            raise CorruptStoreError(
-                f"{dataset}/{encoder} layer {layer_key(layer)} has dims {sorted(index.dims)}"
-            )
-        (dim,) = index.dims
-        dtype = np.dtype(state.info.dtype)
-        groups = index.by_part()
-        name = f"featstore-{dataset}-{encoder}-{layer_key(layer)}-{state.token}"
+        lay = self.layout(dataset, encoder, layer)
+        name = f"featstore-{dataset}-{encoder}-{layer_key(layer)}-{lay.token}"
         graph: dict[tuple[str, int, int], Any] = {}
-        row_chunks = []
-        for i, (part_id, _, starts, ns) in enumerate(groups):
-            graph[(name, i, 0)] = (_load_rows, self, dataset, encoder, part_id, layer, starts, ns)
-            row_chunks.append(int(ns.sum()))
+        for i, (part_id, (a, b)) in enumerate(zip(lay.part_ids, lay.part_spans(), strict=True)):
+            graph[(name, i, 0)] = (
+                load_part_rows, self, dataset, encoder, part_id, layer,
+                lay.row_start[a:b], lay.n_frames[a:b],
+            )  # fmt: skip
         data = dsa.Array(
             HighLevelGraph.from_collections(name, graph, dependencies=[]),
             name,
-            chunks=(tuple(row_chunks), (dim,)),
-            dtype=dtype,
-            meta=np.empty((0, 0), dtype=dtype),
+            chunks=(lay.chunk_rows(), (lay.dim,)),
+            dtype=lay.dtype,
+            meta=np.empty((0, 0), dtype=lay.dtype),
         )
-        if groups:
-            ns_all = np.concatenate([g[3] for g in groups]).astype(np.int64)
-            ids_all = np.concatenate([g[1] for g in groups])
-            video = np.repeat(ids_all, ns_all)
-            frame_index = np.arange(int(ns_all.sum()), dtype=np.int64) - np.repeat(
-                np.cumsum(ns_all) - ns_all, ns_all
-            )
-        else:
-            video = np.array([], dtype=object)
-            frame_index = np.array([], dtype=np.int64)
+        ns_all = lay.n_frames
+        video = np.repeat(lay.video_ids, ns_all)
+        frame_index = np.arange(int(ns_all.sum()), dtype=np.int64) - np.repeat(
+            np.cumsum(ns_all) - ns_all, ns_all
+        )
         return xr.DataArray(
             data,
             dims=("frame", "dim"),
             coords={
                 "video": ("frame", video),
                 "frame_index": ("frame", frame_index.astype(np.int32)),
-                "time_s": ("frame", frame_index / float(state.info.frame_hz)),
+                "time_s": ("frame", frame_index / lay.frame_hz),
             },
             name=f"{encoder}/{layer_key(layer)}",
             attrs={
                 "dataset": dataset,
                 "encoder": encoder,
                 "layer": layer_key(layer),
-                "frame_hz": float(state.info.frame_hz),
+                "frame_hz": lay.frame_hz,
             },
         )
+
+    def layout(self, dataset: str, encoder: str, layer: Layer) -> LayerLayout:
+        """Where every committed video of ``layer`` lies (:class:`featstore.lazy.LayerLayout`):
+        the parts behind :meth:`features`' chunks and each video's rows in them. Built
+        from the commit listing (cached like it, until :meth:`refresh`), nothing read."""
+        return self._state(dataset, encoder).layout(layer)
+
+    def row_bytes(self, dataset: str, encoder: str, layer: Layer) -> int:
+        """Bytes of one stored row of ``layer``."""
+        info = self.encoder_info(dataset, encoder)
+        return int(info.dim(layer)) * np.dtype(info.dtype).itemsize
 
     def failures(self, dataset: str, encoder: str) -> pd.DataFrame:
         """Recorded failures: video_id, error_type, message, part_id, time_ns, resolved.
@@ -651,23 +651,6 @@ def _reopen(url: str, mode: str, durable: bool, storage_options: Mapping[str, An
     return open_store(url, mode, durable=durable, **storage_options)
 
 
-def _load_rows(
-    store: FeatureStore,
-    dataset: str,
-    encoder: str,
-    part_id: str,
-    layer: Layer,
-    starts: np.ndarray,
-    ns: np.ndarray,
-) -> np.ndarray:
-    """Dask task: the winning rows of one part, concatenated in row order."""
-    lo, hi = int(starts.min()), int((starts + ns).max())
-    block = store.read_rows(dataset, encoder, part_id, layer, lo, hi - lo)
-    if hi - lo == int(ns.sum()):
-        return block  # no superseded rows inside: the block is the chunk
-    return np.concatenate([block[s - lo : s - lo + n] for s, n in zip(starts, ns, strict=True)])
-
-
 class EncoderSnapshot:
     """One encoder's commits as listed at one moment, and its lazily built layer indexes.
 
@@ -698,6 +681,7 @@ class EncoderSnapshot:
                 dims.setdefault(normalize_layer(k), rec.dim)
         self.info = dataclasses.replace(declared, layer_dims=dims)
         self._indexes: dict[str, LayerIndex] = {}
+        self._layouts: dict[str, LayerLayout] = {}
         self._lock = threading.Lock()
 
     def layers(self) -> list[Layer]:
@@ -719,6 +703,31 @@ class EncoderSnapshot:
                     )
                 idx = self._indexes[key] = LayerIndex(self.commits, layer)
         return idx
+
+    def layout(self, layer: Layer) -> LayerLayout:
+        """The layer's :class:`~featstore.lazy.LayerLayout` (built once per snapshot)."""
+        key = layer_key(layer)
+        index = self.index(layer)
+        with self._lock:
+            lay = self._layouts.get(key)
+        if lay is not None:
+            return lay
+        if len(index.dims) != 1:
+            raise CorruptStoreError(
+                f"{self.dataset}/{self.encoder} layer {key} has dims {sorted(index.dims)}"
+            )
+        (dim,) = index.dims
+        lay = LayerLayout.of_index(
+            index,
+            dataset=self.dataset,
+            encoder=self.encoder,
+            dim=dim,
+            dtype=np.dtype(self.info.dtype),
+            frame_hz=float(self.info.frame_hz),
+            token=self.token,
+        )
+        with self._lock:
+            return self._layouts.setdefault(key, lay)
 
 
 __all__ = [

@@ -71,6 +71,46 @@ def test_fit_scores_like_an_independent_recomputation(videos):
     assert logsumexp(frames[1]) == pytest.approx(s[1], rel=1e-4, abs=1e-4)
 
 
+def test_default_fit_is_the_authors_loop(videos):
+    """Defaults: the authors' loop (seed 43, nn.Linear, Adam lr 1e-3, a shuffled DataLoader of
+    one video per step), written out with autograd here: the same weights after 3 epochs."""
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    X, y = videos
+    clf = ProbeClassifier(max_epochs=3).fit(X, y)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(43)
+        head = torch.nn.Linear(8, 1)
+        opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+        for _ in range(3):
+            for (i,) in DataLoader(range(len(X)), batch_size=1, shuffle=True):
+                phi = F.normalize(torch.from_numpy(X[int(i)]), dim=-1)  # [T, 8]
+                s = torch.logsumexp(head(phi)[:, 0], dim=0)
+                loss = F.cross_entropy(torch.stack([-s, s])[None], torch.tensor([int(y[int(i)])]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    np.testing.assert_allclose(clf.coef_[0], head.weight.detach()[0].numpy(), rtol=0, atol=1e-6)
+    assert clf.intercept_[0] == pytest.approx(float(head.bias.detach()[0]), abs=1e-6)
+
+
+def test_options_reach_the_probe(videos):
+    """batch_videos / scale_lr / center_bias: the fit is fit_probe's with the same options."""
+    from trainers.probe import fit_probe
+    from trainers.sources import ArraySource
+
+    X, y = videos
+    options = {"max_epochs": 3, "batch_videos": 4, "scale_lr": False, "center_bias": True}
+    clf = ProbeClassifier(**options).fit(X, y)
+    assert clf.probe_config() == ProbeConfig(**options)
+    direct = fit_probe(ArraySource(X, y), None, ProbeConfig(**options))
+    np.testing.assert_array_equal(clf.coef_[0], direct.params.w)
+    assert clf.intercept_[0] == np.float32(direct.params.b)
+    default = ProbeClassifier(max_epochs=3).fit(X, y)
+    assert not np.allclose(default.coef_, clf.coef_)  # the options changed the fit
+
+
 def test_cross_val_score_and_grid_search_on_lists_of_videos(videos):
     X, y = videos
     cv = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)

@@ -247,9 +247,10 @@ def fixed_length(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureStore
     root = tmp_path_factory.mktemp("local")
     store = open_store(root / "features.zarr", mode="a", durable=False)
     write_planted_dataset(store, "toy", n_videos=24, dim=8, encoder="aud", n_frames=(50, 50))
+    # the centred bias (an option): 5 epochs of 24 videos then localize
     run = train(
         store, features="aud", train="toy", out=root / "probe",
-        config=ProbeConfig(max_epochs=5, lr=0.05, batch_videos=2),
+        config=ProbeConfig(max_epochs=5, lr=0.05, batch_videos=2, center_bias=True),
     )  # fmt: skip
     return store, run.path
 

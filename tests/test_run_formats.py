@@ -322,6 +322,9 @@ def test_probe(toy: FeatureStore, tmp_path: Path) -> None:
     detector = kinds.load(path)
     (feature,) = detector.features
     assert (feature.encoder, feature.dim, feature.frame_hz, feature.dtype) == ("aud", 8, 25.0, None)
+    hyper = detector.config.hyperparameters  # what the run was trained with, not today's defaults
+    assert (hyper.batch_videos, hyper.center_bias, hyper.scale_lr) == (None, True, True)
+    assert hyper.rng == "numpy"
     scored = detector.score_selection(toy, "toy:test")
     expected = [video_logit(params, toy.video("toy", "aud", v, "last")) for v in _ids()]
     np.testing.assert_allclose(scored.scores, expected, atol=1e-5)

@@ -47,6 +47,8 @@ out = "runs/probe"              # relative: from this file's folder
 epochs = 3
 lr = 0.05
 batch-videos = 4
+center-bias = true              # the probe's options (flags: true/false)
+no-scale-lr = true
 no_val = true
 """
     )
@@ -58,6 +60,8 @@ no_val = true
     # the command line wins over the file, the file over the defaults
     assert hyper["max_epochs"] == 2 and hyper["seed"] == 7
     assert hyper["lr"] == 0.05 and hyper["batch_videos"] == 4
+    assert hyper["center_bias"] is True and hyper["scale_lr"] is False
+    assert run.config["fit"]["lr"] == 0.05  # --no-scale-lr: not 0.05 x 4
     assert run.config["val"] is None and run.config["fit"]["epochs"] == 2
     inv = run.config["invocation"]
     assert inv["config_file"]["path"] == str(cfg.resolve())
@@ -77,13 +81,14 @@ def test_config_store_beats_the_environment_and_yaml_works(store_url, tmp_path, 
     cfg = tmp_path / "probe.yaml"
     cfg.write_text(
         f"store: {store_url}\nencoder: [enc]\ntrain: alpha\nout: {tmp_path / 'run'}\n"
-        "epochs: 1\nlr: 0.05\n"
+        "epochs: 1\nlr: 0.05\nbatch-videos: auto\n"
     )
     result = invoke("train", "probe", "--config", cfg)
     assert result.exit_code == 0, result.output
     inv = load_run(tmp_path / "run").config["invocation"]
     assert "store" in inv["from_config_file"] and inv["from_environment"] == []
     assert load_run(tmp_path / "run").config["store"] == store_url
+    assert load_run(tmp_path / "run").config["config"]["hyperparameters"]["batch_videos"] is None
 
 
 @pytest.mark.parametrize(

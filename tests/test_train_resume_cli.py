@@ -255,6 +255,34 @@ def test_interrupt_saves_the_best_run_and_resume_ends_as_uninterrupted(
     assert nothing.exit_code == 1 and "has no checkpoint to resume" in nothing.output
 
 
+def test_a_streamed_run_interrupted_and_resumed_equals_one_held_in_memory(
+    store_url, tmp_path, monkeypatch
+):
+    """--cache-gb 0 reads every batch from the store; resume (also streamed) ends bit-exact."""
+    args = ["--epochs", "8", "--train", "alpha", "--checkpoint-every", "2"]
+    ref, out = tmp_path / "ref", tmp_path / "cut"
+    whole = invoke("train", "probe", "--store", store_url, "--encoder", "enc", *FAST, *args,
+                   "--out", ref)  # fmt: skip
+    assert whole.exit_code == 0, whole.output
+    assert load_run(ref).config["execution"]["train"] == "cached"
+    assert load_run(ref).config["fit"]["epochs"] > 4, "the reference must outlast the interrupt"
+    streamed = [*args, "--cache-gb", "0"]
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 3)
+        cut = invoke("train", "probe", "--store", store_url, "--encoder", "enc", *FAST,
+                     *streamed, "--out", out)  # fmt: skip
+    assert cut.exit_code == 130, cut.output
+    resumed = invoke("train", "probe", "--store", store_url, "--encoder", "enc", *FAST,
+                     *streamed, "--resume", out)  # fmt: skip
+    assert resumed.exit_code == 0, resumed.output
+    done = load_run(out).config
+    assert done["fit"]["resumed_from"] == 3
+    assert (done["execution"]["train"], done["execution"]["val"]) == ("streamed", "streamed")
+    a, b = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert history(out) == history(ref)
+
+
 def test_resume_option_errors(store_url, tmp_path):
     clash = probe(store_url, "--resume", tmp_path / "a", "--out", tmp_path / "b")
     assert clash.exit_code == 2 and "--resume continues" in clash.output

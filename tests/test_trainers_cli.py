@@ -91,6 +91,35 @@ def test_train_errors_are_one_line(env, tmp_path):
     assert bad_lr.exit_code == 1 and "lr must be a positive number" in bad_lr.output
 
 
+def test_train_probe_defaults_and_options_are_recorded(env, tmp_path):
+    """Default: the authors' loop; --batch-videos / --center-bias / --no-scale-lr are recorded."""
+    _, url, _ = env
+    common = ["train", "probe", "--store", url, "--encoder", "enc", "--train", "alpha"]
+    default = invoke(*common, "--epochs", "2", "--out", tmp_path / "default")
+    assert default.exit_code == 0, default.output
+    cfg = load_run(tmp_path / "default").config
+    hyper, fit = cfg["config"]["hyperparameters"], cfg["fit"]
+    assert (hyper["batch_videos"], hyper["lr"], hyper["center_bias"], hyper["rng"]) == (
+        1, 1e-3, False, "authors",
+    )  # fmt: skip
+    assert (hyper["patience"], hyper["seed"]) == (10, 43)
+    assert (fit["batch_videos"], fit["lr"], fit["engine"]) == (1, 1e-3, "numba")
+    options = ["--epochs", "2", "--batch-videos", "3", "--center-bias", "--no-scale-lr"]
+    batched = invoke(*common, *options, "--out", tmp_path / "batched")
+    assert batched.exit_code == 0, batched.output
+    cfg = load_run(tmp_path / "batched").config
+    hyper, fit = cfg["config"]["hyperparameters"], cfg["fit"]
+    assert (hyper["batch_videos"], hyper["center_bias"], hyper["scale_lr"]) == (3, True, False)
+    assert (fit["batch_videos"], fit["lr"]) == (3, 1e-3)
+    auto = invoke(*common, "--epochs", "1", "--batch-videos", "auto", "--out", tmp_path / "auto")
+    assert auto.exit_code == 0, auto.output
+    cfg = load_run(tmp_path / "auto").config
+    assert cfg["config"]["hyperparameters"]["batch_videos"] is None
+    assert cfg["fit"]["batch_videos"] == 1  # auto_batch_videos: fewer than 1,024 videos
+    bad = invoke(*common, "--batch-videos", "many", "--out", tmp_path / "bad")
+    assert bad.exit_code != 0 and "--batch-videos" in bad.output
+
+
 def test_eval_prints_and_writes_metrics(env):
     _, _, runs = env
     out = runs["enc"][0]

@@ -161,6 +161,27 @@ def test_train_probe_writes_a_complete_run(trained):
     assert [i.label for i in detector.required_features] == ["enc:last"]
 
 
+def test_probe_run_recorded_before_the_authors_defaults_loads_and_scores(trained, tmp_path):
+    """A format-2 probe written before ``rng`` existed: its config says what it used."""
+    import shutil
+
+    store, run, _ = trained
+    old = tmp_path / "old"
+    shutil.copytree(run.path, old)
+    doc = json.loads((old / "config.json").read_text())
+    hyper = doc["config"]["hyperparameters"]
+    del hyper["rng"]
+    hyper.update(batch_videos=None, center_bias=True, scale_lr=True)  # as they were written
+    del doc["fit"]["engine"]
+    (old / "config.json").write_text(json.dumps(doc))
+    detector = load(old)
+    cfg = detector.config.hyperparameters
+    assert (cfg.batch_videos, cfg.center_bias, cfg.scale_lr, cfg.rng) == (None, True, True, "numpy")
+    before = load(run.path).score_selection(store, "toy:test")
+    after = detector.score_selection(store, "toy:test")
+    np.testing.assert_array_equal(after.scores, before.scores)
+
+
 def test_probe_detects_and_localizes_planted_fakes(trained):
     store, run, _ = trained
     metrics = evaluate(run.path, store, "toy:test")

@@ -269,6 +269,10 @@ def without_seconds(history: list[Any]) -> list[dict[str, Any]]:
 
 
 def probe_sources(seed: int, n: int) -> ArraySource:
+    return ArraySource(*probe_arrays(seed, n))
+
+
+def probe_arrays(seed: int, n: int) -> tuple[list[np.ndarray], list[int]]:
     rng = np.random.default_rng(seed)
     u = np.random.default_rng(99).standard_normal(12)
     arrays = []
@@ -277,12 +281,22 @@ def probe_sources(seed: int, n: int) -> ArraySource:
         if i % 2:
             x[2:6] += 1.5 * u
         arrays.append(x.astype(np.float32))
-    return ArraySource(arrays, [i % 2 for i in range(n)])
+    return arrays, [i % 2 for i in range(n)]
 
 
-def test_probe_resume_equals_an_uninterrupted_fit(tmp_path):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # the default: the authors' loop, one video per step, their draws
+        {"batch_videos": 4},
+        {"batch_videos": None, "center_bias": True, "scale_lr": False},
+        {"rng": "numpy"},  # runs trained before the authors' draws
+    ],
+    ids=["authors-loop", "batch-videos-4", "auto-centred", "numpy-draws"],
+)
+def test_probe_resume_equals_an_uninterrupted_fit(tmp_path, options):
     train, val = probe_sources(0, 40), probe_sources(1, 16)
-    cfg = ProbeConfig(lr=0.05, max_epochs=25, patience=3, batch_videos=4)
+    cfg = ProbeConfig(lr=0.05, max_epochs=25, patience=3, **options)
     whole = fit_probe(train, val, cfg)
     k = min(whole.best_epoch + 1, len(whole.history) - 1)
     ck = TrainingControl(tmp_path / "ck", checkpoint_every=1)
@@ -294,6 +308,32 @@ def test_probe_resume_equals_an_uninterrupted_fit(tmp_path):
     assert resumed.params.b == whole.params.b
     assert (resumed.best_epoch, resumed.stopped_early) == (whole.best_epoch, whole.stopped_early)
     assert without_seconds(resumed.history) == without_seconds(whole.history)
+
+
+@pytest.mark.parametrize("steps_type", ["CpuSteps", "TorchSteps"])
+def test_probe_steps_state_round_trips_through_a_checkpoint(tmp_path, steps_type):
+    """Both step engines (compiled CPU loop, torch ops for other devices): a state saved,
+    written, read and loaded into fresh steps goes on exactly as the original does."""
+    from trainers import probe_step
+    from trainers.probe import _pack
+
+    arrays, labels = probe_arrays(2, 12)
+    packed = _pack(arrays, np.asarray(labels), half=False, l2_normalize=True)
+    make = getattr(probe_step, steps_type)
+    args = () if steps_type == "CpuSteps" else (torch.device("cpu"),)
+    rng = np.random.default_rng(5)
+    init = rng.standard_normal(13).astype(np.float32) * 0.1
+    orders = [rng.permutation(12) for _ in range(3)]
+    a = make(init, *args)
+    a.train(packed, orders[0], 1, 0.05)
+    save_checkpoint(tmp_path, {"trainer": a.state_dict()}, epoch=1)
+    b = make(np.zeros(13, np.float32), *args)
+    b.load_state_dict(load_checkpoint(tmp_path)["trainer"])
+    for order in orders[1:]:
+        assert a.train(packed, order, 3, 0.05) == b.train(packed, order, 3, 0.05)
+    np.testing.assert_array_equal(a.weights(), b.weights())
+    with pytest.raises(CheckpointError, match="params"):
+        make(np.zeros(7, np.float32), *args).load_state_dict(a.state_dict())
 
 
 def smooth(seed: int, n: int) -> ArraySource:
@@ -348,6 +388,72 @@ def test_sync_resume_equals_an_uninterrupted_fit_with_its_plateau_schedule(tmp_p
     cut = fit_sync(train, val, cfg, control=ck, on_epoch=stop_after(4))
     assert cut.interruption.epochs_completed == 4
     resumed = fit_sync(train, val, cfg, control=dataclasses.replace(ck, resume=True))
+    for key, value in whole.net.state_dict().items():
+        assert torch.equal(resumed.net.state_dict()[key], value), key
+    assert without_seconds(resumed.history) == without_seconds(whole.history)
+
+
+# ----------------------------------------------------------------------------- streamed reads
+# cache_bytes=0 streams every batch from the source (trainers.memory): a streamed fit,
+# interrupted and resumed (streamed, or cached: the budget is no part of the training),
+# ends with the weights and history of an uninterrupted fit held in memory.
+
+STREAMED_THEN = pytest.mark.parametrize("resume_cache", [0, None], ids=["streamed", "cached"])
+
+
+@STREAMED_THEN
+def test_a_streamed_probe_resumed_equals_an_uninterrupted_fit(tmp_path, resume_cache):
+    train, val = probe_sources(0, 40), probe_sources(1, 16)
+    cfg = ProbeConfig(lr=0.05, max_epochs=25, patience=3, batch_videos=4)
+    whole = fit_probe(train, val, cfg)
+    k = min(whole.best_epoch + 1, len(whole.history) - 1)
+    ck = TrainingControl(tmp_path / "ck", checkpoint_every=2)
+    streamed = dataclasses.replace(cfg, cache_bytes=0)
+    cut = fit_probe(train, val, streamed, control=ck, on_epoch=stop_after(k))
+    assert cut.interruption.epochs_completed == k
+    again = dataclasses.replace(cfg, cache_bytes=resume_cache)
+    resumed = fit_probe(train, val, again, control=dataclasses.replace(ck, resume=True))
+    assert resumed.resumed_from == k
+    np.testing.assert_array_equal(resumed.params.w, whole.params.w)
+    assert resumed.params.b == whole.params.b
+    assert (resumed.best_epoch, resumed.stopped_early) == (whole.best_epoch, whole.stopped_early)
+    assert without_seconds(resumed.history) == without_seconds(whole.history)
+
+
+@STREAMED_THEN
+def test_a_streamed_ntp_resumed_equals_an_uninterrupted_fit(tmp_path, resume_cache):
+    train, val = smooth(0, 12), smooth(1, 4)
+    cfg = NTPConfig(
+        d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.1, max_context=16, lr=3e-3,
+        max_epochs=5, patience=10, batch_videos=4,
+    )  # fmt: skip
+    whole = fit_ntp(train, val, cfg)
+    ck = TrainingControl(tmp_path / "ck", checkpoint_every=2)
+    streamed = dataclasses.replace(cfg, cache_bytes=0)
+    cut = fit_ntp(train, val, streamed, control=ck, on_epoch=stop_after(3))
+    assert cut.interruption.checkpoint_epoch == 3
+    again = dataclasses.replace(cfg, cache_bytes=resume_cache)
+    resumed = fit_ntp(train, val, again, control=dataclasses.replace(ck, resume=True))
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    assert without_seconds(resumed.history) == without_seconds(whole.history)
+
+
+@STREAMED_THEN
+def test_a_streamed_sync_resumed_equals_an_uninterrupted_fit(tmp_path, resume_cache):
+    train, val = pairs(0, 6), pairs(1, 3)
+    cfg = SyncConfig(
+        lr=3e-3, max_epochs=8, patience=3, lr_patience=1, batch_frames=64, proj_dim=16,
+        hidden=(16, 8),
+    )  # fmt: skip
+    whole = fit_sync(train, val, cfg)
+    ck = TrainingControl(tmp_path / "ck", checkpoint_every=2)
+    streamed = dataclasses.replace(cfg, cache_bytes=0)
+    cut = fit_sync(train, val, streamed, control=ck, on_epoch=stop_after(3))
+    assert cut.interruption.epochs_completed == 3
+    again = dataclasses.replace(cfg, cache_bytes=resume_cache)
+    resumed = fit_sync(train, val, again, control=dataclasses.replace(ck, resume=True))
+    assert resumed.resumed_from == 3
     for key, value in whole.net.state_dict().items():
         assert torch.equal(resumed.net.state_dict()[key], value), key
     assert without_seconds(resumed.history) == without_seconds(whole.history)

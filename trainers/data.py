@@ -7,8 +7,8 @@ protocols), ``NAME@official:SPLIT`` the dataset's own ``split`` column and
 ``NAME:*`` every video of the view. A *feature* is ``ENCODER[:LAYER]``
 (``wav2vec2:last``, ``avhubert-a:12``). ``select`` turns both into the
 manifest rows that have committed features; ``trainers.inputs`` builds
-detectors' inputs (feature sets) on top and serves them to the numeric cores
-(``InputSource``, a ``trainers.sources.VideoSource``).
+detectors' inputs (feature sets) on top and ``trainers.streams`` serves them
+to the numeric cores (``StoreSource``, a ``trainers.sources.VideoSource``).
 
 >>> Selection.parse("av1m:test"), Selection.parse("favc", default_split="train")
 (Selection(dataset='av1m', split='test', videos=None, view=None), Selection(dataset='favc', split='train', videos=None, view=None))

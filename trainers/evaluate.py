@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,12 +39,22 @@ from trainers.runs import Run, RunError, Scored, write_predictions
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
+    from trainers.cluster import TaskProgress
     from trainers.localization import Localization, SegmentRules
     from trainers.runcard import RunCard
 
 log = logging.getLogger(__name__)
 
-__all__ = ["correlate", "evaluate", "fuse", "record_evaluation", "scored_metrics"]
+__all__ = [
+    "Evaluation",
+    "correlate",
+    "evaluate",
+    "evaluation",
+    "fuse",
+    "record",
+    "record_evaluation",
+    "scored_metrics",
+]
 
 RunLike = Detector | Run | str | os.PathLike[str]
 
@@ -273,6 +284,92 @@ def record_evaluation(
     return key
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate`` computes before writing it: metrics, the scores and the fake
+    segments the frame scores imply (None: the kind has no frame scores)."""
+
+    selection: Selection
+    metrics: dict[str, Any]
+    scored: Scored = field(repr=False)
+    segments: list[list[list[float]]] | None = field(repr=False)
+
+
+def windowed_scores(
+    detector: Detector, store: FeatureStore, selection: Selection
+) -> tuple[Scored, dict[str, np.ndarray]]:
+    """``detector.score_windows`` as a cluster scorer (``trainers.cluster``): the scores
+    and ``windowed`` ``[n]`` (whether each video was scored in windows)."""
+    scored, results = detector.score_windows(store, selection)
+    return scored, {"windowed": np.array([bool(r.windowed) for r in results], dtype=bool)}
+
+
+def evaluation(
+    run_dir: RunLike,
+    store: FeatureStore,
+    on: Selection | str,
+    *,
+    ci: bool = False,
+    n_resamples: int = 1000,
+    threshold: str | float | None = None,
+    smooth_s: float | None = None,
+    min_segment_s: float | None = None,
+    merge_gap_s: float | None = None,
+    windows: bool = False,
+    allow_missing: bool = False,
+    fakes: str = PAPER,
+    segment_metrics: str = "official",
+    scored: Scored | None = None,
+    n_windowed: int | None = None,
+) -> Evaluation:
+    """``evaluate`` without writing (a cluster task returns this; ``record`` writes it).
+
+    ``scored``: the selection's scores when already computed (e.g. partition
+    by partition on a cluster; with ``windows``, ``n_windowed`` says how many
+    videos were scored in windows), else the detector scores ``on`` here.
+    """
+    fakes = check_fakes(fakes)  # before scoring: a typo fails at once
+    detector = _detector(run_dir)
+    sel = Selection.parse(on, default_split="test")
+    rules, name = detector.localization.resolve(
+        threshold, smooth_s=smooth_s, min_segment_s=min_segment_s, merge_gap_s=merge_gap_s
+    )
+    windowed = None
+    if scored is None:
+        if windows:
+            scored, results = detector.score_windows(store, sel, allow_missing=allow_missing)
+            n_windowed = sum(r.windowed for r in results)
+        else:
+            scored = detector.score_selection(store, sel, allow_missing=allow_missing)
+    if windows:
+        windowed = {
+            **detector.window_rule.to_dict(),
+            "n_windowed": int(n_windowed or 0),
+            "length_profile": None if detector.lengths is None else detector.lengths.to_dict(),
+        }
+    metrics, _, segments = scored_metrics(
+        scored,
+        kind=detector.kind,
+        ci=ci,
+        n_resamples=n_resamples,
+        rules=rules,
+        threshold_name=name,
+        card=detector.card,
+        fakes=fakes,
+        segment_metrics=segment_metrics,
+    )
+    metrics["windows"] = windowed
+    return Evaluation(sel, metrics, scored, segments)
+
+
+def record(run: Run, result: Evaluation) -> str:
+    """Write an evaluation into a run (``record_evaluation``): ``metrics.json`` under its
+    (selection, filter) key, ``predictions/``."""
+    return record_evaluation(
+        run, result.scored, result.metrics, result.segments, slug=result.selection.slug
+    )
+
+
 def evaluate(
     run_dir: RunLike,
     store: FeatureStore,
@@ -289,6 +386,9 @@ def evaluate(
     fakes: str = PAPER,
     segment_metrics: str = "official",
     write: bool = True,
+    cluster: Any = None,
+    n_workers: int = 2,
+    on_progress: Callable[[TaskProgress], None] | None = None,
 ) -> dict[str, Any]:
     """Score ``on`` (``NAME[@VIEW][:SPLIT]``, bare name = ``test``) with a run and compute its metrics.
 
@@ -318,38 +418,63 @@ def evaluate(
     the metrics dict: ``binary`` (AUC, AP, EER, optional 95 % CIs),
     ``temporal`` and ``localization`` (``None`` when the dataset has no
     segments or the run no per-frame scores).
+
+    ``cluster`` (``"local"``, ``"tcp://HOST:PORT"`` or a ``distributed.Client``)
+    scores the videos on Dask, a partition of videos per task
+    (``trainers.cluster``), to the same numbers; an interrupted run resumes
+    from the partitions it finished (kept in the run directory until done).
     """
     fakes = check_fakes(fakes)  # before scoring: a typo fails at once
+    if cluster is not None:
+        from featstore.cluster import check_cluster
+
+        check_cluster(cluster)
     detector = _detector(run_dir)
-    sel = Selection.parse(on, default_split="test")
-    rules, name = detector.localization.resolve(
-        threshold, smooth_s=smooth_s, min_segment_s=min_segment_s, merge_gap_s=merge_gap_s
-    )
-    windowed = None
-    if windows:
-        scored, results = detector.score_windows(store, sel, allow_missing=allow_missing)
-        windowed = {
-            **detector.window_rule.to_dict(),
-            "n_windowed": sum(r.windowed for r in results),
-            "length_profile": None if detector.lengths is None else detector.lengths.to_dict(),
-        }
-    else:
-        scored = detector.score_selection(store, sel, allow_missing=allow_missing)
-    metrics, _, segments = scored_metrics(
-        scored,
-        kind=detector.kind,
+    scored = None
+    n_windowed = None
+    if cluster is not None:
+        from trainers.cluster import PARTITIONS, score_on_cluster
+
+        resume = None
+        if write and detector.run is not None:
+            resume = detector.run.path / PARTITIONS
+        scored, extras = score_on_cluster(
+            detector,
+            store,
+            on,
+            cluster=cluster,
+            n_workers=n_workers,
+            allow_missing=allow_missing,
+            scorer=windowed_scores if windows else None,
+            resume_dir=resume,
+            on_progress=on_progress,
+        )
+        if windows:
+            n_windowed = int(extras["windowed"].sum()) if "windowed" in extras else 0
+    result = evaluation(
+        detector,
+        store,
+        on,
         ci=ci,
         n_resamples=n_resamples,
-        rules=rules,
-        threshold_name=name,
-        card=detector.card,
+        threshold=threshold,
+        smooth_s=smooth_s,
+        min_segment_s=min_segment_s,
+        merge_gap_s=merge_gap_s,
+        windows=windows,
+        allow_missing=allow_missing,
         fakes=fakes,
         segment_metrics=segment_metrics,
+        scored=scored,
+        n_windowed=n_windowed,
     )
-    metrics["windows"] = windowed
     if write and detector.run is not None:
-        record_evaluation(detector.run, scored, metrics, segments, slug=sel.slug)
-    return metrics
+        record(detector.run, result)
+        if cluster is not None:
+            from trainers.cluster import PARTITIONS, clear_partitions
+
+            clear_partitions(detector.run.path / PARTITIONS, result.selection)
+    return result.metrics
 
 
 # ------------------------------------------------------------------ fusion

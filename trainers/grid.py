@@ -40,9 +40,13 @@ paper's layout, ``out/grid_paper_auc.*`` (Tab. 2) and ``out/grid_paper_ap.*``
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import logging
 import os
+import shutil
+import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,12 +57,13 @@ from featstore.errors import FeatstoreError
 from trainers.data import FeatureKey, Selection, has_split, select, split_hash
 from trainers.evaluation_filter import FAKES, PAPER, FilterError, check_fakes
 from trainers.metrics_file import find_metrics
+from trainers.report import GridResult, grid_table, write_paper_grids
 from trainers.runs import Run, is_complete, load_run
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
     from trainers.probe import EpochStats, ProbeConfig
-    from trainers.report import GridResult, GridTable
+    from trainers.report import GridTable
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +142,8 @@ class GridConfig:
 
 @dataclass(frozen=True)
 class GridEvent:
-    """Progress of a grid: ``kind`` is train | reuse | epoch | evaluate | result."""
+    """Progress of a grid: ``kind`` is train | trained (on a cluster) | reuse | epoch |
+    evaluate | result."""
 
     kind: str
     feature: str
@@ -334,23 +340,95 @@ def _older_protocol(metrics: Mapping[str, Any]) -> bool:
     )
 
 
+@dataclass
+class _Cell:
+    """One probe of the grid: a feature trained on a dataset, and its evaluations."""
+
+    feature: GridFeature
+    dataset: GridDataset
+    run_dir: Path
+    train_hash: str
+    tests: list[tuple[GridDataset, Selection]]
+    pending: dict[int, Any] = field(default_factory=dict)  # test index -> Evaluation
+    waiting: set[int] = field(default_factory=set)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def train_probe_files(
+    store: FeatureStore,
+    key: FeatureKey,
+    train: Selection,
+    val: Selection | None,
+    config: ProbeConfig,
+    allow_missing: bool,
+) -> dict[str, bytes]:
+    """A cluster task: train one probe in a scratch folder of the worker and return its
+    files (``{relative path: bytes}``), which the client writes into the grid's ``out``."""
+    from trainers.kinds import probe
+
+    with tempfile.TemporaryDirectory(prefix="featstore-grid-") as tmp:
+        run = probe.train(
+            store,
+            features=key,
+            train=train,
+            val=val,
+            out=Path(tmp) / "run",
+            config=config,
+            overwrite=True,
+            allow_missing=allow_missing,
+        )
+        return {
+            p.relative_to(run.path).as_posix(): p.read_bytes()
+            for p in sorted(run.path.rglob("*"))
+            if p.is_file()
+        }
+
+
+def _write_run(run_dir: Path, files: Mapping[str, bytes]) -> Run:
+    """A run directory from a task's files: an incomplete one there is replaced, config last."""
+    from trainers.runs import CONFIG
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    for name in sorted(files, key=lambda n: n == CONFIG):
+        path = run_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(files[name])
+        os.replace(tmp, path)
+    return load_run(run_dir)
+
+
 def run_grid(
     config: GridConfig,
     *,
     store: FeatureStore | None = None,
     on_event: Callable[[GridEvent], None] | None = None,
     fakes: str | None = None,
+    cluster: Any = None,
+    n_workers: int = 2,
 ) -> GridOutcome:
     """Train what is missing, evaluate what is not yet evaluated, write the tables.
 
     ``fakes`` (``paper`` or ``all``) is the evaluation filter of every test
-    set; ``None`` keeps each dataset's own (``fakes`` in the TOML).
+    set; ``None`` keeps each dataset's own (``fakes`` in the TOML). Results
+    under another filter are stored beside, never reused for this one.
+
+    Every probe to train and every evaluation is a task, run here one after
+    the other or, with ``cluster`` (``"local"``, ``"tcp://HOST:PORT"`` or a
+    ``distributed.Client``), on Dask: a probe per task (trained in a scratch
+    folder of the worker; the client writes the run under ``out``), then its
+    evaluations, a (probe, test set) per task, recorded into the run in the
+    order a local run records them. The files are the same either way.
     """
     from featstore import open_store
-    from trainers.evaluate import evaluate
-    from trainers.kinds import probe
-    from trainers.report import GridResult, grid_table, write_paper_grids
+    from featstore.cluster import Tasks, check_cluster, connect
+    from trainers.evaluate import evaluation, record
+    from trainers.kinds import load
 
+    fakes = None if fakes is None else check_fakes(fakes)  # before training: a typo fails at once
+    if cluster is not None:
+        check_cluster(cluster)
     store = store or open_store(config.store)
     probe_config = config.probe_config()
     hyper = probe_config.to_dict()
@@ -360,93 +438,136 @@ def run_grid(
         if d.train and d not in trains:
             log.info("dataset %s has no %r split: test-only", d.name, d.train)
     tests = [(d, d.selection(d.test)) for d in config.datasets]
-    results: list[GridResult] = []
-    rows: list[dict[str, Any]] = []
     test_hashes: dict[tuple[FeatureKey, Selection], str] = {}  # what a stored evaluation covered
+
+    def test_hash(feature: GridFeature, test: Selection) -> str:
+        if (feature.key, test) not in test_hashes:
+            ids = select(store, test, feature.key, allow_missing=config.allow_missing)
+            test_hashes[feature.key, test] = split_hash(ids["video_id"])
+        return test_hashes[feature.key, test]
+
+    cells: list[_Cell] = []
     for feature in config.features:
-        label = feature.label
         for d in trains:
-            train_sel = d.selection(d.train)
+            train_rows = select(
+                store, d.selection(d.train), feature.key, allow_missing=config.allow_missing
+            )
+            cell_tests = [(t, sel) for t, sel in tests if d.cross or t.name == d.name]
             run_dir = config.out / "runs" / feature.run_name / d.name
-            train_rows = select(store, train_sel, feature.key, allow_missing=config.allow_missing)
-            if is_complete(run_dir) and not load_run(run_dir).interrupted:
-                run = load_run(run_dir)
-                _check_reused(run, feature, split_hash(train_rows["video_id"]), hyper)
-                emit(GridEvent("reuse", label, d.name, run_dir=run_dir))
-            else:
-                emit(GridEvent("train", label, d.name, run_dir=run_dir))
-                val = d.selection(d.val) if _has_split(store, d, d.val) else None
+            cells.append(_Cell(feature, d, run_dir, split_hash(train_rows["video_id"]), cell_tests))
 
-                def on_epoch(stats: EpochStats, _f: str = label, _d: str = d.name) -> None:
-                    emit(GridEvent("epoch", _f, _d, epoch=stats))
+    with contextlib.ExitStack() as stack:
+        client = (
+            None if cluster is None else stack.enter_context(connect(cluster, n_workers=n_workers))
+        )
+        tasks = Tasks(client, prefix="featstore-grid")
 
-                run = probe.train(
-                    store,
-                    features=feature.key,
-                    train=train_sel,
-                    val=val,
-                    out=run_dir,
-                    config=probe_config,
-                    on_epoch=on_epoch,
-                    overwrite=True,  # an incomplete run left by a crash
-                    allow_missing=config.allow_missing,
-                )
+        def evaluate_cell(i: int, run: Run) -> None:
+            """Submit the cell's missing evaluations (reuse the stored, up to date ones)."""
+            cell = cells[i]
             stored = run.metrics()
-            for tested, test in tests:
-                if not d.cross and tested.name != d.name:
-                    continue
+            for j, (tested, test) in enumerate(cell.tests):
                 test_fakes = check_fakes(fakes or tested.fakes)
                 metrics = find_metrics(stored, str(test), test_fakes)
-                if (feature.key, test) not in test_hashes:
-                    ids = select(store, test, feature.key, allow_missing=config.allow_missing)
-                    test_hashes[feature.key, test] = split_hash(ids["video_id"])
                 if (
                     metrics is None
-                    or metrics.get("split_hash") != test_hashes[feature.key, test]
+                    or metrics.get("split_hash") != test_hash(cell.feature, test)
                     or _older_protocol(metrics)
                 ):
-                    emit(GridEvent("evaluate", label, d.name, test=tested.name, run_dir=run_dir))
-                    metrics = evaluate(
-                        run,
+                    label, name = cell.feature.label, cell.dataset.name
+                    emit(GridEvent("evaluate", label, name, test=tested.name, run_dir=cell.run_dir))
+                    cell.waiting.add(j)
+                    tasks.submit(
+                        ("evaluate", i, j),
+                        functools.partial(
+                            evaluation, allow_missing=config.allow_missing, fakes=test_fakes
+                        ),
+                        load(run),
                         store,
                         test,
-                        allow_missing=config.allow_missing,
-                        fakes=test_fakes,
                     )
-                binary = metrics["binary"]
-                result = GridResult(
-                    feature=label,
-                    train=d.name,
-                    test=tested.name,
-                    auc=binary["auc"],
-                    ap=binary["ap"],
-                    n=int(binary["n"]),
-                    fakes=test_fakes,
-                    n_real=int(binary["n_real"]),
-                    n_fake=int(binary["n_fake"]),
-                )
-                results.append(result)
-                temporal = metrics.get("temporal") or {}
-                rows.append(
-                    {
-                        "feature": label,
-                        "encoder": feature.key.encoder,
-                        "layer": str(feature.key.layer),
-                        "train": d.name,
-                        "test": tested.name,
-                        "test_split": test.split,
-                        "auc": binary["auc"],
-                        "ap": binary["ap"],
-                        "eer": binary["eer"],
-                        "n": binary["n"],
-                        "n_real": binary["n_real"],
-                        "n_fake": binary["n_fake"],
-                        "fakes": test_fakes,
-                        "temporal_auc": temporal.get("mean"),
-                        "run_dir": str(run_dir),
-                    }
-                )
-                emit(GridEvent("result", label, d.name, test=tested.name, result=result))
+            if not cell.waiting:
+                cell.metrics = stored
+
+        for i, cell in enumerate(cells):
+            label, name = cell.feature.label, cell.dataset.name
+            if is_complete(cell.run_dir) and not load_run(cell.run_dir).interrupted:
+                run = load_run(cell.run_dir)
+                _check_reused(run, cell.feature, cell.train_hash, hyper)
+                emit(GridEvent("reuse", label, name, run_dir=cell.run_dir))
+                evaluate_cell(i, run)
+                continue
+            train_sel = cell.dataset.selection(cell.dataset.train)
+            val = cell.dataset.selection(cell.dataset.val)
+            val = val if _has_split(store, cell.dataset, cell.dataset.val) else None
+            args = (store, cell.feature.key, train_sel, val, probe_config, config.allow_missing)
+            if client is None:
+                tasks.submit(("train", i, None), _train_here, cell, emit, *args)
+            else:
+                emit(GridEvent("train", label, name, run_dir=cell.run_dir))
+                tasks.submit(("train", i, None), train_probe_files, *args)
+
+        for (what, i, j), result in tasks:
+            cell = cells[i]
+            if what == "train":
+                run = result if isinstance(result, Run) else _write_run(cell.run_dir, result)
+                if client is not None:
+                    emit(GridEvent("trained", cell.feature.label, cell.dataset.name,
+                                   run_dir=cell.run_dir))  # fmt: skip
+                evaluate_cell(i, run)
+                continue
+            cell.pending[j] = result
+            cell.waiting.discard(j)
+            if not cell.waiting:  # every evaluation is in: record them in test order
+                run = load_run(cell.run_dir)
+                for k in sorted(cell.pending):
+                    record(run, cell.pending[k])
+                cell.pending.clear()
+                cell.metrics = run.metrics()
+
+    results: list[GridResult] = []
+    rows: list[dict[str, Any]] = []
+    for cell in cells:
+        label = cell.feature.label
+        for tested, test in cell.tests:
+            test_fakes = check_fakes(fakes or tested.fakes)
+            metrics = find_metrics(cell.metrics, str(test), test_fakes)
+            if metrics is None:  # recorded just above: a store changing under the grid
+                raise GridError(f"run {cell.run_dir} has no result on {test} ({test_fakes})")
+            binary = metrics["binary"]
+            result = GridResult(
+                feature=label,
+                train=cell.dataset.name,
+                test=tested.name,
+                auc=binary["auc"],
+                ap=binary["ap"],
+                n=int(binary["n"]),
+                fakes=test_fakes,
+                n_real=int(binary["n_real"]),
+                n_fake=int(binary["n_fake"]),
+            )
+            results.append(result)
+            temporal = metrics.get("temporal") or {}
+            rows.append(
+                {
+                    "feature": label,
+                    "encoder": cell.feature.key.encoder,
+                    "layer": str(cell.feature.key.layer),
+                    "train": cell.dataset.name,
+                    "test": tested.name,
+                    "test_split": test.split,
+                    "auc": binary["auc"],
+                    "ap": binary["ap"],
+                    "eer": binary["eer"],
+                    "n": binary["n"],
+                    "n_real": binary["n_real"],
+                    "n_fake": binary["n_fake"],
+                    "fakes": test_fakes,
+                    "temporal_auc": temporal.get("mean"),
+                    "run_dir": str(cell.run_dir),
+                }
+            )
+            emit(GridEvent("result", label, cell.dataset.name, test=tested.name, result=result))
     table = grid_table(
         results,
         features_order=[f.label for f in config.features],
@@ -463,3 +584,35 @@ def run_grid(
         writer.writerows(rows)
     files["results"] = results_path
     return GridOutcome(results=tuple(results), table=table, files=files)
+
+
+def _train_here(
+    cell: _Cell,
+    emit: Callable[[GridEvent], None],
+    store: FeatureStore,
+    key: FeatureKey,
+    train: Selection,
+    val: Selection | None,
+    config: ProbeConfig,
+    allow_missing: bool,
+) -> Run:
+    """Train one probe in this process, straight into its run directory (epochs reported)."""
+    from trainers.kinds import probe
+
+    label, name = cell.feature.label, cell.dataset.name
+    emit(GridEvent("train", label, name, run_dir=cell.run_dir))
+
+    def on_epoch(stats: EpochStats) -> None:
+        emit(GridEvent("epoch", label, name, epoch=stats))
+
+    return probe.train(
+        store,
+        features=key,
+        train=train,
+        val=val,
+        out=cell.run_dir,
+        config=config,
+        on_epoch=on_epoch,
+        overwrite=True,  # an incomplete run left by a crash
+        allow_missing=allow_missing,
+    )

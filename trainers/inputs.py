@@ -15,7 +15,9 @@
 
 :func:`select_videos` picks the manifest rows that have every feature of a
 detector, :func:`read_video` reads one video's rows, and :class:`InputSource`
-serves an input of many videos to the numeric cores as a ``VideoSource``.
+serves an input of many videos to the numeric cores as a ``VideoSource``,
+video by video (the trainers read through ``trainers.streams.StoreSource``,
+a Dask graph per batch; ``InputSource`` is the baseline of ``bench/source.py``).
 
 >>> parse_feature_set("avhubert-a+avhubert-v:12")
 (FeatureKey(encoder='avhubert-a', layer='last'), FeatureKey(encoder='avhubert-v', layer=12))

@@ -16,14 +16,17 @@ every command's ``--fakes`` does: the same filter gives the same numbers as
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from featstore.layout import Layer, layer_key
 from trainers.data import FeatureKey, Selection, SelectionError
@@ -40,7 +43,7 @@ log = logging.getLogger(__name__)
 CSV_NAME, JSON_NAME = "layers.csv", "layers.json"
 PLOT_STEM = "layers"
 
-__all__ = ["LayerResult", "LayerSweep", "layer_pairs", "sweep_layers"]
+__all__ = ["LayerResult", "LayerSweep", "layer_pairs", "layer_result", "sweep_layers"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,42 @@ def layer_pairs(
     return "both", pairs
 
 
+def layer_result(
+    store: FeatureStore,
+    sel: Selection,
+    audio: FeatureKey,
+    visual: FeatureKey,
+    *,
+    config: SyncConfig,
+    frame_hz: float | None = None,
+    allow_missing: bool = False,
+    fakes: str = PAPER,
+) -> LayerResult:
+    """Eq. 3's metrics on one (audio layer, visual layer) pair: one task of a sweep.
+
+    A ``syncfree`` detector (``trainers.kinds.syncfree``) scores the videos
+    the evaluation filter ``fakes`` counts, one video in memory at a time.
+    """
+    from trainers.kinds import syncfree
+
+    detector = syncfree.detector(
+        store, sel.dataset, audio, visual, config=config, frame_hz=frame_hz
+    )
+    rows = select_pairs(store, sel, audio, visual, fakes=fakes, allow_missing=allow_missing)
+    scored = detector.score_selection(store, Selection.of_videos(sel.dataset, rows["video_id"]))
+    m = binary_metrics(scored.labels, scored.scores)
+    return LayerResult(
+        audio_layer=layer_key(audio.layer),
+        visual_layer=layer_key(visual.layer),
+        auc=m.auc,
+        ap=m.ap,
+        eer=m.eer,
+        n=m.n,
+        n_real=m.n_real,
+        n_fake=m.n_fake,
+    )
+
+
 def sweep_layers(
     store: FeatureStore,
     on: Selection | str,
@@ -128,55 +167,107 @@ def sweep_layers(
     on_layer: Callable[[LayerResult], None] | None = None,
     fakes: str = PAPER,
     plot_format: str = "png",
+    cluster: Any = None,
+    n_workers: int = 2,
 ) -> LayerSweep:
     """Eq. 3's AUC / AP / EER for every layer pair; with ``out``, CSV, JSON and a Fig. 7
     plot (``layers.<plot_format>``: png, pdf or svg).
 
-    Each layer pair is a ``syncfree`` detector (``trainers.kinds.syncfree``)
+    Each layer pair is one task (:func:`layer_result`: a ``syncfree`` detector
     scoring the videos the evaluation filter ``fakes`` counts, one video in
-    memory at a time.
+    memory at a time), run here one after the other, or on Dask
+    with ``cluster`` (``"local"``, ``"tcp://HOST:PORT"`` or a
+    ``distributed.Client``), to the same results. With ``out`` each finished
+    pair is kept in ``out/.partitions/`` until the files are written, so an
+    interrupted sweep of the same store, selection and settings resumes where
+    it stopped. ``on_layer`` hears each pair as it finishes (reused ones first).
     """
-    from trainers.kinds import syncfree
+    from featstore.cluster import Tasks, check_cluster, connect
+    from trainers.cluster import PARTITIONS, fingerprint
 
     fakes = check_fakes(fakes)
+    if cluster is not None:
+        check_cluster(cluster)
     sel = Selection.parse(on, default_split="test")
     swept, pairs = layer_pairs(store, sel.dataset, audio, visual)
     a_enc, v_enc = _split(audio)[0], _split(visual)[0]
-    results = []
-    for a_layer, v_layer in pairs:
-        a_key, v_key = FeatureKey(a_enc, a_layer), FeatureKey(v_enc, v_layer)
-        detector = syncfree.detector(
-            store, sel.dataset, a_key, v_key, config=config, frame_hz=frame_hz
+    keys = [(FeatureKey(a_enc, a), FeatureKey(v_enc, v)) for a, v in pairs]
+    results: dict[int, LayerResult] = {}
+    folder = None
+    if out is not None:
+        digest = fingerprint(
+            {
+                "selection": str(sel),
+                "pairs": [[str(a), str(v)] for a, v in keys],
+                "config": config.to_dict(),
+                "frame_hz": frame_hz,
+                "allow_missing": allow_missing,
+                "fakes": fakes,
+                "commits": [store.snapshot(sel.dataset, e).token for e in (a_enc, v_enc)],
+            }
         )
-        rows = select_pairs(store, sel, a_key, v_key, fakes=fakes, allow_missing=allow_missing)
-        scored = detector.score_selection(store, Selection.of_videos(sel.dataset, rows["video_id"]))
-        m = binary_metrics(scored.labels, scored.scores)
-        result = LayerResult(
-            audio_layer=layer_key(a_layer),
-            visual_layer=layer_key(v_layer),
-            auc=m.auc,
-            ap=m.ap,
-            eer=m.eer,
-            n=m.n,
-            n_real=m.n_real,
-            n_fake=m.n_fake,
-        )
-        log.info("layers %s / %s: AUC %.4f", result.audio_layer, result.visual_layer, m.auc)
-        if on_layer is not None:
-            on_layer(result)
-        results.append(result)
+        base = Path(out) / PARTITIONS
+        for stale in base.glob("layers-*"):
+            if stale.name != f"layers-{digest}":
+                shutil.rmtree(stale, ignore_errors=True)
+        folder = base / f"layers-{digest}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, (a, v) in enumerate(keys):
+            path = folder / _pair_file(a, v)
+            if path.is_file():
+                results[i] = LayerResult(**json.loads(path.read_text()))
+                if on_layer is not None:
+                    on_layer(results[i])
+    todo = [i for i in range(len(keys)) if i not in results]
+    kwargs = {
+        "config": config,
+        "frame_hz": frame_hz,
+        "allow_missing": allow_missing,
+        "fakes": fakes,
+    }
+    with contextlib.ExitStack() as stack:
+        client = None
+        if cluster is not None and todo:
+            client = stack.enter_context(connect(cluster, n_workers=n_workers))
+        tasks = Tasks(client, prefix="featstore-layers")
+        for i in todo:
+            a, v = keys[i]
+            tasks.submit(i, functools.partial(layer_result, **kwargs), store, sel, a, v)
+        for i, result in tasks:
+            log.info(
+                "layers %s / %s: AUC %.4f", result.audio_layer, result.visual_layer, result.auc
+            )
+            if folder is not None:
+                _write_json(folder / _pair_file(*keys[i]), asdict(result))
+            if on_layer is not None:
+                on_layer(result)
+            results[i] = result
     sweep = LayerSweep(
         selection=str(sel),
         audio_encoder=a_enc,
         visual_encoder=v_enc,
         swept=swept,
         config=config,
-        results=tuple(results),
+        results=tuple(results[i] for i in range(len(keys))),
         fakes=fakes,
     )
     if out is None:
         return sweep
-    return replace(sweep, files=_write(sweep, Path(out), plot_format))
+    written = replace(sweep, files=_write(sweep, Path(out), plot_format))
+    shutil.rmtree(folder, ignore_errors=True)
+    if not any((Path(out) / PARTITIONS).iterdir()):
+        (Path(out) / PARTITIONS).rmdir()
+    return written
+
+
+def _pair_file(audio: FeatureKey, visual: FeatureKey) -> str:
+    return f"{layer_key(audio.layer)}-{layer_key(visual.layer)}.json"
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _write(sweep: LayerSweep, out: Path, plot_format: str) -> dict[str, Path]:

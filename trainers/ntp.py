@@ -62,6 +62,7 @@ import torch
 from torch import nn
 
 from featstore.errors import FeatstoreError
+from trainers.memory import plan_cache
 from trainers.sources import FeatureCache, VideoSource, batch_order, prefetch_batches
 from trainers.training import (
     Interruption,
@@ -107,7 +108,9 @@ class NTPConfig:
     """Architecture and training hyperparameters; the defaults are the paper's where it gives them.
 
     ``batch_videos`` videos make a step (cut into windows, padded together);
-    the paper does not give a batch size.
+    the paper does not give a batch size. ``cache_bytes`` is the memory budget
+    for holding the videos (``None``: ``trainers.memory``'s default); it
+    changes speed, not the model, and runs record it outside the hyperparameters.
     """
 
     d_model: int = 512
@@ -124,7 +127,7 @@ class NTPConfig:
     batch_videos: int = 16
     seed: int = 43
     threshold_quantile: float = 0.99
-    cache_bytes: int = 8 * 2**30
+    cache_bytes: int | None = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -148,15 +151,22 @@ class NTPConfig:
             raise NTPError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not 0.0 < self.threshold_quantile < 1.0:
             raise NTPError(f"threshold_quantile must be in (0, 1), got {self.threshold_quantile!r}")
-        if not isinstance(self.cache_bytes, int) or self.cache_bytes < 0:
-            raise NTPError(f"cache_bytes must be an integer >= 0, got {self.cache_bytes!r}")
+        if self.cache_bytes is not None and (
+            isinstance(self.cache_bytes, bool)
+            or not isinstance(self.cache_bytes, int)
+            or self.cache_bytes < 0
+        ):
+            raise NTPError(f"cache_bytes must be None or an integer >= 0, got {self.cache_bytes!r}")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
             raise NTPError(f"unknown device {self.device!r}") from exc
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The hyperparameters a run records (``cache_bytes`` is an execution detail: not here)."""
+        doc = dataclasses.asdict(self)
+        del doc["cache_bytes"]
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> NTPConfig:
@@ -429,9 +439,10 @@ def fit_ntp(
     if val is not None:
         _check_source(val, "validation", train.dim)
     device = resolve_device(config.device, error=NTPError)
-    train_cached = int(train.nbytes) <= config.cache_bytes
-    val_cached = val is not None and (
-        int(train.nbytes) * train_cached + int(val.nbytes) <= config.cache_bytes
+    train_cached, val_cached = plan_cache(
+        config.cache_bytes,
+        train_bytes=int(train.nbytes),
+        val_bytes=None if val is None else int(val.nbytes),
     )
     feed = _Feed(train, cached=train_cached)
     val_feed = None if val is None else _Feed(val, cached=val_cached)

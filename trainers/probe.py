@@ -3,15 +3,19 @@
 Per-frame logit ``z_t = w . phi_t + b`` on per-frame L2-normalised features
 ``phi_t`` (option, default on); video logit ``s = logsumexp_t z_t``; loss =
 cross-entropy over ``[-s, s]``, i.e. BCE on ``2s``, so the model's P(fake) is
-``sigmoid(2s)``; Adam lr 1e-3; up to 100 epochs; early stopping with
-patience 10 on validation loss, best weights restored; seed 43.
+``sigmoid(2s)``. The defaults are the authors' loop (bit-ml/ssr-dfd,
+``linear_probing/``): one video per Adam step, lr 1e-3, ``nn.Linear``'s
+initialisation, up to 100 epochs, early stopping with patience 10 on the
+validation loss, best weights restored, seed 43, and the videos visited in the
+order their training process draws (:class:`_AuthorsDraws`).
 
-The authors step once per video. Here a step takes ``B`` videos: their
-frames are concatenated (no feature padding), frame logits are padded into
-``[B, T]`` with ``-inf`` outside each video before the logsumexp, and the
-batch loss is the mean of the per-video losses, so with ``B = 1`` training is
-the authors' loop step for step. Larger batches step with ``lr * B``
-(``ProbeConfig.scale_lr``); ``auto_batch_videos`` explains the default B.
+Each step is computed without autograd (:mod:`trainers.probe_step`: the
+closed-form gradient, Adam on the vector ``[w, b]``), on the CPU by a compiled
+loop over the whole epoch; it equals an ``nn.Linear`` + ``torch.optim.Adam``
+loop step for step (tests/test_probe.py). Options, recorded in the run config:
+``batch_videos`` (several videos per step, the mean loss, lr scaled by the
+batch size with ``scale_lr``) and ``center_bias`` (start ``b`` at
+``-log(median T)``, even odds); ``auto_batch_videos`` explains ``None``.
 
 >>> result = fit_probe(train_source, val_source)  # doctest: +SKIP
 >>> scores, frames = score_source(result.params, test_source)  # doctest: +SKIP
@@ -27,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,10 +40,10 @@ from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
 from featstore.errors import FeatstoreError
+from trainers.memory import plan_cache
 from trainers.sources import (
     FeatureCache,
     VideoSource,
-    batch_order,
     concat_into,
     lengths_mask,
     prefetch_batches,
@@ -53,16 +57,19 @@ from trainers.training import (
     train_epochs,
 )
 
+if TYPE_CHECKING:  # the step kernels import numba: only a fit needs them
+    from trainers.probe_step import CpuSteps, Packed, TorchSteps
+
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "RNG_SCHEMES",
     "EpochStats",
     "FitResult",
     "ProbeConfig",
     "ProbeError",
     "ProbeParams",
     "auto_batch_videos",
-    "batch_loss",
     "fit_probe",
     "frame_logits",
     "masked_logsumexp",
@@ -75,6 +82,17 @@ __all__ = [
 NORM_EPS = 1e-12  # as torch.nn.functional.normalize: phi = x / max(|x|, eps)
 MIN_STEPS_PER_EPOCH = 512
 MAX_AUTO_BATCH = 16
+STREAM_CHUNK_VIDEOS = 64
+# "authors": the draws of the authors' training process (_AuthorsDraws); "numpy": those of
+# runs trained before it (init from a separate torch generator, numpy permutations).
+RNG_SCHEMES = ("authors", "numpy")
+# What a run config without ``rng`` was trained with (the defaults before the authors' loop was).
+LEGACY_HYPERPARAMETERS = {
+    "batch_videos": None,
+    "scale_lr": True,
+    "center_bias": True,
+    "rng": "numpy",
+}
 
 
 class ProbeError(FeatstoreError, ValueError):
@@ -82,18 +100,15 @@ class ProbeError(FeatstoreError, ValueError):
 
 
 def auto_batch_videos(n_videos: int) -> int:
-    """The default videos per step: ``clamp(n_videos // 512, 1, 16)``.
+    """The batch size ``batch_videos=None`` means: ``clamp(n_videos // 512, 1, 16)``.
 
-    Fewer than 1,024 videos train one video per step, exactly the authors'
-    loop (such sets take seconds anyway). Larger sets take up to 16 videos per
-    step, which amortises the per-step overhead (a CPU step over 16 videos
-    costs about a third per video of a one-video step, bench/probe.py) while
-    keeping at least 512 steps per epoch. Batching alone would under-train:
-    Adam moves each weight by about ``lr`` per step whatever the batch, so 8
-    videos per step at lr 1e-3 travel 8x less per epoch (40 videos by 8 were
-    still far from the one-video loss after 100 epochs). ``ProbeConfig.scale_lr``
-    therefore steps with ``lr * B`` (linear scaling), which follows the
-    one-video loss curve epoch for epoch (tests/test_probe.py, bench/probe.py).
+    An option (runs trained before one video per step became the default used
+    it): fewer than 1,024 videos train one video per step, larger sets up to 16
+    per step while keeping at least 512 steps per epoch. Batching alone would
+    under-train: Adam moves each weight by about ``lr`` per step whatever the
+    batch, so 8 videos per step at lr 1e-3 travel 8x less per epoch;
+    ``ProbeConfig.scale_lr`` therefore steps with ``lr * B`` (linear scaling),
+    which follows the one-video loss curve epoch for epoch (tests/test_probe.py).
     """
     if n_videos < 1:
         raise ProbeError(f"need at least one video, got {n_videos}")
@@ -102,23 +117,35 @@ def auto_batch_videos(n_videos: int) -> int:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Hyperparameters; the defaults are the authors'.
+    """Hyperparameters; the defaults are the authors' loop.
 
-    ``lr`` is per video: with ``scale_lr`` a step over ``B`` videos uses
-    ``lr * B``, so ``B = 1`` is the authors' loop and larger batches travel as
-    far per epoch. ``batch_videos=None`` means ``auto_batch_videos(len(train))``.
+    - ``batch_videos``: videos per Adam step (1: the authors' loop; ``None``:
+      :func:`auto_batch_videos`). A step over ``B`` videos minimises their mean
+      loss at ``lr * B`` when ``scale_lr`` (``lr`` is per video), so larger
+      batches travel as far per epoch.
+    - ``center_bias``: start ``b`` at ``nn.Linear``'s draw ``- log(median T)``,
+      so an untrained probe gives ``s ~ 0`` (P(fake) ~ 1/2) instead of
+      ``s ~ log T``; small training sets then need fewer epochs.
+    - ``rng``: ``"authors"`` (their process's draws, :class:`_AuthorsDraws`) or
+      ``"numpy"`` (runs trained before; :class:`_NumpyDraws`).
+    - ``device``: ``cpu`` runs the compiled loop; any other torch device the
+      same steps in torch operations.
+    - ``cache_bytes``: the memory budget for holding the videos (``None``:
+      ``trainers.memory``'s default); like ``device`` it changes speed, not
+      the model, and runs record it outside the hyperparameters.
     """
 
     l2_normalize: bool = True
     lr: float = 1e-3
     max_epochs: int = 100
     patience: int = 10
-    batch_videos: int | None = None
+    batch_videos: int | None = 1
     seed: int = 43
-    cache_bytes: int = 8 * 2**30
+    cache_bytes: int | None = None
     device: str = "cpu"
     scale_lr: bool = True
-    center_bias: bool = True
+    center_bias: bool = False
+    rng: str = "authors"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
@@ -128,27 +155,48 @@ class ProbeConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ProbeError(f"{name} must be an integer >= 1, got {value!r}")
         if self.batch_videos is not None and (
-            not isinstance(self.batch_videos, int) or self.batch_videos < 1
+            not isinstance(self.batch_videos, int)
+            or isinstance(self.batch_videos, bool)
+            or self.batch_videos < 1
         ):
             raise ProbeError(f"batch_videos must be None (auto) or >= 1, got {self.batch_videos!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ProbeError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not isinstance(self.cache_bytes, int) or self.cache_bytes < 0:
-            raise ProbeError(f"cache_bytes must be an integer >= 0, got {self.cache_bytes!r}")
+        if self.cache_bytes is not None and (
+            isinstance(self.cache_bytes, bool)
+            or not isinstance(self.cache_bytes, int)
+            or self.cache_bytes < 0
+        ):
+            raise ProbeError(
+                f"cache_bytes must be None or an integer >= 0, got {self.cache_bytes!r}"
+            )
+        if self.rng not in RNG_SCHEMES:
+            raise ProbeError(f"rng must be one of {list(RNG_SCHEMES)}, got {self.rng!r}")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
             raise ProbeError(f"unknown device {self.device!r}") from exc
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The hyperparameters a run records (``cache_bytes`` is an execution detail: not here)."""
+        doc = dataclasses.asdict(self)
+        del doc["cache_bytes"]
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> ProbeConfig:
-        """The config recorded in a run (unknown keys are an error, missing ones take defaults)."""
+        """The config recorded in a run (unknown keys are an error).
+
+        Runs recorded before ``rng`` existed were trained with the defaults of
+        their time (``LEGACY_HYPERPARAMETERS``: auto batch, scaled lr, centred
+        bias, numpy draws); missing keys take those, so the config still says
+        what the run used. Other missing keys take today's defaults.
+        """
         unknown = set(doc) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ProbeError(f"unknown probe hyperparameters {sorted(unknown)}")
+        if "rng" not in doc:
+            doc = {**LEGACY_HYPERPARAMETERS, **doc}
         return cls(**doc)
 
 
@@ -206,7 +254,9 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class FitResult:
-    """The restored best weights, the per-epoch history, and the batch size and lr actually used."""
+    """The restored best weights, the per-epoch history, and what the fit actually used:
+    videos per step, the step's learning rate, and the engine (``numba`` on the CPU,
+    ``torch`` on other devices)."""
 
     params: ProbeParams
     history: list[EpochStats]
@@ -214,6 +264,7 @@ class FitResult:
     stopped_early: bool
     batch_videos: int = 1
     lr: float = 1e-3
+    engine: str = "numba"
     interruption: Interruption | None = None  # set when SIGINT/SIGTERM ended the fit early
     resumed_from: int | None = None  # the checkpoint epoch the fit continued from
 
@@ -241,31 +292,14 @@ def _frame_logits(
 
 
 def _video_logits(z: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    if lengths.shape[0] == 1:  # one video: nothing to pad (the authors' case, and the hot path)
+    if lengths.shape[0] == 1:  # one video: nothing to pad
         return torch.logsumexp(z, dim=0, keepdim=True)
     mask = lengths_mask(lengths)  # [B, T]
     zp = z.new_full(mask.shape, float("-inf")).masked_scatter(mask, z)  # [B, T]
     return masked_logsumexp(zp, mask)  # [B]
 
 
-def batch_loss(
-    w: torch.Tensor,
-    b: torch.Tensor,
-    x: torch.Tensor,
-    norms: torch.Tensor | None,
-    lengths: torch.Tensor,
-    labels: torch.Tensor,
-) -> torch.Tensor:
-    """Mean per-video loss of a ragged batch: ``x [n, D]`` holds the videos end to end.
-
-    ``w [D]``, ``b [1]``; ``norms [n]`` are the frames' L2 norms (None: no
-    normalisation); ``lengths [B]`` sum to ``n``; ``labels [B]`` (1 = fake).
-    """
-    s = _video_logits(_frame_logits(w, b, x, norms), lengths)  # [B]
-    return video_losses(s, labels).mean()
-
-
-# ----------------------------------------------------------------------------- batches
+# ----------------------------------------------------------------------------- scoring batches
 
 
 @dataclass(frozen=True)
@@ -277,13 +311,10 @@ class _Batch:
 
 
 class _Feeder:
-    """Batches of one source as float32 tensors on the device, from a cache or streamed."""
+    """Batches of one source as float32 tensors (CPU), streamed with read-ahead."""
 
-    def __init__(
-        self, source: VideoSource, *, cached: bool, l2_normalize: bool, device: torch.device
-    ) -> None:
-        self.source, self.l2_normalize, self.device = source, l2_normalize, device
-        self.cache = FeatureCache(source) if cached else None
+    def __init__(self, source: VideoSource, *, l2_normalize: bool) -> None:
+        self.source, self.l2_normalize = source, l2_normalize
         self._buffer = torch.empty(0, source.dim, dtype=torch.float32)
         self._lengths = np.asarray(source.lengths, dtype=np.int64)
 
@@ -292,29 +323,17 @@ class _Feeder:
             self._buffer = torch.empty(rows, self.source.dim, dtype=torch.float32)
         return self._buffer
 
-    def _make(self, idx: np.ndarray, arrays: list[np.ndarray] | None) -> _Batch:
+    def _make(self, idx: np.ndarray, arrays: list[np.ndarray]) -> _Batch:
         lengths = self._lengths[idx]
-        buf = self._buf(int(lengths.sum()))
-        if self.cache is not None:
-            x, norms = self.cache.gather_into(idx, buf)
-        else:
-            x = concat_into(arrays or [], buf)  # [n, D]
-            norms = None
-            if self.l2_normalize:  # per video, exactly as FeatureCache computes them
-                bounds = np.concatenate([[0], np.cumsum(lengths)])
-                norms = torch.cat([row_norms(x[a:c]) for a, c in itertools.pairwise(bounds)])
-        if not self.l2_normalize:
-            norms = None
-        if self.device.type != "cpu":
-            x = x.to(self.device)
-            norms = None if norms is None else norms.to(self.device)
-        return _Batch(idx, x, norms, torch.from_numpy(lengths).to(self.device))
+        x = concat_into(arrays, self._buf(int(lengths.sum())))  # [n, D]
+        norms = None
+        if self.l2_normalize:  # per video, exactly as FeatureCache computes them
+            bounds = np.concatenate([[0], np.cumsum(lengths)])
+            norms = torch.cat([row_norms(x[a:c]) for a, c in itertools.pairwise(bounds)])
+        return _Batch(idx, x, norms, torch.from_numpy(lengths))
 
     @contextmanager
     def batches(self, order: Sequence[np.ndarray]) -> Iterator[Iterator[_Batch]]:
-        if self.cache is not None:
-            yield (self._make(idx, None) for idx in order)
-            return
         stream = prefetch_batches(self.source, order)
         try:
             yield (self._make(idx, arrays) for idx, arrays in stream)
@@ -323,7 +342,7 @@ class _Feeder:
 
 
 def _scores(
-    feeder: _Feeder, w: torch.Tensor, b: torch.Tensor, batch_videos: int, *, keep_frames: bool
+    feeder: _Feeder, w: torch.Tensor, b: torch.Tensor, batch_videos: int
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     n = len(feeder.source)
     order = [np.arange(i, min(i + batch_videos, n)) for i in range(0, n, batch_videos)]
@@ -332,10 +351,86 @@ def _scores(
     with torch.no_grad(), feeder.batches(order) as batches:
         for batch in batches:
             z = _frame_logits(w, b, batch.x, batch.norms)  # [n]
-            scores[batch.indices] = _video_logits(z, batch.lengths).cpu().numpy()
-            if keep_frames:
-                frames.extend(t.numpy() for t in z.cpu().split(batch.lengths.tolist()))
+            scores[batch.indices] = _video_logits(z, batch.lengths).numpy()
+            frames.extend(t.numpy() for t in z.split(batch.lengths.tolist()))
     return scores, frames
+
+
+# ----------------------------------------------------------------------------- random draws
+
+
+class _AuthorsDraws:
+    """The random draws of the authors' training process, from one generator seeded ``seed``.
+
+    Their script seeds torch's global generator (``torch.manual_seed(43)``),
+    builds ``nn.Linear(D, 1)`` (``kaiming_uniform_(a=sqrt(5))`` weight, then a
+    ``U(-1/sqrt(D), 1/sqrt(D))`` bias), and Lightning runs the epochs. In each,
+    the training DataLoader's iterator draws a base seed for its workers, its
+    ``RandomSampler`` draws the seed of the epoch's permutation
+    (``torch.randperm`` on a fresh generator), and after the epoch the
+    validation DataLoader's iterator draws its base seed (the sanity check
+    before training runs under Lightning's ``isolate_rng`` and leaves no trace).
+    Replayed draw for draw here on a private generator (the global one is left
+    alone). Checked against their code run with lightning 2.4.0: the same
+    weights, bit for bit, after 25 epochs.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def init(self, dim: int) -> tuple[np.ndarray, float]:
+        w = torch.empty(1, dim)
+        b = torch.empty(1)
+        torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=self.gen)
+        bound = 1.0 / math.sqrt(dim)
+        torch.nn.init.uniform_(b, -bound, bound, generator=self.gen)
+        return w[0].numpy(), float(b[0])
+
+    def _seed(self) -> int:
+        return int(torch.empty((), dtype=torch.int64).random_(generator=self.gen).item())
+
+    def epoch_order(self, n: int) -> np.ndarray:
+        self._seed()  # the training DataLoader iterator's worker base seed
+        perm_gen = torch.Generator().manual_seed(self._seed())  # RandomSampler's
+        return torch.randperm(n, generator=perm_gen).numpy()
+
+    def validated(self) -> None:
+        self._seed()  # the validation DataLoader iterator's worker base seed
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.gen.set_state(state["generator"])
+
+
+class _NumpyDraws:
+    """The draws of runs trained before (``rng="numpy"``): init from
+    ``torch.Generator().manual_seed(seed)`` as ``(rand * 2 - 1) / sqrt(D)``,
+    permutations from ``np.random.default_rng(seed)``."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def init(self, dim: int) -> tuple[np.ndarray, float]:
+        gen = torch.Generator().manual_seed(self.seed)
+        bound = 1.0 / math.sqrt(dim)
+        w = (torch.rand(dim, generator=gen) * 2 - 1) * bound
+        b = (torch.rand(1, generator=gen) * 2 - 1) * bound
+        return w.numpy(), float(b[0])
+
+    def epoch_order(self, n: int) -> np.ndarray:
+        return self.rng.permutation(n)
+
+    def validated(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rng.bit_generator.state = dict(state["generator"])
 
 
 # ----------------------------------------------------------------------------- training
@@ -352,13 +447,72 @@ def _check_source(source: VideoSource, what: str) -> None:
         raise ProbeError(f"the {what} source needs one 0/1 label per video")
 
 
-def _init_params(dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.nn.Linear(dim, 1)``'s default init: w and b ~ U(-1/sqrt(dim), 1/sqrt(dim))."""
-    gen = torch.Generator().manual_seed(seed)
-    bound = 1.0 / math.sqrt(dim)
-    w = (torch.rand(dim, generator=gen) * 2 - 1) * bound
-    b = (torch.rand(1, generator=gen) * 2 - 1) * bound
-    return w, b
+def _pack(
+    arrays: Sequence[np.ndarray], labels: np.ndarray, *, half: bool, l2_normalize: bool
+) -> Packed:
+    """Videos ``[T_i, D]`` end to end as the step kernels read them (norms as FeatureCache's)."""
+    from trainers.probe_step import Packed
+
+    data = np.concatenate([np.asarray(a, np.float16 if half else np.float32) for a in arrays])
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum([a.shape[0] for a in arrays], out=offsets[1:])
+    if l2_normalize:
+        norms = np.concatenate(
+            [row_norms(torch.from_numpy(np.asarray(a, np.float32))).numpy() for a in arrays]
+        )
+    else:
+        norms = np.ones(data.shape[0], dtype=np.float32)
+    return Packed(
+        data.view(np.uint16) if half else data,
+        offsets,
+        norms,
+        np.asarray(labels, dtype=np.float64),
+    )
+
+
+class _Videos:
+    """One source as :class:`Packed` blocks: held whole in memory, or read chunk by chunk."""
+
+    def __init__(self, source: VideoSource, *, cached: bool, l2_normalize: bool) -> None:
+        from trainers.probe_step import Packed
+
+        self.source, self.l2_normalize = source, l2_normalize
+        self.half = np.dtype(source.dtype) == np.float16
+        self.labels = np.asarray(source.labels, dtype=np.float64)
+        self.whole: Packed | None = None
+        if cached:
+            cache = FeatureCache(source)
+            data = cache.data.numpy()
+            norms = cache.norms.numpy()
+            if not l2_normalize:
+                norms = np.ones_like(norms)
+            self.whole = Packed(
+                data.view(np.uint16) if self.half else data, cache.offsets, norms, self.labels
+            )
+
+    def blocks(self, order: np.ndarray, group: int) -> Iterator[tuple[Packed, np.ndarray]]:
+        """``(block, order within it)`` covering ``order``; streamed blocks hold whole groups."""
+        if self.whole is not None:
+            yield self.whole, order
+            return
+        size = group * max(1, STREAM_CHUNK_VIDEOS // group)
+        chunks = [order[i : i + size] for i in range(0, len(order), size)]
+        stream = prefetch_batches(self.source, chunks)
+        try:
+            for idx, arrays in stream:
+                block = _pack(
+                    arrays, self.labels[idx], half=self.half, l2_normalize=self.l2_normalize
+                )
+                yield block, np.arange(len(idx))
+        finally:
+            stream.close()
+
+    def logits(self, steps: CpuSteps | TorchSteps) -> np.ndarray:
+        """Video logits ``[N]`` in source order."""
+        n = len(self.source)
+        return np.concatenate(
+            [steps.logits(block) for block, _ in self.blocks(np.arange(n), STREAM_CHUNK_VIDEOS)]
+        )
 
 
 def fit_probe(
@@ -371,17 +525,20 @@ def fit_probe(
 ) -> FitResult:
     """Train the probe on ``train``; early-stop on ``val``'s loss and restore the best weights.
 
-    Without ``val`` it trains all ``max_epochs`` epochs and returns the last
-    weights (no early stopping: the training loss keeps falling on separable
-    data, so stopping on it would only ever fire on noise). Each epoch visits
-    the videos in ``np.random.default_rng(seed).permutation`` order (one
-    generator for the whole fit); weights start as ``torch.nn.Linear``'s init
-    from ``torch.Generator().manual_seed(seed)``. Sources whose bytes fit in
-    ``cache_bytes`` (train first, then val) are held in memory; the rest are
-    streamed with read-ahead. ``control`` checkpoints, resumes and catches
-    interrupts (``trainers.training``; the result's ``interruption`` says
-    when one ended the fit).
+    An epoch visits every training video once, in the order ``config.rng``
+    draws, ``batch_videos`` per step; its ``val_loss`` is the mean loss over
+    the validation videos after it. Without ``val`` it trains all
+    ``max_epochs`` epochs and returns the last weights (no early stopping: the
+    training loss keeps falling on separable data, so stopping on it would
+    only ever fire on noise). Sources whose bytes fit in ``cache_bytes``
+    (train first, then val; ``None``: ``trainers.memory``'s default) are held
+    in memory; the rest are read chunk by chunk with read-ahead, in the same
+    order, to the same weights. ``control`` checkpoints, resumes
+    and catches interrupts (``trainers.training``; the result's
+    ``interruption`` says when one ended the fit).
     """
+    from trainers.probe_step import CpuSteps, TorchSteps
+
     _check_source(train, "training")
     labels = np.asarray(train.labels)
     if labels.min() == labels.max():
@@ -397,94 +554,83 @@ def fit_probe(
             )
     device = resolve_device(config.device, error=ProbeError)
     bsz = config.batch_videos or auto_batch_videos(len(train))
+    lr = config.lr * bsz if config.scale_lr else config.lr
 
-    train_cached = int(train.nbytes) <= config.cache_bytes
-    val_cached = (
-        val is not None and int(train.nbytes) * train_cached + int(val.nbytes) <= config.cache_bytes
+    train_cached, val_cached = plan_cache(
+        config.cache_bytes,
+        train_bytes=int(train.nbytes),
+        val_bytes=None if val is None else int(val.nbytes),
     )
-    feed = _Feeder(train, cached=train_cached, l2_normalize=config.l2_normalize, device=device)
-    val_feed = None
+    videos = _Videos(train, cached=train_cached, l2_normalize=config.l2_normalize)
+    val_videos = None
     if val is not None:
-        val_feed = _Feeder(val, cached=val_cached, l2_normalize=config.l2_normalize, device=device)
+        val_videos = _Videos(val, cached=val_cached, l2_normalize=config.l2_normalize)
+    draws = _AuthorsDraws(config.seed) if config.rng == "authors" else _NumpyDraws(config.seed)
+    w0, b0 = draws.init(train.dim)
+    if config.center_bias:
+        b0 -= math.log(max(float(np.median(np.asarray(train.lengths))), 1.0))
+    params = np.append(w0, np.float32(b0)).astype(np.float32)  # [D+1]
+    steps = CpuSteps(params) if device.type == "cpu" else TorchSteps(params, device)
+    engine = "numba" if device.type == "cpu" else "torch"
     log.info(
-        "probe: %d videos, %d per step, train %s",
+        "probe: %d videos, %d per step at lr %g, train %s, %s on %s",
         len(train),
         bsz,
+        lr,
         "cached" if train_cached else "streamed",
+        engine,
+        device,
     )
-
-    w0, b0 = _init_params(train.dim, config.seed)
-    if config.center_bias:
-        b0 = b0 - math.log(max(float(np.median(np.asarray(train.lengths))), 1.0))
-    w = w0.to(device).requires_grad_(True)
-    b = b0.to(device).requires_grad_(True)
-    lr = config.lr * bsz if config.scale_lr else config.lr
-    opt = torch.optim.Adam([w, b], lr=lr)
-    rng = np.random.default_rng(config.seed)
-    train_labels = torch.from_numpy(labels.astype(np.float32)).to(device)
     val_labels = None if val is None else np.asarray(val.labels)
 
     def run_epoch(epoch: int) -> tuple[EpochStats, float | None]:
         start = time.perf_counter()
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        with feed.batches(batch_order(len(train), bsz, rng)) as batches:
-            for batch in batches:
-                loss = batch_loss(
-                    w, b, batch.x, batch.norms, batch.lengths, train_labels[batch.indices]
-                )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.detach() * len(batch.indices)
-        train_loss = float(total) / len(train)
+        order = draws.epoch_order(len(train))
+        total = 0.0
+        for block, block_order in videos.blocks(order, bsz):
+            total += steps.train(block, block_order, bsz, lr)
+        train_loss = total / len(train)
         if not math.isfinite(train_loss):
             raise ProbeError(
                 f"training loss is {train_loss} at epoch {epoch}: check the features for NaN/inf"
             )
         val_loss = val_auc = None
-        if val_feed is not None and val_labels is not None:
-            s, _ = _scores(val_feed, w.detach(), b.detach(), 64, keep_frames=False)
-            val_loss = float(
-                video_losses(
-                    torch.from_numpy(s).double(), torch.from_numpy(val_labels).double()
-                ).mean()
-            )
+        if val_videos is not None and val_labels is not None:
+            draws.validated()
+            s = val_videos.logits(steps)  # [N_val] float64
+            val_loss = float(np.mean(np.logaddexp(0.0, 2.0 * s * (1.0 - 2.0 * val_labels))))
             if val_labels.min() != val_labels.max():
                 val_auc = float(roc_auc_score(val_labels, s))
         stats = EpochStats(epoch, train_loss, val_loss, val_auc, time.perf_counter() - start)
         return stats, val_loss
 
     def save_state() -> dict[str, Any]:
-        return {"w": w, "b": b, "optimizer": opt.state_dict(), "rng": rng.bit_generator.state}
+        return {"steps": steps.state_dict(), "draws": draws.state_dict()}
 
     def load_state(state: Mapping[str, Any]) -> None:
-        with torch.no_grad():
-            w.copy_(state["w"])
-            b.copy_(state["b"])
-        opt.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
+        steps.load_state_dict(state["steps"])
+        draws.load_state_dict(state["draws"])
 
     loop = train_epochs(
         run_epoch,
         max_epochs=config.max_epochs,
         patience=config.patience,
-        snapshot=lambda: (w.detach().clone(), b.detach().clone()),
+        snapshot=steps.weights,
         state=StateFunctions(save_state, load_state),
         stats_type=EpochStats,
         on_epoch=on_epoch,
         control=control,
     )
-    w_best, b_best = loop.best
-    params = ProbeParams(
-        w=w_best.cpu().numpy(), b=float(b_best.cpu()[0]), l2_normalize=config.l2_normalize
-    )
+    best = loop.best
+    params_out = ProbeParams(w=best[:-1], b=float(best[-1]), l2_normalize=config.l2_normalize)
     return FitResult(
-        params,
+        params_out,
         loop.history,
         loop.best_epoch,
         loop.stopped_early,
         bsz,
         lr,
+        engine,
         interruption=loop.interruption,
         resumed_from=loop.resumed_from,
     )
@@ -524,11 +670,9 @@ def score_source(
         raise ProbeError(f"source features are {source.dim}-wide, the probe expects {params.dim}")
     if batch_videos < 1:
         raise ProbeError(f"batch_videos must be >= 1, got {batch_videos}")
-    feeder = _Feeder(
-        source, cached=False, l2_normalize=params.l2_normalize, device=torch.device("cpu")
-    )
+    feeder = _Feeder(source, l2_normalize=params.l2_normalize)
     w, b = _as_tensors(params)
-    return _scores(feeder, w, b, batch_videos, keep_frames=True)
+    return _scores(feeder, w, b, batch_videos)
 
 
 def probability(score: float | np.ndarray) -> float | np.ndarray:

@@ -1,11 +1,12 @@
 """Where a trainer's videos come from, and how they become batches.
 
 A ``VideoSource`` is anything with per-video labels and lengths that can
-``read`` videos by index (``ArraySource`` here, ``trainers.inputs.InputSource``
-over the store). Trainers either cache a whole source in memory
+``read`` videos by index (``ArraySource`` here, ``trainers.streams.StoreSource``
+over the store, read lazily through Dask). Trainers either cache a whole source in memory
 (``FeatureCache``: one flat buffer plus offsets, in the source's dtype) or
 stream it batch by batch (``prefetch_batches``: a background thread reads
-the next batches while the current one is computed).
+the next batches while the current one is computed; ``prefetch_reads`` for
+any reader).
 
 Batches are ragged: the videos of a batch are concatenated into one
 ``[n, D]`` float32 buffer with their lengths beside it, so no compute is
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -35,9 +36,11 @@ __all__ = [
     "lengths_mask",
     "pad_batch",
     "prefetch_batches",
+    "prefetch_reads",
     "row_norms",
 ]
 
+T = TypeVar("T")
 _FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -240,12 +243,14 @@ def _check_read(source: VideoSource, indices: np.ndarray, arrays: list[np.ndarra
 
 
 class _Prefetcher:
-    """Reads ``batches`` from ``source`` on a background thread, ``depth`` batches ahead."""
+    """Calls ``read`` on each of ``batches`` on a background thread, ``depth`` batches ahead."""
 
     _DONE = object()
 
-    def __init__(self, source: VideoSource, batches: Sequence[np.ndarray], depth: int) -> None:
-        self._source, self._batches = source, list(batches)
+    def __init__(
+        self, read: Callable[[np.ndarray], object], batches: Sequence[np.ndarray], depth: int
+    ) -> None:
+        self._read, self._batches = read, list(batches)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="featstore-prefetch", daemon=True)
@@ -265,16 +270,14 @@ class _Prefetcher:
             for idx in self._batches:
                 if self._stop.is_set():
                     return
-                arrays = self._source.read(idx)
-                _check_read(self._source, idx, arrays)
-                if not self._put((idx, arrays)):
+                if not self._put((idx, self._read(idx))):
                     return
         except BaseException as exc:  # handed to the consumer, re-raised there
             self._put(exc)
             return
         self._put(self._DONE)
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, object]]:
         while True:
             item = self._queue.get()
             if item is self._DONE:
@@ -293,16 +296,30 @@ class _Prefetcher:
         self._thread.join()
 
 
+def prefetch_reads(
+    read: Callable[[np.ndarray], T], batches: Sequence[np.ndarray], *, depth: int = 2
+) -> Iterator[tuple[np.ndarray, T]]:
+    """Yield ``(batch, read(batch))`` for each batch, reading ahead on a background thread.
+
+    Errors raised by ``read`` surface in the consumer; closing the generator
+    early (``break``, an exception) stops and joins the thread.
+    """
+    fetcher = _Prefetcher(read, batches, depth)
+    try:
+        yield from fetcher  # type: ignore[misc]
+    finally:
+        fetcher.close()
+
+
 def prefetch_batches(
     source: VideoSource, batches: Sequence[np.ndarray], *, depth: int = 2
 ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-    """Yield ``(indices, arrays)`` per batch, reading ahead on a background thread.
+    """Yield ``(indices, arrays)`` per batch of ``source``, reading ahead (``prefetch_reads``),
+    each batch's shapes checked against the source's lengths and dim."""
 
-    Errors raised by ``source.read`` surface in the consumer; closing the
-    generator early (``break``, an exception) stops and joins the thread.
-    """
-    fetcher = _Prefetcher(source, batches, depth)
-    try:
-        yield from fetcher
-    finally:
-        fetcher.close()
+    def read(idx: np.ndarray) -> list[np.ndarray]:
+        arrays = source.read(idx)
+        _check_read(source, idx, arrays)
+        return arrays
+
+    return prefetch_reads(read, batches, depth=depth)

@@ -46,6 +46,16 @@ from torch import nn
 
 from featstore.errors import FeatstoreError
 from featstore.timebase import reconcile
+from trainers.memory import plan_cache
+from trainers.sources import prefetch_reads
+from trainers.sync_feed import (
+    PackedPairs,
+    PairList,
+    PairSourceLike,
+    RowsBatch,
+    StreamedPairs,
+    packed_nbytes,
+)
 from trainers.training import (
     Interruption,
     StateFunctions,
@@ -70,6 +80,7 @@ __all__ = [
     "net_to_state",
     "pairs_loss",
     "score_pairs",
+    "score_source",
     "video_loss",
 ]
 
@@ -95,7 +106,10 @@ class SyncConfig:
     """Hyperparameters; the defaults are AVH-Align's (PEERS.md).
 
     ``proj_dim`` / ``hidden`` exist so tests can build a narrow network; the
-    paper's is 512 / (512, 256, 128).
+    paper's is 512 / (512, 256, 128). ``cache_bytes`` is the memory budget
+    for holding the videos (``None``: ``trainers.memory``'s default); it
+    changes speed, not the network, so runs record it outside the
+    hyperparameters.
     """
 
     lr: float = 1e-5
@@ -109,10 +123,19 @@ class SyncConfig:
     hidden: tuple[int, ...] = HIDDEN
     seed: int = 43
     device: str = "cpu"
+    cache_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise SyncError(f"lr must be a positive number, got {self.lr!r}")
+        if self.cache_bytes is not None and (
+            isinstance(self.cache_bytes, bool)
+            or not isinstance(self.cache_bytes, int)
+            or self.cache_bytes < 0
+        ):
+            raise SyncError(
+                f"cache_bytes must be None or an integer >= 0, got {self.cache_bytes!r}"
+            )
         if not 0 < self.lr_factor < 1:
             raise SyncError(f"lr_factor must be in (0, 1), got {self.lr_factor!r}")
         for name in ("max_epochs", "patience", "lr_patience", "batch_frames", "proj_dim"):
@@ -133,7 +156,10 @@ class SyncConfig:
             raise SyncError(f"unknown device {self.device!r}") from exc
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "hidden": list(self.hidden)}
+        """The hyperparameters a run records (``cache_bytes`` is an execution detail: not here)."""
+        doc = {**dataclasses.asdict(self), "hidden": list(self.hidden)}
+        del doc["cache_bytes"]
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> SyncConfig:
@@ -228,11 +254,18 @@ class SyncNet(nn.Module):
         ``2 P`` is formed per candidate.
         """
         uniq, inv = torch.unique(cand_idx, return_inverse=True)  # [U], [N, K]
+        return self.distinct_candidate_logits(audio_rows[uniq], inv, visual)
+
+    def distinct_candidate_logits(
+        self, audio: torch.Tensor, inverse: torch.Tensor, visual: torch.Tensor
+    ) -> torch.Tensor:
+        """``candidate_logits`` from the distinct candidate rows ``audio [U, Da]`` and each
+        frame's candidates as rows of it, ``inverse [N, K]``."""
         w_v, w_a = self._first_split()
         dtype = w_a.dtype
-        ha = self.audio_proj(_l2(audio_rows[uniq].to(dtype))) @ w_a.T  # [U, H]
+        ha = self.audio_proj(_l2(audio.to(dtype))) @ w_a.T  # [U, H]
         hv = self.visual_proj(_l2(visual.to(dtype))) @ w_v.T + self.head[0].bias  # [N, H]
-        return self._rest(ha[inv] + hv[:, None, :])  # [N, K]
+        return self._rest(ha[inverse] + hv[:, None, :])  # [N, K]
 
 
 def net_to_state(net: SyncNet) -> dict[str, np.ndarray]:
@@ -287,90 +320,40 @@ def video_loss(
     return -F.log_softmax(logits, dim=1)[:, tau].sum()
 
 
-@dataclass(frozen=True)
-class _Packed:
-    """Videos end to end: audio with ``tau`` zero rows before, between and after the videos."""
-
-    audio: torch.Tensor  # [tau + sum(T_i + tau), Da], source dtype
-    visual: torch.Tensor  # [R, Dv], source dtype
-    audio_pos: torch.Tensor  # [R] int64: row of frame r's own audio in ``audio``
-    offsets: np.ndarray  # [N + 1] frame offsets of the videos
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.offsets[-1])
-
-
-def _reconciled(pairs: Sequence[Paired], what: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    if len(pairs) == 0:
-        raise SyncError(f"the {what} set holds no videos")
-    out = []
-    for i, p in enumerate(pairs):
-        a, v = np.asarray(p.audio), np.asarray(p.visual)
-        if a.ndim != 2 or v.ndim != 2:
-            raise SyncError(f"{what} video {i}: expected [T, D] rows, got {a.shape} and {v.shape}")
-        r = reconcile(a, v)
-        if r.n_rows == 0:
-            raise SyncError(f"{what} video {i} has no frames with both audio and visual rows")
-        out.append((r.audio, r.visual))
-    da, dv = {a.shape[1] for a, _ in out}, {v.shape[1] for _, v in out}
-    if len(da) > 1 or len(dv) > 1:
-        raise SyncError(
-            f"{what} videos mix feature widths: audio {sorted(da)}, visual {sorted(dv)}"
-        )
-    return out
-
-
-def _pack(videos: Sequence[tuple[np.ndarray, np.ndarray]], tau: int) -> _Packed:
-    lengths = np.array([a.shape[0] for a, _ in videos], dtype=np.int64)  # [N]
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [N + 1]
-    starts = tau + np.concatenate([[0], np.cumsum(lengths + tau)[:-1]]).astype(np.int64)  # [N]
-    dtype = np.float16 if all(a.dtype == np.float16 for a, _ in videos) else np.float32
-    audio = np.zeros((tau + int((lengths + tau).sum()), videos[0][0].shape[1]), dtype=dtype)
-    for (a, _), s in zip(videos, starts, strict=True):
-        audio[s : s + a.shape[0]] = a
-    visual = np.concatenate([v for _, v in videos]).astype(dtype, copy=False)  # [R, Dv]
-    audio_pos = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])  # [R]
-    return _Packed(
-        torch.from_numpy(audio), torch.from_numpy(visual), torch.from_numpy(audio_pos), offsets
-    )
-
-
-def _rows_loss(net: SyncNet, packed: _Packed, rows: torch.Tensor, tau: int) -> torch.Tensor:
-    """Summed loss of the frames ``rows [N]`` of a packed set."""
-    shifts = torch.arange(-tau, tau + 1, device=rows.device)  # [K]
-    cand_idx = packed.audio_pos[rows][:, None] + shifts  # [N, K]
-    logits = net.candidate_logits(packed.audio, cand_idx, packed.visual[rows])  # [N, K]
+def _rows_loss(net: SyncNet, batch: RowsBatch, tau: int) -> torch.Tensor:
+    """Summed loss of the frames of one batch."""
+    logits = net.distinct_candidate_logits(batch.audio, batch.inverse, batch.visual)  # [N, K]
     return -F.log_softmax(logits, dim=1)[:, tau].sum()
+
+
+def _pairs(pairs: Sequence[Paired] | PairSourceLike, what: str) -> PairSourceLike:
+    """A pair source as given, or in-memory pairs (trimmed to the shorter, checked) as one."""
+    if hasattr(pairs, "read") and hasattr(pairs, "lengths"):
+        if len(pairs) == 0:
+            raise SyncError(f"the {what} set holds no videos")
+        return pairs  # type: ignore[return-value]
+    return PairList(pairs, what, error=SyncError)  # type: ignore[arg-type]
 
 
 def pairs_loss(
     net: SyncNet, pairs: Sequence[Paired], *, tau: int = TAU, batch_frames: int = 1024
 ) -> float:
     """Mean per-frame loss of every frame of ``pairs`` (no gradient)."""
-    packed = _to(_pack(_reconciled(pairs, "evaluation"), tau), _param_device(net))
-    return _mean_loss(net, packed, tau, batch_frames)
+    feed = PackedPairs(_pairs(pairs, "evaluation"), tau, _param_device(net))
+    return _mean_loss(net, feed, tau, batch_frames)
 
 
-def _mean_loss(net: SyncNet, packed: _Packed, tau: int, batch_frames: int) -> float:
+def _mean_loss(
+    net: SyncNet, feed: PackedPairs | StreamedPairs, tau: int, batch_frames: int
+) -> float:
+    """Mean per-frame loss over the frames in order, ``batch_frames`` at a time."""
     total = 0.0
-    device = packed.audio_pos.device
+    n = feed.n_frames
+    batches = [np.arange(lo, min(lo + batch_frames, n)) for lo in range(0, n, batch_frames)]
     with torch.no_grad():
-        for lo in range(0, packed.n_frames, batch_frames):
-            rows = torch.arange(lo, min(lo + batch_frames, packed.n_frames), device=device)
-            total += float(_rows_loss(net, packed, rows, tau))
-    return total / packed.n_frames
-
-
-def _to(packed: _Packed, device: torch.device) -> _Packed:
-    if device.type == "cpu":
-        return packed
-    return _Packed(
-        packed.audio.to(device),
-        packed.visual.to(device),
-        packed.audio_pos.to(device),
-        packed.offsets,
-    )
+        for batch in feed.batches(batches):
+            total += float(_rows_loss(net, batch, tau))
+    return total / n
 
 
 def _param_device(net: nn.Module) -> torch.device:
@@ -397,9 +380,15 @@ def _init_net(audio_dim: int, visual_dim: int, config: SyncConfig) -> SyncNet:
         return SyncNet(audio_dim, visual_dim, proj_dim=config.proj_dim, hidden=config.hidden)
 
 
+def _feed(
+    source: PairSourceLike, cached: bool, tau: int, device: torch.device
+) -> PackedPairs | StreamedPairs:
+    return PackedPairs(source, tau, device) if cached else StreamedPairs(source, tau, device)
+
+
 def fit_sync(
-    train: Sequence[Paired],
-    val: Sequence[Paired] | None = None,
+    train: Sequence[Paired] | PairSourceLike,
+    val: Sequence[Paired] | PairSourceLike | None = None,
     config: SyncConfig = SyncConfig(),  # frozen, so sharing the default is safe
     *,
     on_epoch: Callable[[EpochStats], None] | None = None,
@@ -407,56 +396,75 @@ def fit_sync(
 ) -> FitResult:
     """Train ``Phi`` on real videos ``train``; schedule and early-stop on ``val``'s loss.
 
-    Audio and visual rows of each video are trimmed to the shorter
-    (``featstore.timebase.reconcile``). Without ``val`` the plateau schedule
-    follows the training loss, all ``max_epochs`` run and the last weights are
-    returned. Seeded: the same inputs and config give the same weights on the
-    CPU (on CUDA the scatter-adds of the candidate gather may differ in the
-    last bits between runs). ``control`` checkpoints, resumes and catches
-    interrupts (``trainers.training``).
+    ``train`` / ``val`` are paired videos in memory (audio and visual rows of
+    each trimmed to the shorter, ``featstore.timebase.reconcile``) or pair
+    sources (``trainers.streams.PairSource``: read from the store). A set
+    whose packed rows fit ``config.cache_bytes`` (training first; default
+    ``trainers.memory``) is held in memory, the rest is streamed batch by
+    batch (``trainers.sync_feed``): the same batches and arithmetic, so the
+    same network. Without ``val`` the plateau schedule follows the training
+    loss, all ``max_epochs`` run and the last weights are returned. Seeded:
+    the same inputs and config give the same weights on the CPU (on CUDA the
+    scatter-adds of the candidate gather may differ in the last bits between
+    runs). ``control`` checkpoints, resumes and catches interrupts
+    (``trainers.training``).
     """
-    train_videos = _reconciled(train, "training")
-    da, dv = train_videos[0][0].shape[1], train_videos[0][1].shape[1]
+    train_src = _pairs(train, "training")
+    da, dv = train_src.audio_dim, train_src.visual_dim
     device = resolve_device(config.device, error=SyncError)
-    packed = _to(_pack(train_videos, config.tau), device)
-    val_packed = None
+    val_src = None
     if val is not None:
-        val_videos = _reconciled(val, "validation")
-        if (val_videos[0][0].shape[1], val_videos[0][1].shape[1]) != (da, dv):
+        val_src = _pairs(val, "validation")
+        if (val_src.audio_dim, val_src.visual_dim) != (da, dv):
             raise SyncError(
-                f"validation features are {val_videos[0][0].shape[1]}/{val_videos[0][1].shape[1]}-"
+                f"validation features are {val_src.audio_dim}/{val_src.visual_dim}-"
                 f"wide (audio/visual), training features {da}/{dv}-wide"
             )
-        val_packed = _to(_pack(val_videos, config.tau), device)
+    train_cached, val_cached = plan_cache(
+        config.cache_bytes,
+        train_bytes=packed_nbytes(train_src, config.tau),
+        val_bytes=None if val_src is None else packed_nbytes(val_src, config.tau),
+    )
+    feed = _feed(train_src, train_cached, config.tau, device)
+    val_feed = None if val_src is None else _feed(val_src, val_cached, config.tau, device)
     net = _init_net(da, dv, config).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=config.lr_factor, patience=config.lr_patience
     )
     rng = np.random.default_rng(config.seed)
-    log.info("sync: %d videos, %d frames, %s", len(train_videos), packed.n_frames, device)
+    log.info(
+        "sync: %d videos, %d frames, %s, %s",
+        len(train_src),
+        feed.n_frames,
+        device,
+        "cached" if train_cached else "streamed",
+    )
 
     def run_epoch(epoch: int) -> tuple[EpochStats, float | None]:
         start = time.perf_counter()
         lr = float(opt.param_groups[0]["lr"])
         net.train()
-        rows = torch.from_numpy(_epoch_rows(packed.offsets, rng)).to(device)  # [R]
+        rows = _epoch_rows(feed.offsets, rng)  # [R]
+        batches = [
+            rows[i : i + config.batch_frames] for i in range(0, len(rows), config.batch_frames)
+        ]
         total = torch.zeros((), dtype=torch.float64, device=device)
-        for batch in rows.split(config.batch_frames):
-            loss = _rows_loss(net, packed, batch, config.tau)  # summed over frames
+        for batch in feed.batches(batches):
+            loss = _rows_loss(net, batch, config.tau)  # summed over frames
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.detach()
-        train_loss = float(total) / packed.n_frames
+        train_loss = float(total) / feed.n_frames
         if not math.isfinite(train_loss):
             raise SyncError(
                 f"training loss is {train_loss} at epoch {epoch}: check the features for NaN/inf"
             )
         net.eval()
         val_loss = None
-        if val_packed is not None:
-            val_loss = _mean_loss(net, val_packed, config.tau, config.batch_frames)
+        if val_feed is not None:
+            val_loss = _mean_loss(net, val_feed, config.tau, config.batch_frames)
         plateau.step(train_loss if val_loss is None else val_loss)
         return EpochStats(epoch, train_loss, val_loss, lr, time.perf_counter() - start), val_loss
 
@@ -500,7 +508,13 @@ def fit_sync(
 
 def frame_scores(net: SyncNet, audio: np.ndarray, visual: np.ndarray) -> np.ndarray:
     """Per-frame fakeness ``-Phi(a_t, v_t)`` ``[T]`` of one video (rows trimmed to the shorter)."""
-    ((a, v),) = _reconciled([_Pair(audio, visual)], "scored")
+    a, v = np.asarray(audio), np.asarray(visual)
+    if a.ndim != 2 or v.ndim != 2:
+        raise SyncError(f"scored video: expected [T, D] rows, got {a.shape} and {v.shape}")
+    pair = reconcile(a, v)
+    if pair.n_rows == 0:
+        raise SyncError("scored video has no frames with both audio and visual rows")
+    a, v = pair.audio, pair.visual
     if a.shape[1] != net.audio_dim or v.shape[1] != net.visual_dim:
         raise SyncError(
             f"features are {a.shape[1]}/{v.shape[1]}-wide (audio/visual); "
@@ -523,8 +537,28 @@ def score_pairs(net: SyncNet, pairs: Sequence[Paired]) -> tuple[np.ndarray, list
     """Video scores ``logsumexp_t(-Phi(a_t, v_t))`` ``[N]`` and per-frame scores ``[T_i]``."""
     net.eval()
     frames = [frame_scores(net, p.audio, p.visual) for p in pairs]
-    scores = np.array(
+    return _video_scores(frames), frames
+
+
+def score_source(
+    net: SyncNet, source: PairSourceLike, *, chunk_videos: int = 64
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``score_pairs`` over a pair source, read ``chunk_videos`` at a time (with read-ahead)."""
+    net.eval()
+    chunks = [
+        np.arange(i, min(i + chunk_videos, len(source)))
+        for i in range(0, len(source), chunk_videos)
+    ]
+    frames = [
+        frame_scores(net, a, v)
+        for _, pairs in prefetch_reads(source.read, chunks)
+        for a, v in pairs
+    ]
+    return _video_scores(frames), frames
+
+
+def _video_scores(frames: Sequence[np.ndarray]) -> np.ndarray:
+    return np.array(
         [float(torch.logsumexp(torch.from_numpy(f).double(), dim=0)) for f in frames],
         dtype=np.float64,
     )
-    return scores, frames

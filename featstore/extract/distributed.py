@@ -10,27 +10,21 @@ be reachable from every worker under the same URL (shared disk or object storage
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-from featstore.extract.plan import ExtractError, ExtractTask
+from featstore.cluster import TASK_RETRIES, DistributedUnavailableError, connect, run_tasks
+from featstore.extract.plan import ExtractTask
 from featstore.extract.progress import ExtractProgress, ExtractSummary, ProgressCallback
 
 log = logging.getLogger(__name__)
 
-TASK_RETRIES = 3  # attempts after a worker dies mid-task
 MAX_TASK_VIDEOS = 256  # bounds the work a lost worker takes with it
-INSTALL_HINT = "pip install 'featstore[distributed]'"
 
-
-class DistributedUnavailableError(ExtractError, ImportError):
-    """``--cluster`` was asked for but dask.distributed is not installed."""
+__all__ = ["TASK_RETRIES", "DistributedUnavailableError", "run_distributed", "split_task"]
 
 
 def split_task(task: ExtractTask, n_chunks: int) -> list[ExtractTask]:
@@ -52,41 +46,21 @@ def run_distributed(
     tasks_per_worker: int = 4,
 ) -> list[ExtractSummary]:
     """Run ``task`` as chunks on ``cluster`` ("local", "tcp://host:port" or a Client)."""
-    try:
-        from distributed import as_completed
-    except ImportError:
-        raise DistributedUnavailableError(
-            f"--cluster needs dask.distributed: {INSTALL_HINT}"
-        ) from None
     from featstore.extract.worker import run_task
 
     start = time.perf_counter()
-    with _client(cluster, n_workers) as client:
+    with connect(cluster, n_workers=n_workers) as client:
         n_threads = max(1, sum(client.nthreads().values()))
         chunks = split_task(task, n_threads * tasks_per_worker)
         log.info(
             "%d videos in %d tasks on %d worker threads", len(task.videos), len(chunks), n_threads
         )
-        run_id = uuid.uuid4().hex[:8]
-        futures = [
-            client.submit(
-                run_task,
-                chunk,
-                key=f"featstore-extract-{run_id}-{i}",
-                retries=TASK_RETRIES,
-                pure=False,
-            )
-            for i, chunk in enumerate(chunks)
-        ]
+        tasks = {str(i): (run_task, [chunk]) for i, chunk in enumerate(chunks)}
         summaries: list[ExtractSummary] = []
-        try:
-            for future in as_completed(futures):
-                summaries.append(future.result())
-                if on_progress is not None:
-                    on_progress(_progress(summaries, len(task.videos), start))
-        except BaseException:
-            client.cancel(futures)
-            raise
+        for _, summary in run_tasks(client, tasks, prefix="featstore-extract"):
+            summaries.append(summary)
+            if on_progress is not None:
+                on_progress(_progress(summaries, len(task.videos), start))
     return summaries
 
 
@@ -99,32 +73,3 @@ def _progress(done: list[ExtractSummary], total: int, start: float) -> ExtractPr
         frames=sum(s.frames for s in done),
         elapsed_s=time.perf_counter() - start,
     )
-
-
-@contextlib.contextmanager
-def _client(cluster: Any, n_workers: int) -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    if isinstance(cluster, Client):
-        yield cluster
-        return
-    if cluster == "local":
-        if n_workers < 1:
-            raise ExtractError(f"n_workers must be at least 1, got {n_workers}")
-        # one thread per worker process: the encoder's own intra-op threads do the rest
-        with (
-            LocalCluster(
-                n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-            ) as local,
-            Client(local) as client,
-        ):
-            yield client
-        return
-    if not (isinstance(cluster, str) and cluster.startswith(("tcp://", "tls://"))):
-        raise ExtractError(f"cluster must be 'local' or a tcp:// address, got {cluster!r}")
-    try:
-        client = Client(cluster, timeout="20s")
-    except OSError as exc:
-        raise ExtractError(f"cannot reach the Dask scheduler at {cluster}: {exc}") from None
-    with client:
-        yield client

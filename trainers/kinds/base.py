@@ -39,7 +39,7 @@ import logging
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -52,7 +52,6 @@ from trainers.inputs import (
     InputError,
     StoredFeature,
     parse_feature_set,
-    read_video,
     select_videos,
     unique_features,
 )
@@ -69,6 +68,8 @@ if TYPE_CHECKING:
     from trainers.windows import LengthProfile
 
 log = logging.getLogger(__name__)
+
+STREAM_CHUNK_VIDEOS = 32  # videos read together when a kind scores one video at a time
 
 __all__ = [
     "Detector",
@@ -122,6 +123,10 @@ class Detector(ABC):
     calibrated: ClassVar[bool] = False
     rerun: ClassVar[str] = ""  # the command that writes a run of this kind (for error messages)
     threshold: float = 0.0  # the label threshold on scores: every kind's logit is 0 at its own
+    score_batch_videos: int = 1
+    """Videos ``score_selection`` scores together. Consecutive videos of a selection,
+    starting at a multiple of this, score the same on their own as within the whole
+    selection, to the bit: the cluster runner (``trainers.cluster``) cuts selections there."""
 
     def __init__(self, config: Any, *, run: Run | None = None, device: str = "cpu") -> None:
         self.config = config
@@ -335,10 +340,9 @@ class Detector(ABC):
         scores = np.empty(len(rows), dtype=np.float64)  # [N]
         frames: list[np.ndarray] = []
         has_frames = True
-        for i, video_id in enumerate(rows["video_id"].astype(str)):
+        for i, stored in stream_rows(store, sel.dataset, rows, keys):
             result = self.score_rows(
-                read_video(store, sel.dataset, video_id, keys),
-                leading_silence_s=None if silences is None else float(silences[i]),
+                stored, leading_silence_s=None if silences is None else float(silences[i])
             )
             scores[i] = result.score
             if result.frame_scores is None:
@@ -351,16 +355,16 @@ class Detector(ABC):
         self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
     ) -> tuple[Scored, list[WindowedScore]]:
         """Every video of ``selection`` by :meth:`score_video` (windows of the training
-        length when longer), one video at a time; scores are the windowed ones."""
+        length when longer), one video at a time (read ahead by :func:`stream_rows`); scores
+        are the windowed ones."""
         sel, rows = self.select(store, selection, allow_missing=allow_missing)
         silences = silence_column(rows) if self.needs_silence else None
         keys = [f.key for f in self.features]
         results = [
             self.score_video(
-                read_video(store, sel.dataset, video_id, keys),
-                leading_silence_s=None if silences is None else float(silences[i]),
+                stored, leading_silence_s=None if silences is None else float(silences[i])
             )
-            for i, video_id in enumerate(rows["video_id"].astype(str))
+            for i, stored in stream_rows(store, sel.dataset, rows, keys)
         ]
         scores = np.array([r.score for r in results], dtype=np.float64)  # [N]
         frames = None
@@ -388,6 +392,29 @@ class Detector(ABC):
             frame_scores=frames,
             frame_hz=self.frame_hz if frames is not None else None,
         )
+
+
+def stream_rows(
+    store: FeatureStore,
+    dataset: str,
+    rows: pd.DataFrame,
+    keys: Sequence[FeatureKey],
+    *,
+    chunk_videos: int = STREAM_CHUNK_VIDEOS,
+) -> Iterator[tuple[int, dict[FeatureKey, np.ndarray]]]:
+    """``(i, {key: [T_k, D_k]})`` for every manifest row in order, read lazily
+    (``trainers.streams.StoreReader``: a part per task, the next chunk read ahead)."""
+    from trainers.sources import prefetch_reads
+    from trainers.streams import StoreReader
+
+    reader = StoreReader(store, dataset, keys, rows["video_id"].astype(str).tolist())
+    n = len(reader)
+    chunks = [np.arange(i, min(i + chunk_videos, n)) for i in range(0, n, chunk_videos)]
+    try:
+        for idx, stored in prefetch_reads(reader.read, chunks):
+            yield from zip(idx.tolist(), stored, strict=True)
+    finally:
+        reader.close()
 
 
 def silence_column(rows: pd.DataFrame) -> np.ndarray:

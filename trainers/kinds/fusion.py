@@ -181,6 +181,10 @@ class FusionDetector(Detector):
         return any(m.needs_silence for m in self.members)
 
     @property
+    def score_batch_videos(self) -> int:  # type: ignore[override]
+        return math.lcm(*(m.score_batch_videos for m in self.members))
+
+    @property
     def min_rows(self) -> int:
         """The most any member needs, in rows at the fusion's rate."""
         return max(math.ceil(m.min_rows * self.frame_hz / m.frame_hz - 1e-9) for m in self.members)

@@ -15,6 +15,7 @@ videos but is not calibrated.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 
 from trainers import runcard
 from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError
-from trainers.inputs import FEATURES, FeatureInput, InputSource, select_videos
+from trainers.inputs import FEATURES, FeatureInput, select_videos
 from trainers.kinds import register
 from trainers.kinds.base import (
     Detector,
@@ -46,7 +47,9 @@ from trainers.kinds.fitting import (
     training_rows,
     training_selections,
 )
+from trainers.memory import execution_record, resolve_cache_bytes
 from trainers.runs import Run, Scored, save_run
+from trainers.streams import StoreSource
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
@@ -102,6 +105,7 @@ class NTPDetector(Detector):
     kind = KIND
     config_type = NTPRunConfig
     calibrated = False
+    score_batch_videos = 32
     rerun = "`featstore train ntp --store URL --encoder FEATURES --train NAME:SPLIT`"
     config: NTPRunConfig
 
@@ -177,8 +181,10 @@ class NTPDetector(Detector):
         from trainers.ntp import frame_errors
 
         sel, rows = self.select(store, selection, allow_missing=allow_missing)
-        source = InputSource(store, sel.dataset, self.config.features, rows)  # >= 2 rows each
-        errors = frame_errors(self.model, source, batch_videos=32, device=self.device)
+        source = StoreSource(store, sel.dataset, self.config.features, rows)  # >= 2 rows each
+        errors = frame_errors(
+            self.model, source, batch_videos=self.score_batch_videos, device=self.device
+        )
         scores, frames = self._verdicts(errors)
         return self.scored(sel, rows, scores, frames)
 
@@ -216,6 +222,7 @@ def train(
     from trainers.ntp import NTPConfig, fit_ntp, fit_thresholds, frame_errors
 
     hyper = config or NTPConfig()
+    hyper = dataclasses.replace(hyper, cache_bytes=resolve_cache_bytes(hyper.cache_bytes))
     train_sel, val_sel = training_selections(
         store, train, val, holdout=holdout, max_epochs=hyper.max_epochs
     )
@@ -235,10 +242,10 @@ def train(
         reals,
         check_val=lambda dataset: inp.check_store(store, dataset),
     )
-    train_src = InputSource(store, train_sel.dataset, inp, rows.train)
+    train_src = StoreSource(store, train_sel.dataset, inp, rows.train)
     val_src = None
     if rows.val is not None and rows.val_dataset is not None:
-        val_src = InputSource(store, rows.val_dataset, inp, rows.val)
+        val_src = StoreSource(store, rows.val_dataset, inp, rows.val)
     log.info(
         "training a next-token predictor on %s %s (%d real videos, %.1f MB)",
         train_sel,
@@ -286,6 +293,11 @@ def train(
             "stopped_early": bool(result.stopped_early),
             **fit_record(result, control),
         },
+        "execution": execution_record(
+            hyper.cache_bytes,
+            train_bytes=train_src.nbytes,
+            val_bytes=None if val_src is None else val_src.nbytes,
+        ),
         "store": store_location(store),
         "train": rows.train_summary,
         "val": rows.val_summary,

@@ -15,6 +15,7 @@ P(fake) (``calibrated``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 
 from trainers import runcard
 from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError
-from trainers.inputs import FEATURES, FeatureInput, InputSource, select_videos
+from trainers.inputs import FEATURES, FeatureInput, select_videos
 from trainers.kinds import register
 from trainers.kinds.base import (
     Detector,
@@ -46,7 +47,9 @@ from trainers.kinds.fitting import (
     training_rows,
     training_selections,
 )
+from trainers.memory import execution_record, resolve_cache_bytes
 from trainers.runs import Run, RunError, Scored, save_run
+from trainers.streams import StoreSource
 
 if TYPE_CHECKING:
     from featstore.spatial import FrameHead
@@ -92,6 +95,7 @@ class ProbeDetector(Detector):
     kind = KIND
     config_type = ProbeRunConfig
     calibrated = True
+    score_batch_videos = 64
     rerun = "`featstore train probe --store URL --encoder FEATURES --train NAME:SPLIT`"
     config: ProbeRunConfig
 
@@ -164,8 +168,8 @@ class ProbeDetector(Detector):
         from trainers.probe import score_source
 
         sel, rows = self.select(store, selection, allow_missing=allow_missing)
-        source = InputSource(store, sel.dataset, self.config.features, rows)
-        scores, frames = score_source(self.params, source, batch_videos=64)
+        source = StoreSource(store, sel.dataset, self.config.features, rows)
+        scores, frames = score_source(self.params, source, batch_videos=self.score_batch_videos)
         return self.scored(sel, rows, scores, [np.asarray(f, dtype=np.float32) for f in frames])
 
 
@@ -203,6 +207,7 @@ def train(
     from trainers.probe import ProbeConfig, fit_probe
 
     hyper = config or ProbeConfig()
+    hyper = dataclasses.replace(hyper, cache_bytes=resolve_cache_bytes(hyper.cache_bytes))
     train_sel, val_sel = training_selections(
         store, train, val, holdout=holdout, max_epochs=hyper.max_epochs
     )
@@ -218,10 +223,10 @@ def train(
     if rows.train["label"].nunique() < 2:
         held = " once validation is held out" if holdout is not None else ""
         raise SelectionError(f"{train_sel} needs both real and fake videos to train a probe{held}")
-    train_src = InputSource(store, train_sel.dataset, inp, rows.train)
+    train_src = StoreSource(store, train_sel.dataset, inp, rows.train)
     val_src = None
     if rows.val is not None and rows.val_dataset is not None:
-        val_src = InputSource(store, rows.val_dataset, inp, rows.val)
+        val_src = StoreSource(store, rows.val_dataset, inp, rows.val)
     log.info(
         "training a probe on %s %s (%d videos, %.1f MB)",
         train_sel,
@@ -259,8 +264,14 @@ def train(
             "stopped_early": bool(result.stopped_early),
             "batch_videos": int(result.batch_videos),
             "lr": float(result.lr),
+            "engine": result.engine,
             **fit_record(result, control),
         },
+        "execution": execution_record(
+            hyper.cache_bytes,
+            train_bytes=train_src.nbytes,
+            val_bytes=None if val_src is None else val_src.nbytes,
+        ),
         "store": store_location(store),
         "train": rows.train_summary,
         "val": rows.val_summary,

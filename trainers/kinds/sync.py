@@ -29,6 +29,7 @@ score (no evidence either way); the video score uses the scored rows only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -61,14 +62,16 @@ from trainers.kinds.fitting import (
     training_rows,
     training_selections,
 )
-from trainers.pairs import PairingError, pair_inputs, pair_rows, read_pairs, select_pairs
+from trainers.memory import execution_record, resolve_cache_bytes
+from trainers.pairs import PairingError, pair_inputs, pair_rows, select_pairs
 from trainers.runs import Run, RunError, save_run
+from trainers.streams import PairSource
+from trainers.sync_feed import packed_nbytes
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from featstore.store import FeatureStore
-    from trainers.pairs import PairedVideo
     from trainers.sync import EpochStats, SyncConfig, SyncNet
 
 log = logging.getLogger(__name__)
@@ -243,7 +246,7 @@ def _real_rows(
         raise SelectionError(f"{exc}; the sync network trains on real videos only") from None
 
 
-def _read(
+def _source(
     store: FeatureStore,
     dataset: str,
     rows: pd.DataFrame,
@@ -251,16 +254,17 @@ def _read(
     visual: FeatureInput,
     *,
     trim_silence: bool,
-) -> tuple[list[PairedVideo], int]:
-    """The videos of ``rows`` paired, and their frame count (recorded in the run config)."""
-    pairs = list(read_pairs(store, dataset, rows, audio, visual, trim_silence=trim_silence))
-    return pairs, int(sum(p.n_rows for p in pairs))
+) -> tuple[PairSource, int]:
+    """The videos of ``rows`` paired (read lazily), and their frame count (recorded in the
+    run config)."""
+    source = PairSource(store, dataset, audio, visual, rows, trim_silence=trim_silence)
+    return source, int(source.lengths.sum())
 
 
-def _thresholds(net: SyncNet, pairs: Sequence[PairedVideo]) -> dict[str, float]:
-    from trainers.sync import score_pairs
+def _thresholds(net: SyncNet, pairs: PairSource) -> dict[str, float]:
+    from trainers.sync import score_source
 
-    videos, frames = score_pairs(net, pairs)
+    videos, frames = score_source(net, pairs)
     flat = np.concatenate(frames)  # [sum T]
     return {
         "frame": float(np.quantile(flat, FRAME_QUANTILE)),
@@ -305,6 +309,7 @@ def train(
     from trainers.sync import SyncConfig, fit_sync, net_to_state
 
     hyper = config or SyncConfig()
+    hyper = dataclasses.replace(hyper, cache_bytes=resolve_cache_bytes(hyper.cache_bytes))
     train_sel, val_sel = training_selections(
         store, train, val, holdout=holdout, max_epochs=hyper.max_epochs
     )
@@ -322,13 +327,13 @@ def train(
         lambda sel: _real_rows(store, sel, a_in, v_in, allow_missing=allow_missing),
         check_val=check_val,
     )
-    train_pairs, n_frames = _read(
+    train_pairs, n_frames = _source(
         store, train_sel.dataset, rows.train, a_in, v_in, trim_silence=trim_silence
     )
     train_summary = {**rows.train_summary, "n_frames": n_frames}
     val_pairs, val_summary = None, rows.val_summary
     if rows.val is not None and rows.val_dataset is not None:
-        val_pairs, n_frames = _read(
+        val_pairs, n_frames = _source(
             store, rows.val_dataset, rows.val, a_in, v_in, trim_silence=trim_silence
         )
         val_summary = {**rows.val_summary, "n_frames": n_frames}
@@ -391,6 +396,11 @@ def train(
             "stopped_early": bool(result.stopped_early),
             **fit_record(result, control),
         },
+        "execution": execution_record(
+            hyper.cache_bytes,
+            train_bytes=packed_nbytes(train_pairs, hyper.tau),
+            val_bytes=None if val_pairs is None else packed_nbytes(val_pairs, hyper.tau),
+        ),
         "store": store_location(store),
         "train": train_summary,
         "val": val_summary,

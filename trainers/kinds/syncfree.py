@@ -19,15 +19,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from trainers import runcard
+from trainers.cluster import PARTITIONS, clear_partitions, score_on_cluster
 from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, default_val
-from trainers.inputs import AUDIO, VISUAL, FeatureInput, StoredFeature, read_video
+from trainers.inputs import AUDIO, VISUAL, FeatureInput, StoredFeature
 from trainers.kinds import register
 from trainers.kinds.base import (
     Detector,
@@ -35,6 +37,7 @@ from trainers.kinds.base import (
     VideoScore,
     silence_column,
     store_location,
+    stream_rows,
     strict_fields,
     upgraded,
 )
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from featstore.store import FeatureStore
+    from trainers.cluster import TaskProgress
 
 log = logging.getLogger(__name__)
 
@@ -218,17 +222,17 @@ class SyncFreeDetector(Detector):
         sel, rows = self.select(store, selection, allow_missing=allow_missing)
         silences = silence_column(rows) if self.needs_silence else None
         keys = [f.key for f in self.features]
+        ids = rows["video_id"].astype(str).tolist()
         scores = np.empty(len(rows), dtype=np.float64)  # [N]
         shifts = np.empty(len(rows), dtype=np.int64)  # [N]
         frames = []
-        for i, video_id in enumerate(rows["video_id"].astype(str)):
+        for i, stored in stream_rows(store, sel.dataset, rows, keys):
             try:
                 result, skip = self.sync_rows(
-                    read_video(store, sel.dataset, video_id, keys),
-                    leading_silence_s=None if silences is None else float(silences[i]),
+                    stored, leading_silence_s=None if silences is None else float(silences[i])
                 )
             except (RunError, PairingError) as exc:
-                raise type(exc)(f"{video_id}: {exc}") from None
+                raise type(exc)(f"{ids[i]}: {exc}") from None
             scores[i], shifts[i] = result.score, result.best_shift
             frames.append(pad_skipped(result.frame_scores, skip))
         return self.scored(sel, rows, scores, frames), shifts
@@ -349,6 +353,9 @@ def run_syncscore(
     frame_hz: float | None = None,
     calibrate_on: Selection | str | Auto | None = AUTO,
     overwrite: bool = False,
+    cluster: Any = None,
+    n_workers: int = 2,
+    on_progress: Callable[[TaskProgress], None] | None = None,
 ) -> dict[str, Any]:
     """Score ``on`` training-free and compute eval's metrics (plus the best-shift histogram).
 
@@ -358,6 +365,11 @@ def run_syncscore(
     With ``out`` the result is also a run directory of kind ``syncfree``
     (``config.json``, ``metrics.json``, ``predictions/NAME_SPLIT.*``) that
     ``eval``, ``fuse``, ``correlate``, ``explain`` and ``serve`` take like any run.
+
+    ``cluster`` (``"local"``, ``"tcp://HOST:PORT"`` or a ``distributed.Client``)
+    scores a partition of videos per Dask task (``trainers.cluster``), to the
+    same numbers; with ``out`` an interrupted run resumes from the partitions
+    it finished (kept under ``out`` until the run is written).
     """
     from trainers.evaluate import record_evaluation, scored_metrics
 
@@ -368,7 +380,22 @@ def run_syncscore(
         store, sel.dataset, audio, visual, config=config, frame_hz=frame_hz,
         trim_silence=trim_silence,
     )  # fmt: skip
-    scored, best_shifts = det.sync_selection(store, sel, allow_missing=allow_missing)
+    resume = None if out is None else Path(out) / PARTITIONS
+    if cluster is None:
+        scored, best_shifts = det.sync_selection(store, sel, allow_missing=allow_missing)
+    else:
+        scored, extras = score_on_cluster(
+            det,
+            store,
+            sel,
+            cluster=cluster,
+            n_workers=n_workers,
+            allow_missing=allow_missing,
+            scorer=sync_scores,
+            resume_dir=resume,
+            on_progress=on_progress,
+        )
+        best_shifts = extras["best_shift"]
     det.card = RunCard.from_doc(
         _card(det, store, sel, scored.manifest, calibrate_on, allow_missing=allow_missing)
     )
@@ -391,5 +418,14 @@ def run_syncscore(
     if out is not None:
         run = _save(det, store, out, det.card.to_doc(), overwrite=overwrite)
         record_evaluation(run, scored, metrics, segments, slug=sel.slug)
+        clear_partitions(resume, sel)
         metrics["out"] = str(run.path)
     return metrics
+
+
+def sync_scores(
+    detector: SyncFreeDetector, store: FeatureStore, selection: Selection
+) -> tuple[Scored, dict[str, np.ndarray]]:
+    """A cluster task's scoring (``trainers.cluster``): scores and each video's best shift."""
+    scored, shifts = detector.sync_selection(store, selection)
+    return scored, {"best_shift": shifts}
