@@ -29,10 +29,10 @@ from fastapi.routing import APIRoute
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import ClientDisconnect
 
-from api.batching import BatcherClosedError
-from api.eligibility import UnscorableUploadError
-from api.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
-from api.models import (
+from featstore.api.batching import BatcherClosedError
+from featstore.api.eligibility import UnscorableUploadError
+from featstore.api.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
+from featstore.api.models import (
     DatasetsResponse,
     Detail,
     ModelsResponse,
@@ -40,18 +40,18 @@ from api.models import (
     ScoreResponse,
     StoredScoreResponse,
 )
-from api.scoring import (
+from featstore.api.scoring import (
     NotReadyError,
     RunNotChosenError,
     ScoreOptions,
     ScoringService,
     UnknownRunError,
 )
-from api.segments import SegmentationUnavailableError, SegmentOptionsError
-from api.settings import Settings
-from api.spatial import DEFAULT_FRAMES as SPATIAL_DEFAULT_FRAMES
-from api.spatial import MAX_FRAMES as SPATIAL_MAX_FRAMES
-from api.uploads import (
+from featstore.api.segments import SegmentationUnavailableError, SegmentOptionsError
+from featstore.api.settings import Settings
+from featstore.api.spatial import DEFAULT_FRAMES as SPATIAL_DEFAULT_FRAMES
+from featstore.api.spatial import MAX_FRAMES as SPATIAL_MAX_FRAMES
+from featstore.api.uploads import (
     BadUploadError,
     MalformedUploadError,
     MediaTooLongError,

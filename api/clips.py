@@ -8,7 +8,7 @@ encoder's :class:`~featstore.encoders.base.Clip` from that, exactly as the
 extraction worker's decode stage would (same decoder, same crops, same
 too-short check), so an upload's rows equal the stored rows of the same file.
 The leading silence (for silence-trimming runs) is measured on the same audio.
-A segment of an upload (``POST /v1/score?segment=true``, :mod:`api.segments`) is
+A segment of an upload (``POST /v1/score?segment=true``, :mod:`featstore.api.segments`) is
 prepared the same way from its span (``start_s``/``until_s``: a seek) and its
 speaking face's track (``tracks``: never tracked again), as extraction prepares
 a segment dataset's rows.
@@ -145,7 +145,7 @@ def prepare_upload(
 
 def _check_duration(n_frames: int, max_duration_s: float) -> None:
     """Media whose container declared no duration are measured once decoded."""
-    from api.uploads import MediaTooLongError
+    from featstore.api.uploads import MediaTooLongError
 
     seconds = float(timebase.frames_to_seconds(n_frames))
     if seconds > max_duration_s + float(timebase.frames_to_seconds(1)):

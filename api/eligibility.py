@@ -9,7 +9,7 @@ for one of its encoders or under the run's minimum length. Then:
 - runs named in ``runs`` must all score: otherwise 422 (:class:`UnscorableUploadError`),
   naming each run that cannot and why, and the runs that could;
 - by default, the runs that can score do, and the response lists the others under
-  ``skipped`` with the reason (:class:`~api.models.SkippedRun`); 422 when none can.
+  ``skipped`` with the reason (:class:`~featstore.api.models.SkippedRun`); 422 when none can.
 
 The messages are for HTTP clients: they name runs, encoders and the ``runs`` parameter,
 never Python arguments.
@@ -21,12 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from api.models import SkippedRun
+from featstore.api.models import SkippedRun
 from featstore.errors import FeatstoreError
 
 if TYPE_CHECKING:
-    from api.encoders import EncoderKey
-    from api.scoring import LoadedRun
+    from featstore.api.encoders import EncoderKey
+    from featstore.api.scoring import LoadedRun
     from featstore.encoders.base import EncoderSpec
 
 __all__ = ["Unscorable", "UnscorableUploadError", "by_clip", "by_streams", "refusal"]

@@ -1,6 +1,6 @@
 """The encoder that computes a run's stored features from new media, built as it was.
 
-A run records, for every stored feature it reads (:class:`~trainers.inputs.StoredFeature`),
+A run records, for every stored feature it reads (:class:`~featstore.trainers.inputs.StoredFeature`),
 the registered encoder, checkpoint, random-init flag, preprocessing version and the
 store's ``EncoderInfo.extra``: the loader options that change what a row means (FSFM's
 ``pooling``) and the random initialisation's scheme and seed. :func:`encoder_key` turns
@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from featstore.encoders.base import CheckpointError, EncoderError
 from featstore.errors import FeatstoreError
 from featstore.layout import layer_key
-from trainers.runs import RunError
+from featstore.trainers.runs import RunError
 
 if TYPE_CHECKING:
-    from api.settings import Settings
+    from featstore.api.settings import Settings
     from featstore.encoders.base import Encoder
     from featstore.store import FeatureStore
-    from trainers.inputs import StoredFeature
-    from trainers.kinds import Detector
+    from featstore.trainers.inputs import StoredFeature
+    from featstore.trainers.kinds import Detector
 
 __all__ = ["EncoderKey", "check_rebuilt", "encoder_key", "training_feature"]
 
@@ -60,7 +60,7 @@ def training_feature(
 ) -> StoredFeature | None:
     """``feature`` as ``store`` holds it in the run's training dataset, when it holds the
     same features (same width, rate, random init and checkpoint); else None."""
-    from trainers.inputs import StoredFeature
+    from featstore.trainers.inputs import StoredFeature
 
     if store is None:
         return None

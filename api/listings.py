@@ -14,9 +14,9 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from api.models import DatasetEncoder, DatasetInfo, EvaluationSummary, ViewInfo
+from featstore.api.models import DatasetEncoder, DatasetInfo, EvaluationSummary, ViewInfo
 from featstore.layout import layer_key
-from trainers.evaluation_filter import recorded_fakes
+from featstore.trainers.evaluation_filter import recorded_fakes
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -366,7 +366,7 @@ class EvaluationSummary(BaseModel):
         None,
         description="the evaluation filter: 'paper' (reals and the fakes with both modalities "
         "manipulated, where the dataset says which) or 'all' (every fake); older entries' "
-        "spellings read as these (trainers.evaluation_filter.recorded_fakes)",
+        "spellings read as these (featstore.trainers.evaluation_filter.recorded_fakes)",
     )
     n_scored: int | None = None
     n_evaluated: int | None = Field(None, description="videos the metrics count")

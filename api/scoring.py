@@ -2,13 +2,13 @@
 
 :class:`ScoringService` is built in the app's lifespan: it opens the store
 read-only, loads every run through the run-kind registry
-(``trainers.kinds.load``: any kind, any run format it can read), loads each
+(``featstore.trainers.kinds.load``: any kind, any run format it can read), loads each
 distinct encoder that the runs' features need once, built as the one that
 wrote their stored rows (checkpoint, random init, recorded loader options:
-:mod:`api.encoders`), warms it up with one dummy forward, and puts a
-:class:`~api.batching.MicroBatcher` in front of it.
+:mod:`featstore.api.encoders`), warms it up with one dummy forward, and puts a
+:class:`~featstore.api.batching.MicroBatcher` in front of it.
 
-An upload is decoded once (:mod:`api.clips`: the streams and crops every
+An upload is decoded once (:mod:`featstore.api.clips`: the streams and crops every
 needed encoder takes), each needed encoder runs once on it (shared by all
 the requested runs, micro-batched with other requests), its rows are rounded
 to the dtype the store held at training time, and each run's detector scores
@@ -18,10 +18,10 @@ scores stored features, so an uploaded clip scores as its stored features
 would. Segments follow the run's card (calibrated frame threshold and
 segment rules), each overridable per request (:class:`ScoreOptions`).
 Runs that cannot score an upload (a stream, a face missing;
-:mod:`api.eligibility`) are skipped and listed when the client named none,
+:mod:`featstore.api.eligibility`) are skipped and listed when the client named none,
 refused when it named them. Nothing here knows what a run kind is. With
 ``segment=True`` the upload is first cut into single-speaker segments, each
-scored the same way (:mod:`api.segments`).
+scored the same way (:mod:`featstore.api.segments`).
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from api.batching import MicroBatcher
-from api.encoders import EncoderKey, check_rebuilt, encoder_key, training_feature
-from api.listings import dataset_info, evaluation_summaries
-from api.models import (
+from featstore import timebase
+from featstore.api.batching import MicroBatcher
+from featstore.api.encoders import EncoderKey, check_rebuilt, encoder_key, training_feature
+from featstore.api.listings import dataset_info, evaluation_summaries
+from featstore.api.models import (
     DatasetsResponse,
     FeatureInfo,
     InputInfo,
@@ -58,24 +59,23 @@ from api.models import (
     WindowScore,
     WindowsInfo,
 )
-from api.settings import Settings
-from featstore import timebase
+from featstore.api.settings import Settings
 from featstore.encoders.base import Clip, Encoder, EncoderSpec
 from featstore.errors import FeatstoreError, UnknownDatasetError, UnknownVideoError
 from featstore.layout import Layer, layer_key
-from trainers.data import FeatureKey
-from trainers.kinds import Detector, load, probability
-from trainers.runs import RunError, parse_segments
+from featstore.trainers.data import FeatureKey
+from featstore.trainers.kinds import Detector, load, probability
+from featstore.trainers.runs import RunError, parse_segments
 
 if TYPE_CHECKING:
-    from api.clips import PreparedUpload
-    from api.eligibility import Unscorable
+    from featstore.api.clips import PreparedUpload
+    from featstore.api.eligibility import Unscorable
     from featstore.asd.detectors import ActiveSpeakerDetector
     from featstore.landmarks import FaceTracks
     from featstore.store import FeatureStore
-    from trainers.inputs import StoredFeature
-    from trainers.localization import SegmentRules
-    from trainers.windows import WindowedScore
+    from featstore.trainers.inputs import StoredFeature
+    from featstore.trainers.localization import SegmentRules
+    from featstore.trainers.windows import WindowedScore
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class LoadedRun:
         )
 
     def result(self, scored: WindowedScore, options: ScoreOptions) -> RunScore:
-        from trainers.localization import localize
+        from featstore.trainers.localization import localize
 
         d = self.detector
         hz = float(d.frame_hz)
@@ -366,7 +366,7 @@ class ScoringService:
         """The active speaker detector that segments uploads. One that was asked for by name
         must load; the default (TalkNet if found, else sync) may be missing (no ``faces``
         extra): then only ``segment=true`` is refused, with the reason."""
-        from api.segments import load_asd
+        from featstore.api.segments import load_asd
 
         try:
             self.asd = load_asd(self.settings)
@@ -380,7 +380,7 @@ class ScoringService:
 
     def asd_detector(self) -> ActiveSpeakerDetector:
         """The detector that segments uploads, or :class:`SegmentationUnavailableError`."""
-        from api.segments import SegmentationUnavailableError
+        from featstore.api.segments import SegmentationUnavailableError
 
         self.check_ready()
         if self.asd is None:
@@ -484,11 +484,11 @@ class ScoringService:
         options: ScoreOptions = ScoreOptions(),
     ) -> ScoreResponse:
         """Score the media file at ``path`` with ``runs`` (default: every loaded run);
-        ``explain_frames``: add spatial explanations of that many frames (:mod:`api.spatial`);
+        ``explain_frames``: add spatial explanations of that many frames (:mod:`featstore.api.spatial`);
         ``segment``: in single-speaker segments, the video's verdict their maximum."""
         import os
 
-        from api.eligibility import by_streams, refusal
+        from featstore.api.eligibility import by_streams, refusal
         from featstore.media import probe
 
         chosen = self.upload_runs(runs)
@@ -496,7 +496,7 @@ class ScoringService:
             r.rules(options)  # a bad threshold or rule fails before decoding
         named = bool(runs)
         if segment:
-            from api.segments import SegmentOptionsError, score_in_segments
+            from featstore.api.segments import SegmentOptionsError, score_in_segments
 
             if explain_frames:
                 raise SegmentOptionsError(
@@ -563,18 +563,18 @@ class ScoringService:
         named: bool = False,
         **span: Any,
     ) -> tuple[list[UploadRunScore], PreparedUpload]:
-        """Decode (``span``: :func:`~api.clips.prepare_upload`'s span and tracks) once,
+        """Decode (``span``: :func:`~featstore.api.clips.prepare_upload`'s span and tracks) once,
         run each needed encoder once, score every run under ``options`` (``explain_frames``:
         and explain it).
 
         ``skipped``: runs whose encoder's clip cannot be made (no face, too short) or
         whose minimum length the upload is under are added to it and the others score;
         unless every run fails or the runs were ``named``, then
-        :class:`~api.eligibility.UnscorableUploadError`. Without it the decode stage's
+        :class:`~featstore.api.eligibility.UnscorableUploadError`. Without it the decode stage's
         and the runs' errors are raised as they are."""
-        from api.clips import prepare_upload
-        from api.eligibility import Unscorable, by_clip, refusal
-        from trainers.windows import InputTooShortError
+        from featstore.api.clips import prepare_upload
+        from featstore.api.eligibility import Unscorable, by_clip, refusal
+        from featstore.trainers.windows import InputTooShortError
 
         t0 = time.perf_counter()
         prepared = await asyncio.to_thread(
@@ -622,7 +622,7 @@ class ScoringService:
                 score_ms=1e3 * (time.perf_counter() - t3),
             )
             if explain_frames:
-                from api.spatial import explain_upload
+                from featstore.api.spatial import explain_upload
 
                 verdict = await asyncio.to_thread(
                     explain_upload, r, self.encoders, path, prepared, verdict, explain_frames
@@ -660,10 +660,10 @@ class ScoringService:
         """A stored video's verdict from its stored features (no encoder runs), any run kind,
         scored as an upload of the same video is, with run ``run_name`` (None: the only
         loaded run); ``explain_frames``: add spatial
-        explanations from its media (:mod:`api.spatial`)."""
-        from trainers.data import Selection, SelectionError
-        from trainers.inputs import read_video
-        from trainers.kinds.base import silence_column
+        explanations from its media (:mod:`featstore.api.spatial`)."""
+        from featstore.trainers.data import Selection, SelectionError
+        from featstore.trainers.inputs import read_video
+        from featstore.trainers.kinds.base import silence_column
 
         loaded = self.stored_run(run_name)
         detector = loaded.detector
@@ -685,7 +685,7 @@ class ScoringService:
         )
         verdict = loaded.result(scored, options)
         if explain_frames:
-            from api.spatial import explain_stored
+            from featstore.api.spatial import explain_stored
 
             verdict = explain_stored(
                 loaded, self.encoders, store, dataset, video_id, verdict, explain_frames

@@ -35,13 +35,13 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from api.models import DroppedSpan, ScoreResponse, Segmentation, SegmentScore, Timings
 from featstore import timebase
+from featstore.api.models import DroppedSpan, ScoreResponse, Segmentation, SegmentScore, Timings
 from featstore.errors import FeatstoreError
 
 if TYPE_CHECKING:
-    from api.scoring import LoadedRun, ScoreOptions, ScoringService
-    from api.settings import Settings
+    from featstore.api.scoring import LoadedRun, ScoreOptions, ScoringService
+    from featstore.api.settings import Settings
     from featstore.asd.analysis import VideoAnalysis
     from featstore.asd.detectors import ActiveSpeakerDetector
 
@@ -139,7 +139,7 @@ async def score_in_segments(
 ) -> ScoreResponse:
     """Segment the upload at ``path`` and score every segment with ``chosen`` runs under
     ``options`` (the request's segment rules and windowing; None: each run's card)."""
-    from api.scoring import ScoreOptions
+    from featstore.api.scoring import ScoreOptions
 
     options = ScoreOptions() if options is None else options
     detector = service.asd_detector()

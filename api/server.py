@@ -31,7 +31,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from api.settings import Settings
+from featstore.api.settings import Settings
 
 log = logging.getLogger(__name__)
 

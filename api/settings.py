@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from api.uploads import MAX_FIELD_BYTES, MAX_FORM_PARTS
+from featstore.api.uploads import MAX_FIELD_BYTES, MAX_FORM_PARTS
 from featstore.errors import FeatstoreError
 
 __all__ = ["RunSpec", "Settings", "SettingsError", "parse_checkpoints", "parse_run"]

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from api.models import RunScore, SpatialFrame, SpatialResult
 from featstore import timebase
+from featstore.api.models import RunScore, SpatialFrame, SpatialResult
 from featstore.errors import FeatstoreError
 from featstore.layout import layer_key
 from featstore.spatial.geometry import long_side_hw
@@ -33,13 +33,13 @@ from featstore.spatial.geometry import long_side_hw
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from api.clips import PreparedUpload
-    from api.scoring import EncoderKey, EncoderSlot, LoadedRun
+    from featstore.api.clips import PreparedUpload
+    from featstore.api.scoring import EncoderKey, EncoderSlot, LoadedRun
     from featstore.encoders.base import Encoder
     from featstore.landmarks import FaceTracks
     from featstore.spatial import SpatialMaps
     from featstore.store import FeatureStore
-    from trainers.kinds import Detector
+    from featstore.trainers.kinds import Detector
 
 V = TypeVar("V", bound=RunScore)
 
@@ -73,7 +73,7 @@ def explain(
     """Maps of the ``k`` highest-scoring rows' first frames of the video at ``path``."""
     from pathlib import Path
 
-    from trainers.spatial import Explaining, choose_frames, explain_frames
+    from featstore.trainers.spatial import Explaining, choose_frames, explain_frames
 
     feature, head = detector.spatial_head()
     explainer = encoder.spatial(feature.layer)
@@ -122,7 +122,7 @@ def explain_stored(
     scores = np.asarray(verdict.frame_scores, dtype=np.float64)
 
     def maps() -> SpatialMaps:
-        from trainers.spatial import frames_of_rows, media_path, video_tracks
+        from featstore.trainers.spatial import frames_of_rows, media_path, video_tracks
 
         encoder = _encoder(run, encoders)
         path = media_path(store, dataset, video_id, media_root=None)

@@ -5,7 +5,7 @@ scores a generated 5 s clip (224x224 H.264 + AAC). In one run:
 
 (a) latency, p50/p95 over ``--requests`` sequential requests: ``POST /v1/score``
     through uvicorn on loopback (httpx client, multipart upload) against the
-    baseline, the same :class:`~api.scoring.ScoringService` awaited in-process
+    baseline, the same :class:`~featstore.api.scoring.ScoringService` awaited in-process
     (container probe + decode + encode + score, no HTTP, no upload);
 (b) throughput with ``--clients`` concurrent clients, each sending
     ``--per-client`` requests, with micro-batching (``--max-batch`` clips,
@@ -37,10 +37,10 @@ import httpx
 import numpy as np
 import uvicorn
 
-from api.app import create_app
-from api.scoring import ScoringService
-from api.settings import RunSpec, Settings
-from api.uploads import check_duration
+from featstore.api.app import create_app
+from featstore.api.scoring import ScoringService
+from featstore.api.settings import RunSpec, Settings
+from featstore.api.uploads import check_duration
 
 TITLE = "Scoring service: HTTP vs in-process, micro-batching"
 
@@ -52,8 +52,8 @@ def _prepare(root: Path) -> tuple[Settings, Path]:
     from featstore.encoder_info import EncoderInfo
     from featstore.sample import make_sample
     from featstore.store import open_store
-    from trainers.kinds.probe import train as train_probe
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.kinds.probe import train as train_probe
+    from featstore.trainers.probe import ProbeConfig
 
     store = open_store(root / "features.zarr", mode="a", durable=False)
     rng = np.random.default_rng(0)

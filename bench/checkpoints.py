@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from bench.results import write_section
-from trainers import checkpoints
-from trainers.checkpoints import load_checkpoint
-from trainers.ntp import NTPConfig, fit_ntp
-from trainers.sources import ArraySource
-from trainers.sync import SyncConfig, fit_sync
-from trainers.training import TrainingControl
+from featstore.trainers import checkpoints
+from featstore.trainers.checkpoints import load_checkpoint
+from featstore.trainers.ntp import NTPConfig, fit_ntp
+from featstore.trainers.sources import ArraySource
+from featstore.trainers.sync import SyncConfig, fit_sync
+from featstore.trainers.training import TrainingControl
 
 
 @dataclasses.dataclass(frozen=True)

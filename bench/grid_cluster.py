@@ -32,7 +32,7 @@ import torch
 
 from bench.results import write_section
 from featstore.store import EncoderInfo, open_store
-from trainers.grid import load_config, run_grid
+from featstore.trainers.grid import load_config, run_grid
 
 TITLE = "Grid on a LocalCluster of 2 workers vs the local run"
 FEATURES = {"narrow": 256, "wide": 512}

@@ -106,7 +106,7 @@ def run_extract(
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
-    code = "import sys; from cli.main import app; sys.argv[0] = 'featstore'; app()"
+    code = "import sys; from featstore.cli.main import app; sys.argv[0] = 'featstore'; app()"
     args = [sys.executable, "-c", code, "extract", "--encoder", "logfbank", "--on", dataset,
             "--store", store, "--num-workers", "1", *extra]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

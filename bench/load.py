@@ -2,7 +2,7 @@
 
 Bounded (``--warmup-s`` + 2 x ``--seconds``) and loopback only. A probe run on
 ``logfbank`` features (a planted dataset whose video ids hold spaces, non-ASCII
-letters and URL syntax, trained here) is served by ``python -m cli.main serve``
+letters and URL syntax, trained here) is served by ``python -m featstore.cli.main serve``
 on 127.0.0.1. After a warm-up of client load, two phases of ``--seconds`` each,
 in one run:
 
@@ -76,8 +76,8 @@ def prepare(root: Path) -> Served:
     from featstore.encoder_info import EncoderInfo
     from featstore.sample import make_sample
     from featstore.store import open_store
-    from trainers.kinds.probe import train as train_probe
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.kinds.probe import train as train_probe
+    from featstore.trainers.probe import ProbeConfig
 
     store = open_store(root / "features.zarr", mode="a", durable=False)
     rng = np.random.default_rng(0)
@@ -116,7 +116,7 @@ def featstore_serve(served: Served, *, max_upload_mb: float) -> Iterator[Served]
     served.port = _free_port()
     log = (served.root / "serve.log").open("wb")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "cli.main", "serve", "--store", str(served.store)]
+    cmd = [sys.executable, "-m", "featstore.cli.main", "serve", "--store", str(served.store)]
     cmd += ["--run", f"{RUN}={served.run}", "--host", "127.0.0.1", "--port", str(served.port)]
     cmd += ["--max-upload-mb", f"{max_upload_mb:g}", "--log-level", "warning"]
     served.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -9,9 +9,9 @@ On the generated sample (known fake segments, AV-Deepfake1M format), in one run:
 2. a probe (``logfbank``) and the sync network (``logfbank`` vs
    ``mouth-pixels``, real videos only) are trained on ``sample:train`` with
    ``sample:val`` as validation, which is where each run's frame threshold is
-   calibrated (``trainers.calibration``);
+   calibrated (``featstore.trainers.calibration``);
 3. on ``heldout``, segments are read two ways and scored against the
-   annotations (``trainers.localization_metrics``): **before** (the paper's
+   annotations (``featstore.trainers.localization_metrics``): **before** (the paper's
    reading: frames above 0, no post-processing), at the run's ``real_videos``
    threshold (the 5 % real-video budget) and **after** (the run's card:
    calibrated threshold, 0.2 s median smoothing, 0.2 s merge gap, 0.2 s
@@ -56,9 +56,9 @@ def _dataset(store: Any, root: Path, name: str, *, clips: int, seed: int) -> Non
 
 
 def _train(store: Any, runs: Path, epochs: int) -> dict[str, Path]:
-    from trainers.kinds import probe, sync
-    from trainers.probe import ProbeConfig
-    from trainers.sync import SyncConfig
+    from featstore.trainers.kinds import probe, sync
+    from featstore.trainers.probe import ProbeConfig
+    from featstore.trainers.sync import SyncConfig
 
     out = {}
     out["probe"] = probe.train(
@@ -101,7 +101,7 @@ def _localization_rows(name: str, metrics: dict[str, dict[str, Any]]) -> list[st
 
 def _card(path: Path) -> str:
     """The run's card: its named thresholds and what the chosen one gave on validation."""
-    from trainers import kinds
+    from featstore.trainers import kinds
 
     card = kinds.load(path).localization
     on = card.calibrated_on or {}
@@ -117,8 +117,8 @@ def _card(path: Path) -> str:
 
 def _loops(store: Any, path: Path, loops: tuple[int, ...]) -> dict[str, Any]:
     """P(fake) of every real heldout clip looped ``loops`` times, whole and windowed."""
-    from trainers import kinds
-    from trainers.inputs import read_video
+    from featstore.trainers import kinds
+    from featstore.trainers.inputs import read_video
 
     detector = kinds.load(path)
     manifest = store.manifest("heldout")
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> str:
     import torch
 
     from featstore.store import open_store
-    from trainers.evaluate import evaluate
+    from featstore.trainers.evaluate import evaluate
 
     torch.set_num_threads(max(1, args.threads))
     t0 = time.perf_counter()

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from trainers.probe import ProbeConfig, fit_probe, score_source
-from trainers.sources import ArraySource
+from featstore.trainers.probe import ProbeConfig, fit_probe, score_source
+from featstore.trainers.sources import ArraySource
 
 POOL_ROWS = 1 << 14
 BATCHED = 16

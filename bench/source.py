@@ -41,10 +41,10 @@ import pandas as pd
 from bench.results import write_section
 from featstore.store import EncoderInfo, open_store
 from featstore.synthetic import synthetic_lengths
-from trainers.data import FeatureKey
-from trainers.inputs import FEATURES, FeatureInput, InputSource
-from trainers.sources import prefetch_batches
-from trainers.streams import StoreSource
+from featstore.trainers.data import FeatureKey
+from featstore.trainers.inputs import FEATURES, FeatureInput, InputSource
+from featstore.trainers.sources import prefetch_batches
+from featstore.trainers.streams import StoreSource
 
 TITLE = "Trainers' source: lazy Dask reads (StoreSource) vs video by video (InputSource)"
 DIM = 1024

@@ -7,7 +7,7 @@ In one run, with the same torch thread count for every arm:
 
 (a) ``fit_sync`` epochs: every audio row a batch needs is projected once and
     the first head layer is split so nothing 1,024-wide is formed per
-    candidate (``trainers.sync``);
+    candidate (``featstore.trainers.sync``);
 (b) the explicit candidate tensor: ``[N, 31, Da]`` by zero padding + unfold
     per video (no loop over frames), then the network on every candidate;
 (c) the per-frame loop baseline: each frame's 31 candidates gathered in
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainers.sync import TAU, SyncConfig, SyncNet, candidates, fit_sync, pairs_loss
+from featstore.trainers.sync import TAU, SyncConfig, SyncNet, candidates, fit_sync, pairs_loss
 
 TITLE = "Sync network (AVH-Align): training throughput, vectorised vs per-frame candidates"
 

@@ -57,9 +57,7 @@ def write_store(path: Path, n: int, lo: int, hi: int) -> dict[str, int]:
     for name, count in (("x1", n), ("x4", 4 * n)):
         ids = [f"{name}/v{i:05d}" for i in range(count)]
         lengths = rng.integers(lo, hi + 1, size=count)
-        store.write_manifest(
-            name, pd.DataFrame({"video_id": ids, "label": 0, "split": "train"})
-        )
+        store.write_manifest(name, pd.DataFrame({"video_id": ids, "label": 0, "split": "train"}))
         for enc in ("aud", "vis"):
             info = EncoderInfo(name=enc, frame_hz=25.0, layer_dims={"last": DIM})
             with store.writer(name, info) as writer:
@@ -71,7 +69,7 @@ def write_store(path: Path, n: int, lo: int, hi: int) -> dict[str, int]:
 
 
 def run(store: Path, dataset: str, out: Path, epochs: int, cache_gb: float | None) -> dict:
-    cmd = [sys.executable, "-c", "from cli.main import app; app()", "train", "sync",
+    cmd = [sys.executable, "-c", "from featstore.cli.main import app; app()", "train", "sync",
            "--store", str(store), "--audio", "aud", "--visual", "vis", "--train",
            f"{dataset}:train", "--no-val", "--epochs", str(epochs), "--out", str(out),
            "--overwrite"]  # fmt: skip
@@ -110,7 +108,7 @@ def main() -> None:
 
     floor = subprocess.run(
         [sys.executable, "-c", WRAPPER, sys.executable, "-c",
-         "from cli.main import app; import trainers.kinds.sync, trainers.sync, torch"],
+         "from featstore.cli.main import app; import featstore.trainers.kinds.sync, featstore.trainers.synctorch"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     floor_mib = json.loads(floor.stdout.strip().splitlines()[-1])["maxrss_kib"] / 1024

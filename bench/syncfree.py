@@ -5,7 +5,7 @@ audio and visual): the videos cycle through a pool of ``--pool`` distinct
 random pairs (memory stays small; every video is still scored in full). In
 one run:
 
-(a) ``trainers.syncfree.syncscore`` with the ``speechforensics`` preset
+(a) ``featstore.trainers.syncfree.syncscore`` with the ``speechforensics`` preset
     (shift 15, mean): one batched matmul against a sliding-window view of the
     zero-padded visual rows per video, ``[T, 31]`` at once;
 (b) the per-offset loop it replaces (as SpeechForensics-style code is
@@ -33,8 +33,15 @@ from datetime import date
 import numpy as np
 
 from bench.results import write_section
-from trainers.pairs import PairedVideo
-from trainers.syncfree import PADDINGS, POOLS, PRESETS, SyncConfig, default_padding, syncscore
+from featstore.trainers.pairs import PairedVideo
+from featstore.trainers.syncfree import (
+    PADDINGS,
+    POOLS,
+    PRESETS,
+    SyncConfig,
+    default_padding,
+    syncscore,
+)
 
 TITLE = "Training-free sync score (Eq. 3): vectorised vs per-offset loop"
 

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from cli.errors import user_errors
+from featstore.cli.errors import user_errors
 
 app = typer.Typer(help="Active speaker detectors for in-the-wild videos.", no_args_is_help=True)
 

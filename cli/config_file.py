@@ -5,13 +5,13 @@ dashes and with ``-`` or ``_`` (``batch-videos`` or ``batch_videos``);
 values have the option's type (a list for repeatable options, where one
 value is also accepted; ``true``/``false`` for flags). Relative paths (``out``,
 ``resume``, ``tensorboard``, a local ``store``) are taken from the file's folder, as the
-grid's TOML file does (``trainers.grid``). An unknown key is an error naming
+grid's TOML file does (``featstore.trainers.grid``). An unknown key is an error naming
 the allowed ones.
 
 Precedence, highest first: the command line, the file, the environment
 (``FEATSTORE_STORE`` for ``--store``), the option's default. The file's
 values become click's ``default_map`` (so the command line wins and required
-options count as given); ``cli.options`` lets the file's store beat
+options count as given); ``featstore.cli.options`` lets the file's store beat
 ``FEATSTORE_STORE``. :func:`invocation` says where each value came from;
 ``featstore train`` records it in the run's ``config.json`` (``invocation``).
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 import typer
 
-from cli.errors import fail
+from featstore.cli.errors import fail
 
 META_KEY = "featstore.config_file"
 _NOT_FROM_FILES = {"config", "config_file", "help"}

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.errors import EXIT_INTERRUPTED, user_errors
-from cli.group import deprecated_aliases
-from cli.options import store_option
-from cli.output import json_option, print_json
-from cli.progress import Every, every_items_option, every_s_option, progress
+from featstore.cli.errors import EXIT_INTERRUPTED, user_errors
+from featstore.cli.group import deprecated_aliases
+from featstore.cli.options import store_option
+from featstore.cli.output import json_option, print_json
+from featstore.cli.progress import Every, every_items_option, every_s_option, progress
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.errors import user_errors
+from featstore.cli.errors import user_errors
 
 if TYPE_CHECKING:
     from featstore.encoders import EncoderSpec

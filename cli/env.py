@@ -7,8 +7,8 @@ from typing import Any
 
 import typer
 
-from cli.errors import user_errors
-from cli.options import STORE_ENV, env_store
+from featstore.cli.errors import user_errors
+from featstore.cli.options import STORE_ENV, env_store
 
 
 def _gib(n: int) -> str:
@@ -45,7 +45,7 @@ def env_command(
     source = "--store" if store else STORE_ENV if env_store() else None
     url = store or env_store()
     with user_errors():
-        from cli.encoders import weights_status
+        from featstore.cli.encoders import weights_status
         from featstore.encoders import specs
         from featstore.environment import collect_environment
 

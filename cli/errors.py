@@ -8,10 +8,10 @@ Exit codes of ``featstore`` (README "Exit codes"):
 - 2: the command line itself does not parse (an unknown option or command, a
   missing or ill-typed value, an unknown encoder name, two options that
   contradict each other), also printed as one ``error: ...`` line
-  (:class:`cli.group.FeatstoreGroup`); a group given no command prints its help;
+  (:class:`featstore.cli.group.FeatstoreGroup`); a group given no command prints its help;
 - 3: ``extract --fail-on-error`` finished but some videos failed;
 - 130: interrupted (Ctrl-C); 143: ``featstore train`` stopped by SIGTERM (both save
-  the best-so-far run first, ``cli.train``).
+  the best-so-far run first, ``featstore.cli.train``).
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from typing import Any
 
 import typer
 
-from cli.errors import user_errors
-from cli.group import deprecated_aliases
-from cli.options import (
+from featstore.cli.errors import user_errors
+from featstore.cli.group import deprecated_aliases
+from featstore.cli.options import (
     DATASET_ALIASES,
     ON_DATASET,
     dataset_name,
@@ -24,7 +24,7 @@ from cli.options import (
     plot_format_option,
     plot_suffix,
 )
-from cli.output import json_option, print_json
+from featstore.cli.output import json_option, print_json
 
 explain_app = typer.Typer(help="Explain a run's decisions on stored videos.", no_args_is_help=True)
 
@@ -71,9 +71,9 @@ def _console() -> Any:
 
 def _open(store: str | None, run_dirs: Sequence[Path]) -> Any:
     """The given store, or the one recorded in the first run's config."""
-    from cli.options import fallback_store
     from featstore import open_store
-    from trainers.runs import load_run
+    from featstore.cli.options import fallback_store
+    from featstore.trainers.runs import load_run
 
     if store is None:
         run = load_run(run_dirs[0])
@@ -86,8 +86,8 @@ open_run_store = _open  # for the other command groups that score runs
 
 def _member_store(run: Any) -> str | None:
     """The store a fusion run's first member recorded (a fusion written without one)."""
-    from trainers.kinds import current_config
-    from trainers.runs import load_run
+    from featstore.trainers.kinds import current_config
+    from featstore.trainers.runs import load_run
 
     for member in current_config(run).get("config", {}).get("members") or []:
         found = load_run(run.path / member["path"]).config.get("store")
@@ -144,7 +144,7 @@ NO_CALIBRATION = typer.Option(
 
 def calibrate_on(selection: str | None, off: bool) -> Any:
     """``--calibrate-on`` / ``--no-calibration`` as the library takes them."""
-    from trainers.data import AUTO
+    from featstore.trainers.data import AUTO
 
     if off and selection is not None:
         raise typer.BadParameter("give either --calibrate-on or --no-calibration")
@@ -165,8 +165,8 @@ def result_table(title: str, fakes: str, record: dict[str, Any] | None = None) -
 
 def filter_text(fakes: str, record: dict[str, Any] | None = None) -> str:
     """The evaluation filter as printed under every command's numbers: what it keeps, and
-    with its ``record`` (``trainers.evaluation_filter.FilterRecord``) what it left out."""
-    from trainers.evaluation_filter import describe
+    with its ``record`` (``featstore.trainers.evaluation_filter.FilterRecord``) what it left out."""
+    from featstore.trainers.evaluation_filter import describe
 
     text = describe(fakes)
     left = (record or {}).get("n_left_out") or 0
@@ -181,7 +181,7 @@ def localization_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     temporal = metrics.get("temporal")
     if temporal:
-        from trainers.evaluation_filter import recorded_fakes
+        from featstore.trainers.evaluation_filter import recorded_fakes
 
         fakes = recorded_fakes(temporal if "fakes" in temporal else metrics)
         rows.append(
@@ -279,8 +279,8 @@ def eval_command(
     partitions it finished.
     """
     with user_errors():
-        from trainers.evaluate import evaluate
-        from trainers.segments import check_semantics
+        from featstore.trainers.evaluate import evaluate
+        from featstore.trainers.segments import check_semantics
 
         metrics = evaluate(
             run_dir,
@@ -341,7 +341,7 @@ def fuse_command(
     on the validation selection its members share, if they do.
     """
     with user_errors():
-        from trainers.evaluate import fuse
+        from featstore.trainers.evaluate import fuse
 
         result = fuse(
             run_dirs, _open(store, run_dirs), on, out=out, how=how, ci=ci, overwrite=overwrite,
@@ -386,7 +386,7 @@ def correlate_command(
 ) -> None:
     """Pearson correlation of the runs' predictions and pairwise-fusion improvement (Fig. 5)."""
     with user_errors():
-        from trainers.evaluate import correlate
+        from featstore.trainers.evaluate import correlate
 
         result = correlate(
             run_dirs,
@@ -431,7 +431,7 @@ def correlate_command(
 
 
 def grid_command(
-    config: Path = typer.Argument(..., help="Grid TOML file (see trainers.grid)."),
+    config: Path = typer.Argument(..., help="Grid TOML file (see featstore.trainers.grid)."),
     epoch_every: int = typer.Option(
         10, "--epoch-every", min=1, metavar="N", help="Print every N-th training epoch (1: all)."
     ),
@@ -460,8 +460,8 @@ def grid_command(
     metrics are reused, so an interrupted grid resumes where it stopped.
     """
     with user_errors():
-        from cli.train import format_epoch
-        from trainers.grid import GridEvent, load_config, run_grid
+        from featstore.cli.train import format_epoch
+        from featstore.trainers.grid import GridEvent, load_config, run_grid
 
         cfg = load_config(config)
 
@@ -487,7 +487,7 @@ def grid_command(
                 )
 
         outcome = run_grid(cfg, on_event=show, fakes=fakes, cluster=cluster, n_workers=n_workers)
-        from trainers.report import paper_grid
+        from featstore.trainers.report import paper_grid
 
     if as_json:
         doc = json.loads(outcome.table.to_json())
@@ -520,7 +520,7 @@ def explain_temporal_command(
     if out is not None:
         out = plot_file(out, plot_format)
     with user_errors():
-        from trainers.explain import explain_temporal
+        from featstore.trainers.explain import explain_temporal
 
         e = explain_temporal(
             run_dir, _open(store, [run_dir]), dataset, video, out_png=out, threshold=threshold
@@ -550,6 +550,6 @@ def register(app: typer.Typer) -> None:
     app.command("fuse")(fuse_command)
     app.command("correlate")(correlate_command)
     app.command("grid")(grid_command)
-    from cli.group import FeatstoreGroup
+    from featstore.cli.group import FeatstoreGroup
 
     app.add_typer(explain_app, name="explain", cls=FeatstoreGroup)

@@ -9,10 +9,10 @@ from typing import Any
 
 import typer
 
-from cli.errors import EXIT_INTERRUPTED, EXIT_VIDEOS_FAILED, user_errors
-from cli.group import deprecated_aliases
-from cli.options import store_option
-from cli.progress import Every, every_items_option, every_s_option, progress
+from featstore.cli.errors import EXIT_INTERRUPTED, EXIT_VIDEOS_FAILED, user_errors
+from featstore.cli.group import deprecated_aliases
+from featstore.cli.options import store_option
+from featstore.cli.progress import Every, every_items_option, every_s_option, progress
 from featstore.decode_limits import (
     DEFAULT_MAX_DECODED_BYTES,
     DEFAULT_MAX_FRAME_PIXELS,

@@ -5,7 +5,7 @@ Every group of ``featstore`` (the root and ``store``, ``datasets``, ...) is a
 
 - **Usage errors** (an unknown option or command, a missing or ill-typed
   value) print one line, ``error: <message> (see 'featstore CMD --help')``, on
-  stderr and exit with :data:`cli.errors.EXIT_USAGE` (2), instead of click's
+  stderr and exit with :data:`featstore.cli.errors.EXIT_USAGE` (2), instead of click's
   usage block and error box. A group run without a command prints its help
   and exits 2 as well.
 - **Deprecated spellings**: a command declares the old names of its options
@@ -29,7 +29,7 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 from typer.exceptions import Abort
 
-from cli.errors import EXIT_ERROR, EXIT_USAGE
+from featstore.cli.errors import EXIT_ERROR, EXIT_USAGE
 
 __all__ = ["ALIASES_ATTR", "FeatstoreGroup", "deprecated_aliases", "rewrite_aliases"]
 

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import typer
 
-from cli import asd as asd_cmd
-from cli import datasets as datasets_cmd
-from cli import encoders as encoders_cmd
-from cli import env as env_cmd
-from cli import evaluate as evaluate_cmd
-from cli import media as media_cmd
-from cli import report as report_cmd
-from cli import sample as sample_cmd
-from cli import spatial as spatial_cmd
-from cli import store as store_cmd
-from cli import sync as sync_cmd
-from cli import train as train_cmd
-from cli.extract import extract_command
-from cli.group import FeatstoreGroup
-from cli.serve import serve_command
 from featstore import __version__
+from featstore.cli import asd as asd_cmd
+from featstore.cli import datasets as datasets_cmd
+from featstore.cli import encoders as encoders_cmd
+from featstore.cli import env as env_cmd
+from featstore.cli import evaluate as evaluate_cmd
+from featstore.cli import media as media_cmd
+from featstore.cli import report as report_cmd
+from featstore.cli import sample as sample_cmd
+from featstore.cli import spatial as spatial_cmd
+from featstore.cli import store as store_cmd
+from featstore.cli import sync as sync_cmd
+from featstore.cli import train as train_cmd
+from featstore.cli.extract import extract_command
+from featstore.cli.group import FeatstoreGroup
+from featstore.cli.serve import serve_command
 
 # Help is plain text (rich_markup_mode=None): Rich markup would eat "[@VIEW]" in
 # "NAME[@VIEW][:SPLIT]", and click's plain layout shows flags as flags.
@@ -81,7 +81,7 @@ def main(
 
 
 # The project's own loggers: -v opens these, -vv every library's.
-OWN_LOGGERS = ("featstore", "trainers", "api", "cli")
+OWN_LOGGERS = ("featstore",)  # every module of the project logs under featstore.*
 
 
 def configure_logging(verbose: int) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.errors import user_errors
+from featstore.cli.errors import user_errors
 
 app = typer.Typer(help="Inspect media files (containers, streams, rates).", no_args_is_help=True)
 

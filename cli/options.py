@@ -33,7 +33,7 @@ from typing import Any
 
 import typer
 
-from cli.errors import fail
+from featstore.cli.errors import fail
 
 STORE_ENV = "FEATSTORE_STORE"
 PLOT_FORMATS = ("png", "pdf", "svg")
@@ -240,7 +240,7 @@ def plot_file(out: Path, fmt: str | None) -> Path:
 
 
 def _check_fakes(value: str | None) -> str | None:
-    from trainers.evaluation_filter import FilterError, check_fakes
+    from featstore.trainers.evaluation_filter import FilterError, check_fakes
 
     if value is None:
         return None
@@ -264,7 +264,7 @@ def fakes_option(
     default: str | None = "paper", help: str = FAKES_HELP, show_default: bool | str = True
 ) -> Any:
     """``--fakes paper|all``: the evaluation filter, one name and one meaning on every
-    command that computes a metric (``trainers.evaluation_filter`` decides it)."""
+    command that computes a metric (``featstore.trainers.evaluation_filter`` decides it)."""
     return typer.Option(
         default,
         "--fakes",

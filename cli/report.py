@@ -12,9 +12,9 @@ from typing import Any
 
 import typer
 
-from cli.errors import user_errors
-from cli.group import deprecated_aliases
-from cli.options import (
+from featstore.cli.errors import user_errors
+from featstore.cli.group import deprecated_aliases
+from featstore.cli.options import (
     DATASET_ALIASES,
     ON_DATASET,
     dataset_name,
@@ -23,7 +23,7 @@ from cli.options import (
     plot_format_option,
     store_option,
 )
-from cli.output import json_option, print_json
+from featstore.cli.output import json_option, print_json
 
 app = typer.Typer(
     help="The paper's tables and figures: Tab. 6, Fig. 2, Fig. 3.", no_args_is_help=True
@@ -80,8 +80,8 @@ def table6_command(
 ) -> None:
     """Paper Tab. 6: Eq. 3 over shifts x pools x test sets (AUC and AP)."""
     with user_errors():
-        from trainers.sync_table import sync_table
-        from trainers.syncfree import SyncError
+        from featstore.trainers.sync_table import sync_table
+        from featstore.trainers.syncfree import SyncError
 
         try:
             shift_list = [int(x) for x in shifts.split(",") if x.strip()]
@@ -112,7 +112,7 @@ def table6_command(
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    from cli.evaluate import filter_text
+    from featstore.cli.evaluate import filter_text
 
     typer.echo(filter_text(result.settings["fakes"]))
     for metric in ("auc", "ap"):
@@ -150,8 +150,8 @@ def fig2_command(
     with user_errors():
         from dataclasses import asdict
 
-        from trainers.data import Selection
-        from trainers.figures import (
+        from featstore.trainers.data import Selection
+        from featstore.trainers.figures import (
             localization_bars,
             localization_caption,
             localization_figure,
@@ -223,9 +223,9 @@ def fig3_command(
     dataset = dataset_name(on)
     out = plot_file(out, plot_format)
     with user_errors():
-        from cli.evaluate import open_run_store
-        from trainers.figures import FigureError, write_json
-        from trainers.video_figure import score_figure, video_caption, video_figure_data
+        from featstore.cli.evaluate import open_run_store
+        from featstore.trainers.figures import FigureError, write_json
+        from featstore.trainers.video_figure import score_figure, video_caption, video_figure_data
 
         try:
             times = None if at is None else [float(x) for x in at.split(",") if x.strip()]

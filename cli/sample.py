@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cli.errors import user_errors
-from cli.group import deprecated_aliases
+from featstore.cli.errors import user_errors
+from featstore.cli.group import deprecated_aliases
 
 app = typer.Typer(
     help="Synthetic talking-face sample dataset (AV-Deepfake1M format).", no_args_is_help=True
@@ -40,7 +40,7 @@ def make(
     with user_errors():
         info = make_sample(out_dir, n_clips=clips, seed=seed, size=size, overwrite=overwrite)
     if as_json:
-        from cli.output import print_json
+        from featstore.cli.output import print_json
 
         print_json(info)
         return

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from cli.errors import user_errors
-from cli.options import store_option
+from featstore.cli.errors import user_errors
+from featstore.cli.options import store_option
 
 
 def serve_command(
@@ -70,10 +70,10 @@ def serve_command(
 ) -> None:
     """Serve scores of uploaded and stored videos over HTTP (docs at /docs)."""
     with user_errors():
-        from api.settings import Settings, parse_checkpoints, parse_run
+        from featstore.api.settings import Settings, parse_checkpoints, parse_run
         from featstore.encoders import get_spec
         from featstore.store import open_store
-        from trainers.kinds import load
+        from featstore.trainers.kinds import load
 
         specs = tuple(parse_run(r) for r in run)
         settings = Settings(
@@ -104,8 +104,8 @@ def serve_command(
                 get_spec(feature.encoder_name)
         import uvicorn
 
-        from api.app import create_app
-        from api.server import server_config
+        from featstore.api.app import create_app
+        from featstore.api.server import server_config
 
         app = create_app(settings)
         config = server_config(app, settings, host=host, port=port, log_level=log_level)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import typer
 
-from cli.errors import user_errors
-from cli.group import deprecated_aliases
-from cli.options import DATASET_ALIASES, ON_DATASET, dataset_name
+from featstore.cli.errors import user_errors
+from featstore.cli.group import deprecated_aliases
+from featstore.cli.options import DATASET_ALIASES, ON_DATASET, dataset_name
 
 STORE = typer.Option(
     None,
@@ -76,14 +76,14 @@ def spatial_command(
     as_json: bool = typer.Option(False, "--json", help="Print the explanations as JSON."),
 ) -> None:
     """Patch-level maps of a probe's frame logits, in the original frames (paper Sec. 3.1)."""
-    from cli.evaluate import _open
-    from cli.extract import parse_options
+    from featstore.cli.evaluate import _open
+    from featstore.cli.extract import parse_options
 
     dataset = dataset_name(on)
     chosen = _frames(frames)
     options = parse_options(option)
     with user_errors():
-        from trainers.spatial import explain_spatial
+        from featstore.trainers.spatial import explain_spatial
 
         result = explain_spatial(
             run_dir,
@@ -157,8 +157,8 @@ def clicks_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """MAE between human clicks and the explanation's maximum, beside baselines (paper Fig. 4)."""
-    from cli.evaluate import _open
-    from cli.extract import parse_options
+    from featstore.cli.evaluate import _open
+    from featstore.cli.extract import parse_options
 
     options = parse_options(option)
     taus = None
@@ -170,9 +170,9 @@ def clicks_command(
                 f"{thresholds!r} is not numbers", param_hint="--thresholds"
             ) from None
     with user_errors():
-        from trainers.clicks import DEFAULT_THRESHOLDS
-        from trainers.clicks_eval import evaluate_clicks
-        from trainers.data import Selection
+        from featstore.trainers.clicks import DEFAULT_THRESHOLDS
+        from featstore.trainers.clicks_eval import evaluate_clicks
+        from featstore.trainers.data import Selection
 
         sel = Selection.parse(on, default_split="test")
         out_dir = out or run_dir / f"clicks-{sel.dataset}-{sel.split or 'all'}"

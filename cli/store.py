@@ -1,6 +1,6 @@
 """``featstore store info|ls|failures|verify|gc|compact|rm [URL]``: inspect and maintain a store.
 
-``URL`` may be left out when ``FEATSTORE_STORE`` names the store (``cli.options``).
+``URL`` may be left out when ``FEATSTORE_STORE`` names the store (``featstore.cli.options``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 
 import typer
 
-from cli.errors import fail, user_errors
-from cli.options import STORE_ENV, shift_store
-from cli.output import json_option, print_json
-from cli.progress import progress
+from featstore.cli.errors import fail, user_errors
+from featstore.cli.options import STORE_ENV, shift_store
+from featstore.cli.output import json_option, print_json
+from featstore.cli.progress import progress
 
 app = typer.Typer(help="Inspect and maintain a feature store.", no_args_is_help=True)
 

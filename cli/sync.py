@@ -12,8 +12,8 @@ from typing import Any
 
 import typer
 
-from cli.errors import user_errors
-from cli.evaluate import (
+from featstore.cli.errors import user_errors
+from featstore.cli.evaluate import (
     CALIBRATE_ON,
     CLUSTER,
     FAKES,
@@ -27,9 +27,9 @@ from cli.evaluate import (
     result_table,
     show_progress,
 )
-from cli.group import deprecated_aliases
-from cli.options import complete_features, plot_format_option, plot_suffix, store_option
-from cli.output import json_option, print_json
+from featstore.cli.group import deprecated_aliases
+from featstore.cli.options import complete_features, plot_format_option, plot_suffix, store_option
+from featstore.cli.output import json_option, print_json
 
 STORE = store_option()
 AUDIO = typer.Option(
@@ -74,7 +74,7 @@ ALLOW_MISSING = typer.Option(False, "--allow-missing", help="Skip videos without
 def _config(
     preset: str | None, shift: int | None, pool: str | None, padding: str | None = None
 ) -> Any:
-    from trainers.syncfree import sync_config
+    from featstore.trainers.syncfree import sync_config
 
     return sync_config(preset, shift=shift, pool=pool, padding=padding)
 
@@ -125,9 +125,9 @@ def syncscore_command(
     """
     with user_errors():
         from featstore import open_store
-        from trainers.inputs import parse_feature_set
-        from trainers.kinds.syncfree import run_syncscore
-        from trainers.segments import check_semantics
+        from featstore.trainers.inputs import parse_feature_set
+        from featstore.trainers.kinds.syncfree import run_syncscore
+        from featstore.trainers.segments import check_semantics
 
         audio_set, visual_set = parse_feature_set(audio), parse_feature_set(visual)
         metrics = run_syncscore(
@@ -224,7 +224,7 @@ def layers_command(
     """
     with user_errors():
         from featstore import open_store
-        from trainers.layers import sweep_layers
+        from featstore.trainers.layers import sweep_layers
 
         if preset is None and shift is None and pool is None and padding is None:
             preset = "speechforensics"
@@ -254,7 +254,7 @@ def layers_command(
     typer.echo(filter_text(sweep.fakes), err=as_json)
     best = sweep.best
     if as_json:
-        from trainers.layers import JSON_NAME
+        from featstore.trainers.layers import JSON_NAME
 
         # layers.json's document (the same shape as the file), with the files written
         doc = json.loads((out / JSON_NAME).read_text())

@@ -4,15 +4,15 @@
 prediction) and ``sync`` (AVH-Align) are trained on real videos only. Each prints
 one line per epoch (``--quiet``: none; ``--epoch-every N``: every N-th; ``--json``:
 on stderr) and writes a run directory that ``featstore eval`` reads. The
-commands call the run kinds' ``train`` (``trainers.kinds``). ``--cache-gb`` bounds the
-memory they hold videos in; larger sets stream from the store (``trainers.memory``). Features may be
+commands call the run kinds' ``train`` (``featstore.trainers.kinds``). ``--cache-gb`` bounds the
+memory they hold videos in; larger sets stream from the store (``featstore.trainers.memory``). Features may be
 feature sets: ``--encoder avhubert-a+avhubert-v`` or a repeated ``--encoder``.
-Options may come from a TOML/YAML file (``--config``, ``cli.config_file``); where
+Options may come from a TOML/YAML file (``--config``, ``featstore.cli.config_file``); where
 each came from is recorded in the run's ``config.json`` (``invocation``), with the
 TensorBoard folder when ``--tensorboard`` logs the training curves.
 Every command takes ``--val-fraction`` (a seeded, grouped validation holdout),
 ``--checkpoint-every N`` and ``--resume RUN_DIR``; Ctrl-C or SIGTERM saves the
-best-so-far run and prints one line saying where (``trainers.kinds.fitting``).
+best-so-far run and prints one line saying where (``featstore.trainers.kinds.fitting``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any
 
 import typer
 
-from cli.config_file import config_option, invocation
-from cli.errors import EXIT_INTERRUPTED, user_errors
-from cli.options import complete_features, store_option
+from featstore.cli.config_file import config_option, invocation
+from featstore.cli.errors import EXIT_INTERRUPTED, user_errors
+from featstore.cli.options import complete_features, store_option
 
 app = typer.Typer(help="Train detectors on stored features.", no_args_is_help=True)
 
@@ -132,7 +132,7 @@ def _fit_line(cfg: Any, reals: bool) -> str:
 
 def card_lines(cfg: Any) -> list[str]:
     """What the run's card says: its frame threshold and the windows of its training lengths."""
-    from trainers.runcard import RunCard
+    from featstore.trainers.runcard import RunCard
 
     card = RunCard.from_doc(cfg)
     lines = [f"frame threshold: {card.localization.describe()}"]
@@ -170,12 +170,12 @@ def _recording(
 ) -> Iterator[Callable[[Any], None]]:
     """The epoch callback (``show``, and TensorBoard with ``--tensorboard``) and the record
     of where the options came from, written into the run's config (``invocation``)."""
-    from trainers.runs import recorded_invocation
+    from featstore.trainers.runs import recorded_invocation
 
     doc = invocation(ctx)
     curves = None
     if tensorboard is not None:
-        from trainers.curves import open_curves
+        from featstore.trainers.curves import open_curves
 
         curves = open_curves(tensorboard)  # before training: a missing package fails now
         doc["tensorboard"] = str(tensorboard)
@@ -244,7 +244,7 @@ def _batch_videos(text: str | None) -> int | None:
 
 def _validation(val: str | None, no_val: bool) -> Any:
     """``--val`` / ``--no-val`` as the trainers take it: a selection, ``None`` or ``AUTO``."""
-    from trainers.data import AUTO
+    from featstore.trainers.data import AUTO
 
     if no_val and val is not None:
         raise typer.BadParameter("give either --val or --no-val")
@@ -255,7 +255,7 @@ def _holdout(
     val_fraction: float | None, val_seed: int | None, val: str | None, no_val: bool
 ) -> Any:
     """``--val-fraction`` / ``--val-seed`` as the trainers take them (None: no holdout)."""
-    from trainers.kinds.fitting import Holdout
+    from featstore.trainers.kinds.fitting import Holdout
 
     if val_fraction is None:
         if val_seed is not None:
@@ -274,8 +274,8 @@ def _run_dir(out: Path | None, resume: Path | None) -> Path:
         return out
     if out is not None and out.resolve() != resume.resolve():
         raise typer.BadParameter(f"--resume continues {resume}; --out must be it or left out")
-    from trainers.checkpoints import checkpoint_epoch, has_checkpoint
-    from trainers.kinds.fitting import checkpoint_folder
+    from featstore.trainers.checkpoints import checkpoint_epoch, has_checkpoint
+    from featstore.trainers.kinds.fitting import checkpoint_folder
 
     if has_checkpoint(checkpoint_folder(resume)):
         epoch = checkpoint_epoch(checkpoint_folder(resume))
@@ -286,7 +286,7 @@ def _run_dir(out: Path | None, resume: Path | None) -> Path:
 @contextlib.contextmanager
 def _interrupts() -> Iterator[None]:
     """SIGINT/SIGTERM: one line saying what was saved where, and exit 128 + the signal."""
-    from trainers.training import TrainingInterrupted
+    from featstore.trainers.training import TrainingInterrupted
 
     try:
         yield
@@ -392,10 +392,10 @@ def probe(
     """
     with _interrupts(), user_errors():
         from featstore import open_store
-        from trainers.inputs import parse_feature_set
-        from trainers.kinds import probe as probe_kind
-        from trainers.memory import cache_bytes_of_gb
-        from trainers.probe import ProbeConfig
+        from featstore.trainers.inputs import parse_feature_set
+        from featstore.trainers.kinds import probe as probe_kind
+        from featstore.trainers.memory import cache_bytes_of_gb
+        from featstore.trainers.probe import ProbeConfig
 
         config = dataclasses.replace(
             _config(
@@ -496,10 +496,10 @@ def ntp(
     """Next-token prediction anomaly detector (paper Sec. 3.2), trained on real videos only."""
     with _interrupts(), user_errors():
         from featstore import open_store
-        from trainers.inputs import parse_feature_set
-        from trainers.kinds import ntp as ntp_kind
-        from trainers.memory import cache_bytes_of_gb
-        from trainers.ntp import NTPConfig
+        from featstore.trainers.inputs import parse_feature_set
+        from featstore.trainers.kinds import ntp as ntp_kind
+        from featstore.trainers.memory import cache_bytes_of_gb
+        from featstore.trainers.ntp import NTPConfig
 
         config = _config(
             NTPConfig(),
@@ -602,10 +602,10 @@ def sync(
     """Audio-visual synchronisation (AVH-Align, paper Sec. 3.2), trained on real videos only."""
     with _interrupts(), user_errors():
         from featstore import open_store
-        from trainers.inputs import parse_feature_set
-        from trainers.kinds import sync as sync_kind
-        from trainers.memory import cache_bytes_of_gb
-        from trainers.sync import SyncConfig
+        from featstore.trainers.inputs import parse_feature_set
+        from featstore.trainers.kinds import sync as sync_kind
+        from featstore.trainers.memory import cache_bytes_of_gb
+        from featstore.trainers.sync import SyncConfig
 
         config = _config(
             SyncConfig(),

@@ -3,7 +3,7 @@
 AVH-Align (PEERS.md) optionally drops each video's leading silence before
 training and scoring: the silence is the time until the first audio sample
 with ``|x| > 0.0005``, on the 16 kHz mono audio as ``featstore.media`` decodes
-it (aligned to the first video frame, like the features). ``trainers.pairs``
+it (aligned to the first video frame, like the features). ``featstore.trainers.pairs``
 reads it from the manifest column ``leading_silence_s`` (``--trim-silence``);
 this module fills that column.
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SILENCE_COLUMN = "leading_silence_s"  # the column trainers.pairs reads
+SILENCE_COLUMN = "leading_silence_s"  # the column featstore.trainers.pairs reads
 THRESHOLD_ATTR = "leading_silence_threshold"  # manifest attr: the threshold the column used
 _CHUNK_SAMPLES = timebase.SAMPLE_RATE_HZ  # decode 1 s at a time, stop at the first loud sample
 

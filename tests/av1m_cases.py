@@ -19,7 +19,7 @@ when it can be found on ``sys.path``.
 The cases hold what makes the tool differ from textbook definitions:
 confidences that tie in float32 but not in float64, proposals out of
 confidence order within a video, videos with no proposals (the tool panics on
-an empty list, so the file gets ``trainers.segments.write_proposals``'
+an empty list, so the file gets ``featstore.trainers.segments.write_proposals``'
 placeholder), IoUs on the thresholds, real videos with proposals.
 """
 
@@ -100,7 +100,7 @@ def make_case(seed: int, n_videos: int = 60) -> dict[str, Any]:
 
 def run_official(tool: ModuleType, case: dict[str, Any]) -> dict[str, Any]:
     """The tool's AP and AR on a case (its proposals written as a file the tool can read)."""
-    from trainers.segments import AP_IOU_THRESHOLDS, AR_IOU_THRESHOLDS, write_proposals
+    from featstore.trainers.segments import AP_IOU_THRESHOLDS, AR_IOU_THRESHOLDS, write_proposals
 
     with tempfile.TemporaryDirectory() as tmp:
         props, meta = Path(tmp) / "proposals.json", Path(tmp) / "metadata.json"

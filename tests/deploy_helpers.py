@@ -118,7 +118,7 @@ class CommandError(ValueError):
 def _featstore_root() -> Any:
     import typer.main
 
-    from cli.main import app
+    from featstore.cli.main import app
 
     return typer.main.get_command(app)
 

@@ -93,7 +93,7 @@ def build(tmp: Path) -> SpatialSetup:
     """Import, extract tiny-CLIP features (layer ``last``) and train a probe on the train split."""
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from featstore.cli.main import app
     from featstore.encoders.tiny import save_tiny_checkpoint
     from featstore.extract import extract
     from featstore.store import open_store
@@ -114,8 +114,8 @@ def build(tmp: Path) -> SpatialSetup:
 
 
 def train_probe(store, run_dir: Path) -> None:
-    from trainers.kinds.probe import train
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.kinds.probe import train
+    from featstore.trainers.probe import ProbeConfig
 
     train(
         store,

@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from api.app import create_app, get_settings
-from api.batching import MicroBatcher
-from api.models import ScoreResponse, StoredScoreResponse
-from api.scoring import NotReadyError, ScoreOptions, UnknownRunError
-from api.settings import RunSpec, Settings, SettingsError, parse_checkpoints, parse_run
+from featstore.api.app import create_app, get_settings
+from featstore.api.batching import MicroBatcher
+from featstore.api.models import ScoreResponse, StoredScoreResponse
+from featstore.api.scoring import NotReadyError, ScoreOptions, UnknownRunError
+from featstore.api.settings import RunSpec, Settings, SettingsError, parse_checkpoints, parse_run
 from featstore.encoders.base import Clip, ClipError
 from featstore.errors import UnknownVideoError
 
@@ -37,9 +37,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from featstore.extract import extract
     from featstore.sample import make_sample
     from featstore.store import open_store
-    from trainers.evaluate import fuse
-    from trainers.kinds.probe import train as train_probe
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.evaluate import fuse
+    from featstore.trainers.kinds.probe import train as train_probe
+    from featstore.trainers.probe import ProbeConfig
 
     root = tmp_path_factory.mktemp("api")
     store = open_store(root / "features.zarr", mode="a", durable=False)
@@ -557,9 +557,9 @@ def test_batcher_isolates_a_failing_clip() -> None:
 def test_upload_scores_equal_direct_scoring(real: TestClient, world: Any) -> None:
     from featstore.encoders import load_encoder
     from featstore.extract.decode import prepare_clip
-    from trainers.fusion import fused_score
-    from trainers.probe import ProbeParams, frame_logits, probability, video_logit
-    from trainers.runs import load_run
+    from featstore.trainers.fusion import fused_score
+    from featstore.trainers.probe import ProbeParams, frame_logits, probability, video_logit
+    from featstore.trainers.runs import load_run
 
     video_id, data = clip_bytes(world)
     r = post(real, data)
@@ -649,9 +649,9 @@ def reference_segments(
 
 def test_stored_scores_segments_and_errors(real: TestClient, world: Any) -> None:
     from featstore.store import open_store
-    from trainers.probe import ProbeParams, frame_logits, video_logit
-    from trainers.runs import load_run
-    from trainers.temporal import scores_to_segments
+    from featstore.trainers.probe import ProbeParams, frame_logits, video_logit
+    from featstore.trainers.runs import load_run
+    from featstore.trainers.temporal import scores_to_segments
 
     url = "/v1/datasets/planted/videos/planted/test/v0011/scores"
     r = real.get(url, params={"run": "probe"})
@@ -740,7 +740,7 @@ def test_too_short_uploads_are_422(real: TestClient, world: Any, tmp_path: Path)
 
 def test_stored_scores_of_other_run_kinds(real: TestClient, world: Any) -> None:
     # a fusion run scores one stored video through its registered scorer
-    from trainers.runs import read_predictions
+    from featstore.trainers.runs import read_predictions
 
     url = "/v1/datasets/planted/videos/planted/test/v0011/scores"
     r = real.get(url, params={"run": "fused", "windows": "off"})  # whole, as eval scores
@@ -877,7 +877,7 @@ def test_fuzz_openapi_no_5xx(real: TestClient, data: st.DataObject) -> None:
 def test_serve_cli_user_errors(tmp_path: Path, world: Any) -> None:
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from featstore.cli.main import app
 
     runner = CliRunner()
     r = runner.invoke(app, ["serve", "--store", world["store"], "--run", str(tmp_path / "none")])
@@ -908,7 +908,7 @@ def test_serve_cli_user_errors(tmp_path: Path, world: Any) -> None:
 def test_failed_model_load_is_reported_by_readyz(
     tmp_path: Path, world: Any, config: dict[str, Any], needle: str
 ) -> None:
-    from trainers.runs import load_run, save_run
+    from featstore.trainers.runs import load_run, save_run
 
     save_run(
         tmp_path / "ghost",

@@ -27,10 +27,10 @@ pytest.importorskip("dlib")  # FSFM's face crops need the faces extra
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.settings import RunSpec, Settings
-from cli.main import app as cli_app
-from trainers.runs import read_predictions
+from featstore.api.app import create_app
+from featstore.api.settings import RunSpec, Settings
+from featstore.cli.main import app as cli_app
+from featstore.trainers.runs import read_predictions
 
 FEATURES = {  # run name -> (registered encoder, store name, random_init, loader options)
     "fsfm-cls": ("fsfm", "fsfm", False, {"pooling": "cls"}),
@@ -64,8 +64,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from featstore.extract import extract
     from featstore.sample import make_sample
     from featstore.store import open_store
-    from trainers.kinds.probe import train
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.kinds.probe import train
+    from featstore.trainers.probe import ProbeConfig
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("rebuild")

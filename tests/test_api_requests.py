@@ -23,9 +23,9 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.settings import RunSpec, Settings
-from cli.main import app as cli_app
+from featstore.api.app import create_app
+from featstore.api.settings import RunSpec, Settings
+from featstore.cli.main import app as cli_app
 
 from media_factory import write_media  # isort: skip
 from trainer_fixtures import write_planted_dataset  # isort: skip
@@ -56,8 +56,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from featstore.extract import extract
     from featstore.sample import make_sample
     from featstore.store import open_store
-    from trainers.kinds.probe import train
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.kinds.probe import train
+    from featstore.trainers.probe import ProbeConfig
 
     root = tmp_path_factory.mktemp("requests")
     url = str(root / "features.zarr")
@@ -118,8 +118,8 @@ def _upload(client: TestClient, path: Path, query: str = "", **kw: Any) -> Any:
 
 
 def _params(world: dict[str, Any], name: str) -> Any:
-    from trainers.probe import ProbeParams
-    from trainers.runs import load_run
+    from featstore.trainers.probe import ProbeParams
+    from featstore.trainers.runs import load_run
 
     return ProbeParams.from_state(load_run(world["root"] / "runs" / name).tensors())
 
@@ -128,7 +128,7 @@ def _by_hand(world: dict[str, Any], name: str) -> float:
     """Probe ``name``'s video logit of the clip, from the clip's logfbank rows as stored."""
     from featstore.encoders import load_encoder
     from featstore.extract.decode import prepare_clip
-    from trainers.probe import video_logit
+    from featstore.trainers.probe import video_logit
 
     enc = load_encoder("logfbank")
     clip = prepare_clip("x", str(world["clip"]), spec=enc.spec, n_rows=enc.n_rows)
@@ -239,7 +239,7 @@ def test_a_run_the_upload_is_too_short_for(world: dict[str, Any]) -> None:
 
 def test_stored_video_without_run(client: TestClient, world: dict[str, Any]) -> None:
     from featstore.store import open_store
-    from trainers.probe import frame_logits, video_logit
+    from featstore.trainers.probe import frame_logits, video_logit
 
     video_id = "planted/test/v0011"
     url = STORED.format(quote(video_id, safe=""))
@@ -272,7 +272,7 @@ def test_models_give_each_evaluation_headline_metrics(
 ) -> None:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from trainers.runs import read_predictions
+    from featstore.trainers.runs import read_predictions
 
     runs = tmp_path / "runs"
     shutil.copytree(world["root"] / "runs" / "a", runs / "a")

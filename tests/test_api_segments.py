@@ -32,9 +32,9 @@ pytest.importorskip("silero_vad")
 import uvicorn
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.settings import RunSpec, Settings, SettingsError
-from cli.main import app as cli
+from featstore.api.app import create_app
+from featstore.api.settings import RunSpec, Settings, SettingsError
+from featstore.cli.main import app as cli
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
 from wild_fixtures import make_two_speaker_video  # isort: skip
@@ -57,8 +57,8 @@ def _cli(*args: object) -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from featstore.store import open_store
-    from trainers.kinds.probe import train as train_probe
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.kinds.probe import train as train_probe
+    from featstore.trainers.probe import ProbeConfig
 
     root = tmp_path_factory.mktemp("segments-api")
     video = make_two_speaker_video(root)
@@ -293,8 +293,8 @@ def test_a_server_without_the_faces_extra_refuses_segment_true(
     asked for by name must load."""
     from fastapi.testclient import TestClient
 
-    from api import segments
-    from api.scoring import ScoringService
+    from featstore.api import segments
+    from featstore.api.scoring import ScoringService
     from featstore.landmarks import FacesUnavailableError
 
     monkeypatch.setattr(segments, "_importable", lambda module: module != "dlib")

@@ -1,4 +1,4 @@
-"""End to end through the real server (uvicorn, api.server) on loopback.
+"""End to end through the real server (uvicorn, featstore.api.server) on loopback.
 
 What the test client cannot show: path decoding of percent-encoded ids, the
 header deadline (slowloris), the connection limit, a client that disconnects.
@@ -25,9 +25,9 @@ import uvicorn
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
 
-from api.app import create_app
-from api.server import server_config
-from api.settings import RunSpec, Settings
+from featstore.api.app import create_app
+from featstore.api.server import server_config
+from featstore.api.settings import RunSpec, Settings
 
 
 def _free_port() -> int:
@@ -38,7 +38,7 @@ def _free_port() -> int:
 
 @contextmanager
 def serve(settings: Settings) -> Iterator[str]:
-    """``featstore serve``'s server (api.server) for ``settings`` in a thread; yields its URL."""
+    """``featstore serve``'s server (featstore.api.server) for ``settings`` in a thread; yields its URL."""
     port = _free_port()
     config = server_config(
         create_app(settings), settings, host="127.0.0.1", port=port, log_level="warning"
@@ -113,8 +113,8 @@ def _write_odd_ids(store: Any, dataset: str) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from featstore.sample import make_sample
     from featstore.store import open_store
-    from trainers.kinds.probe import train as train_probe
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.kinds.probe import train as train_probe
+    from featstore.trainers.probe import ProbeConfig
 
     root = tmp_path_factory.mktemp("server")
     store = open_store(root / "features.zarr", mode="a", durable=False)
@@ -217,8 +217,8 @@ def _read_response(sock: socket.socket) -> bytes:
 def test_every_stored_id_answers_when_percent_encoded(server: dict[str, Any]) -> None:
     """Each odd id, sent percent-encoded through uvicorn's path decoding, scores like its rows."""
     from featstore.store import open_store
-    from trainers.probe import ProbeParams, frame_logits, video_logit
-    from trainers.runs import load_run
+    from featstore.trainers.probe import ProbeParams, frame_logits, video_logit
+    from featstore.trainers.runs import load_run
 
     store = open_store(server["settings"].store_url)
     params = ProbeParams.from_state(load_run(server["root"] / "w").tensors())
@@ -356,7 +356,7 @@ def test_client_disconnect_is_499_not_500(
         'Content-Disposition: form-data; name="file"; filename="c.mp4"\r\n'
         "Content-Type: video/mp4\r\n\r\n"
     ).encode()
-    caplog.set_level(logging.INFO, logger="api.app")
+    caplog.set_level(logging.INFO, logger="featstore.api.app")
     with _raw(server["port"]) as sock:
         sock.sendall(
             b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n"

@@ -423,7 +423,7 @@ def test_convert_round_trip(ckpt_dir: Path, clip: Clip) -> None:
 
 
 def test_convert_cli(pretrained: Path, tmp_path: Path) -> None:
-    from cli.main import app
+    from featstore.cli.main import app
 
     out = tmp_path / "conv"
     result = CliRunner().invoke(

@@ -12,11 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 from featstore.store import open_store
-from trainers import memory
-from trainers.sync import SyncConfig, fit_sync, net_to_state
-from trainers.sync_feed import PackedPairs, PairList, StreamedPairs
+from featstore.trainers import memory
+from featstore.trainers.sync import SyncConfig, fit_sync, net_to_state
+from featstore.trainers.sync_feed import PackedPairs, PairList, StreamedPairs
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
 
@@ -125,10 +125,10 @@ COMMANDS = {
 @pytest.mark.parametrize("kind", sorted(COMMANDS))
 def test_cli_cache_gb_streams_to_the_same_model(kind, store_url, tmp_path, monkeypatch):
     if kind == "ntp":  # a small network: the default one takes longer than this test is worth
-        from trainers.ntp import NTPConfig
+        from featstore.trainers.ntp import NTPConfig
 
         small = NTPConfig(d_model=16, n_heads=2, d_ff=16, n_layers=1)
-        monkeypatch.setattr("trainers.ntp.NTPConfig", lambda: small)
+        monkeypatch.setattr("featstore.trainers.ntp.NTPConfig", lambda: small)
     runs = {}
     for name, extra in (("cached", []), ("streamed", ["--cache-gb", "0"])):
         out = tmp_path / name

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings(
 )
 from typer.testing import CliRunner  # noqa: E402
 
-from cli.main import app  # noqa: E402
+from featstore.cli.main import app  # noqa: E402
 from featstore.encoders import CheckpointError, load_encoder  # noqa: E402
 from featstore.encoders.checkpoint_format import inspect_checkpoint  # noqa: E402
 from featstore.encoders.checkpoints import CHECKPOINT_DIR_ENV, load_checkpoint  # noqa: E402

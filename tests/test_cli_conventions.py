@@ -15,8 +15,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cli.errors import EXIT_USAGE
-from cli.main import OWN_LOGGERS, app
+from featstore.cli.errors import EXIT_USAGE
+from featstore.cli.main import OWN_LOGGERS, app
 
 runner = CliRunner()
 
@@ -120,7 +120,7 @@ def restore_logging():
 def test_verbosity_opens_featstore_first_then_every_library(restore_logging, flags, own, others):
     result = runner.invoke(app, [*flags, "encoders", "list", "--json"])
     assert result.exit_code == 0, result.output
-    for name in ("featstore", "featstore.extract.worker", "trainers.probe", "cli"):
+    for name in ("featstore", "featstore.extract.worker", "featstore.trainers.probe", "featstore.cli.main"):
         assert logging.getLogger(name).getEffectiveLevel() == own, name
     for name in ("urllib3", "fsspec", "some.library"):
         assert logging.getLogger(name).getEffectiveLevel() == others, name
@@ -213,7 +213,7 @@ def test_deprecated_dataset_option_of_extract_warns_and_selects_the_same(store_u
     ],
 )
 def test_rewrite_aliases_leaves_values_alone(args, expected, warned):
-    from cli.group import rewrite_aliases
+    from featstore.cli.group import rewrite_aliases
 
     command = COMMANDS["datasets import"]
     aliases = {"-n": "--name", "--dataset": "--on", "-d": "--on"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.datasets import FORMAT_NAMES, PROTOCOL_NAMES, app
+from featstore.cli.datasets import FORMAT_NAMES, PROTOCOL_NAMES, app
 from featstore.datasets import FORMATS, PROTOCOLS, coerce_schema
 
 from dataset_fixtures import av1m_entry, write_av1m, write_exddv, write_favc  # isort: skip

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 import featstore.encoders as registry
-from cli.encoders import BUILT_IN, CACHED, LOCAL, NOT_CACHED
-from cli.main import app
+from featstore.cli.encoders import BUILT_IN, CACHED, LOCAL, NOT_CACHED
+from featstore.cli.main import app
 from featstore.encoders import EncoderSpec
 
 runner = CliRunner()
@@ -97,7 +97,7 @@ def test_show(fake_encoders):
 
 
 def test_weights_found_in_the_checkpoint_directory(tmp_path, monkeypatch):
-    from cli.encoders import weights_status
+    from featstore.cli.encoders import weights_status
     from featstore.encoders.checkpoints import CHECKPOINT_DIR_ENV
 
     folder = tmp_path / "checkpoints"
@@ -154,9 +154,9 @@ def test_show_unknown_name_is_a_one_line_usage_error():
 
 def test_cli_import_is_torch_free():
     code = (
-        "import sys; import cli.encoders, cli.main;"
+        "import sys; import featstore.cli.encoders, featstore.cli.main;"
         "from typer.testing import CliRunner;"
-        "r = CliRunner().invoke(cli.main.app, ['encoders', 'list']);"
+        "r = CliRunner().invoke(featstore.cli.main.app, ['encoders', 'list']);"
         "assert r.exit_code == 0, r.output;"
         "print('torch' in sys.modules)"
     )

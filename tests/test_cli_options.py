@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 from featstore.store import open_store
 
 runner = CliRunner()
@@ -67,7 +67,7 @@ def test_help_names_the_variable():
 
 
 def test_run_store_comes_before_the_environment(url, monkeypatch):
-    from cli.options import fallback_store
+    from featstore.cli.options import fallback_store
 
     monkeypatch.setenv("FEATSTORE_STORE", "/from/env.zarr")
     assert fallback_store("/recorded.zarr", what="run x") == "/recorded.zarr"
@@ -87,7 +87,7 @@ def _complete(words: str, cword: int) -> list[str]:
 
 def test_completion_of_encoders_kinds_and_formats():
     from featstore.encoders import specs
-    from trainers.kinds import kinds
+    from featstore.trainers.kinds import kinds
 
     assert _complete("featstore extract --encoder wav", 3) == ["wav2vec2"]
     avhubert = sorted(n for n in specs() if n.startswith("avhubert"))

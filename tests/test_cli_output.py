@@ -10,7 +10,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cli.errors import (
+from featstore.cli.errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -18,8 +18,8 @@ from cli.errors import (
     EXIT_USAGE,
     EXIT_VIDEOS_FAILED,
 )
-from cli.main import app
-from cli.progress import Every, LineProgress
+from featstore.cli.main import app
+from featstore.cli.progress import Every, LineProgress
 
 from test_extract import fresh_store, sample_root  # noqa: F401  # isort: skip
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import featstore.writer as writer_mod
-from cli.main import app
+from featstore.cli.main import app
 from featstore.store import EncoderInfo, open_store
 from featstore.synthetic import write_synthetic
 
@@ -109,7 +109,7 @@ def test_user_errors_are_one_line(tmp_path, demo_store):
 def test_help_imports_nothing_heavy():
     code = (
         "import sys;"
-        "from typer.testing import CliRunner; from cli.main import app;"
+        "from typer.testing import CliRunner; from featstore.cli.main import app;"
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
         "r = CliRunner().invoke(app, ['store', '--help']); assert r.exit_code == 0;"
         "heavy = sorted(m for m in ('torch', 'transformers', 'zarr', 'xarray', 'dask') if m in sys.modules);"

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 from featstore.store import EncoderInfo
-from trainers.runs import load_run
+from featstore.trainers.runs import load_run
 
 runner = CliRunner()
 LAYERS = (1, 2, "last")
@@ -171,9 +171,9 @@ def test_help_does_not_import_heavy_modules():
     import sys
 
     code = (
-        "import sys; from cli.main import app; "
+        "import sys; from featstore.cli.main import app; "
         "from typer.testing import CliRunner; CliRunner().invoke(app, ['syncscore', '--help']); "
-        "print(any(m in sys.modules for m in ('torch', 'trainers.syncfree', 'zarr')))"
+        "print(any(m in sys.modules for m in ('torch', 'featstore.trainers.syncfree', 'zarr')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""The numbers of paper Fig. 4 on hand-made clicks (trainers.clicks)."""
+"""The numbers of paper Fig. 4 on hand-made clicks (featstore.trainers.clicks)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainers.clicks import (
+from featstore.trainers.clicks import (
     ClickError,
     click_errors,
     clicks_of_row,
@@ -101,7 +101,7 @@ def test_video_errors_and_the_curve_by_hand() -> None:
 
 def test_choose_frames() -> None:
     from featstore.spatial import SpatialError
-    from trainers.spatial import choose_frames
+    from featstore.trainers.spatial import choose_frames
 
     z = np.array([0.1, 3.0, -1.0, 3.0, 2.0])
     assert choose_frames("top", frame_scores=z, frame_hz=25.0, last_frame=5, top_k=3) == [1, 3, 4]

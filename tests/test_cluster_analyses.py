@@ -20,12 +20,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 from featstore.store import EncoderInfo, open_store
-from trainers.cluster import PARTITIONS, TaskProgress, score_on_cluster
-from trainers.kinds import load
-from trainers.kinds.syncfree import sync_scores
-from trainers.syncfree import sync_config
+from featstore.trainers.cluster import PARTITIONS, TaskProgress, score_on_cluster
+from featstore.trainers.kinds import load
+from featstore.trainers.kinds.syncfree import sync_scores
+from featstore.trainers.syncfree import sync_config
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
 
@@ -162,7 +162,7 @@ def test_grid_on_a_cluster_writes_the_local_files_and_resumes(url, cluster, tmp_
     del metrics["gamma:test"]
     (alpha / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     events = []
-    from trainers.grid import load_config, run_grid
+    from featstore.trainers.grid import load_config, run_grid
 
     run_grid(load_config(tmp_path / "cluster.toml"), on_event=events.append, cluster=cluster)
     kinds = [(e.kind, e.train, e.test) for e in events if e.kind != "result"]
@@ -193,7 +193,9 @@ def test_eval_on_a_cluster_scores_partitions_to_the_same_files(url, cluster, tmp
         shutil.copytree(trained, run)
         shutil.rmtree(run / "predictions")
         (run / "metrics.json").unlink()
-    monkeypatch.setattr("trainers.cluster.PARTITION_VIDEOS", 20)  # partitions of 64 videos
+    monkeypatch.setattr(
+        "featstore.trainers.cluster.PARTITION_VIDEOS", 20
+    )  # partitions of 64 videos
     assert invoke("eval", local, "--on", "alpha:test").exit_code == 0
     result = invoke("eval", remote, "--on", "alpha:test", "--cluster", cluster)
     assert result.exit_code == 0, result.output
@@ -246,7 +248,7 @@ def test_partitions_resume(url, cluster, tmp_path):
 
 
 def _syncfree(store, tmp_path):
-    from trainers.kinds import syncfree
+    from featstore.trainers.kinds import syncfree
 
     run = syncfree.train(store, audio="aud:2", visual="vis:2", on="syn:test",
                          out=tmp_path / "sf", config=sync_config("speechforensics"))  # fmt: skip
@@ -254,7 +256,7 @@ def _syncfree(store, tmp_path):
 
 
 def test_syncscore_on_a_cluster(url, cluster, tmp_path, monkeypatch):
-    monkeypatch.setattr("trainers.cluster.PARTITION_VIDEOS", 4)
+    monkeypatch.setattr("featstore.trainers.cluster.PARTITION_VIDEOS", 4)
     args = ["syncscore", "--store", url, "--audio", "aud:2", "--visual", "vis:2", "--on", "syn",
             "--preset", "speechforensics", "--json"]  # fmt: skip
     local = invoke(*args, "--out", tmp_path / "local")
@@ -272,7 +274,7 @@ def _metrics(result) -> dict:
 
 
 def test_layers_on_a_cluster_and_an_interrupted_sweep(url, cluster, tmp_path):
-    from trainers.layers import sweep_layers
+    from featstore.trainers.layers import sweep_layers
 
     store = open_store(url)
     config = sync_config("speechforensics")

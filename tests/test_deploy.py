@@ -800,7 +800,7 @@ def expand_k8s_all(argv: list[str], manifests: Any, container: dict[str, Any]) -
 
 
 def test_scoring_service_probes_and_metrics(manifests) -> None:
-    from api.app import health
+    from featstore.api.app import health
 
     routes = {r.path for r in health.routes}
     deployment = _one(manifests, "Deployment", "featstore-scoring")

@@ -103,7 +103,7 @@ def test_compose_pipeline_then_k8s_publication_then_serving(
     from distributed import LocalCluster
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from featstore.cli.main import app
 
     compose = load_compose({"SAMPLE_CLIPS": "6"})
     services = compose["services"]
@@ -161,7 +161,7 @@ def test_compose_pipeline_then_k8s_publication_then_serving(
     remap = _mapper({"/runs": str(tmp_path / "fetched"), "0.0.0.0": "127.0.0.1", "8000": str(port)})
     argv = remap(services["scoring"]["command"])
     server = subprocess.Popen(
-        [sys.executable, "-c", "from cli.main import app; app()", *argv[1:]],
+        [sys.executable, "-c", "from featstore.cli.main import app; app()", *argv[1:]],
         env=serve_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -10,8 +10,8 @@ from sklearn.base import clone, is_classifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
 
-from trainers.estimator import ProbeClassifier
-from trainers.probe import ProbeConfig, ProbeError
+from featstore.trainers.estimator import ProbeClassifier
+from featstore.trainers.probe import ProbeConfig, ProbeError
 
 FAST = {"max_epochs": 15, "lr": 0.05, "batch_videos": 4}
 
@@ -97,8 +97,8 @@ def test_default_fit_is_the_authors_loop(videos):
 
 def test_options_reach_the_probe(videos):
     """batch_videos / scale_lr / center_bias: the fit is fit_probe's with the same options."""
-    from trainers.probe import fit_probe
-    from trainers.sources import ArraySource
+    from featstore.trainers.probe import fit_probe
+    from featstore.trainers.sources import ArraySource
 
     X, y = videos
     options = {"max_epochs": 3, "batch_videos": 4, "scale_lr": False, "center_bias": True}

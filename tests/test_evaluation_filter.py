@@ -19,11 +19,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 from featstore.store import open_store
-from trainers.evaluation_filter import FilterError, check_fakes, describe
-from trainers.metrics_file import find_metrics, metric_entries, metrics_key
-from trainers.runs import load_run, read_predictions
+from featstore.trainers.evaluation_filter import FilterError, check_fakes, describe
+from featstore.trainers.metrics_file import find_metrics, metric_entries, metrics_key
+from featstore.trainers.runs import load_run, read_predictions
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
 
@@ -282,7 +282,7 @@ def test_an_older_all_fakes_entry_is_kept_when_the_paper_result_lands(
     assert stored["mix:test"]["binary"] == paper["binary"]
     assert stored[metrics_key("mix:test", "all")] == old  # moved to its own key, not lost
     # Fig. 2 reads either filter's stored result
-    from trainers.figures import localization_bars
+    from featstore.trainers.figures import localization_bars
 
     (bar,) = localization_bars([run], "mix:test", fakes="all")
     assert (bar.auc, bar.fakes) == (0.75, "all")
@@ -292,8 +292,8 @@ def test_models_endpoint_reads_both_keys(world: dict[str, Any], tmp_path: Path) 
     """``/v1/models`` shows each stored result's headline under its key."""
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
-    from api.settings import RunSpec, Settings
+    from featstore.api.app import create_app
+    from featstore.api.settings import RunSpec, Settings
 
     # the service computes features of uploads: a probe on an encoder it can run
     write_planted_dataset(world["store"], "mix", dim=104, encoder="logfbank", **world["kw"])
@@ -323,7 +323,7 @@ def test_models_endpoint_reads_both_keys(world: dict[str, Any], tmp_path: Path) 
 
 
 def test_grid_tables_say_which_filter_each_test_set_used() -> None:
-    from trainers.report import GridResult, ReportError, grid_table, paper_grid
+    from featstore.trainers.report import GridResult, ReportError, grid_table, paper_grid
 
     results = [
         GridResult("f", "a", "a", 0.9, 0.8, 10, fakes="paper"),

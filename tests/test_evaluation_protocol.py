@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from trainers.evaluate import scored_metrics
-from trainers.metrics import MetricError
-from trainers.runs import Scored
+from featstore.trainers.evaluate import scored_metrics
+from featstore.trainers.metrics import MetricError
+from featstore.trainers.runs import Scored
 
 FRAME_HZ = 25.0
 KINDS = ["real", "both_modified", "audio_modified", "visual_modified"]
@@ -113,8 +113,8 @@ def test_localization_semantics_are_recorded() -> None:
 def test_ap_ar_follow_the_evaluation_filter(fakes: str) -> None:
     """AP/AR are computed over the videos the filter keeps, reals included, as the official
     tool runs over its metadata file: the same as the tool on the re-selected videos."""
-    from trainers.segments import localization_metrics
-    from trainers.temporal import proposals_from_scores
+    from featstore.trainers.segments import localization_metrics
+    from featstore.trainers.temporal import proposals_from_scores
 
     scored, _ = _scored(3)
     metrics, _, _ = scored_metrics(scored, kind="probe", fakes=fakes)

@@ -643,7 +643,7 @@ def test_store_as_and_options_on_a_dask_cluster(tmp_path, sample_root) -> None:
 def test_cli_extract_dry_run_and_errors(tmp_path, sample_root) -> None:
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from featstore.cli.main import app
 
     runner = CliRunner()
     url = str(tmp_path / "s.zarr")
@@ -675,7 +675,7 @@ def test_cli_extract_dry_run_and_errors(tmp_path, sample_root) -> None:
 def test_cli_store_as_and_loader_options(tmp_path, sample_root) -> None:
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from featstore.cli.main import app
 
     runner = CliRunner()
     url = str(tmp_path / "s.zarr")
@@ -719,8 +719,8 @@ def test_cli_reports_failures(tmp_path, sample_root) -> None:
 
     from typer.testing import CliRunner
 
-    from cli.errors import EXIT_VIDEOS_FAILED
-    from cli.main import app
+    from featstore.cli.errors import EXIT_VIDEOS_FAILED
+    from featstore.cli.main import app
 
     url = str(tmp_path / "s.zarr")
     broken = broken_dataset(open_store(url, mode="a"), sample_root, tmp_path / "broken")
@@ -895,6 +895,6 @@ def test_importing_extract_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, featstore.extract, cli.extract; print('torch' in sys.modules)"
+    code = "import sys, featstore.extract, featstore.cli.extract; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -121,7 +121,7 @@ def test_a_retried_task_skips_what_it_committed(tmp_path, sample_root) -> None: 
 def test_cli_local_cluster_of_processes(tmp_path, sample_root) -> None:  # noqa: F811
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from featstore.cli.main import app
 
     url = str(tmp_path / "s.zarr")
     fresh_store(tmp_path / "s.zarr", sample_root)

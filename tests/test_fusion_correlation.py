@@ -8,13 +8,13 @@ from scipy.stats import pearsonr
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from featstore.errors import FeatstoreError
-from trainers.correlation import (
+from featstore.trainers.correlation import (
     CorrelationError,
     fusion_metric_matrix,
     pearson_matrix,
     relative_improvement,
 )
-from trainers.fusion import (
+from featstore.trainers.fusion import (
     PROBABILITY_EPS,
     FusionError,
     align_predictions,

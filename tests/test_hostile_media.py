@@ -195,7 +195,7 @@ def test_extract_survives_the_hostile_corpus(
 def test_cli_extract_with_limits_dry_run_and_verify(tmp_path: Path, corpus: Path) -> None:
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from featstore.cli.main import app
 
     url = str(tmp_path / "s.zarr")
     dataset(open_store(url, mode="a"), "hostile", corpus, list(CASES))
@@ -236,8 +236,8 @@ def api_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A probe run on planted logfbank features: the service decodes uploads for logfbank."""
     from trainer_fixtures import write_planted_dataset
 
-    from trainers.kinds.probe import train as train_probe
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.kinds.probe import train as train_probe
+    from featstore.trainers.probe import ProbeConfig
 
     root = tmp_path_factory.mktemp("hostile-api")
     store = open_store(root / "features.zarr", mode="a", durable=False)
@@ -271,8 +271,8 @@ def test_hostile_uploads_get_a_4xx_and_leave_no_file(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
-    from api.settings import RunSpec, Settings
+    from featstore.api.app import create_app
+    from featstore.api.settings import RunSpec, Settings
 
     uploads = tmp_path / "uploads"
     uploads.mkdir()

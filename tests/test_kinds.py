@@ -1,7 +1,7 @@
 """Run kinds: one contract suite over every registered kind, the registry, feature sets.
 
 The contract (DESIGN.md "Run kinds"): each kind trains on tiny stored features,
-its run directory loads back through ``trainers.kinds.load``, and the loaded
+its run directory loads back through ``featstore.trainers.kinds.load``, and the loaded
 detector's ``score_rows`` on one video's stored rows gives exactly what
 ``evaluate`` (the batched ``score_selection``) wrote into the run's predictions.
 """
@@ -20,11 +20,11 @@ from scipy.special import expit
 
 from featstore.store import EncoderInfo, FeatureStore, open_store
 from featstore.timebase import RateError, common_rate, concat_aligned, resampled_length
-from trainers import kinds
-from trainers.data import FeatureKey, SelectionError
-from trainers.evaluate import evaluate, fuse
-from trainers.explain import explain_temporal
-from trainers.inputs import (
+from featstore.trainers import kinds
+from featstore.trainers.data import FeatureKey, SelectionError
+from featstore.trainers.evaluate import evaluate, fuse
+from featstore.trainers.explain import explain_temporal
+from featstore.trainers.inputs import (
     FEATURES,
     FeatureInput,
     InputError,
@@ -35,9 +35,9 @@ from trainers.inputs import (
     read_video,
     select_videos,
 )
-from trainers.kinds.base import Detector, VideoScore
-from trainers.runs import load_run, read_frame_scores, read_predictions, save_run
-from trainers.training import EarlyStopping, TrainingError
+from featstore.trainers.kinds.base import Detector, VideoScore
+from featstore.trainers.runs import load_run, read_frame_scores, read_predictions, save_run
+from featstore.trainers.training import EarlyStopping, TrainingError
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
 
@@ -46,8 +46,8 @@ AUD, VIS = "aud", "visual"
 
 
 def _probe(store: FeatureStore, root: Path, runs: dict[str, Path]) -> Path:
-    from trainers.kinds.probe import train
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.kinds.probe import train
+    from featstore.trainers.probe import ProbeConfig
 
     config = ProbeConfig(max_epochs=4, lr=0.05, batch_videos=2)
     return train(
@@ -56,8 +56,8 @@ def _probe(store: FeatureStore, root: Path, runs: dict[str, Path]) -> Path:
 
 
 def _ntp(store: FeatureStore, root: Path, runs: dict[str, Path]) -> Path:
-    from trainers.kinds.ntp import train
-    from trainers.ntp import NTPConfig
+    from featstore.trainers.kinds.ntp import train
+    from featstore.trainers.ntp import NTPConfig
 
     config = NTPConfig(
         d_model=16, n_layers=1, n_heads=2, d_ff=32, max_context=16, max_epochs=2, batch_videos=4
@@ -66,16 +66,16 @@ def _ntp(store: FeatureStore, root: Path, runs: dict[str, Path]) -> Path:
 
 
 def _sync(store: FeatureStore, root: Path, runs: dict[str, Path]) -> Path:
-    from trainers.kinds.sync import train
-    from trainers.sync import SyncConfig
+    from featstore.trainers.kinds.sync import train
+    from featstore.trainers.sync import SyncConfig
 
     config = SyncConfig(max_epochs=2, lr=1e-3, proj_dim=8, hidden=(8,), batch_frames=256)
     return train(store, audio=AUD, visual=VIS, train="toy", out=root / "sync", config=config).path
 
 
 def _syncfree(store: FeatureStore, root: Path, runs: dict[str, Path]) -> Path:
-    from trainers.kinds.syncfree import train
-    from trainers.syncfree import PRESETS
+    from featstore.trainers.kinds.syncfree import train
+    from featstore.trainers.syncfree import PRESETS
 
     config = PRESETS["speechforensics"]
     return train(store, audio=AUD, visual=VIS, on="toy", out=root / "syncfree", config=config).path
@@ -156,7 +156,7 @@ def test_feature_set_runs_read_both_features(trained: tuple[FeatureStore, dict[s
     vid = read_predictions(runs["probe"], "toy_test")["video_id"].iloc[0]
     a = store.video("toy", AUD, vid, "last")
     v = store.video("toy", VIS, vid, "last")
-    from trainers.probe import frame_logits
+    from featstore.trainers.probe import frame_logits
 
     expected = frame_logits(probe.params, np.concatenate([a, v], axis=1))  # by hand
     got = probe.score_rows({FeatureKey(AUD): a, FeatureKey(VIS): v}).frame_scores
@@ -309,8 +309,8 @@ def test_feature_sets_at_different_rates(store: FeatureStore) -> None:
 
 
 def test_probe_on_a_resampled_feature_set(store: FeatureStore, tmp_path: Path) -> None:
-    from trainers.kinds.probe import train
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.kinds.probe import train
+    from featstore.trainers.probe import ProbeConfig
 
     _rates_store(store)
     with pytest.raises(InputError, match="frame_hz=25"):
@@ -352,7 +352,7 @@ def test_cli_feature_sets(trained: tuple[FeatureStore, dict[str, Path]], tmp_pat
     """``--encoder A --encoder B`` (a repeated option) is the set ``A+B``; eval reads it."""
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from featstore.cli.main import app
 
     store, _ = trained
     out = tmp_path / "cli-probe"

@@ -29,11 +29,11 @@ pytest.importorskip("dlib")  # mouth crops need the faces extra
 import uvicorn
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.settings import RunSpec, Settings
-from cli.main import app
-from trainers import kinds
-from trainers.runs import read_frame_scores, read_predictions
+from featstore.api.app import create_app
+from featstore.api.settings import RunSpec, Settings
+from featstore.cli.main import app
+from featstore.trainers import kinds
+from featstore.trainers.runs import read_frame_scores, read_predictions
 
 RUNS = ("probe", "ntp-set", "sync", "syncfree", "syncfree-v1", "fusion")
 

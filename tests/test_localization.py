@@ -21,17 +21,17 @@ from scipy.stats import pearsonr
 
 from featstore.store import FeatureStore, open_store
 from featstore.timebase import mask_to_segments
-from trainers import kinds
-from trainers.calibration import REAL_VIDEOS, SEGMENT_F1, calibrate
-from trainers.data import FeatureKey
-from trainers.evaluate import evaluate
-from trainers.inputs import read_video
-from trainers.localization import DEFAULT_RULES, PAPER_RULES, SegmentRules, localize
-from trainers.localization_metrics import localization_scores
-from trainers.metrics import MetricError
-from trainers.runs import load_run, read_predictions
-from trainers.temporal import scores_to_segments
-from trainers.windows import InputTooShortError, LengthProfile, WindowRule, window_rule
+from featstore.trainers import kinds
+from featstore.trainers.calibration import REAL_VIDEOS, SEGMENT_F1, calibrate
+from featstore.trainers.data import FeatureKey
+from featstore.trainers.evaluate import evaluate
+from featstore.trainers.inputs import read_video
+from featstore.trainers.localization import DEFAULT_RULES, PAPER_RULES, SegmentRules, localize
+from featstore.trainers.localization_metrics import localization_scores
+from featstore.trainers.metrics import MetricError
+from featstore.trainers.runs import load_run, read_predictions
+from featstore.trainers.temporal import scores_to_segments
+from featstore.trainers.windows import InputTooShortError, LengthProfile, WindowRule, window_rule
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
 
@@ -240,8 +240,8 @@ def test_card_resolves_names_numbers_and_overrides() -> None:
 @pytest.fixture(scope="module")
 def fixed_length(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureStore, Path]:
     """A probe trained on videos of one length (50 rows)."""
-    from trainers.kinds.probe import train
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.kinds.probe import train
+    from featstore.trainers.probe import ProbeConfig
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("local")
@@ -296,7 +296,7 @@ def test_eval_reports_localization_duration_and_windows(
 ) -> None:
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from featstore.cli.main import app
 
     store, path = fixed_length
     metrics = evaluate(path, store, "toy:test", fakes="all")
@@ -323,8 +323,8 @@ def test_eval_reports_localization_duration_and_windows(
 
 
 def test_eval_reports_the_length_bias(tmp_path: Path) -> None:
-    from trainers.kinds.probe import train
-    from trainers.probe import ProbeConfig
+    from featstore.trainers.kinds.probe import train
+    from featstore.trainers.probe import ProbeConfig
 
     store = open_store(tmp_path / "f.zarr", mode="a", durable=False)
     write_planted_dataset(store, "var", n_videos=30, dim=8, encoder="aud", n_frames=(20, 200))
@@ -343,8 +343,8 @@ def test_eval_reports_the_length_bias(tmp_path: Path) -> None:
 
 
 def test_too_short_inputs_are_refused_or_left_out(tmp_path: Path) -> None:
-    from trainers.kinds.syncfree import train
-    from trainers.syncfree import PRESETS
+    from featstore.trainers.kinds.syncfree import train
+    from featstore.trainers.syncfree import PRESETS
 
     store = open_store(tmp_path / "f.zarr", mode="a", durable=False)
     for encoder in ("aud", "vis"):

@@ -460,7 +460,7 @@ def test_importing_media_is_light() -> None:
     import sys
 
     code = (
-        "import sys, featstore.timebase, featstore.media, cli.media; "
+        "import sys, featstore.timebase, featstore.media, featstore.cli.media; "
         "bad = {'torch', 'transformers', 'zarr', 'av'} & set(sys.modules); "
         "assert not bad, bad"
     )
@@ -475,7 +475,7 @@ def test_importing_media_is_light() -> None:
 def test_cli_probe(clip25: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from cli.media import app
+    from featstore.cli.media import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["probe", str(clip25), "--json"])

@@ -11,7 +11,7 @@ from scipy.optimize import brentq
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from featstore.errors import FeatstoreError
-from trainers.metrics import (
+from featstore.trainers.metrics import (
     BinaryMetrics,
     MetricError,
     TemporalAUC,

@@ -12,13 +12,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 from featstore.store import EncoderInfo, open_store
-from trainers.data import SelectionError
-from trainers.kinds import load, score
-from trainers.kinds.ntp import train as train_ntp
-from trainers.metrics import temporal_auc
-from trainers.ntp import (
+from featstore.trainers.data import SelectionError
+from featstore.trainers.kinds import load, score
+from featstore.trainers.kinds.ntp import train as train_ntp
+from featstore.trainers.metrics import temporal_auc
+from featstore.trainers.ntp import (
     NextFrameTransformer,
     NTPConfig,
     NTPError,
@@ -32,8 +32,8 @@ from trainers.ntp import (
     video_logits,
     video_scores,
 )
-from trainers.runs import RunExistsError, load_run
-from trainers.sources import ArraySource
+from featstore.trainers.runs import RunExistsError, load_run
+from featstore.trainers.sources import ArraySource
 
 DIM = 16
 HZ = 25.0
@@ -342,7 +342,7 @@ def trained_run(smooth_store):
 
 
 def test_run_round_trip_and_evaluate(smooth_store, trained_run):
-    from trainers.evaluate import evaluate
+    from featstore.trainers.evaluate import evaluate
 
     _, _, store = smooth_store
     run = load_run(trained_run.path)

@@ -10,8 +10,8 @@ import pytest
 
 from featstore.errors import UnknownEncoderError
 from featstore.store import EncoderInfo
-from trainers.data import SelectionError
-from trainers.pairs import (
+from featstore.trainers.data import SelectionError
+from featstore.trainers.pairs import (
     PairedVideo,
     PairingError,
     iter_pairs,

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from trainers.report import GridResult, ReportError, grid_table, paper_columns, paper_grid
-from trainers.tables import MISSING, Table, TableError
+from featstore.trainers.report import GridResult, ReportError, grid_table, paper_columns, paper_grid
+from featstore.trainers.tables import MISSING, Table, TableError
 
 # Paper Tab. 2 (AUC %) rows, columns A..I, and the printed J. A = FAVC->FAVC, B = AV1M->FAVC,
 # C = AV1M->AV1M, D = FAVC->AV1M, E = FAVC->AVLips, F = AV1M->AVLips, G = DFE->DFE,

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from featstore.errors import FeatstoreError
-from trainers.plots import PlotError, heatmap_png, layers_png, temporal_png
+from featstore.trainers.plots import PlotError, heatmap_png, layers_png, temporal_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -196,7 +196,7 @@ def _caption(fig) -> str:
 
 
 def test_heatmap_correlation_scale_is_fixed_and_diverging():
-    from trainers.plots import heatmap_figure
+    from featstore.trainers.plots import heatmap_figure
 
     names = [f"model-{i}-last/{LONG[:12]}" for i in range(5)]
     corr = np.full((5, 5), 0.2) + 0.8 * np.eye(5)  # all positive: auto-ranging would hide it
@@ -221,7 +221,7 @@ def test_heatmap_correlation_scale_is_fixed_and_diverging():
 def test_heatmap_masks_the_diagonal_and_centres_improvement():
     from matplotlib.text import Text
 
-    from trainers.plots import heatmap_figure
+    from featstore.trainers.plots import heatmap_figure
 
     rel = np.array([[0.0, 12.5, -4.0], [-30.0, 0.0, 3.0], [1.0, 2.0, 0.0]])
     fig = heatmap_figure(
@@ -249,7 +249,7 @@ def test_heatmap_masks_the_diagonal_and_centres_improvement():
 
 
 def test_temporal_threshold_inside_ticks_spaced_legend_outside():
-    from trainers.plots import temporal_figure
+    from featstore.trainers.plots import temporal_figure
 
     times = np.arange(120) / 25.0
     scores = -6.0 + np.sin(
@@ -288,7 +288,7 @@ def test_temporal_threshold_inside_ticks_spaced_legend_outside():
 
 
 def test_layers_plot_has_chance_lines_n_and_fits():
-    from trainers.plots import layers_figure
+    from featstore.trainers.plots import layers_figure
 
     layers = [*map(str, range(49)), "last"]
     auc = 60 + 10 * np.tanh(np.arange(50) / 9)

@@ -15,7 +15,7 @@ from safetensors.numpy import save as st_save
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 
-from trainers.probe import (
+from featstore.trainers.probe import (
     ProbeConfig,
     ProbeError,
     ProbeParams,
@@ -28,7 +28,7 @@ from trainers.probe import (
     video_logit,
     video_losses,
 )
-from trainers.sources import (
+from featstore.trainers.sources import (
     ArraySource,
     FeatureCache,
     SourceError,
@@ -161,7 +161,7 @@ def authors_loop(
     lr: float = 1e-3,
     seed: int = 43,
 ) -> _Reference:
-    """The authors' training as their code runs it, written independently of trainers.probe.
+    """The authors' training as their code runs it, written independently of featstore.trainers.probe.
 
     ``set_seed(43)``, ``nn.Linear(D, 1)``, ``Adam(lr=1e-3)``; shuffled DataLoader
     of one video per step; per video ``logsumexp`` of the frame logits and
@@ -273,8 +273,8 @@ def test_batching_option_is_the_mean_loss_at_scaled_lr():
 
 def test_torch_steps_equal_compiled_steps():
     """The engine of non-CPU devices, run on the CPU: the same steps as the compiled loop."""
-    from trainers.probe import _pack
-    from trainers.probe_step import CpuSteps, TorchSteps
+    from featstore.trainers.probe import _pack
+    from featstore.trainers.probe_step import CpuSteps, TorchSteps
 
     src = make_planted(19, seed=24).source
     arrays = src.read(range(19))
@@ -293,7 +293,7 @@ def test_torch_steps_equal_compiled_steps():
 
 
 def test_half_conversion_is_exact_for_every_float16():
-    from trainers.probe_step import half_to_float
+    from featstore.trainers.probe_step import half_to_float
 
     bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16).reshape(64, 1024)
     ours = half_to_float(bits)
@@ -305,8 +305,8 @@ def test_half_conversion_is_exact_for_every_float16():
 
 def test_compiled_step_matches_one_autograd_adam_step():
     """One step from arbitrary weights and a warm Adam state, against torch.optim.Adam."""
-    from trainers.probe import _pack
-    from trainers.probe_step import CpuSteps
+    from featstore.trainers.probe import _pack
+    from featstore.trainers.probe_step import CpuSteps
 
     src = make_planted(3, seed=25, dtype=np.float32).source
     arrays = src.read(range(3))

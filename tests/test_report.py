@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from trainers.report import MISSING, GridResult, GridTable, ReportError, grid_table
+from featstore.trainers.report import MISSING, GridResult, GridTable, ReportError, grid_table
 
 # AUC[train][test] for one feature on a 3x3 grid; AP = AUC - 0.05.
 AUC = {

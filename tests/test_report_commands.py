@@ -11,14 +11,19 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 from featstore.store import EncoderInfo, open_store
-from trainers.figures import FigureError, localization_bars, localization_figure, run_modality
-from trainers.kinds.syncfree import run_syncscore
-from trainers.runs import load_run
-from trainers.sync_table import POOL_NAMES, TABLE6_POOLS, sync_table
-from trainers.syncfree import SyncConfig, shifted_cosines
-from trainers.video_figure import score_figure, video_figure_data
+from featstore.trainers.figures import (
+    FigureError,
+    localization_bars,
+    localization_figure,
+    run_modality,
+)
+from featstore.trainers.kinds.syncfree import run_syncscore
+from featstore.trainers.runs import load_run
+from featstore.trainers.sync_table import POOL_NAMES, TABLE6_POOLS, sync_table
+from featstore.trainers.syncfree import SyncConfig, shifted_cosines
+from featstore.trainers.video_figure import score_figure, video_figure_data
 
 runner = CliRunner()
 AUDIO, VISUAL = "avhubert-a", "avhubert-v"  # registered names: Fig. 2 finds their modality

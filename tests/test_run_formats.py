@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from featstore.store import EncoderInfo, FeatureStore
-from trainers import kinds
-from trainers.evaluate import evaluate
-from trainers.runs import read_predictions
+from featstore.trainers import kinds
+from featstore.trainers.evaluate import evaluate
+from featstore.trainers.runs import read_predictions
 
 V1_PROBE: dict[str, Any] = {
     "kind": "probe",
@@ -308,14 +308,14 @@ def _ids() -> list[str]:
 
 
 def _probe_params(seed: int) -> Any:
-    from trainers.probe import ProbeParams
+    from featstore.trainers.probe import ProbeParams
 
     rng = np.random.default_rng(seed)
     return ProbeParams(w=rng.standard_normal(8), b=float(rng.normal()), l2_normalize=True)
 
 
 def test_probe(toy: FeatureStore, tmp_path: Path) -> None:
-    from trainers.probe import video_logit
+    from featstore.trainers.probe import video_logit
 
     params = _probe_params(1)
     path = _write(tmp_path / "probe", V1_PROBE, toy, params.to_state())
@@ -335,8 +335,8 @@ def test_probe(toy: FeatureStore, tmp_path: Path) -> None:
 
 
 def test_ntp(toy: FeatureStore, tmp_path: Path) -> None:
-    from trainers.ntp import NextFrameTransformer, NTPConfig, frame_errors
-    from trainers.sources import ArraySource
+    from featstore.trainers.ntp import NextFrameTransformer, NTPConfig, frame_errors
+    from featstore.trainers.sources import ArraySource
 
     torch.manual_seed(3)
     model = NextFrameTransformer(8, NTPConfig.from_dict(V1_NTP["hyperparameters"])).eval()
@@ -351,8 +351,8 @@ def test_ntp(toy: FeatureStore, tmp_path: Path) -> None:
 
 
 def test_sync(toy: FeatureStore, tmp_path: Path) -> None:
-    from trainers.pairs import load_pairs
-    from trainers.sync import SyncNet, net_to_state, score_pairs
+    from featstore.trainers.pairs import load_pairs
+    from featstore.trainers.sync import SyncNet, net_to_state, score_pairs
 
     torch.manual_seed(4)
     net = SyncNet(8, 8, proj_dim=4, hidden=(4,)).eval()
@@ -370,8 +370,8 @@ def test_sync(toy: FeatureStore, tmp_path: Path) -> None:
 def test_syncfree(toy: FeatureStore, tmp_path: Path, resample: float | None) -> None:
     """0.1 recorded no rates (``"frame_hz": null`` unless resampling): registered encoders
     declare theirs; other names cannot be upgraded, and the error says what to re-run."""
-    from trainers.pairs import load_pairs
-    from trainers.syncfree import PRESETS, syncscore
+    from featstore.trainers.pairs import load_pairs
+    from featstore.trainers.syncfree import PRESETS, syncscore
 
     with pytest.raises(kinds.RunFormatError, match="re-run `featstore syncscore"):
         kinds.load(_write(tmp_path / "unregistered", V1_SYNCFREE, toy))
@@ -392,8 +392,8 @@ def test_syncfree(toy: FeatureStore, tmp_path: Path, resample: float | None) -> 
 
 
 def test_fusion_of_old_probes(toy: FeatureStore, tmp_path: Path) -> None:
-    from trainers.fusion import fused_score
-    from trainers.probe import video_logit
+    from featstore.trainers.fusion import fused_score
+    from featstore.trainers.probe import video_logit
 
     params = [_probe_params(1), _probe_params(2)]
     path = tmp_path / "fusion"

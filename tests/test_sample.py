@@ -245,7 +245,7 @@ def test_overwrite_replaces_only_the_previous_sample(tmp_path: Path) -> None:
 def test_cli_make_prints_a_summary(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from cli.sample import app
+    from featstore.cli.sample import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["make", str(tmp_path / "s"), "--clips", "2", "--size", "96"])
@@ -261,7 +261,7 @@ def test_cli_make_json_and_the_deprecated_short_option(tmp_path: Path) -> None:
 
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from featstore.cli.main import app
 
     result = CliRunner().invoke(
         app, ["sample", "make", str(tmp_path / "s"), "-n", "2", "--size", "64", "--json"]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 
 from s3_server import BUCKET, s3  # noqa: F401  (a fixture)  # isort: skip
 
@@ -90,8 +90,8 @@ def test_s3_and_a_dask_cluster_end_to_end(tmp_path: Path, s3: dict, monkeypatch:
     from distributed import LocalCluster
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
-    from api.settings import RunSpec, Settings
+    from featstore.api.app import create_app
+    from featstore.api.settings import RunSpec, Settings
     from featstore.extract import extract
     from featstore.store import open_store
 

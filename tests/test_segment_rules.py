@@ -139,8 +139,8 @@ def test_shot_cuts_where_hsv_content_jumps() -> None:
 
 
 def test_cli_names_the_registered_detectors() -> None:
-    from cli.datasets import ASD_NAMES as CLI_NAMES
     from featstore.asd.detectors import ASD_NAMES, UnknownAsdError, load_detector
+    from featstore.cli.datasets import ASD_NAMES as CLI_NAMES
 
     assert CLI_NAMES == ASD_NAMES == ("talknet", "sync")
     with pytest.raises(UnknownAsdError, match="choose from talknet, sync"):

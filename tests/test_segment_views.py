@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
 from featstore import open_store
 from featstore.asd.analysis import VideoAnalysis
 from featstore.asd.facetracks import Track
+from featstore.cli.main import app
 from featstore.datasets import segments as seg_module
 from featstore.datasets.views import resolve_view
 from featstore.landmarks import FaceTracks

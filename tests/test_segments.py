@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from av1m_cases import AR_N, REFERENCE, make_case, official_tool, run_official  # isort: skip
-from trainers.metrics import MetricError
-from trainers.segments import (
+from featstore.trainers.metrics import MetricError
+from featstore.trainers.segments import (
     AR_IOU_THRESHOLDS,
     SEMANTICS,
     ResultFileError,

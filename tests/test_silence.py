@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.datasets import app
 from featstore import media, timebase
+from featstore.cli.datasets import app
 from featstore.errors import ManifestError, ReadOnlyStoreError
 from featstore.sample import clip_path, make_sample
 from featstore.silence import (
@@ -25,7 +25,7 @@ from featstore.silence import (
     measure_videos,
 )
 from featstore.store import EncoderInfo, open_store
-from trainers.pairs import load_pairs
+from featstore.trainers.pairs import load_pairs
 
 SR = timebase.SAMPLE_RATE_HZ
 VCODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"

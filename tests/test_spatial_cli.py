@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 from featstore.spatial import FrameHead
 
 from spatial_fixtures import CLICK_FRAMES, H, W, SpatialSetup, build, click_point  # isort: skip
@@ -143,8 +143,8 @@ def test_explain_clicks_against_hand_computed_errors(setup: SpatialSetup, tmp_pa
 def test_http_explain_spatial(setup: SpatialSetup, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
-    from api.settings import RunSpec, Settings
+    from featstore.api.app import create_app
+    from featstore.api.settings import RunSpec, Settings
 
     settings = Settings(store_url=setup.store, runs=(RunSpec("clip", setup.run_dir),))
     vid = setup.fakes[0]
@@ -185,8 +185,8 @@ def test_an_encoder_that_does_not_compute_the_stored_rows_is_refused(tmp_path: P
     from featstore.encoders import load_encoder
     from featstore.encoders.fsfm_tiny import save_tiny_checkpoint
     from featstore.spatial import SpatialError
-    from trainers.inputs import StoredFeature
-    from trainers.spatial import _check_encoder
+    from featstore.trainers.inputs import StoredFeature
+    from featstore.trainers.spatial import _check_encoder
 
     ckpt = str(save_tiny_checkpoint(tmp_path / "fsfm" / "checkpoint.pth"))
     stored = load_encoder("fsfm", ckpt).info(layers=["last"])  # what extraction recorded

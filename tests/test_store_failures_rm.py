@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
 from featstore import layout
+from featstore.cli.main import app
 from featstore.errors import StoreError, UnknownEncoderError
 from featstore.failures import collect_failures
 from featstore.removal import plan_removal, remove_encoder

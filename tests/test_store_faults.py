@@ -25,9 +25,9 @@ import pytest
 from typer.testing import CliRunner
 
 import featstore.writer as writer_mod
-from cli.main import app
 from featstore import layout
 from featstore.backend import CRASH_ENV, SimulatedCrash, inject_crash, writes_so_far
+from featstore.cli.main import app
 from featstore.errors import ManifestError, StoreError
 from featstore.maintenance import gc, summarize, verify
 from featstore.store import EncoderInfo, open_store

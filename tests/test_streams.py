@@ -1,4 +1,4 @@
-"""Trainers' lazy reads (trainers.streams): the rows store.video() gives, a Dask task per part
+"""Trainers' lazy reads (featstore.trainers.streams): the rows store.video() gives, a Dask task per part
 (a part with more than its share of a batch cut in a few)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 from featstore.maintenance import compact
 from featstore.store import EncoderInfo, open_store
 from featstore.synthetic import write_synthetic
-from trainers.data import FeatureKey
-from trainers.inputs import FEATURES, FeatureInput, InputSource
-from trainers.pairs import PairingError, pair_inputs, pair_rows
-from trainers.streams import PairSource, StoreReader, StoreSource
+from featstore.trainers.data import FeatureKey
+from featstore.trainers.inputs import FEATURES, FeatureInput, InputSource
+from featstore.trainers.pairs import PairingError, pair_inputs, pair_rows
+from featstore.trainers.streams import PairSource, StoreReader, StoreSource
 
 from s3_server import s3  # noqa: F401  (a fixture)  # isort: skip
 

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 from featstore.store import EncoderInfo, open_store
-from trainers.kinds import RunFormatError, load, score
-from trainers.kinds.sync import train as train_sync
-from trainers.metrics import auc, temporal_auc
-from trainers.runs import load_run
-from trainers.sync import (
+from featstore.trainers.kinds import RunFormatError, load, score
+from featstore.trainers.kinds.sync import train as train_sync
+from featstore.trainers.metrics import auc, temporal_auc
+from featstore.trainers.runs import load_run
+from featstore.trainers.sync import (
     SyncConfig,
     SyncError,
     SyncNet,
@@ -203,7 +203,7 @@ def test_best_weights_are_restored(fitted):
 
 def test_plateau_schedule_and_early_stopping(monkeypatch):
     """A validation loss that never improves: lr / 10 after 1 + 6 epochs, stop after 1 + 10."""
-    monkeypatch.setattr("trainers.sync._mean_loss", lambda *args: 1.0)
+    monkeypatch.setattr("featstore.trainers.sync._mean_loss", lambda *args: 1.0)
     train, config = (
         make_pairs(2, 6, lengths=(20, 30)),
         dataclasses.replace(SMALL, max_epochs=50, patience=10),
@@ -280,7 +280,9 @@ def write_store(root, *, silence: bool = False) -> str:
             vid = f"{split}/v{i:03d}"
             a, v = p.audio, p.visual
             if split == "train":
-                a = a[: a.shape[0] - 2]  # stored lengths differ: reconciled by trainers.pairs
+                a = a[
+                    : a.shape[0] - 2
+                ]  # stored lengths differ: reconciled by featstore.trainers.pairs
             rows.append(
                 {
                     "video_id": vid,
@@ -395,7 +397,7 @@ def test_trim_silence(tmp_path):
 
 
 def test_unreadable_run_and_reals_only(run_env, tmp_path):
-    from trainers.runs import save_run
+    from featstore.trainers.runs import save_run
 
     _, url, _ = run_env
     store = open_store(url)

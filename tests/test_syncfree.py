@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from featstore.store import EncoderInfo
-from trainers.kinds import score
-from trainers.kinds.syncfree import run_syncscore
-from trainers.metrics import auc, temporal_auc
-from trainers.pairs import PairedVideo
-from trainers.runs import load_run, read_frame_scores, read_predictions
-from trainers.syncfree import (
+from featstore.trainers.kinds import score
+from featstore.trainers.kinds.syncfree import run_syncscore
+from featstore.trainers.metrics import auc, temporal_auc
+from featstore.trainers.pairs import PairedVideo
+from featstore.trainers.runs import load_run, read_frame_scores, read_predictions
+from featstore.trainers.syncfree import (
     POOLS,
     PRESETS,
     SyncConfig,

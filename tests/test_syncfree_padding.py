@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from featstore.store import EncoderInfo
-from trainers.kinds import score
-from trainers.kinds.syncfree import run_syncscore
-from trainers.runs import load_run
-from trainers.syncfree import (
+from featstore.trainers.kinds import score
+from featstore.trainers.kinds.syncfree import run_syncscore
+from featstore.trainers.runs import load_run
+from featstore.trainers.syncfree import (
     PADDINGS,
     POOLS,
     PRESETS,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from featstore.timebase import segments_to_mask
-from trainers.metrics import MetricError
-from trainers.segments import iou_matrix, segment_ap, segment_ar, segment_iou
-from trainers.temporal import Segment, proposals_from_scores, scores_to_segments
+from featstore.trainers.metrics import MetricError
+from featstore.trainers.segments import iou_matrix, segment_ap, segment_ar, segment_iou
+from featstore.trainers.temporal import Segment, proposals_from_scores, scores_to_segments
 
 
 def test_segment_boundaries_in_seconds() -> None:

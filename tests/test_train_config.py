@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 from featstore.store import open_store
-from trainers.runs import load_run
+from featstore.trainers.runs import load_run
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
 

@@ -19,13 +19,13 @@ import torch
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-import cli.train
-from cli.main import app
+import featstore.cli.train
+from featstore.cli.main import app
 from featstore.datasets.protocols import grouped_holdout, video_groups
 from featstore.store import open_store
-from trainers.data import Selection
-from trainers.kinds.fitting import Holdout, hold_out
-from trainers.runs import load_run
+from featstore.trainers.data import Selection
+from featstore.trainers.kinds.fitting import Holdout, hold_out
+from featstore.trainers.runs import load_run
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
 
@@ -184,7 +184,7 @@ def test_video_groups_prefers_identity_then_source():
 
 def interrupt_after(monkeypatch, k: int) -> None:
     """A test hook: the epoch line's formatter raises KeyboardInterrupt (Ctrl-C) after epoch ``k``."""
-    line = cli.train.format_epoch
+    line = featstore.cli.train.format_epoch
 
     def hook(stats):
         text = line(stats)
@@ -192,7 +192,7 @@ def interrupt_after(monkeypatch, k: int) -> None:
             raise KeyboardInterrupt
         return text
 
-    monkeypatch.setattr(cli.train, "format_epoch", hook)
+    monkeypatch.setattr(featstore.cli.train, "format_epoch", hook)
 
 
 def test_interrupt_saves_the_best_run_and_resume_ends_as_uninterrupted(
@@ -303,7 +303,7 @@ def test_sigint_in_a_subprocess_saves_the_run(store_url, tmp_path):
     out = tmp_path / "sig"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [
-        sys.executable, "-m", "cli.main", "train", "probe", "--store", store_url,
+        sys.executable, "-m", "featstore.cli.main", "train", "probe", "--store", store_url,
         "--encoder", "enc", "--train", "solo", "--no-val", "--epochs", "1000000",
         "--checkpoint-every", "1", "--out", str(out), *FAST,
     ]  # fmt: skip
@@ -336,9 +336,9 @@ def test_sigint_in_a_subprocess_saves_the_run(store_url, tmp_path):
 
 
 def test_an_interrupt_before_any_epoch_saves_nothing_and_runs_say_if_interrupted(tmp_path):
-    from trainers.kinds.fitting import nothing_to_save
-    from trainers.runs import Run
-    from trainers.training import Interruption, TrainingInterrupted
+    from featstore.trainers.kinds.fitting import nothing_to_save
+    from featstore.trainers.runs import Run
+    from featstore.trainers.training import Interruption, TrainingInterrupted
 
     with pytest.raises(TrainingInterrupted) as caught:
         nothing_to_save(Interruption("SIGTERM", 0, 500))

@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 from featstore.store import open_store
-from trainers.runs import load_run
+from featstore.trainers.runs import load_run
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
 
@@ -359,7 +359,7 @@ def test_grid_config_errors_name_the_key(env, tmp_path):
 
 def test_help_does_not_import_torch():
     code = (
-        "import sys; from typer.testing import CliRunner; from cli.main import app; "
+        "import sys; from typer.testing import CliRunner; from featstore.cli.main import app; "
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
         "assert 'eval' in r.output and 'grid' in r.output and 'train' in r.output; "
         "print(sorted(m for m in ('torch', 'zarr', 'sklearn', 'matplotlib') if m in sys.modules))"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from featstore.errors import UnknownEncoderError, UnknownLayerError
-from trainers.data import (
+from featstore.trainers.data import (
     FeatureKey,
     Selection,
     SelectionError,
@@ -15,8 +15,8 @@ from trainers.data import (
     select,
     split_hash,
 )
-from trainers.evaluation_filter import FilterError
-from trainers.inputs import FEATURES, FeatureInput, InputSource
+from featstore.trainers.evaluation_filter import FilterError
+from featstore.trainers.inputs import FEATURES, FeatureInput, InputSource
 
 from trainer_fixtures import write_planted_dataset  # isort: skip
 

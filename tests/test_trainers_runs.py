@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from featstore.store import open_store
-from trainers.data import SelectionError
-from trainers.evaluate import evaluate
-from trainers.explain import explain_temporal
-from trainers.kinds import UnknownKindError, load, score
-from trainers.kinds.probe import train as train_probe
-from trainers.probe import ProbeConfig
-from trainers.runs import (
+from featstore.trainers.data import SelectionError
+from featstore.trainers.evaluate import evaluate
+from featstore.trainers.explain import explain_temporal
+from featstore.trainers.kinds import UnknownKindError, load, score
+from featstore.trainers.kinds.probe import train as train_probe
+from featstore.trainers.probe import ProbeConfig
+from featstore.trainers.runs import (
     FORMAT,
     IncompleteRunError,
     RunError,

@@ -19,17 +19,17 @@ import numpy as np
 import pytest
 import torch
 
-from trainers.checkpoints import (
+from featstore.trainers.checkpoints import (
     CheckpointError,
     checkpoint_epoch,
     load_checkpoint,
     save_checkpoint,
 )
-from trainers.ntp import NTPConfig, fit_ntp
-from trainers.probe import ProbeConfig, fit_probe
-from trainers.sources import ArraySource
-from trainers.sync import SyncConfig, fit_sync
-from trainers.training import (
+from featstore.trainers.ntp import NTPConfig, fit_ntp
+from featstore.trainers.probe import ProbeConfig, fit_probe
+from featstore.trainers.sources import ArraySource
+from featstore.trainers.sync import SyncConfig, fit_sync
+from featstore.trainers.training import (
     EarlyStopping,
     StateFunctions,
     TrainingControl,
@@ -314,8 +314,8 @@ def test_probe_resume_equals_an_uninterrupted_fit(tmp_path, options):
 def test_probe_steps_state_round_trips_through_a_checkpoint(tmp_path, steps_type):
     """Both step engines (compiled CPU loop, torch ops for other devices): a state saved,
     written, read and loaded into fresh steps goes on exactly as the original does."""
-    from trainers import probe_step
-    from trainers.probe import _pack
+    from featstore.trainers import probe_step
+    from featstore.trainers.probe import _pack
 
     arrays, labels = probe_arrays(2, 12)
     packed = _pack(arrays, np.asarray(labels), half=False, l2_normalize=True)
@@ -394,7 +394,7 @@ def test_sync_resume_equals_an_uninterrupted_fit_with_its_plateau_schedule(tmp_p
 
 
 # ----------------------------------------------------------------------------- streamed reads
-# cache_bytes=0 streams every batch from the source (trainers.memory): a streamed fit,
+# cache_bytes=0 streams every batch from the source (featstore.trainers.memory): a streamed fit,
 # interrupted and resumed (streamed, or cached: the budget is no part of the training),
 # ends with the weights and history of an uninterrupted fit held in memory.
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from featstore.cli.main import app
 from featstore.datasets import add_view, set_default_view
 from featstore.store import open_store
-from trainers.data import (
+from featstore.trainers.data import (
     Selection,
     SelectionError,
     default_val,

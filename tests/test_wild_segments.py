@@ -13,8 +13,8 @@ pytest.importorskip("dlib")
 pytest.importorskip("cv2")
 pytest.importorskip("silero_vad")
 
-from cli.main import app
 from featstore import open_store
+from featstore.cli.main import app
 from featstore.crops import load_tracks
 from featstore.datasets.segments import SOURCES_ATTR
 

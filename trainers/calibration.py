@@ -1,6 +1,6 @@
 """Frame thresholds learnt when a run is trained, and the card that records them.
 
-A run's per-frame scores are read through :class:`~trainers.localization.SegmentRules`
+A run's per-frame scores are read through :class:`~featstore.trainers.localization.SegmentRules`
 (smoothing, merging, minimum length) at a frame threshold. The paper reads
 them at 0; that flags fragments on real videos and misses most fakes of a
 probe whose video logit (a log-sum-exp) is positive while every frame logit
@@ -49,12 +49,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.localization import DEFAULT_RULES, PAPER_RULES, SegmentRules, find_segments, smooth
-from trainers.localization_metrics import SEGMENT_IOU, localization_scores
-from trainers.metrics import MetricError
+from featstore.trainers.localization import (
+    DEFAULT_RULES,
+    PAPER_RULES,
+    SegmentRules,
+    find_segments,
+    smooth,
+)
+from featstore.trainers.localization_metrics import SEGMENT_IOU, localization_scores
+from featstore.trainers.metrics import MetricError
 
 if TYPE_CHECKING:
-    from trainers.runs import Scored
+    from featstore.trainers.runs import Scored
 
 log = logging.getLogger(__name__)
 

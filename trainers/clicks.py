@@ -13,7 +13,7 @@ clicks on every clicked frame); per threshold ``tau`` of the curve, the mean and
 standard deviation over the fake videos whose score is ``>= tau``, and their
 number. Every method is evaluated on the same videos at each threshold.
 
-Pure functions on arrays and frames; :mod:`trainers.clicks_eval` reads the store
+Pure functions on arrays and frames; :mod:`featstore.trainers.clicks_eval` reads the store
 and runs the explainer.
 
 >>> click_errors(np.array([[0.5, 0.5]]), np.array([[0.6, 0.3]])).round(3).tolist()

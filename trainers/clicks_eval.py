@@ -2,12 +2,12 @@
 
 For every fake video of the selection that has clicks (ExDDV's ``annotations``
 in the manifest), the run's spatial map is computed on each clicked frame
-(:mod:`trainers.spatial`) and its maximum compared with every click on that
+(:mod:`featstore.trainers.spatial`) and its maximum compared with every click on that
 frame; the same clicks are compared with the baselines, in the same run: a
 random position (seeded), the frame centre, the face centre (the centre of the
 store's cached face box on that frame; videos without cached tracks have none,
 unless ``track_faces``), and any predictions file of ``(video_id, frame, x, y)``
-(e.g. the click model of ExDDV). The numbers are :mod:`trainers.clicks`'; this
+(e.g. the click model of ExDDV). The numbers are :mod:`featstore.trainers.clicks`'; this
 module reads the store and the media and writes:
 
 - ``clicks.csv``: one row per click (its frames, the click, the map's peak, every
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from trainers.clicks import (
+from featstore.trainers.clicks import (
     CENTRE,
     DEFAULT_THRESHOLDS,
     FACE,
@@ -53,12 +53,12 @@ from trainers.clicks import (
     random_points,
     video_errors,
 )
-from trainers.data import Selection
+from featstore.trainers.data import Selection
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
-    from trainers.kinds import Detector
-    from trainers.spatial_plots import Panel
+    from featstore.trainers.kinds import Detector
+    from featstore.trainers.spatial_plots import Panel
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,8 @@ def evaluate_clicks(
 ) -> ClicksResult:
     """Explain the clicked frames of the selection's fake videos and score them against the
     clicks and the baselines; write the tables and figures to ``out_dir``."""
-    from trainers.kinds import probability
-    from trainers.spatial import load_explaining
+    from featstore.trainers.kinds import probability
+    from featstore.trainers.spatial import load_explaining
 
     sel = Selection.parse(on, default_split="test")
     explaining = load_explaining(
@@ -239,8 +239,8 @@ def _video_clicks(
     from featstore.crops import load_tracks
     from featstore.media import probe
     from featstore.spatial.geometry import long_side_hw
-    from trainers.spatial import explain_frames, frames_of_rows, media_path, video_tracks
-    from trainers.spatial_plots import Panel
+    from featstore.trainers.spatial import explain_frames, frames_of_rows, media_path, video_tracks
+    from featstore.trainers.spatial_plots import Panel
 
     path = media_path(store, dataset, video_id, media_root=media_root)
     info = probe(path).video
@@ -332,7 +332,7 @@ def _write(
     mae: pd.DataFrame,
     panels: list[tuple[float, Panel]],
 ) -> list[Path]:
-    from trainers.spatial_plots import clicks_grid_png, mae_curve_png
+    from featstore.trainers.spatial_plots import clicks_grid_png, mae_curve_png
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ client puts the partitions back together in selection order. Partitions
 start at multiples of the kind's ``score_batch_videos``, so every video is
 scored in the same batch as in a local run and the numbers are the same to
 the bit. (``featstore grid`` and ``featstore layers`` send a grid cell or a
-layer pair per task: ``trainers.grid``, ``trainers.layers``.)
+layer pair per task: ``featstore.trainers.grid``, ``featstore.trainers.layers``.)
 
 Resume: with a ``resume_dir``, every finished partition is saved there
 (``<selection slug>-<fingerprint>/NNNNN.npz``, no pickle) and a re-run of the
@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.data import Selection, split_hash
-from trainers.runs import RunError, Scored
+from featstore.trainers.data import Selection, split_hash
+from featstore.trainers.runs import RunError, Scored
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
-    from trainers.kinds.base import Detector
+    from featstore.trainers.kinds.base import Detector
 
 log = logging.getLogger(__name__)
 

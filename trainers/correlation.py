@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from featstore.errors import FeatstoreError
-from trainers.fusion import late_fusion
+from featstore.trainers.fusion import late_fusion
 
 __all__ = [
     "METRICS",

@@ -6,9 +6,9 @@ of its view ``av1m-real`` (``featstore.datasets.views``: one import, many
 protocols), ``NAME@official:SPLIT`` the dataset's own ``split`` column and
 ``NAME:*`` every video of the view. A *feature* is ``ENCODER[:LAYER]``
 (``wav2vec2:last``, ``avhubert-a:12``). ``select`` turns both into the
-manifest rows that have committed features; ``trainers.inputs`` builds
-detectors' inputs (feature sets) on top and ``trainers.streams`` serves them
-to the numeric cores (``StoreSource``, a ``trainers.sources.VideoSource``).
+manifest rows that have committed features; ``featstore.trainers.inputs`` builds
+detectors' inputs (feature sets) on top and ``featstore.trainers.streams`` serves them
+to the numeric cores (``StoreSource``, a ``featstore.trainers.sources.VideoSource``).
 
 >>> Selection.parse("av1m:test"), Selection.parse("favc", default_split="train")
 (Selection(dataset='av1m', split='test', videos=None, view=None), Selection(dataset='favc', split='train', videos=None, view=None))
@@ -29,7 +29,7 @@ import numpy as np
 
 from featstore.errors import FeatstoreError, StoreError
 from featstore.layout import LAST, Layer, layer_key, normalize_layer
-from trainers.evaluation_filter import EVALUATION_ATTR, evaluated, paper_mask
+from featstore.trainers.evaluation_filter import EVALUATION_ATTR, evaluated, paper_mask
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -159,7 +159,7 @@ def _preview(ids: Sequence[str]) -> str:
 
 
 def evaluation_mask(manifest: pd.DataFrame, attrs: dict[str, Any] | None = None) -> np.ndarray:
-    """The paper filter's rows (``trainers.evaluation_filter.paper_mask``; kept for callers
+    """The paper filter's rows (``featstore.trainers.evaluation_filter.paper_mask``; kept for callers
     of the older name). Commands choose a filter with ``evaluation_filter.evaluated``."""
     return paper_mask(manifest, attrs)
 
@@ -204,7 +204,7 @@ def select(
     The selection's view (``featstore.datasets.views``; the dataset's default
     view when it names none) says which videos are in which split.
     ``fakes`` (``paper`` or ``all``) keeps the rows that evaluation filter
-    counts (``trainers.evaluation_filter.evaluated``, with the view's policy;
+    counts (``featstore.trainers.evaluation_filter.evaluated``, with the view's policy;
     ``None``: no filter), ``real_only`` keeps label-0 rows (anomaly detectors). Rows
     without features are an error naming a few of them, or with
     ``allow_missing`` a warning. The result keeps manifest order, has a fresh

@@ -1,9 +1,9 @@
 """A scikit-learn estimator over the linear probe (paper Eq. 1), for notebooks.
 
 ``X`` is a list of per-video feature arrays ``[T_i, D]`` (videos differ in
-length), ``y`` one label per video. Fitting runs :func:`trainers.probe.fit_probe`
+length), ``y`` one label per video. Fitting runs :func:`featstore.trainers.probe.fit_probe`
 (the authors' loop, defaults included) on those arrays; scoring runs
-:func:`trainers.probe.score_source`. Parameters are :class:`ProbeConfig`'s
+:func:`featstore.trainers.probe.score_source`. Parameters are :class:`ProbeConfig`'s
 fields plus ``validation_fraction`` (a seeded, stratified share of the
 training videos held out for early stopping; ``None``: no early stopping,
 as ``fit_probe`` without validation). ``get_params`` / ``set_params`` come from
@@ -32,7 +32,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from trainers.probe import (
+from featstore.trainers.probe import (
     ProbeConfig,
     ProbeError,
     ProbeParams,
@@ -41,7 +41,7 @@ from trainers.probe import (
     probability,
     score_source,
 )
-from trainers.sources import ArraySource
+from featstore.trainers.sources import ArraySource
 
 __all__ = ["ProbeClassifier"]
 

@@ -1,7 +1,7 @@
 """Evaluating runs on stored datasets: metrics, late fusion and correlation (thin shells).
 
 - ``evaluate``: video-level AUC / AP / EER on the videos the evaluation
-  filter counts (``trainers.evaluation_filter``: ``fakes="paper"``, the
+  filter counts (``featstore.trainers.evaluation_filter``: ``fakes="paper"``, the
   default, keeps reals and the fakes with both modalities manipulated where
   the dataset says so; ``"all"`` every fake), temporal AUC over the evaluated
   fake videos with annotated segments (paper Sec. 5.2), and AV-Deepfake1M's
@@ -16,7 +16,7 @@
 All three take the same ``fakes`` filter and record it with its counts, so a
 run gives the same numbers on the same videos whichever of them computes them.
 
-Runs of every kind are scored through ``trainers.kinds`` (``load(run)``, then
+Runs of every kind are scored through ``featstore.trainers.kinds`` (``load(run)``, then
 the detector's ``score_selection``): nothing here knows what a kind is.
 """
 
@@ -31,17 +31,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.data import AUTO, Auto, Selection, split_hash
-from trainers.evaluation_filter import PAPER, check_fakes, evaluated, filter_record
-from trainers.kinds import Detector, load
-from trainers.metrics_file import save_metrics
-from trainers.runs import Run, RunError, Scored, write_predictions
+from featstore.trainers.data import AUTO, Auto, Selection, split_hash
+from featstore.trainers.evaluation_filter import PAPER, check_fakes, evaluated, filter_record
+from featstore.trainers.kinds import Detector, load
+from featstore.trainers.metrics_file import save_metrics
+from featstore.trainers.runs import Run, RunError, Scored, write_predictions
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
-    from trainers.cluster import TaskProgress
-    from trainers.localization import Localization, SegmentRules
-    from trainers.runcard import RunCard
+    from featstore.trainers.cluster import TaskProgress
+    from featstore.trainers.localization import Localization, SegmentRules
+    from featstore.trainers.runcard import RunCard
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _detector(run: RunLike) -> Detector:
 
 
 def _mask(scored: Scored, fakes: str) -> np.ndarray:
-    """``[N]`` the scored videos ``fakes`` counts (``trainers.evaluation_filter.evaluated``)."""
+    """``[N]`` the scored videos ``fakes`` counts (``featstore.trainers.evaluation_filter.evaluated``)."""
     return evaluated(scored.manifest, fakes, scored.manifest.attrs)
 
 
@@ -74,7 +74,7 @@ def _temporal(scored: Scored, mask: np.ndarray, fakes: str) -> dict[str, Any] | 
     ``mask`` is the video-level metrics' evaluation mask, so the localization
     score covers the same fakes as AUC/AP (paper Sec. 5.2).
     """
-    from trainers.metrics import MetricError, temporal_auc
+    from featstore.trainers.metrics import MetricError, temporal_auc
 
     if scored.frame_scores is None or not scored.frame_hz:
         return None
@@ -103,7 +103,7 @@ def _temporal(scored: Scored, mask: np.ndarray, fakes: str) -> dict[str, Any] | 
 
 def _localize(scored: Scored, rules: SegmentRules) -> list[Localization] | None:
     """Each video's segments and proposals under ``rules`` (None: no per-frame scores)."""
-    from trainers.localization import localize
+    from featstore.trainers.localization import localize
 
     if scored.frame_scores is None or not scored.frame_hz:
         return None
@@ -122,9 +122,9 @@ def _localization(
     Over every evaluated video, reals included (as the official evaluation
     runs over its whole metadata file, here the one the filter ``mask``
     selects, as for AUC/AP); ``semantics`` is ``"official"`` (the tool's) or
-    ``"corrected"`` (``trainers.segments``), recorded beside the numbers.
+    ``"corrected"`` (``featstore.trainers.segments``), recorded beside the numbers.
     """
-    from trainers.segments import check_semantics, localization_metrics
+    from featstore.trainers.segments import check_semantics, localization_metrics
 
     check_semantics(semantics)
     if found is None:
@@ -152,7 +152,7 @@ def _at_threshold(
 ) -> dict[str, Any] | None:
     """Frame F1 / IoU and segment precision / recall at IoU 0.5 of the segments at the
     frame threshold, over the evaluated videos (None: no annotated segment or frames)."""
-    from trainers.localization_metrics import localization_scores
+    from featstore.trainers.localization_metrics import localization_scores
 
     segments = scored.fake_segments()
     if found is None or not any(s for s, keep in zip(segments, mask, strict=True) if keep):
@@ -198,7 +198,7 @@ def _duration(scored: Scored) -> dict[str, Any] | None:
 def _binary(
     labels: np.ndarray, scores: np.ndarray, *, ci: bool, n_resamples: int
 ) -> dict[str, Any]:
-    from trainers.metrics import binary_metrics
+    from featstore.trainers.metrics import binary_metrics
 
     return binary_metrics(labels, scores, ci=ci, n_resamples=n_resamples).to_dict()
 
@@ -233,7 +233,7 @@ def scored_metrics(
     the temporal AUC, AP/AR and the at-threshold scores alike; ``metrics``
     records it (``fakes``) and its counts (``filter``).
     """
-    from trainers.localization import PAPER_RULES
+    from featstore.trainers.localization import PAPER_RULES
 
     rules = PAPER_RULES if rules is None else rules
     fakes = check_fakes(fakes)
@@ -298,7 +298,7 @@ class Evaluation:
 def windowed_scores(
     detector: Detector, store: FeatureStore, selection: Selection
 ) -> tuple[Scored, dict[str, np.ndarray]]:
-    """``detector.score_windows`` as a cluster scorer (``trainers.cluster``): the scores
+    """``detector.score_windows`` as a cluster scorer (``featstore.trainers.cluster``): the scores
     and ``windowed`` ``[n]`` (whether each video was scored in windows)."""
     scored, results = detector.score_windows(store, selection)
     return scored, {"windowed": np.array([bool(r.windowed) for r in results], dtype=bool)}
@@ -402,17 +402,17 @@ def evaluate(
     Segments (``at_threshold``: frame F1 / IoU, segment precision / recall at
     IoU 0.5; the AP/AR proposals; ``predictions/*.segments.json``) follow the
     run's card: its calibrated frame threshold and post-processing
-    (``trainers.calibration``), each overridable (``threshold``: a number or
+    (``featstore.trainers.calibration``), each overridable (``threshold``: a number or
     a name of the card, e.g. ``"paper"``). Videos are scored whole, as the
     paper does; ``windows=True`` scores longer ones in windows of the
-    training length (``trainers.windows``, recorded under ``windows``).
+    training length (``featstore.trainers.windows``, recorded under ``windows``).
     Videos shorter than the kind's minimum are left out and listed
     (``too_short``); ``duration`` is the correlation of real videos' scores
     with their length.
 
     ``run_dir`` is a run directory of any kind or a loaded detector. Writes
     ``metrics.json`` (under the key ``NAME:SPLIT``, ``NAME:SPLIT|fakes=all``
-    for the ``all`` filter: ``trainers.metrics_file``) and
+    for the ``all`` filter: ``featstore.trainers.metrics_file``) and
     ``predictions/NAME_SPLIT.*`` into the run unless ``write=False`` (or the
     detector has no run directory); returns
     the metrics dict: ``binary`` (AUC, AP, EER, optional 95 % CIs),
@@ -421,7 +421,7 @@ def evaluate(
 
     ``cluster`` (``"local"``, ``"tcp://HOST:PORT"`` or a ``distributed.Client``)
     scores the videos on Dask, a partition of videos per task
-    (``trainers.cluster``), to the same numbers; an interrupted run resumes
+    (``featstore.trainers.cluster``), to the same numbers; an interrupted run resumes
     from the partitions it finished (kept in the run directory until done).
     """
     fakes = check_fakes(fakes)  # before scoring: a typo fails at once
@@ -433,7 +433,7 @@ def evaluate(
     scored = None
     n_windowed = None
     if cluster is not None:
-        from trainers.cluster import PARTITIONS, score_on_cluster
+        from featstore.trainers.cluster import PARTITIONS, score_on_cluster
 
         resume = None
         if write and detector.run is not None:
@@ -471,7 +471,7 @@ def evaluate(
     if write and detector.run is not None:
         record(detector.run, result)
         if cluster is not None:
-            from trainers.cluster import PARTITIONS, clear_partitions
+            from featstore.trainers.cluster import PARTITIONS, clear_partitions
 
             clear_partitions(detector.run.path / PARTITIONS, result.selection)
     return result.metrics
@@ -486,8 +486,8 @@ def _fusion(
     how: str = "intersect",
     weights: Sequence[float] | None = None,
 ) -> Any:
-    """The runs as one in-memory fusion (``trainers.kinds.fusion``)."""
-    from trainers.kinds.fusion import in_memory
+    """The runs as one in-memory fusion (``featstore.trainers.kinds.fusion``)."""
+    from featstore.trainers.kinds.fusion import in_memory
 
     detectors = [_detector(r) for r in run_dirs]
     if len(detectors) < 2:
@@ -520,8 +520,8 @@ def fuse(
     ``calibrate_on`` (``AUTO``: the validation selection all members were
     trained with, when they share one).
     """
-    from trainers.kinds import fusion as fusion_kind
-    from trainers.runs import check_writable
+    from featstore.trainers.kinds import fusion as fusion_kind
+    from featstore.trainers.runs import check_writable
 
     fusion = _fusion(run_dirs, "fusion", how, weights)
     if out is not None:
@@ -597,9 +597,9 @@ def correlate(
     """
     import json
 
-    from trainers.correlation import pearson_matrix, relative_improvement
-    from trainers.figures import filter_text, short_labels
-    from trainers.plots import heatmap_png
+    from featstore.trainers.correlation import pearson_matrix, relative_improvement
+    from featstore.trainers.figures import filter_text, short_labels
+    from featstore.trainers.plots import heatmap_png
 
     fakes = check_fakes(fakes)
     fusion = _fusion(run_dirs, "correlation")

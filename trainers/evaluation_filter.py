@@ -12,7 +12,7 @@ whichever command computes them:
 - ``paper`` (the default): reals + both-modified fakes where the dataset says
   which. A view whose protocol already composed the evaluation set (the
   authors' AV1M test) or a manifest imported with ``evaluation = "all"``
-  keeps every row (``trainers.data.select`` records that policy in the
+  keeps every row (``featstore.trainers.data.select`` records that policy in the
   selected frame's attrs).
 - ``all``: every fake counts.
 

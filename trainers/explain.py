@@ -3,7 +3,7 @@
 The per-frame scores ``s_t`` of a run of any kind (a probe's logits, the ntp
 / sync / syncfree runs' frame scores, a fusion's fused frame scores) and the
 fake segments they imply under the run's segment rules (its calibrated frame
-threshold, smoothing, merging, minimum length: ``trainers.localization``;
+threshold, smoothing, merging, minimum length: ``featstore.trainers.localization``;
 the threshold can be given by name or number), in seconds, beside the
 annotated segments.
 
@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.data import Selection
-from trainers.kinds import Detector, load
-from trainers.runs import Run, RunError
+from featstore.trainers.data import Selection
+from featstore.trainers.kinds import Detector, load
+from featstore.trainers.runs import Run, RunError
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
-    from trainers.localization import LocalSegment, SegmentRules
+    from featstore.trainers.localization import LocalSegment, SegmentRules
 
 __all__ = ["TemporalExplanation", "explain_temporal"]
 
@@ -86,7 +86,7 @@ def explain_temporal(
     ``threshold``: the frame threshold, a number or a name of the run's card
     (None: the run's own); the run's post-processing applies.
     """
-    from trainers.localization import localize
+    from featstore.trainers.localization import localize
 
     detector = run_dir if isinstance(run_dir, Detector) else load(run_dir)
     scored = detector.score_selection(store, Selection.of_videos(dataset, [video_id]))
@@ -106,7 +106,7 @@ def explain_temporal(
     times = np.arange(len(frames), dtype=np.float64) / frame_hz  # [T]
     png = None
     if out_png is not None:
-        from trainers.plots import temporal_png
+        from featstore.trainers.plots import temporal_png
 
         label = int(rows["label"].iloc[0])
         png = temporal_png(

@@ -4,7 +4,7 @@
 localization AUC (solid bar) beside the video-level AUC (hatched bar) of one
 test set, read from the runs' ``metrics.json`` (``featstore eval`` wrote
 them), coloured by the modality of the features the run reads. Fig. 3 (one
-video) is ``trainers.video_figure``.
+video) is ``featstore.trainers.video_figure``.
 
 Figures are drawn for a paper column (``COLUMN_WIDTH_IN``, 7 pt text) and
 saved as PNG, PDF or SVG by the path's suffix; the caption states what was
@@ -31,7 +31,7 @@ from featstore.errors import FeatstoreError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from trainers.runs import Run
+    from featstore.trainers.runs import Run
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,8 @@ def short_labels(names: Sequence[str]) -> tuple[list[str], str]:
 
 def filter_text(fakes: str) -> str:
     """What a result's ``fakes`` field (``paper`` or ``all``; older records' spellings too)
-    means, for captions (``trainers.evaluation_filter.describe``)."""
-    from trainers.evaluation_filter import FilterError, describe
+    means, for captions (``featstore.trainers.evaluation_filter.describe``)."""
+    from featstore.trainers.evaluation_filter import FilterError, describe
 
     try:
         return describe(fakes)
@@ -212,10 +212,10 @@ def localization_bars(
 ) -> list[LocalizationBar]:
     """Each run's stored metrics on ``selection`` (``NAME[:SPLIT]``) under the evaluation
     filter ``fakes`` (``paper`` or ``all``) as a Fig. 2 bar."""
-    from trainers.data import Selection
-    from trainers.evaluation_filter import PAPER, check_fakes
-    from trainers.metrics_file import find_metrics
-    from trainers.runs import Run, load_run
+    from featstore.trainers.data import Selection
+    from featstore.trainers.evaluation_filter import PAPER, check_fakes
+    from featstore.trainers.metrics_file import find_metrics
+    from featstore.trainers.runs import Run, load_run
 
     fakes = check_fakes(fakes)
 
@@ -269,7 +269,7 @@ def localization_bars(
 def _temporal_filter(temporal: Mapping[str, Any]) -> str:
     """The filter a stored temporal AUC used (``paper``/``all``; older records said which
     in other words, and the oldest counted every fake without saying so)."""
-    from trainers.evaluation_filter import recorded_fakes
+    from featstore.trainers.evaluation_filter import recorded_fakes
 
     if "fakes" not in temporal:
         return "all fakes (unfiltered, older metrics)"

@@ -23,7 +23,7 @@ encoder = "wav2vec2"
 layer = "last"                   # default "last"
 label = "Wav2Vec2"               # optional row label
 
-[probe]                          # optional: trainers.probe.ProbeConfig fields
+[probe]                          # optional: featstore.trainers.probe.ProbeConfig fields
 max_epochs = 100
 ```
 
@@ -35,7 +35,7 @@ the default, or ``all``, as every command's ``--fakes``; ``run_grid``'s
 interrupted grid resumes where it stopped. Results go to ``out/results.csv``,
 ``out/grid.{md,csv,json}`` (a row per feature and training set) and the
 paper's layout, ``out/grid_paper_auc.*`` (Tab. 2) and ``out/grid_paper_ap.*``
-(Tab. 4), with column J as the paper averages it (``trainers.report``).
+(Tab. 4), with column J as the paper averages it (``featstore.trainers.report``).
 """
 
 from __future__ import annotations
@@ -54,16 +54,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featstore.errors import FeatstoreError
-from trainers.data import FeatureKey, Selection, has_split, select, split_hash
-from trainers.evaluation_filter import FAKES, PAPER, FilterError, check_fakes
-from trainers.metrics_file import find_metrics
-from trainers.report import GridResult, grid_table, write_paper_grids
-from trainers.runs import Run, is_complete, load_run
+from featstore.trainers.data import FeatureKey, Selection, has_split, select, split_hash
+from featstore.trainers.evaluation_filter import FAKES, PAPER, FilterError, check_fakes
+from featstore.trainers.metrics_file import find_metrics
+from featstore.trainers.report import GridResult, grid_table, write_paper_grids
+from featstore.trainers.runs import Run, is_complete, load_run
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
-    from trainers.probe import EpochStats, ProbeConfig
-    from trainers.report import GridTable
+    from featstore.trainers.probe import EpochStats, ProbeConfig
+    from featstore.trainers.report import GridTable
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class GridConfig:
     def probe_config(self) -> ProbeConfig:
         import dataclasses
 
-        from trainers.probe import ProbeConfig
+        from featstore.trainers.probe import ProbeConfig
 
         _unknown(self.probe, {f.name for f in dataclasses.fields(ProbeConfig)}, "probe.")
         try:
@@ -305,8 +305,8 @@ def _check_reused(
     run: Run, feature: GridFeature, train_hash: str, hyper: Mapping[str, Any]
 ) -> None:
     """A complete run found where the grid would train one must be that very probe."""
-    from trainers.kinds import load
-    from trainers.kinds.probe import ProbeDetector
+    from featstore.trainers.kinds import load
+    from featstore.trainers.kinds.probe import ProbeDetector
 
     problems = []
     detector = load(run)
@@ -364,7 +364,7 @@ def train_probe_files(
 ) -> dict[str, bytes]:
     """A cluster task: train one probe in a scratch folder of the worker and return its
     files (``{relative path: bytes}``), which the client writes into the grid's ``out``."""
-    from trainers.kinds import probe
+    from featstore.trainers.kinds import probe
 
     with tempfile.TemporaryDirectory(prefix="featstore-grid-") as tmp:
         run = probe.train(
@@ -386,7 +386,7 @@ def train_probe_files(
 
 def _write_run(run_dir: Path, files: Mapping[str, bytes]) -> Run:
     """A run directory from a task's files: an incomplete one there is replaced, config last."""
-    from trainers.runs import CONFIG
+    from featstore.trainers.runs import CONFIG
 
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -423,8 +423,8 @@ def run_grid(
     """
     from featstore import open_store
     from featstore.cluster import Tasks, check_cluster, connect
-    from trainers.evaluate import evaluation, record
-    from trainers.kinds import load
+    from featstore.trainers.evaluate import evaluation, record
+    from featstore.trainers.kinds import load
 
     fakes = None if fakes is None else check_fakes(fakes)  # before training: a typo fails at once
     if cluster is not None:
@@ -597,7 +597,7 @@ def _train_here(
     allow_missing: bool,
 ) -> Run:
     """Train one probe in this process, straight into its run directory (epochs reported)."""
-    from trainers.kinds import probe
+    from featstore.trainers.kinds import probe
 
     label, name = cell.feature.label, cell.dataset.name
     emit(GridEvent("train", label, name, run_dir=cell.run_dir))

@@ -16,7 +16,7 @@
 :func:`select_videos` picks the manifest rows that have every feature of a
 detector, :func:`read_video` reads one video's rows, and :class:`InputSource`
 serves an input of many videos to the numeric cores as a ``VideoSource``,
-video by video (the trainers read through ``trainers.streams.StoreSource``,
+video by video (the trainers read through ``featstore.trainers.streams.StoreSource``,
 a Dask graph per batch; ``InputSource`` is the baseline of ``bench/source.py``).
 
 >>> parse_feature_set("avhubert-a+avhubert-v:12")
@@ -35,7 +35,7 @@ import numpy as np
 
 from featstore import timebase
 from featstore.layout import Layer, layer_key, normalize_layer
-from trainers.data import FeatureKey, Selection, SelectionError, select
+from featstore.trainers.data import FeatureKey, Selection, SelectionError, select
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -356,7 +356,7 @@ def select_videos(
 ) -> pd.DataFrame:
     """Manifest rows of ``selection`` with committed features for every key.
 
-    Missing features are an error (as :func:`trainers.data.select` reports
+    Missing features are an error (as :func:`featstore.trainers.data.select` reports
     them, naming the first feature a video lacks) unless ``allow_missing``,
     which keeps the videos that have them all. Manifest order and attrs are kept.
     """

@@ -8,7 +8,7 @@ default: every layer stored for both encoders, paired by equal index
 instead holds that side fixed and sweeps every stored layer of the other.
 
 Metrics count the videos of the evaluation filter ``fakes``
-(``trainers.evaluation_filter``: ``paper``, the default, keeps reals and the
+(``featstore.trainers.evaluation_filter``: ``paper``, the default, keeps reals and the
 fakes with both modalities manipulated where known; ``all`` every fake), as
 every command's ``--fakes`` does: the same filter gives the same numbers as
 ``syncscore`` (and ``eval`` of its run) on that layer pair.
@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featstore.layout import Layer, layer_key
-from trainers.data import FeatureKey, Selection, SelectionError
-from trainers.evaluation_filter import PAPER, check_fakes
-from trainers.metrics import binary_metrics
-from trainers.pairs import select_pairs
-from trainers.syncfree import SyncConfig
+from featstore.trainers.data import FeatureKey, Selection, SelectionError
+from featstore.trainers.evaluation_filter import PAPER, check_fakes
+from featstore.trainers.metrics import binary_metrics
+from featstore.trainers.pairs import select_pairs
+from featstore.trainers.syncfree import SyncConfig
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
@@ -131,10 +131,10 @@ def layer_result(
 ) -> LayerResult:
     """Eq. 3's metrics on one (audio layer, visual layer) pair: one task of a sweep.
 
-    A ``syncfree`` detector (``trainers.kinds.syncfree``) scores the videos
+    A ``syncfree`` detector (``featstore.trainers.kinds.syncfree``) scores the videos
     the evaluation filter ``fakes`` counts, one video in memory at a time.
     """
-    from trainers.kinds import syncfree
+    from featstore.trainers.kinds import syncfree
 
     detector = syncfree.detector(
         store, sel.dataset, audio, visual, config=config, frame_hz=frame_hz
@@ -183,7 +183,7 @@ def sweep_layers(
     it stopped. ``on_layer`` hears each pair as it finishes (reused ones first).
     """
     from featstore.cluster import Tasks, check_cluster, connect
-    from trainers.cluster import PARTITIONS, fingerprint
+    from featstore.trainers.cluster import PARTITIONS, fingerprint
 
     fakes = check_fakes(fakes)
     if cluster is not None:
@@ -271,8 +271,8 @@ def _write_json(path: Path, doc: Any) -> None:
 
 
 def _write(sweep: LayerSweep, out: Path, plot_format: str) -> dict[str, Path]:
-    from trainers.figures import filter_text
-    from trainers.plots import layers_png
+    from featstore.trainers.figures import filter_text
+    from featstore.trainers.plots import layers_png
 
     out.mkdir(parents=True, exist_ok=True)
     rows = [asdict(r) for r in sweep.results]

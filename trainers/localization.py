@@ -5,7 +5,7 @@ row ``t`` covers ``[t / frame_hz, (t + 1) / frame_hz)``). Read raw at 0 (the
 paper's reading), they flag 40 ms fragments on real videos and miss fakes
 whose every frame is below 0. :class:`SegmentRules` says how a run reads them
 instead; it is recorded in the run's config (``localization.rules``, with a
-threshold calibrated on validation data: :mod:`trainers.calibration`) and
+threshold calibrated on validation data: :mod:`featstore.trainers.calibration`) and
 every field can be overridden per request (HTTP query parameters, ``eval``
 options):
 
@@ -16,7 +16,7 @@ options):
 3. **merge**: runs separated by at most ``merge_gap_s`` seconds become one.
 4. **minimum length**: segments shorter than ``min_segment_s`` are dropped.
 5. **rank**: each segment's confidence in (0, 1) is the contrast of its rows
-   against their neighbourhood (:func:`trainers.temporal.run_confidences`),
+   against their neighbourhood (:func:`featstore.trainers.temporal.run_confidences`),
    the measure the AV-Deepfake1M proposals are ranked by, so segments and
    proposals compare.
 
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from featstore.timebase import row_bounds_s
-from trainers.metrics import MetricError
+from featstore.trainers.metrics import MetricError
 
 __all__ = [
     "DEFAULT_RULES",
@@ -171,7 +171,7 @@ def _segment_rows(
     smoothed: np.ndarray, frame_hz: float, rules: SegmentRules
 ) -> tuple[np.ndarray, np.ndarray]:
     """First and end rows ``[K]`` of the segments of already smoothed scores."""
-    from trainers.temporal import mask_runs
+    from featstore.trainers.temporal import mask_runs
 
     starts, ends = mask_runs(smoothed > rules.threshold)
     if starts.size == 0:
@@ -187,7 +187,7 @@ def _segment_rows(
 def _segments(
     smoothed: np.ndarray, frame_hz: float, starts: np.ndarray, ends: np.ndarray, *, below: bool
 ) -> list[LocalSegment]:
-    from trainers.temporal import run_confidences
+    from featstore.trainers.temporal import run_confidences
 
     bounds = row_bounds_s(smoothed.shape[0], frame_hz)  # [T, 2]
     confidence = run_confidences(smoothed, starts, ends)
@@ -239,7 +239,7 @@ def localize(
     whole video, when its smoothed scores are constant) flagged
     ``below_threshold``.
     """
-    from trainers.temporal import proposals_from_scores
+    from featstore.trainers.temporal import proposals_from_scores
 
     s = smooth(frame_scores, frame_hz, rules.smooth_s)  # [T]
     if s.size == 0:
@@ -258,7 +258,7 @@ def _top_segment(
     smoothed: np.ndarray, frame_hz: float, proposals: list[tuple[float, float, float]]
 ) -> LocalSegment:
     """The best proposal as a below-threshold segment (the whole video without one)."""
-    from trainers.temporal import run_confidences
+    from featstore.trainers.temporal import run_confidences
 
     t = smoothed.shape[0]
     if proposals:

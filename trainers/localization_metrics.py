@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from featstore.timebase import segments_to_mask
-from trainers.metrics import MetricError
+from featstore.trainers.metrics import MetricError
 
 __all__ = ["SEGMENT_IOU", "LocalizationScores", "localization_scores", "pairs_above"]
 
@@ -41,7 +41,7 @@ def pairs_above(
     predicted: Sequence[Sequence[float]], truth: Sequence[Sequence[float]], iou: float
 ) -> int:
     """Predicted segments matched one to one to truth segments with IoU strictly above ``iou``."""
-    from trainers.segments import iou_matrix
+    from featstore.trainers.segments import iou_matrix
 
     if len(predicted) == 0 or len(truth) == 0:
         return 0

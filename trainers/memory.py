@@ -2,7 +2,7 @@
 
 The probe, the next-token predictor and the sync network hold their training
 videos in memory (then validation) when they fit in the budget and stream
-them batch by batch from the store otherwise (``trainers.streams``). Either
+them batch by batch from the store otherwise (``featstore.trainers.streams``). Either
 way the batches, their order and the arithmetic are the same, so the budget
 changes speed and peak memory, never the model: a run records it as an
 execution detail (``execution`` in ``config.json``), not a hyperparameter.

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainers.evaluation_filter import FAKES, PAPER, check_fakes, recorded_fakes
-from trainers.runs import METRICS, Run, RunError, write_metrics
+from featstore.trainers.evaluation_filter import FAKES, PAPER, check_fakes, recorded_fakes
+from featstore.trainers.runs import METRICS, Run, RunError, write_metrics
 
 __all__ = [
     "MetricsEntry",

@@ -34,7 +34,7 @@ Choices the paper leaves open, made here and recorded in every run config:
   mask alone already keeps real positions from attending to padding: a
   video's errors do not depend on the other videos of its batch.
 
-Scores as logits (the shared convention of ``trainers.runs``): with ``tau_f``
+Scores as logits (the shared convention of ``featstore.trainers.runs``): with ``tau_f``
 and ``tau_v`` the ``threshold_quantile`` (0.99) quantiles of real frame
 errors and real video scores (``fit_thresholds``), the frame logit is
 ``z_t = log(e_t / tau_f) / 2`` and the video logit ``s = log(max_t e_t / tau_v) / 2``,
@@ -62,9 +62,9 @@ import torch
 from torch import nn
 
 from featstore.errors import FeatstoreError
-from trainers.memory import plan_cache
-from trainers.sources import FeatureCache, VideoSource, batch_order, prefetch_batches
-from trainers.training import (
+from featstore.trainers.memory import plan_cache
+from featstore.trainers.sources import FeatureCache, VideoSource, batch_order, prefetch_batches
+from featstore.trainers.training import (
     Interruption,
     StateFunctions,
     TrainingControl,
@@ -109,7 +109,7 @@ class NTPConfig:
 
     ``batch_videos`` videos make a step (cut into windows, padded together);
     the paper does not give a batch size. ``cache_bytes`` is the memory budget
-    for holding the videos (``None``: ``trainers.memory``'s default); it
+    for holding the videos (``None``: ``featstore.trainers.memory``'s default); it
     changes speed, not the model, and runs record it outside the hyperparameters.
     """
 
@@ -430,7 +430,7 @@ def fit_ntp(
     anneals from ``lr`` to 0 over ``max_epochs`` epochs of steps, whether or
     not training stops early. Weights, dropout and batch order all follow
     ``seed`` (the global torch RNG is forked, not disturbed). ``control``
-    checkpoints, resumes and catches interrupts (``trainers.training``).
+    checkpoints, resumes and catches interrupts (``featstore.trainers.training``).
     """
     _check_source(train, "training")
     lengths = np.asarray(train.lengths, dtype=np.int64)

@@ -3,7 +3,7 @@
 Synchronisation detectors (training-free Eq. 3, AVH-Align) compare an audio
 feature ``a_t`` with a visual feature ``v_t`` of the same video. This module
 selects the videos that have both features (each side a stored feature or a
-feature set, ``trainers.inputs``), checks that all of them run at
+feature set, ``featstore.trainers.inputs``), checks that all of them run at
 the same ``frame_hz`` (or resamples to a common one on request) and trims both
 streams to the shorter with ``featstore.timebase.reconcile``, keeping both
 original lengths.
@@ -29,8 +29,8 @@ import numpy as np
 
 from featstore import timebase
 from featstore.timebase import Reconciled, reconcile, silence_trim_counts
-from trainers.data import FeatureKey, Selection, SelectionError
-from trainers.inputs import (
+from featstore.trainers.data import FeatureKey, Selection, SelectionError
+from featstore.trainers.inputs import (
     AUDIO,
     SET_SEPARATOR,
     VISUAL,
@@ -39,7 +39,7 @@ from trainers.inputs import (
     read_video,
     select_videos,
 )
-from trainers.runs import parse_segments
+from featstore.trainers.runs import parse_segments
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -133,7 +133,7 @@ def select_pairs(
 ) -> pd.DataFrame:
     """Manifest rows of ``selection`` with committed features for both ``audio`` and ``visual``.
 
-    Missing features are an error (as ``trainers.data.select`` reports them)
+    Missing features are an error (as ``featstore.trainers.data.select`` reports them)
     unless ``allow_missing``, which keeps the videos that have both. Manifest
     order and attrs are kept.
     """
@@ -292,7 +292,7 @@ def load_pairs(
     """Every video of ``selection`` with both features, reconciled to a common length.
 
     ``fakes`` (the evaluation filter) / ``real_only`` / ``allow_missing`` filter as
-    ``trainers.data.select`` does; both encoders must share ``frame_hz`` unless
+    ``featstore.trainers.data.select`` does; both encoders must share ``frame_hz`` unless
     ``frame_hz`` names a common rate to resample to; ``trim_silence`` drops
     the leading silence (manifest column ``leading_silence_s``) from both
     streams as AVH-Align does.

@@ -1,6 +1,6 @@
 """Figures of run reports: heatmaps (Fig. 5/6), temporal explanations (Fig. 3), layers (Fig. 7).
 
-Drawn for a paper column (``trainers.figures.COLUMN_WIDTH_IN``, 3.3 in) in
+Drawn for a paper column (``featstore.trainers.figures.COLUMN_WIDTH_IN``, 3.3 in) in
 the shared paper style (no text under 7 pt), with a caption that says what
 was measured on which videos (n, evaluation filter), and saved as PNG, PDF or
 SVG by the path's suffix. Each figure has a ``*_figure`` function that
@@ -11,7 +11,7 @@ the historical name).
 Every figure is drawn on an Agg canvas; pyplot and its global figure
 registry are never touched, so plotting is safe in workers, servers and
 tests. matplotlib is imported inside the functions to keep
-``import trainers.plots`` cheap.
+``import featstore.trainers.plots`` cheap.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featstore.errors import FeatstoreError
-from trainers.figures import (
+from featstore.trainers.figures import (
     COLUMN_WIDTH_IN,
     FONT_PT,
     add_caption,

@@ -9,7 +9,7 @@ initialisation, up to 100 epochs, early stopping with patience 10 on the
 validation loss, best weights restored, seed 43, and the videos visited in the
 order their training process draws (:class:`_AuthorsDraws`).
 
-Each step is computed without autograd (:mod:`trainers.probe_step`: the
+Each step is computed without autograd (:mod:`featstore.trainers.probe_step`: the
 closed-form gradient, Adam on the vector ``[w, b]``), on the CPU by a compiled
 loop over the whole epoch; it equals an ``nn.Linear`` + ``torch.optim.Adam``
 loop step for step (tests/test_probe.py). Options, recorded in the run config:
@@ -40,8 +40,8 @@ from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
 from featstore.errors import FeatstoreError
-from trainers.memory import plan_cache
-from trainers.sources import (
+from featstore.trainers.memory import plan_cache
+from featstore.trainers.sources import (
     FeatureCache,
     VideoSource,
     concat_into,
@@ -49,7 +49,7 @@ from trainers.sources import (
     prefetch_batches,
     row_norms,
 )
-from trainers.training import (
+from featstore.trainers.training import (
     Interruption,
     StateFunctions,
     TrainingControl,
@@ -58,7 +58,7 @@ from trainers.training import (
 )
 
 if TYPE_CHECKING:  # the step kernels import numba: only a fit needs them
-    from trainers.probe_step import CpuSteps, Packed, TorchSteps
+    from featstore.trainers.probe_step import CpuSteps, Packed, TorchSteps
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class ProbeConfig:
     - ``device``: ``cpu`` runs the compiled loop; any other torch device the
       same steps in torch operations.
     - ``cache_bytes``: the memory budget for holding the videos (``None``:
-      ``trainers.memory``'s default); like ``device`` it changes speed, not
+      ``featstore.trainers.memory``'s default); like ``device`` it changes speed, not
       the model, and runs record it outside the hyperparameters.
     """
 
@@ -451,7 +451,7 @@ def _pack(
     arrays: Sequence[np.ndarray], labels: np.ndarray, *, half: bool, l2_normalize: bool
 ) -> Packed:
     """Videos ``[T_i, D]`` end to end as the step kernels read them (norms as FeatureCache's)."""
-    from trainers.probe_step import Packed
+    from featstore.trainers.probe_step import Packed
 
     data = np.concatenate([np.asarray(a, np.float16 if half else np.float32) for a in arrays])
     offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
@@ -474,7 +474,7 @@ class _Videos:
     """One source as :class:`Packed` blocks: held whole in memory, or read chunk by chunk."""
 
     def __init__(self, source: VideoSource, *, cached: bool, l2_normalize: bool) -> None:
-        from trainers.probe_step import Packed
+        from featstore.trainers.probe_step import Packed
 
         self.source, self.l2_normalize = source, l2_normalize
         self.half = np.dtype(source.dtype) == np.float16
@@ -531,13 +531,13 @@ def fit_probe(
     ``max_epochs`` epochs and returns the last weights (no early stopping: the
     training loss keeps falling on separable data, so stopping on it would
     only ever fire on noise). Sources whose bytes fit in ``cache_bytes``
-    (train first, then val; ``None``: ``trainers.memory``'s default) are held
+    (train first, then val; ``None``: ``featstore.trainers.memory``'s default) are held
     in memory; the rest are read chunk by chunk with read-ahead, in the same
     order, to the same weights. ``control`` checkpoints, resumes
-    and catches interrupts (``trainers.training``; the result's
+    and catches interrupts (``featstore.trainers.training``; the result's
     ``interruption`` says when one ended the fit).
     """
-    from trainers.probe_step import CpuSteps, TorchSteps
+    from featstore.trainers.probe_step import CpuSteps, TorchSteps
 
     _check_source(train, "training")
     labels = np.asarray(train.labels)

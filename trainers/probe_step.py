@@ -10,7 +10,7 @@ its loss the cross-entropy over ``[-s, s]``: ``softplus(2 s)`` for a real video,
 
 (``ds/dz_t = softmax(z)_t``, which sums to one). ``w . phi_t`` is computed as
 ``(w . x_t) / |x_t|`` and the gradient as ``sum_t (c_t / |x_t|) x_t`` with the
-row norms computed once (:class:`trainers.sources.FeatureCache`), so no
+row norms computed once (:class:`featstore.trainers.sources.FeatureCache`), so no
 normalised copy of the features is ever made. A step over ``B`` videos uses the
 mean of their gradients (the batch loss is the mean loss). Adam then updates
 the 1-D vector ``[w, b]`` as ``torch.optim.Adam``'s single-tensor code does:
@@ -44,7 +44,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from trainers.checkpoints import CheckpointError
+from featstore.trainers.checkpoints import CheckpointError
 
 __all__ = [
     "BETA1",

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from featstore.errors import FeatstoreError
-from trainers.tables import Table
+from featstore.trainers.tables import Table
 
 __all__ = [
     "GridCell",
@@ -72,7 +72,9 @@ class GridResult:
     auc: float
     ap: float
     n: int
-    fakes: str = "paper"  # the evaluation filter of the test set (trainers.evaluation_filter)
+    fakes: str = (
+        "paper"  # the evaluation filter of the test set (featstore.trainers.evaluation_filter)
+    )
     n_real: int | None = None
     n_fake: int | None = None
 
@@ -243,7 +245,7 @@ class GridTable:
 
 
 def _describe(fakes: str) -> str:
-    from trainers.evaluation_filter import FilterError, describe
+    from featstore.trainers.evaluation_filter import FilterError, describe
 
     try:
         return describe(fakes)

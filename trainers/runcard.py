@@ -2,17 +2,17 @@
 
 Two optional keys of a run's ``config.json``, written by every kind's
 ``train`` through :func:`record` and read for every kind by
-``trainers.kinds.load`` (kinds themselves never look at them):
+``featstore.trainers.kinds.load`` (kinds themselves never look at them):
 
 ```
 "localization": {"chosen": "segment_f1", "threshold": 0.83,
                  "thresholds": {"paper": 0.0, "real_videos": 1.12, "segment_f1": 0.83},
                  "rules": {"smooth_s": 0.2, "min_segment_s": 0.2, "merge_gap_s": 0.2},
                  "calibrated_on": {"selection": "av1m:val", "n_real": ..., ...},
-                 "calibrated": true, "description": "..."}      (trainers.calibration)
+                 "calibrated": true, "description": "..."}      (featstore.trainers.calibration)
 "lengths":      {"frame_hz": 25.0, "n_videos": ..., "min_rows": ..., "p5_rows": ...,
                  "median_rows": ..., "p95_rows": ..., "max_rows": ...,
-                 "selection": "av1m:train", "seconds": {...}}   (trainers.windows)
+                 "selection": "av1m:train", "seconds": {...}}   (featstore.trainers.windows)
 ```
 
 Runs written before (format 2 without these keys, format 1) get
@@ -31,16 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.calibration import LEGACY_CARD, PAPER, LocalizationCard, calibrate_scored
-from trainers.localization import DEFAULT_RULES, SegmentRules
-from trainers.windows import LengthProfile
+from featstore.trainers.calibration import LEGACY_CARD, PAPER, LocalizationCard, calibrate_scored
+from featstore.trainers.localization import DEFAULT_RULES, SegmentRules
+from featstore.trainers.windows import LengthProfile
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from featstore.store import FeatureStore
-    from trainers.data import Selection
-    from trainers.kinds.base import Detector
+    from featstore.trainers.data import Selection
+    from featstore.trainers.kinds.base import Detector
 
 log = logging.getLogger(__name__)
 

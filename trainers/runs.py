@@ -8,7 +8,7 @@
                                package version, created time -- written LAST
   history.csv                  one row per epoch (when the kind trains by epochs)
   metrics.json                 {"<dataset>:<split>[|fakes=all]": {...}} for every evaluated
-                               selection and evaluation filter (``trainers.metrics_file``)
+                               selection and evaluation filter (``featstore.trainers.metrics_file``)
   predictions/<dataset>_<split>.csv           video_id, label, score, probability, evaluated
                                               (1: counted by the paper's evaluation filter)
   predictions/<dataset>_<split>.frames.npz    per-frame scores (ragged: ids, offsets, scores)
@@ -20,8 +20,8 @@ A directory without ``config.json`` is an incomplete run (a crash or a run
 still training): ``load_run`` refuses it. ``config.json`` carries
 ``"format": FORMAT``; configs without it were written before formats were
 numbered (format 1) and are read through their kind's upgrade
-(``trainers.kinds``). What a run's config means, and how a run scores, is
-its kind's business: ``trainers.kinds.load(path)`` gives the detector.
+(``featstore.trainers.kinds``). What a run's config means, and how a run scores, is
+its kind's business: ``featstore.trainers.kinds.load(path)`` gives the detector.
 Scores follow one convention for every kind: a video score ``s`` is a logit,
 ``P(fake) = sigmoid(2 s)`` (a calibrated probability only for the kinds that
 say so).

@@ -27,7 +27,7 @@ computes, hence what published AV-Deepfake1M numbers mean:
    video order, then each video's proposal order).
 2. Each video's proposals are used in *file order*, both for "top N" and for
    which proposal a truth segment takes (every official pipeline writes them
-   sorted by confidence; ``trainers.temporal.proposals_from_scores`` does).
+   sorted by confidence; ``featstore.trainers.temporal.proposals_from_scores`` does).
 3. The precision-recall curve lacks the recall-0 end point, so the step of the
    top-ranked proposal, ``R_1 * max_j P_j``, is left out of AP (one true
    proposal for one truth segment gets AP 0): at most ``1 / n_truth`` less.
@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from trainers.metrics import MetricError
+from featstore.trainers.metrics import MetricError
 
 __all__ = [
     "AP_IOU_THRESHOLDS",

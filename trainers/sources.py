@@ -1,7 +1,7 @@
 """Where a trainer's videos come from, and how they become batches.
 
 A ``VideoSource`` is anything with per-video labels and lengths that can
-``read`` videos by index (``ArraySource`` here, ``trainers.streams.StoreSource``
+``read`` videos by index (``ArraySource`` here, ``featstore.trainers.streams.StoreSource``
 over the store, read lazily through Dask). Trainers either cache a whole source in memory
 (``FeatureCache``: one flat buffer plus offsets, in the source's dtype) or
 stream it batch by batch (``prefetch_batches``: a background thread reads

@@ -35,16 +35,16 @@ from featstore import timebase
 from featstore.layout import layer_key
 from featstore.spatial import FrameHead, SpatialError, SpatialMaps, VideoFrames
 from featstore.spatial.geometry import long_side_hw
-from trainers.data import Selection, SelectionError
-from trainers.runs import RunError
+from featstore.trainers.data import Selection, SelectionError
+from featstore.trainers.runs import RunError
 
 if TYPE_CHECKING:
     from featstore.encoders.base import Encoder
     from featstore.landmarks import FaceTracks
     from featstore.spatial import SpatialExplainer
     from featstore.store import FeatureStore
-    from trainers.inputs import StoredFeature
-    from trainers.kinds import Detector
+    from featstore.trainers.inputs import StoredFeature
+    from featstore.trainers.kinds import Detector
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def load_explaining(
     loaded encoder: a mismatch would explain another model than the one scored.
     """
     from featstore.encoders import load_encoder
-    from trainers.kinds import Detector, load
+    from featstore.trainers.kinds import Detector, load
 
     detector = run if isinstance(run, Detector) else load(run)
     feature, head = detector.spatial_head()
@@ -356,7 +356,7 @@ def slug(video_id: str) -> str:
 def write_explanation(e: SpatialExplanation, out_dir: str | os.PathLike[str]) -> list[Path]:
     """``<video>.npz`` (maps, peaks, geometry, frame-space maps), ``<video>.json`` and an
     overlay PNG per frame; returns the files written."""
-    from trainers.spatial_plots import Panel, overlay_png
+    from featstore.trainers.spatial_plots import Panel, overlay_png
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -411,7 +411,7 @@ def explain_spatial(
 ) -> SpatialRun:
     """Explain stored videos of ``dataset`` with a run; write them to ``out_dir`` when given
     (per video its files, and ``contact_sheet.png`` over all of them)."""
-    from trainers.spatial_plots import Panel, contact_sheet_png
+    from featstore.trainers.spatial_plots import Panel, contact_sheet_png
 
     if not video_ids:
         raise SpatialError("no videos to explain")

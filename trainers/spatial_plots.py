@@ -1,6 +1,6 @@
 """PNG figures of spatial explanations: overlays, contact sheets, Fig. 4 (curve and click grid).
 
-As :mod:`trainers.plots`: matplotlib ``Figure`` objects on an Agg canvas, never
+As :mod:`featstore.trainers.plots`: matplotlib ``Figure`` objects on an Agg canvas, never
 pyplot. A heat map is drawn over its frame normalised to ``[0, 1]`` over the
 region the model saw (NaN elsewhere: left uncoloured); a map's maximum is the
 green circle, a human click the red one (the paper's Fig. 4).
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainers.figures import new_figure, save_figure
-from trainers.plots import PlotError
+from featstore.trainers.figures import new_figure, save_figure
+from featstore.trainers.plots import PlotError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -134,7 +134,7 @@ def mae_curve_png(
     path: str | Path, table: pd.DataFrame, *, main: str, title: str = "", x_label: str = ""
 ) -> Path:
     """Fig. 4 (left): ``main``'s MAE against the minimum score with its spread (mean +- std),
-    every other method of ``table`` (:func:`trainers.clicks.curve`) as a line, and the
+    every other method of ``table`` (:func:`featstore.trainers.clicks.curve`) as a line, and the
     number of videos per threshold on a second axis."""
     if table.empty or main not in set(table["method"]):
         raise PlotError(f"the curve has no rows for {main!r}")

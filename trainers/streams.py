@@ -13,14 +13,14 @@ per video). Nothing is read up front: lengths come from the commit index. Reads 
 local disk and on ``s3://`` (more threads there, and nearby ranges merged
 into larger requests).
 
-- :class:`StoreSource` is a ``trainers.sources.VideoSource`` over one
+- :class:`StoreSource` is a ``featstore.trainers.sources.VideoSource`` over one
   detector input (a stored layer or a feature set): what the probe and the
   next-token predictor train on and what their ``score_selection`` reads.
-- :class:`PairSource` serves paired audio and visual rows (``trainers.pairs``
+- :class:`PairSource` serves paired audio and visual rows (``featstore.trainers.pairs``
   rules: assembled, leading silence dropped on request, trimmed to the
   shorter) in the stored dtype: what the sync network trains on.
 
-Read-ahead: ``trainers.sources.prefetch_batches`` reads the next batches on
+Read-ahead: ``featstore.trainers.sources.prefetch_batches`` reads the next batches on
 a background thread while the current one is computed, and the parts of one
 batch are read in parallel.
 
@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from featstore.timebase import silence_trim_counts
-from trainers.data import FeatureKey
-from trainers.inputs import FeatureInput, read_video
-from trainers.pairs import PairingError, silences
+from featstore.trainers.data import FeatureKey
+from featstore.trainers.inputs import FeatureInput, read_video
+from featstore.trainers.pairs import PairingError, silences
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -205,7 +205,7 @@ def _dtype(dtypes: Iterable[np.dtype]) -> np.dtype:
 class StoreSource:
     """A ``VideoSource`` of one detector input over selected manifest rows, read lazily.
 
-    Drop-in for ``trainers.inputs.InputSource`` (which reads video by video):
+    Drop-in for ``featstore.trainers.inputs.InputSource`` (which reads video by video):
     the same arrays, read a batch at a time through :class:`StoreReader`.
     """
 
@@ -247,7 +247,7 @@ class StoreSource:
 class PairSource:
     """Paired audio and visual rows of selected videos, read lazily, in the stored dtype.
 
-    Each video is paired as ``trainers.pairs.pair_rows`` pairs it (both
+    Each video is paired as ``featstore.trainers.pairs.pair_rows`` pairs it (both
     inputs assembled at their common rate, ``trim_silence`` dropping the
     manifest's ``leading_silence_s``, both trimmed to the shorter), but the
     rows keep the store's dtype (float16 stays float16; it is upcast when a

@@ -46,9 +46,9 @@ from torch import nn
 
 from featstore.errors import FeatstoreError
 from featstore.timebase import reconcile
-from trainers.memory import plan_cache
-from trainers.sources import prefetch_reads
-from trainers.sync_feed import (
+from featstore.trainers.memory import plan_cache
+from featstore.trainers.sources import prefetch_reads
+from featstore.trainers.sync_feed import (
     PackedPairs,
     PairList,
     PairSourceLike,
@@ -56,7 +56,7 @@ from trainers.sync_feed import (
     StreamedPairs,
     packed_nbytes,
 )
-from trainers.training import (
+from featstore.trainers.training import (
     Interruption,
     StateFunctions,
     TrainingControl,
@@ -95,7 +95,7 @@ class SyncError(FeatstoreError, ValueError):
 
 
 class Paired(Protocol):
-    """One video's audio and visual rows at the same rate (``trainers.pairs.PairedVideo``)."""
+    """One video's audio and visual rows at the same rate (``featstore.trainers.pairs.PairedVideo``)."""
 
     audio: np.ndarray  # [T, Da]
     visual: np.ndarray  # [T, Dv]
@@ -107,7 +107,7 @@ class SyncConfig:
 
     ``proj_dim`` / ``hidden`` exist so tests can build a narrow network; the
     paper's is 512 / (512, 256, 128). ``cache_bytes`` is the memory budget
-    for holding the videos (``None``: ``trainers.memory``'s default); it
+    for holding the videos (``None``: ``featstore.trainers.memory``'s default); it
     changes speed, not the network, so runs record it outside the
     hyperparameters.
     """
@@ -398,16 +398,16 @@ def fit_sync(
 
     ``train`` / ``val`` are paired videos in memory (audio and visual rows of
     each trimmed to the shorter, ``featstore.timebase.reconcile``) or pair
-    sources (``trainers.streams.PairSource``: read from the store). A set
+    sources (``featstore.trainers.streams.PairSource``: read from the store). A set
     whose packed rows fit ``config.cache_bytes`` (training first; default
-    ``trainers.memory``) is held in memory, the rest is streamed batch by
-    batch (``trainers.sync_feed``): the same batches and arithmetic, so the
+    ``featstore.trainers.memory``) is held in memory, the rest is streamed batch by
+    batch (``featstore.trainers.sync_feed``): the same batches and arithmetic, so the
     same network. Without ``val`` the plateau schedule follows the training
     loss, all ``max_epochs`` run and the last weights are returned. Seeded:
     the same inputs and config give the same weights on the CPU (on CUDA the
     scatter-adds of the candidate gather may differ in the last bits between
     runs). ``control`` checkpoints, resumes and catches interrupts
-    (``trainers.training``).
+    (``featstore.trainers.training``).
     """
     train_src = _pairs(train, "training")
     da, dv = train_src.audio_dim, train_src.visual_dim

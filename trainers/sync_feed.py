@@ -1,6 +1,6 @@
 """How the sync network's frames reach it: packed in memory, or streamed batch by batch.
 
-The loss of a batch of frames (``trainers.sync``) needs each frame's visual
+The loss of a batch of frames (``featstore.trainers.sync``) needs each frame's visual
 row and the ``2 tau + 1`` audio rows around it in its own video (zero vectors
 past either end). Frames are numbered end to end over the videos (frame ``r``
 is row ``r - offsets[v]`` of video ``v``) and audio rows in a *packed*
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from featstore.timebase import reconcile
-from trainers.sources import prefetch_reads
+from featstore.trainers.sources import prefetch_reads
 
 __all__ = [
     "Numbering",

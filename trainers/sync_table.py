@@ -2,12 +2,12 @@
 
 For each test set, every video's audio and visual features are read once;
 ``-cos`` is computed once per shift window (``shifted_cosines``), and every
-pool is taken from that matrix with ``trainers.syncfree.best_shift``, the very
+pool is taken from that matrix with ``featstore.trainers.syncfree.best_shift``, the very
 function ``featstore syncscore`` uses, so each cell equals
 ``featstore syncscore --shift D --pool P`` on the same videos. Metrics follow
 ``featstore eval``: the evaluation filter ``fakes`` (``paper``: reals and
 both-modified fakes where the dataset says which; ``all``: every fake), decided
-by ``trainers.evaluation_filter`` as for every other command.
+by ``featstore.trainers.evaluation_filter`` as for every other command.
 
 Rows are the paper's pools in its order (average; max, log-sum-exp,
 percentile-97; min, percentile-3), columns each test set at ``Delta = 0`` and
@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.data import FeatureKey, Selection, split_hash
-from trainers.evaluation_filter import PAPER, check_fakes, describe
-from trainers.metrics import binary_metrics
-from trainers.pairs import read_pairs, select_pairs
-from trainers.syncfree import SyncConfig, SyncError, best_shift, shifted_cosines
-from trainers.tables import Table
+from featstore.trainers.data import FeatureKey, Selection, split_hash
+from featstore.trainers.evaluation_filter import PAPER, check_fakes, describe
+from featstore.trainers.metrics import binary_metrics
+from featstore.trainers.pairs import read_pairs, select_pairs
+from featstore.trainers.syncfree import SyncConfig, SyncError, best_shift, shifted_cosines
+from featstore.trainers.tables import Table
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore

@@ -45,10 +45,10 @@ Per-frame scores (temporal localization) are ``-cos(a_t, v_{t+delta*})`` at the
 chosen shift ``delta*``; rows that shift leaves without a pair get 0 with
 ``"zero"`` padding and the lowest score at that shift ("least fake", as rows
 dropped as leading silence) with ``"exclude"``. Video scores are used as logits, ``P(fake) =
-sigmoid(2 s)`` (``trainers.runs``), which is a ranking, not a calibrated probability.
+sigmoid(2 s)`` (``featstore.trainers.runs``), which is a ranking, not a calibrated probability.
 
 This is the numeric core; the run kind (run directories, ``featstore
-syncscore``) is :mod:`trainers.kinds.syncfree`.
+syncscore``) is :mod:`featstore.trainers.kinds.syncfree`.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from featstore.errors import FeatstoreError
-from trainers.pairs import PairedVideo
+from featstore.trainers.pairs import PairedVideo
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def syncscore(
     pool: str | None = None,
     config: SyncConfig | None = None,
 ) -> SyncScores:
-    """Eq. 3 over paired videos (a list or ``trainers.pairs.iter_pairs``'s stream).
+    """Eq. 3 over paired videos (a list or ``featstore.trainers.pairs.iter_pairs``'s stream).
 
     Pass ``shift`` and ``pool`` or a ``config`` (``PRESETS[...]``). Per-frame
     scores are on each video's own timebase: rows dropped as leading silence

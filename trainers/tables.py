@@ -2,8 +2,8 @@
 
 A ``Table`` is a titled grid of values in ``[0, 1]`` (``None`` where missing)
 with named rows and columns; the paper's tables (Tab. 2/4 in the paper's
-layout, Tab. 6) are built as ``Table`` objects by ``trainers.report`` and
-``trainers.sync_table``. Markdown shows percentages with one decimal ("–" when
+layout, Tab. 6) are built as ``Table`` objects by ``featstore.trainers.report`` and
+``featstore.trainers.sync_table``. Markdown shows percentages with one decimal ("–" when
 missing) and can bold the best value of each column as the paper does; CSV
 and JSON keep full precision (empty / null when missing).
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from featstore.timebase import row_bounds_s
-from trainers.metrics import MetricError
-from trainers.segments import iou_matrix
+from featstore.trainers.metrics import MetricError
+from featstore.trainers.segments import iou_matrix
 
 __all__ = [
     "DEFAULT_QUANTILES",

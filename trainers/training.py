@@ -12,7 +12,7 @@ runs those epochs for all of them, written once:
 - checkpoints (``TrainingControl.checkpoint_every``): every N epochs the
   trainer's whole state (its ``state_dict``: weights, optimizer, schedulers,
   random generators), the stopper's counters and best weights and the history
-  are written atomically (:mod:`trainers.checkpoints`); ``resume`` continues
+  are written atomically (:mod:`featstore.trainers.checkpoints`); ``resume`` continues
   from the last one and ends where an uninterrupted fit ends, bit for bit on
   the same device;
 - interrupts: SIGINT (Ctrl-C) and SIGTERM (a batch scheduler's stop) end the
@@ -55,7 +55,7 @@ from featstore.errors import FeatstoreError
 if TYPE_CHECKING:
     import torch
 
-    from trainers.runs import Run
+    from featstore.trainers.runs import Run
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ def train_epochs(
     sees each epoch's stats after it is recorded; a ``KeyboardInterrupt`` it
     raises counts as an interrupt after that epoch.
     """
-    from trainers.checkpoints import (
+    from featstore.trainers.checkpoints import (
         checkpoint_epoch,
         has_checkpoint,
         load_checkpoint,

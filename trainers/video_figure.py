@@ -1,6 +1,6 @@
 """Paper Fig. 3: one stored video's per-frame scores over its Mel spectrogram and frames.
 
-``video_figure_data`` scores a stored video with a run (``trainers.explain``)
+``video_figure_data`` scores a stored video with a run (``featstore.trainers.explain``)
 and decodes its media from the manifest's path (the span of a segment
 dataset's row); ``score_figure`` draws, on one time axis, the per-frame scores
 (logits on the left axis, ``P(fake) = sigmoid(2 s)`` on the right) over the
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.figures import (
+from featstore.trainers.figures import (
     COLUMN_WIDTH_IN,
     FigureError,
     add_caption,
@@ -31,7 +31,7 @@ from trainers.figures import (
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
-    from trainers.runs import Run
+    from featstore.trainers.runs import Run
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,8 @@ def video_figure_data(
     ``at_s``: times of the frames to show (default: ``default_thumbnail_times``).
     """
     from featstore.encoders.fbank import logfbank
-    from trainers.explain import explain_temporal
-    from trainers.runs import Run, load_run
+    from featstore.trainers.explain import explain_temporal
+    from featstore.trainers.runs import Run, load_run
 
     run = run if isinstance(run, Run) else load_run(run)
     explanation = explain_temporal(run, store, dataset, video_id, threshold=threshold)

@@ -45,8 +45,8 @@ import numpy as np
 from featstore.errors import FeatstoreError
 
 if TYPE_CHECKING:
-    from trainers.data import FeatureKey
-    from trainers.inputs import StoredFeature
+    from featstore.trainers.data import FeatureKey
+    from featstore.trainers.inputs import StoredFeature
 
 __all__ = [
     "HOP_FRACTION",
@@ -120,7 +120,7 @@ class LengthProfile:
         }  # fmt: skip
         unknown = set(doc) - fields - {"seconds"}
         if unknown:
-            from trainers.runs import RunError
+            from featstore.trainers.runs import RunError
 
             raise RunError(f"unknown keys {sorted(unknown)} in a run's length record")
         return cls(**{k: v for k, v in doc.items() if k in fields})

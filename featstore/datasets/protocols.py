@@ -365,7 +365,7 @@ class Protocol:
 
     ``evaluation`` is the evaluation policy of a view built by it: ``"all"``
     when the protocol's composition already is the evaluation set (every row of
-    the view counts), None for the dataset's own policy (``trainers.data``).
+    the view counts), None for the dataset's own policy (``featstore.trainers.data``).
     """
 
     name: str

@@ -1,18 +1,18 @@
 """Run kinds: one module per detector, registered by name (DESIGN.md "Run kinds").
 
-- ``probe`` (``trainers.kinds.probe``): the linear probe (paper Eq. 1) on one
+- ``probe`` (``featstore.trainers.kinds.probe``): the linear probe (paper Eq. 1) on one
   feature set, trained on real and fake videos; calibrated.
-- ``ntp`` (``trainers.kinds.ntp``): next-frame prediction error (Sec. 3.2) on
+- ``ntp`` (``featstore.trainers.kinds.ntp``): next-frame prediction error (Sec. 3.2) on
   one feature set, trained on real videos only.
-- ``sync`` (``trainers.kinds.sync``): AVH-Align's ``-Phi(a_t, v_t)`` on an
+- ``sync`` (``featstore.trainers.kinds.sync``): AVH-Align's ``-Phi(a_t, v_t)`` on an
   audio and a visual feature set, trained on real videos only.
-- ``syncfree`` (``trainers.kinds.syncfree``): the training-free Eq. 3 on an
+- ``syncfree`` (``featstore.trainers.kinds.syncfree``): the training-free Eq. 3 on an
   audio and a visual feature set (``featstore syncscore``).
-- ``fusion`` (``trainers.kinds.fusion``): late fusion of other runs.
+- ``fusion`` (``featstore.trainers.kinds.fusion``): late fusion of other runs.
 
 Every caller (``featstore eval``, ``fuse``, ``correlate``, ``explain``,
 ``grid``, ``layers``, the API) goes through :func:`load` and the
-:class:`~trainers.kinds.base.Detector` interface; none branches on a kind's
+:class:`~featstore.trainers.kinds.base.Detector` interface; none branches on a kind's
 name. Adding a kind is a module with a run config, ``train`` and a
 ``Detector`` subclass decorated with :func:`register`, plus its line in
 ``KIND_MODULES`` (README "Run kinds").
@@ -30,14 +30,14 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from trainers.kinds.base import Detector, RunFormatError, VideoScore, probability
-from trainers.runcard import RunCard
-from trainers.runs import FORMAT, Run, RunError, load_run
+from featstore.trainers.kinds.base import Detector, RunFormatError, VideoScore, probability
+from featstore.trainers.runcard import RunCard
+from featstore.trainers.runs import FORMAT, Run, RunError, load_run
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
-    from trainers.data import Selection
-    from trainers.runs import Scored
+    from featstore.trainers.data import Selection
+    from featstore.trainers.runs import Scored
 
 __all__ = [
     "KIND_MODULES",
@@ -56,11 +56,11 @@ __all__ = [
 
 # Kind modules, imported on first use of the registry.
 KIND_MODULES = (
-    "trainers.kinds.probe",
-    "trainers.kinds.ntp",
-    "trainers.kinds.sync",
-    "trainers.kinds.syncfree",
-    "trainers.kinds.fusion",
+    "featstore.trainers.kinds.probe",
+    "featstore.trainers.kinds.ntp",
+    "featstore.trainers.kinds.sync",
+    "featstore.trainers.kinds.syncfree",
+    "featstore.trainers.kinds.fusion",
 )
 
 _REGISTRY: dict[str, type[Detector]] = {}

@@ -3,12 +3,12 @@
 A run kind is one module under ``trainers/kinds/`` holding:
 
 - a frozen, typed run config (``<Kind>RunConfig``): the features the detector
-  reads (:class:`~trainers.inputs.FeatureInput`, each possibly a feature set)
+  reads (:class:`~featstore.trainers.inputs.FeatureInput`, each possibly a feature set)
   and every hyperparameter and option, serialised whole into ``config.json``;
 - ``train(store, ...) -> Run``: fit (or, for training-free kinds, just
   describe) the detector and write its run directory;
 - a :class:`Detector` subclass, registered by its ``kind`` name: what
-  ``trainers.kinds.load(run_dir)`` returns. Callers use only this:
+  ``featstore.trainers.kinds.load(run_dir)`` returns. Callers use only this:
   ``required_features`` (which stored features at which rate, in which
   role), ``score_rows(rows) -> VideoScore`` (one video from its stored rows,
   e.g. an upload's encoder output), ``score_selection(store, selection)``
@@ -20,10 +20,10 @@ A run kind is one module under ``trainers/kinds/`` holding:
   names the command to re-run.
 
 What every kind shares is written once here: :meth:`Detector.score_video`
-(the kind's minimum, windows of the training length: ``trainers.windows``)
+(the kind's minimum, windows of the training length: ``featstore.trainers.windows``)
 and the run's card (``detector.card``: the calibrated frame threshold and
-segment rules, ``trainers.calibration`` / ``trainers.localization``, and the
-training lengths), attached by ``trainers.kinds.load`` from the run config.
+segment rules, ``featstore.trainers.calibration`` / ``featstore.trainers.localization``, and the
+training lengths), attached by ``featstore.trainers.kinds.load`` from the run config.
 
 Scores follow one convention for every kind: the video score ``s`` is a
 logit, higher = more fake, the label threshold is 0 and ``sigmoid(2 s)`` is
@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from scipy.special import expit
 
-from trainers.data import FeatureKey, Selection, SelectionError
-from trainers.inputs import (
+from featstore.trainers.data import FeatureKey, Selection, SelectionError
+from featstore.trainers.inputs import (
     FeatureInput,
     InputError,
     StoredFeature,
@@ -55,17 +55,17 @@ from trainers.inputs import (
     select_videos,
     unique_features,
 )
-from trainers.runcard import LEGACY, RunCard, input_lengths
-from trainers.runs import Run, RunError, Scored
-from trainers.windows import WindowedScore, WindowRule, slice_rows, window_rule
+from featstore.trainers.runcard import LEGACY, RunCard, input_lengths
+from featstore.trainers.runs import Run, RunError, Scored
+from featstore.trainers.windows import WindowedScore, WindowRule, slice_rows, window_rule
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from featstore.spatial import FrameHead
     from featstore.store import FeatureStore
-    from trainers.calibration import LocalizationCard
-    from trainers.windows import LengthProfile
+    from featstore.trainers.calibration import LocalizationCard
+    from featstore.trainers.windows import LengthProfile
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,13 @@ class Detector(ABC):
     score_batch_videos: int = 1
     """Videos ``score_selection`` scores together. Consecutive videos of a selection,
     starting at a multiple of this, score the same on their own as within the whole
-    selection, to the bit: the cluster runner (``trainers.cluster``) cuts selections there."""
+    selection, to the bit: the cluster runner (``featstore.trainers.cluster``) cuts selections there."""
 
     def __init__(self, config: Any, *, run: Run | None = None, device: str = "cpu") -> None:
         self.config = config
         self.run = run
         self.device = device
-        self.card: RunCard = LEGACY  # ``trainers.kinds.load`` sets the run's own
+        self.card: RunCard = LEGACY  # ``featstore.trainers.kinds.load`` sets the run's own
 
     # ------------------------------------------------------------ loading
 
@@ -187,7 +187,7 @@ class Detector(ABC):
 
     @property
     def localization(self) -> LocalizationCard:
-        """The frame threshold and segment rules of the run (``trainers.calibration``)."""
+        """The frame threshold and segment rules of the run (``featstore.trainers.calibration``)."""
         return self.card.localization
 
     @property
@@ -197,7 +197,7 @@ class Detector(ABC):
 
     @property
     def window_rule(self) -> WindowRule:
-        """How inputs are scored by length: minimums and windows (``trainers.windows``)."""
+        """How inputs are scored by length: minimums and windows (``featstore.trainers.windows``)."""
         return window_rule(
             self.lengths,
             kind_min_rows=self.min_rows,
@@ -226,7 +226,7 @@ class Detector(ABC):
 
     def spatial_head(self) -> tuple[StoredFeature, FrameHead]:
         """The stored feature and the linear per-frame head on it that spatial explanations
-        decompose (:mod:`trainers.spatial`); kinds without one raise :class:`RunError`."""
+        decompose (:mod:`featstore.trainers.spatial`); kinds without one raise :class:`RunError`."""
         raise RunError(
             f"{self.where()}: {self.kind} runs have no linear per-frame head on one feature "
             "to explain spatially (probe runs do)"
@@ -256,10 +256,10 @@ class Detector(ABC):
         service: bool = False,
     ) -> WindowedScore:
         """One video's score, checked against the minimum and, with ``windowed``, taken
-        over windows of the training length when it is longer (``trainers.windows``).
+        over windows of the training length when it is longer (``featstore.trainers.windows``).
 
         ``service``: apply the service's minimum (from the training lengths) as
-        well as the kind's. Raises :class:`~trainers.windows.InputTooShortError`.
+        well as the kind's. Raises :class:`~featstore.trainers.windows.InputTooShortError`.
         """
         rule = self.window_rule
         n = self.input_rows(rows)
@@ -403,9 +403,9 @@ def stream_rows(
     chunk_videos: int = STREAM_CHUNK_VIDEOS,
 ) -> Iterator[tuple[int, dict[FeatureKey, np.ndarray]]]:
     """``(i, {key: [T_k, D_k]})`` for every manifest row in order, read lazily
-    (``trainers.streams.StoreReader``: a part per task, the next chunk read ahead)."""
-    from trainers.sources import prefetch_reads
-    from trainers.streams import StoreReader
+    (``featstore.trainers.streams.StoreReader``: a part per task, the next chunk read ahead)."""
+    from featstore.trainers.sources import prefetch_reads
+    from featstore.trainers.streams import StoreReader
 
     reader = StoreReader(store, dataset, keys, rows["video_id"].astype(str).tolist())
     n = len(reader)
@@ -418,8 +418,8 @@ def stream_rows(
 
 
 def silence_column(rows: pd.DataFrame) -> np.ndarray:
-    """The manifest's ``leading_silence_s`` of every row, checked (``trainers.pairs``)."""
-    from trainers.pairs import silences
+    """The manifest's ``leading_silence_s`` of every row, checked (``featstore.trainers.pairs``)."""
+    from featstore.trainers.pairs import silences
 
     return silences(rows)
 
@@ -461,7 +461,7 @@ def upgraded(
     learnt: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A format-1 config in the current layout (what each kind's ``upgrade_v1`` ends with)."""
-    from trainers.runs import FORMAT
+    from featstore.trainers.runs import FORMAT
 
     out: dict[str, Any] = {"format": FORMAT, "kind": doc["kind"], "config": dict(config)}
     if learnt is not None:

@@ -12,11 +12,11 @@
   (``<out>/checkpoint/``); :func:`prepare_run_dir` checks before any data is
   read that ``out`` can take this training (a fresh run, a resume of the
   checkpoint there, or an overwrite), and :func:`run_control` builds the
-  loop's :class:`~trainers.training.TrainingControl`.
+  loop's :class:`~featstore.trainers.training.TrainingControl`.
 - Interrupts. SIGINT/SIGTERM end the fit with the best weights so far; the
   kind saves that run, its ``fit.interrupted`` saying by which signal after
   how many epochs, then :func:`finish` raises
-  :class:`~trainers.training.TrainingInterrupted` carrying it. A finished
+  :class:`~featstore.trainers.training.TrainingInterrupted` carrying it. A finished
   run's checkpoint is removed.
 """
 
@@ -29,16 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainers.checkpoints import CHECKPOINT_DIR, checkpoint_epoch, has_checkpoint
-from trainers.data import Auto, Selection, SelectionError, default_val, selection_summary
-from trainers.runs import RunError, check_writable, is_complete, load_run
-from trainers.training import Interruption, TrainingControl, TrainingInterrupted
+from featstore.trainers.checkpoints import CHECKPOINT_DIR, checkpoint_epoch, has_checkpoint
+from featstore.trainers.data import Auto, Selection, SelectionError, default_val, selection_summary
+from featstore.trainers.runs import RunError, check_writable, is_complete, load_run
+from featstore.trainers.training import Interruption, TrainingControl, TrainingInterrupted
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from featstore.store import FeatureStore
-    from trainers.runs import Run
+    from featstore.trainers.runs import Run
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def prepare_run_dir(out: str | os.PathLike[str], *, resume: bool, overwrite: boo
     training refuses a complete run (unless ``overwrite``) and a checkpoint of
     an unfinished one (resume it, or ``overwrite`` discards it).
     """
-    from trainers.checkpoints import remove_checkpoint
+    from featstore.trainers.checkpoints import remove_checkpoint
 
     folder = checkpoint_folder(out)
     if resume:
@@ -273,7 +273,7 @@ def nothing_to_save(interruption: Interruption | None) -> None:
 def finish(run: Run, interruption: Interruption | None, control: TrainingControl) -> Run:
     """``run`` once saved: raise :class:`TrainingInterrupted` if it was cut short, else
     drop its checkpoint (the finished run supersedes it)."""
-    from trainers.checkpoints import remove_checkpoint
+    from featstore.trainers.checkpoints import remove_checkpoint
 
     if interruption is not None:
         log.info("interrupted run saved to %s", run.path)

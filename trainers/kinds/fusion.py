@@ -5,7 +5,7 @@ and weights, so it stays valid when the originals move) and the fusion's
 settings. Its detector loads every member through the registry, reads the
 union of their features, and fuses per video: the weighted average of the
 members' ``sigmoid(2 s)`` mapped back onto the logit scale with
-``logit(p) / 2`` (``trainers.fusion``). Per-frame scores are fused the same
+``logit(p) / 2`` (``featstore.trainers.fusion``). Per-frame scores are fused the same
 way on a common timeline (the fastest member's rate), which the paper does
 not do: they serve explanations and localization. A fusion is ``calibrated``
 when all its members are.
@@ -27,12 +27,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers.data import AUTO, Auto, FeatureKey, Selection
-from trainers.inputs import FeatureInput
-from trainers.kinds import load, register
-from trainers.kinds.base import Detector, VideoScore, strict_fields, upgraded
-from trainers.runs import CONFIG, MEMBERS, MODEL, Run, RunError, Scored, check_writable, save_run
-from trainers.windows import WindowRule
+from featstore.trainers.data import AUTO, Auto, FeatureKey, Selection
+from featstore.trainers.inputs import FeatureInput
+from featstore.trainers.kinds import load, register
+from featstore.trainers.kinds.base import Detector, VideoScore, strict_fields, upgraded
+from featstore.trainers.runs import (
+    CONFIG,
+    MEMBERS,
+    MODEL,
+    Run,
+    RunError,
+    Scored,
+    check_writable,
+    save_run,
+)
+from featstore.trainers.windows import WindowRule
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
@@ -218,13 +227,13 @@ class FusionDetector(Detector):
 
     def _fuse(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Members' scores ``[M, N]`` -> fused probabilities and scores ``[N]``."""
-        from trainers.fusion import fused_score, late_fusion, probabilities_from_scores
+        from featstore.trainers.fusion import fused_score, late_fusion, probabilities_from_scores
 
         p = late_fusion(probabilities_from_scores(scores), weights=self.config.weights)
         return p, fused_score(p)
 
     def _fuse_frames(self, frames: Sequence[np.ndarray | None]) -> np.ndarray | None:
-        from trainers.fusion import late_fusion_frames
+        from featstore.trainers.fusion import late_fusion_frames
 
         if any(f is None for f in frames):
             return None
@@ -249,7 +258,7 @@ class FusionDetector(Detector):
         self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
     ) -> FusedScores:
         """Each member scores ``selection`` its own (batched) way; videos are matched by ``how``."""
-        from trainers.fusion import align_predictions
+        from featstore.trainers.fusion import align_predictions
 
         sel = Selection.parse(selection, default_split="test")
         scored = [m.score_selection(store, sel, allow_missing=allow_missing) for m in self.members]
@@ -353,8 +362,8 @@ def _card(
     allow_missing: bool,
 ) -> dict[str, Any]:
     """The fusion's card: its frame threshold (no lengths: windows come from the members)."""
-    from trainers.calibration import calibrate_scored
-    from trainers.runcard import RunCard, uncalibrated
+    from featstore.trainers.calibration import calibrate_scored
+    from featstore.trainers.runcard import RunCard, uncalibrated
 
     if isinstance(calibrate_on, Auto):
         calib = _shared_val(fusion)
@@ -384,7 +393,7 @@ def train(
     frame threshold, calibrated on ``calibrate_on`` (``AUTO``: the validation
     selection all members were trained with, when they share one).
     """
-    from trainers.kinds.base import store_location
+    from featstore.trainers.kinds.base import store_location
 
     check_writable(out, overwrite=overwrite)
     runs = [m.run for m in fusion.members]

@@ -1,6 +1,6 @@
 """Run kind ``ntp``: next-token prediction, an anomaly detector trained on real videos only.
 
-The numeric core is :mod:`trainers.ntp` (a causal Transformer predicting
+The numeric core is :mod:`featstore.trainers.ntp` (a causal Transformer predicting
 frame ``t+1`` from frames up to ``t``; the error ``e_t`` is the evidence).
 A run reads one input (a stored layer or a feature set such as
 ``avhubert-a+avhubert-v``, the paper's combination rows) and records the
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers import runcard
-from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError
-from trainers.inputs import FEATURES, FeatureInput, select_videos
-from trainers.kinds import register
-from trainers.kinds.base import (
+from featstore.trainers import runcard
+from featstore.trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError
+from featstore.trainers.inputs import FEATURES, FeatureInput, select_videos
+from featstore.trainers.kinds import register
+from featstore.trainers.kinds.base import (
     Detector,
     VideoScore,
     feature_input,
@@ -37,7 +37,7 @@ from trainers.kinds.base import (
     upgraded,
     v1_feature,
 )
-from trainers.kinds.fitting import (
+from featstore.trainers.kinds.fitting import (
     Holdout,
     finish,
     fit_record,
@@ -47,13 +47,13 @@ from trainers.kinds.fitting import (
     training_rows,
     training_selections,
 )
-from trainers.memory import execution_record, resolve_cache_bytes
-from trainers.runs import Run, Scored, save_run
-from trainers.streams import StoreSource
+from featstore.trainers.memory import execution_record, resolve_cache_bytes
+from featstore.trainers.runs import Run, Scored, save_run
+from featstore.trainers.streams import StoreSource
 
 if TYPE_CHECKING:
     from featstore.store import FeatureStore
-    from trainers.ntp import NextFrameTransformer, NTPConfig, NTPEpochStats, NTPThresholds
+    from featstore.trainers.ntp import NextFrameTransformer, NTPConfig, NTPEpochStats, NTPThresholds
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class NTPRunConfig:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> NTPRunConfig:
-        from trainers.ntp import NTPConfig
+        from featstore.trainers.ntp import NTPConfig
 
         strict_fields(cls, doc, "an ntp run config")
         return cls(
@@ -87,7 +87,7 @@ class NTPRunConfig:
 
 
 def _thresholds(doc: Mapping[str, Any]) -> NTPThresholds:
-    from trainers.ntp import NTPThresholds
+    from featstore.trainers.ntp import NTPThresholds
 
     return NTPThresholds(
         frame=float(doc["frame"]),
@@ -123,7 +123,7 @@ class NTPDetector(Detector):
 
     @classmethod
     def from_run(cls, run: Run, doc: Mapping[str, Any], *, device: str = "cpu") -> NTPDetector:
-        from trainers.ntp import NextFrameTransformer
+        from featstore.trainers.ntp import NextFrameTransformer
 
         config = NTPRunConfig.from_dict(doc["config"])
         thresholds = _thresholds(doc["learnt"]["thresholds"])
@@ -157,7 +157,7 @@ class NTPDetector(Detector):
         return "a single frame has no next frame to predict"
 
     def _verdicts(self, errors: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        from trainers.ntp import frame_logits, video_logits, video_scores
+        from featstore.trainers.ntp import frame_logits, video_logits, video_scores
 
         scores = video_logits(video_scores(errors), self.thresholds)  # [N]
         frames = [frame_logits(e, self.thresholds).astype(np.float32) for e in errors]
@@ -166,8 +166,8 @@ class NTPDetector(Detector):
     def score_rows(
         self, rows: Mapping[FeatureKey, np.ndarray], *, leading_silence_s: float | None = None
     ) -> VideoScore:
-        from trainers.ntp import frame_errors
-        from trainers.sources import ArraySource
+        from featstore.trainers.ntp import frame_errors
+        from featstore.trainers.sources import ArraySource
 
         x = self.config.features.assemble(rows)  # [T, D]
         errors = frame_errors(self.model, ArraySource([x], [0]), device=self.device)
@@ -178,7 +178,7 @@ class NTPDetector(Detector):
         self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
     ) -> Scored:
         """Batched: windows of several videos per forward pass (padding-safe)."""
-        from trainers.ntp import frame_errors
+        from featstore.trainers.ntp import frame_errors
 
         sel, rows = self.select(store, selection, allow_missing=allow_missing)
         source = StoreSource(store, sel.dataset, self.config.features, rows)  # >= 2 rows each
@@ -217,9 +217,9 @@ def train(
     video scores) are learnt on the validation reals when there are some,
     else on the training reals (optimistic: the model has seen them).
     ``checkpoint_every``, ``resume`` and interrupts as in
-    :func:`trainers.kinds.probe.train`.
+    :func:`featstore.trainers.kinds.probe.train`.
     """
-    from trainers.ntp import NTPConfig, fit_ntp, fit_thresholds, frame_errors
+    from featstore.trainers.ntp import NTPConfig, fit_ntp, fit_thresholds, frame_errors
 
     hyper = config or NTPConfig()
     hyper = dataclasses.replace(hyper, cache_bytes=resolve_cache_bytes(hyper.cache_bytes))

@@ -1,6 +1,6 @@
 """Run kind ``probe``: the paper's linear probe (Eq. 1) on one feature set.
 
-The numeric core is :mod:`trainers.probe`; this module reads the store,
+The numeric core is :mod:`featstore.trainers.probe`; this module reads the store,
 fits, writes the run and scores. A probe reads one input (role ``features``):
 a stored layer, or a feature set of several concatenated per frame
 (``wav2vec2:last+clip:last``). Its video logit is ``s = logsumexp_t z_t``
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers import runcard
-from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError
-from trainers.inputs import FEATURES, FeatureInput, select_videos
-from trainers.kinds import register
-from trainers.kinds.base import (
+from featstore.trainers import runcard
+from featstore.trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError
+from featstore.trainers.inputs import FEATURES, FeatureInput, select_videos
+from featstore.trainers.kinds import register
+from featstore.trainers.kinds.base import (
     Detector,
     VideoScore,
     feature_input,
@@ -37,7 +37,7 @@ from trainers.kinds.base import (
     upgraded,
     v1_feature,
 )
-from trainers.kinds.fitting import (
+from featstore.trainers.kinds.fitting import (
     Holdout,
     finish,
     fit_record,
@@ -47,15 +47,15 @@ from trainers.kinds.fitting import (
     training_rows,
     training_selections,
 )
-from trainers.memory import execution_record, resolve_cache_bytes
-from trainers.runs import Run, RunError, Scored, save_run
-from trainers.streams import StoreSource
+from featstore.trainers.memory import execution_record, resolve_cache_bytes
+from featstore.trainers.runs import Run, RunError, Scored, save_run
+from featstore.trainers.streams import StoreSource
 
 if TYPE_CHECKING:
     from featstore.spatial import FrameHead
     from featstore.store import FeatureStore
-    from trainers.inputs import StoredFeature
-    from trainers.probe import EpochStats, ProbeConfig, ProbeParams
+    from featstore.trainers.inputs import StoredFeature
+    from featstore.trainers.probe import EpochStats, ProbeConfig, ProbeParams
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class ProbeRunConfig:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ProbeRunConfig:
-        from trainers.probe import ProbeConfig
+        from featstore.trainers.probe import ProbeConfig
 
         strict_fields(cls, doc, "a probe run config")
         return cls(
@@ -117,7 +117,7 @@ class ProbeDetector(Detector):
 
     @classmethod
     def from_run(cls, run: Run, doc: Mapping[str, Any], *, device: str = "cpu") -> ProbeDetector:
-        from trainers.probe import ProbeParams
+        from featstore.trainers.probe import ProbeParams
 
         config = ProbeRunConfig.from_dict(doc["config"])
         return cls(config, ProbeParams.from_state(run.tensors()), run=run, device=device)
@@ -142,7 +142,7 @@ class ProbeDetector(Detector):
     ) -> VideoScore:
         import torch
 
-        from trainers.probe import frame_logits
+        from featstore.trainers.probe import frame_logits
 
         x = self.config.features.assemble(rows)  # [T, D]
         frames = np.asarray(frame_logits(self.params, x), dtype=np.float32)  # [T]
@@ -164,8 +164,8 @@ class ProbeDetector(Detector):
     def score_selection(
         self, store: FeatureStore, selection: Selection | str, *, allow_missing: bool = False
     ) -> Scored:
-        """Batched: videos concatenated without padding (``trainers.probe.score_source``)."""
-        from trainers.probe import score_source
+        """Batched: videos concatenated without padding (``featstore.trainers.probe.score_source``)."""
+        from featstore.trainers.probe import score_source
 
         sel, rows = self.select(store, selection, allow_missing=allow_missing)
         source = StoreSource(store, sel.dataset, self.config.features, rows)
@@ -197,14 +197,14 @@ def train(
     split); ``val=AUTO`` uses the training dataset's ``val`` split when it
     has one (a warning when it has none), ``val=None`` trains without
     validation (no early stopping), ``holdout`` validates on a seeded part of
-    the training videos instead (``trainers.kinds.fitting``). An existing
+    the training videos instead (``featstore.trainers.kinds.fitting``). An existing
     complete run at ``out`` is an error unless ``overwrite``.
     ``checkpoint_every`` N checkpoints the fit into ``out`` every N epochs;
     ``resume`` continues from that checkpoint (same arguments otherwise). On
     SIGINT/SIGTERM the best-so-far run is saved, marked interrupted, and
-    :class:`~trainers.training.TrainingInterrupted` is raised.
+    :class:`~featstore.trainers.training.TrainingInterrupted` is raised.
     """
-    from trainers.probe import ProbeConfig, fit_probe
+    from featstore.trainers.probe import ProbeConfig, fit_probe
 
     hyper = config or ProbeConfig()
     hyper = dataclasses.replace(hyper, cache_bytes=resolve_cache_bytes(hyper.cache_bytes))

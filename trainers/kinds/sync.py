@@ -1,8 +1,8 @@
 """Run kind ``sync``: AVH-Align's audio-visual synchronisation network, trained on reals.
 
-The numeric core is :mod:`trainers.sync`. A run reads two inputs, ``audio``
+The numeric core is :mod:`featstore.trainers.sync`. A run reads two inputs, ``audio``
 and ``visual`` (each a stored layer or a feature set, both at one rate),
-paired by :func:`trainers.pairs.pair_rows`: trimmed to the shorter, and with
+paired by :func:`featstore.trainers.pairs.pair_rows`: trimmed to the shorter, and with
 ``trim_silence`` (AVH-Align's option) after dropping each video's leading
 silence, which then has to be known (the manifest column
 ``leading_silence_s`` for stored videos; the service measures it on an upload).
@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers import runcard
-from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError
-from trainers.inputs import AUDIO, VISUAL, FeatureInput
-from trainers.kinds import register
-from trainers.kinds.base import (
+from featstore.trainers import runcard
+from featstore.trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError
+from featstore.trainers.inputs import AUDIO, VISUAL, FeatureInput
+from featstore.trainers.kinds import register
+from featstore.trainers.kinds.base import (
     Detector,
     VideoScore,
     finite,
@@ -52,7 +52,7 @@ from trainers.kinds.base import (
     upgraded,
     v1_feature,
 )
-from trainers.kinds.fitting import (
+from featstore.trainers.kinds.fitting import (
     Holdout,
     finish,
     fit_record,
@@ -62,17 +62,17 @@ from trainers.kinds.fitting import (
     training_rows,
     training_selections,
 )
-from trainers.memory import execution_record, resolve_cache_bytes
-from trainers.pairs import PairingError, pair_inputs, pair_rows, select_pairs
-from trainers.runs import Run, RunError, save_run
-from trainers.streams import PairSource
-from trainers.sync_feed import packed_nbytes
+from featstore.trainers.memory import execution_record, resolve_cache_bytes
+from featstore.trainers.pairs import PairingError, pair_inputs, pair_rows, select_pairs
+from featstore.trainers.runs import Run, RunError, save_run
+from featstore.trainers.streams import PairSource
+from featstore.trainers.sync_feed import packed_nbytes
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from featstore.store import FeatureStore
-    from trainers.sync import EpochStats, SyncConfig, SyncNet
+    from featstore.trainers.sync import EpochStats, SyncConfig, SyncNet
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class SyncRunConfig:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SyncRunConfig:
-        from trainers.sync import SyncConfig
+        from featstore.trainers.sync import SyncConfig
 
         strict_fields(cls, doc, "a sync run config")
         return cls(
@@ -158,7 +158,7 @@ class SyncDetector(Detector):
 
     @classmethod
     def from_run(cls, run: Run, doc: Mapping[str, Any], *, device: str = "cpu") -> SyncDetector:
-        from trainers.sync import SyncError, net_from_state
+        from featstore.trainers.sync import SyncError, net_from_state
 
         config = SyncRunConfig.from_dict(doc["config"])
         try:
@@ -210,7 +210,7 @@ class SyncDetector(Detector):
     ) -> VideoScore:
         from scipy.special import logsumexp
 
-        from trainers.sync import SyncError, frame_scores
+        from featstore.trainers.sync import SyncError, frame_scores
 
         if self.needs_silence and leading_silence_s is None:
             raise PairingError(
@@ -262,7 +262,7 @@ def _source(
 
 
 def _thresholds(net: SyncNet, pairs: PairSource) -> dict[str, float]:
-    from trainers.sync import score_source
+    from featstore.trainers.sync import score_source
 
     videos, frames = score_source(net, pairs)
     flat = np.concatenate(frames)  # [sum T]
@@ -304,9 +304,9 @@ def train(
     training videos, optimistic as the network has seen them), ``holdout`` a
     seeded part of the training reals. An existing complete run is an error
     unless ``overwrite``. ``checkpoint_every``, ``resume`` and interrupts as in
-    :func:`trainers.kinds.probe.train`.
+    :func:`featstore.trainers.kinds.probe.train`.
     """
-    from trainers.sync import SyncConfig, fit_sync, net_to_state
+    from featstore.trainers.sync import SyncConfig, fit_sync, net_to_state
 
     hyper = config or SyncConfig()
     hyper = dataclasses.replace(hyper, cache_bytes=resolve_cache_bytes(hyper.cache_bytes))

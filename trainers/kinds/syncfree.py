@@ -1,6 +1,6 @@
 """Run kind ``syncfree``: the training-free synchronisation score (paper Eq. 3).
 
-The numeric core is :mod:`trainers.syncfree`:
+The numeric core is :mod:`featstore.trainers.syncfree`:
 ``s = min over delta in [-D, D] of pool_t(-cos(a_t, v_{t+delta}))``, higher
 = more fake, frame scores ``-cos(a_t, v_{t+delta*})``. Nothing is fitted: a
 run records what it reads (an ``audio`` and a ``visual`` input, each a stored
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainers import runcard
-from trainers.cluster import PARTITIONS, clear_partitions, score_on_cluster
-from trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, default_val
-from trainers.inputs import AUDIO, VISUAL, FeatureInput, StoredFeature
-from trainers.kinds import register
-from trainers.kinds.base import (
+from featstore.trainers import runcard
+from featstore.trainers.cluster import PARTITIONS, clear_partitions, score_on_cluster
+from featstore.trainers.data import AUTO, Auto, FeatureKey, Selection, SelectionError, default_val
+from featstore.trainers.inputs import AUDIO, VISUAL, FeatureInput, StoredFeature
+from featstore.trainers.kinds import register
+from featstore.trainers.kinds.base import (
     Detector,
     RunFormatError,
     VideoScore,
@@ -41,16 +41,16 @@ from trainers.kinds.base import (
     strict_fields,
     upgraded,
 )
-from trainers.pairs import PairingError, pair_inputs, pair_rows
-from trainers.runcard import RunCard
-from trainers.runs import Run, RunError, Scored, check_writable, save_run
-from trainers.syncfree import SyncConfig, SyncError, VideoSync, pad_skipped, sync_video
+from featstore.trainers.pairs import PairingError, pair_inputs, pair_rows
+from featstore.trainers.runcard import RunCard
+from featstore.trainers.runs import Run, RunError, Scored, check_writable, save_run
+from featstore.trainers.syncfree import SyncConfig, SyncError, VideoSync, pad_skipped, sync_video
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from featstore.store import FeatureStore
-    from trainers.cluster import TaskProgress
+    from featstore.trainers.cluster import TaskProgress
 
 log = logging.getLogger(__name__)
 
@@ -367,11 +367,11 @@ def run_syncscore(
     ``eval``, ``fuse``, ``correlate``, ``explain`` and ``serve`` take like any run.
 
     ``cluster`` (``"local"``, ``"tcp://HOST:PORT"`` or a ``distributed.Client``)
-    scores a partition of videos per Dask task (``trainers.cluster``), to the
+    scores a partition of videos per Dask task (``featstore.trainers.cluster``), to the
     same numbers; with ``out`` an interrupted run resumes from the partitions
     it finished (kept under ``out`` until the run is written).
     """
-    from trainers.evaluate import record_evaluation, scored_metrics
+    from featstore.trainers.evaluate import record_evaluation, scored_metrics
 
     sel = Selection.parse(on, default_split="test")
     if out is not None:
@@ -426,6 +426,6 @@ def run_syncscore(
 def sync_scores(
     detector: SyncFreeDetector, store: FeatureStore, selection: Selection
 ) -> tuple[Scored, dict[str, np.ndarray]]:
-    """A cluster task's scoring (``trainers.cluster``): scores and each video's best shift."""
+    """A cluster task's scoring (``featstore.trainers.cluster``): scores and each video's best shift."""
     scored, shifts = detector.sync_selection(store, selection)
     return scored, {"best_shift": shifts}
