@@ -5,9 +5,10 @@ ones, or the frames humans clicked on); decoding the whole clip for them wastes
 most of the work. :func:`read_frames` returns, for 25 fps frame indices ``k``,
 exactly the arrays ``featstore.media.decode(path).frames[k]`` holds. The targets
 are grouped into runs (consecutive targets at most ``max_gap_s`` apart) and each
-run is one span decode of :func:`featstore.media.iter_frames` (which seeks to the
-keyframe before the span, see :mod:`featstore.seeking`, and is equal to the slice
-of a whole decode), so the seeking, limits and errors are media's own.
+run is one span decode of :func:`featstore.media.video.constant_rate_frames` (the
+decoder of :func:`featstore.media.iter_frames`: it seeks to the keyframe before the
+span, see :mod:`featstore.seeking`, and equals the slice of a whole decode) that
+converts only the targets to RGB, so the seeking, limits and errors are media's own.
 
 >>> frames = read_frames("clip.mp4", [0, 120, 121])  # doctest: +SKIP
 >>> frames.shape  # doctest: +SKIP
@@ -16,6 +17,7 @@ of a whole decode), so the seeking, limits and errors are media's own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -24,14 +26,15 @@ import numpy as np
 
 from featstore import timebase
 from featstore.decode_limits import DecodeLimits
-from featstore.media import DEFAULT_LIMITS, EmptyMediaError, MediaError, iter_frames
+from featstore.media import DEFAULT_LIMITS, EmptyMediaError, MediaError
+from featstore.media.container import open_media
+from featstore.media.video import constant_rate_frames
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FrameIndexError", "read_frames"]
 
 DEFAULT_MAX_GAP_S = 2.0  # decode on (rather than seek) to a target at most this far ahead
-_CHUNK_FRAMES = 32
 
 
 class FrameIndexError(MediaError):
@@ -83,23 +86,25 @@ def _decode_run(
     keep = set(run)
     out: dict[int, np.ndarray] = {}
     k = run[0]
-    chunks = iter_frames(
-        path,
-        fps=fps,
-        chunk_frames=min(_CHUNK_FRAMES, run[-1] - run[0] + 1),
-        start_s=run[0] / fps,
-        until_s=(run[-1] + 1) / fps,
-        limits=limits,
-    )
     try:
-        for chunk in chunks:  # [n, H, W, 3]
-            for j in range(len(chunk)):
-                if k + j in keep:
-                    out[k + j] = chunk[j].copy()
-            k += len(chunk)
+        with open_media(path) as container:
+            frames = constant_rate_frames(
+                str(path),
+                container,
+                fps=fps,
+                start_s=run[0] / fps,
+                until_s=(run[-1] + 1) / fps,
+                allow_truncated=False,
+                threads=1,
+                limits=dataclasses.replace(limits, max_decoded_bytes=None),  # only `keep` is held
+                wanted=keep.__contains__,
+            )
+            for k, img in enumerate(frames, start=run[0]):  # img: [H, W, 3] or None
+                if img is not None:
+                    out[k] = img.copy()
     except EmptyMediaError:
         if run[0] == 0:
             raise
         return out  # the span starts past the end: the caller names the missing frame
-    log.debug("%s: frames %d..%d decoded for %d targets", path, run[0], k - 1, len(run))
+    log.debug("%s: frames %d..%d decoded for %d targets", path, run[0], k, len(run))
     return out

@@ -60,13 +60,16 @@ def constant_rate_frames(
     allow_truncated: bool,
     threads: int,
     limits: DecodeLimits,
-) -> Iterator[np.ndarray]:
+    wanted: Callable[[int], bool] | None = None,
+) -> Iterator[np.ndarray | None]:
     """Yield ``[H, W, 3]`` RGB frames at constant ``fps`` (the same array may repeat).
 
     Output frames ``ceil(start_s * fps)`` onwards: a seek (:func:`seeking.seek_video`)
     when ``start_s > 0``, the same frames as a decode from the start. Stops with a
     :class:`MediaLimitError` before the first frame past ``limits`` (counted from the
     span's start; ``limits.max_decoded_bytes`` bounds the frames yielded in all).
+    ``wanted``: the output indices to convert; the others are yielded as None, never
+    converted to RGB (most of a large frame's cost; :mod:`featstore.seek` keeps a few).
     """
     import av
 
@@ -87,7 +90,7 @@ def constant_rate_frames(
     k = k0
     prefix = 0  # frames decoded before the span without a seek (when it has to)
 
-    def rgb() -> np.ndarray:
+    def rgb() -> np.ndarray | None:
         nonlocal held_rgb
         if n_limit is not None and k - k0 >= n_limit:
             if bound == "duration":
@@ -98,6 +101,8 @@ def constant_rate_frames(
             raise limits.bytes_error(
                 path, f"decoded frames ({k - k0 + 1} of {size[0]}x{size[1]})", n_bytes
             )
+        if wanted is not None and not wanted(k):
+            return None
         if held_rgb is None:
             if (held.width, held.height) != size:
                 logger.warning(
