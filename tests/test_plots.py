@@ -325,3 +325,16 @@ def test_every_plot_writes_each_format(tmp_path, fmt):
     for path in paths:
         assert path.suffix == f".{fmt}"
         assert path.read_bytes()[: len(MAGIC[fmt])] == MAGIC[fmt]
+
+
+def test_temporal_right_axis_says_p_fake_only_for_calibrated_kinds():
+    from featstore.trainers.plots import temporal_figure
+
+    kw = {"times_s": np.arange(50) / 25.0, "frame_scores": np.linspace(-2, 2, 50)}
+    calibrated = temporal_figure(**kw)
+    (right,) = calibrated.axes[0].child_axes
+    assert right.get_ylabel() == "P(fake)"
+    ranked = temporal_figure(**kw, calibrated=False)
+    (right,) = ranked.axes[0].child_axes
+    assert "P(fake)" not in right.get_ylabel() and "rank" in right.get_ylabel()
+    assert ranked.axes[0].get_ylabel() == "score"

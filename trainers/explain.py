@@ -117,6 +117,7 @@ def explain_temporal(
             truth_segments=truth,
             predicted_segments=[(s.start_s, s.end_s) for s in predicted],
             title=f"{'fake' if label else 'real'} video, score {video_score:+.2f}",
+            calibrated=detector.calibrated,
             caption=(
                 f"{dataset}/{video_id}: per-frame scores of the {detector.kind} "
                 f"{detector.where()}, n = {len(frames)} frames at {frame_hz:g} Hz; "

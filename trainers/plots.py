@@ -265,13 +265,15 @@ def temporal_figure(
     predicted_segments: Sequence[tuple[float, float]] = (),
     title: str = "",
     caption: str = "",
+    calibrated: bool = True,
     width_in: float = COLUMN_WIDTH_IN,
     height_in: float = 1.9,
 ) -> Figure:
     """A temporal explanation like paper Fig. 3: per-frame scores over time.
 
     Scores (logits, left axis) with the matching probability ``sigmoid(2 s)``
-    on the right axis (a few round values, never crowded); annotated fake
+    on the right axis (a few round values, never crowded), labelled P(fake) only
+    for a ``calibrated`` run kind (the probe; else a rank score); annotated fake
     segments shaded red, predicted segments as an orange band under the curve,
     the decision threshold as a dashed line kept inside the plot; the legend
     sits above the axes, so it hides nothing.
@@ -317,14 +319,14 @@ def temporal_figure(
         ax.plot(times, scores, color="tab:blue", lw=0.9, marker="." if times.size < 50 else None)
         ax.axhline(threshold, color="0.35", ls="--", lw=0.8)
         ax.set_xlabel("time (s)")
-        ax.set_ylabel("score (logit)")
+        ax.set_ylabel("score (logit)" if calibrated else "score")
         ax.set_xlim(x_lo, x_hi)
         ax.set_ylim(y_lo, y_hi)
         right = ax.secondary_yaxis("right", functions=(_to_probability, _to_score))
         right.yaxis.set_major_locator(FixedLocator(probability_ticks(y_lo, y_hi)))
         right.yaxis.set_minor_locator(FixedLocator([]))
         right.set_yticklabels([_probability_label(p) for p in probability_ticks(y_lo, y_hi)])
-        right.set_ylabel("P(fake)")
+        right.set_ylabel("P(fake)" if calibrated else "rank score, sigmoid(2 s)")
         handles = [
             Line2D([], [], color="tab:blue", lw=0.9, label="score"),
             Line2D([], [], color="0.35", ls="--", lw=0.8, label=f"threshold ({threshold:g})"),
