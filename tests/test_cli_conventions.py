@@ -120,7 +120,12 @@ def restore_logging():
 def test_verbosity_opens_featstore_first_then_every_library(restore_logging, flags, own, others):
     result = runner.invoke(app, [*flags, "encoders", "list", "--json"])
     assert result.exit_code == 0, result.output
-    for name in ("featstore", "featstore.extract.worker", "featstore.trainers.probe", "featstore.cli.main"):
+    for name in (
+        "featstore",
+        "featstore.extract.worker",
+        "featstore.trainers.probe",
+        "featstore.cli.main",
+    ):
         assert logging.getLogger(name).getEffectiveLevel() == own, name
     for name in ("urllib3", "fsspec", "some.library"):
         assert logging.getLogger(name).getEffectiveLevel() == others, name
